@@ -1,0 +1,254 @@
+// Package provider is the contract between the key service and the places
+// key material lives: the software keystore and PKCS#11 tokens.
+//
+// A provider knows nothing of names, states, versions or policy; the service
+// keeps those. It creates key material for an object id the service chooses
+// (so that a create can be looked for again after a crash), returns an opaque
+// reference the service stores, and performs private- and secret-key
+// operations by reference. Public-key operations (verify, RSA encryption) run
+// in the service from the public key a provider returns.
+//
+// Errors are *kgerr.Error: KEY_NOT_FOUND for a reference that names nothing,
+// UNSUPPORTED_ALGORITHM for what the provider cannot do, DECRYPTION_FAILED for
+// ciphertext that does not authenticate, SERVICE_UNAVAILABLE / HSM_TIMEOUT
+// when the backend is away.
+package provider
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sort"
+
+	"github.com/keygrid/keygrid-hsm/internal/alg"
+	"github.com/keygrid/keygrid-hsm/internal/kgerr"
+)
+
+// Provider holds key material and performs operations with it. Every method
+// is safe for concurrent use.
+type Provider interface {
+	// Name is the instance name from configuration; Type its type.
+	Name() string
+	Type() string
+	// Capabilities tells which key specs and algorithms this provider
+	// supports. It does not change while the provider is open.
+	Capabilities() Capabilities
+
+	// CreateKey makes new key material. The same ObjectID never makes two
+	// keys: if material for it exists already, CreateKey fails with
+	// KEY_ALREADY_EXISTS.
+	CreateKey(ctx context.Context, req CreateKeyRequest) (CreatedKey, error)
+	// FindKey looks for key material by the object id it was created with;
+	// found is false when there is none.
+	FindKey(ctx context.Context, objectID string) (ref string, found bool, err error)
+	// DeleteKey destroys key material. Deleting what does not exist succeeds.
+	DeleteKey(ctx context.Context, ref string) error
+	// PublicKey returns the DER SubjectPublicKeyInfo of an asymmetric key.
+	PublicKey(ctx context.Context, ref string) ([]byte, error)
+
+	// Sign signs Input: the digest for hashed algorithms, the message for
+	// EdDSA. ECDSA signatures are returned as fixed-width r‖s.
+	Sign(ctx context.Context, req SignRequest) ([]byte, error)
+	// Encrypt encrypts with a secret key (AES-GCM).
+	Encrypt(ctx context.Context, req EncryptRequest) (EncryptResult, error)
+	// Decrypt decrypts with a private key (RSA-OAEP) or a secret key (AES-GCM).
+	Decrypt(ctx context.Context, req DecryptRequest) ([]byte, error)
+	// WrapKey wraps key material with a key-encryption key (RFC 5649).
+	WrapKey(ctx context.Context, req WrapRequest) ([]byte, error)
+	// UnwrapKey reverses WrapKey.
+	UnwrapKey(ctx context.Context, req UnwrapRequest) ([]byte, error)
+
+	// CheckHealth makes a cheap call to the backend and reports whether it
+	// answers.
+	CheckHealth(ctx context.Context) error
+	// Close releases the provider. Calls after Close fail.
+	Close() error
+}
+
+// DetailsReporter is implemented by providers with details worth showing on
+// their health endpoint (token, sessions, …).
+type DetailsReporter interface {
+	Details() map[string]any
+}
+
+// CreateKeyRequest asks for new key material.
+type CreateKeyRequest struct {
+	// ObjectID is chosen by the service, unique, 32 hex characters; it
+	// becomes the PKCS#11 CKA_ID.
+	ObjectID    string
+	Label       string
+	Spec        alg.Spec
+	Usage       []alg.Usage
+	Extractable bool
+}
+
+// CreatedKey is the result of CreateKey.
+type CreatedKey struct {
+	Ref       string
+	PublicKey []byte // DER SubjectPublicKeyInfo; nil for secret keys
+}
+
+// SignRequest asks for a signature.
+type SignRequest struct {
+	Ref       string
+	Spec      alg.Spec
+	Algorithm alg.Info
+	Input     []byte
+}
+
+// EncryptRequest asks for AES-GCM encryption.
+type EncryptRequest struct {
+	Ref       string
+	Spec      alg.Spec
+	Algorithm alg.Info
+	Plaintext []byte
+	AAD       []byte
+}
+
+// EncryptResult is a 12-byte nonce and the ciphertext with its 16-byte tag.
+type EncryptResult struct {
+	Nonce      []byte
+	Ciphertext []byte
+}
+
+// DecryptRequest asks for decryption. Nonce and AAD apply to AES-GCM.
+type DecryptRequest struct {
+	Ref        string
+	Spec       alg.Spec
+	Algorithm  alg.Info
+	Ciphertext []byte
+	Nonce      []byte
+	AAD        []byte
+}
+
+// WrapRequest asks to wrap key material.
+type WrapRequest struct {
+	Ref         string
+	Spec        alg.Spec
+	KeyMaterial []byte
+}
+
+// UnwrapRequest asks to unwrap key material.
+type UnwrapRequest struct {
+	Ref     string
+	Spec    alg.Spec
+	Wrapped []byte
+}
+
+// KeyTypeCaps lists the sizes (or curves) of one key type a provider makes.
+type KeyTypeCaps struct {
+	Type   alg.KeyType
+	Sizes  []int
+	Curves []string
+}
+
+// Capabilities is what a provider can do.
+type Capabilities struct {
+	KeyTypes   []KeyTypeCaps
+	Algorithms []alg.Algorithm
+	// Missing explains, per algorithm the provider lacks, why (for example
+	// "token lacks CKM_RSA_PKCS_OAEP with SHA-256").
+	Missing map[alg.Algorithm]string
+}
+
+// CheckSpec returns UNSUPPORTED_ALGORITHM unless the provider makes keys of
+// spec s.
+func (c Capabilities) CheckSpec(s alg.Spec) error {
+	for _, kt := range c.KeyTypes {
+		if kt.Type != s.Type {
+			continue
+		}
+		switch {
+		case s.Type == alg.EC && slices.Contains(kt.Curves, s.Curve):
+			return nil
+		case s.Type != alg.EC && (len(kt.Sizes) == 0 || slices.Contains(kt.Sizes, s.Size)):
+			return nil
+		}
+	}
+	return kgerr.New(kgerr.ErrUnsupportedAlgorithm.Code, fmt.Sprintf("this provider cannot make %s keys", s))
+}
+
+// CheckAlgorithm returns UNSUPPORTED_ALGORITHM unless the provider supports
+// algorithm a.
+func (c Capabilities) CheckAlgorithm(a alg.Algorithm) error {
+	if slices.Contains(c.Algorithms, a) {
+		return nil
+	}
+	if why, ok := c.Missing[a]; ok {
+		return kgerr.New(kgerr.ErrUnsupportedAlgorithm.Code, fmt.Sprintf("this provider does not support %s: %s", a, why))
+	}
+	return kgerr.New(kgerr.ErrUnsupportedAlgorithm.Code, fmt.Sprintf("this provider does not support %s", a))
+}
+
+// Strings lists the capabilities as words for the API: operations, key specs
+// and algorithms.
+func (c Capabilities) Strings() []string {
+	ops := map[string]bool{}
+	var specs, algs []string
+	for _, a := range c.Algorithms {
+		algs = append(algs, string(a))
+		i, err := alg.Lookup(string(a))
+		if err != nil {
+			continue
+		}
+		switch i.Kind {
+		case alg.KindSign:
+			ops["sign"], ops["verify"] = true, true
+		case alg.KindEncrypt:
+			ops["encrypt"], ops["decrypt"] = true, true
+		case alg.KindWrap:
+			ops["wrap"], ops["unwrap"] = true, true
+		}
+	}
+	for _, kt := range c.KeyTypes {
+		switch {
+		case kt.Type == alg.EC:
+			for _, cv := range kt.Curves {
+				specs = append(specs, "EC-"+cv)
+			}
+		case len(kt.Sizes) == 0:
+			specs = append(specs, string(kt.Type))
+		default:
+			for _, n := range kt.Sizes {
+				specs = append(specs, fmt.Sprintf("%s-%d", kt.Type, n))
+			}
+		}
+	}
+	out := make([]string, 0, len(ops)+len(specs)+len(algs))
+	for op := range ops {
+		out = append(out, op)
+	}
+	sort.Strings(out)
+	return append(append(out, specs...), algs...)
+}
+
+// Params is what a factory gets to build a provider instance.
+type Params struct {
+	Name    string
+	Type    string
+	DataDir string
+	// Embedded is true on the zero-configuration default.
+	Embedded bool
+	// Decode decodes the instance's `config` block into out, refusing
+	// unknown fields.
+	Decode func(out any) error
+	Logger *slog.Logger
+}
+
+// Factory builds a provider instance.
+type Factory func(ctx context.Context, p Params) (Provider, error)
+
+// Registry maps provider types to factories. It is filled by the binary's
+// wiring, not by init functions.
+type Registry map[string]Factory
+
+// Types lists the registered types, sorted.
+func (r Registry) Types() []string {
+	out := make([]string, 0, len(r))
+	for t := range r {
+		out = append(out, t)
+	}
+	sort.Strings(out)
+	return out
+}

@@ -1,0 +1,679 @@
+// Package software is the software key provider: keys generated with Go's
+// crypto packages and kept in a keystore directory, each private or secret
+// key sealed with AES-256-GCM under a master key before it touches disk.
+//
+// A key is one file, <keystore>/<object id>.key, written atomically (temp
+// file, fsync, link, fsync of the directory) so that a key reported created
+// survives a crash. The file holds the key's spec in the clear and its PKCS#8
+// (or raw AES) bytes sealed; the object id and spec are the GCM additional
+// data, so a sealed blob cannot be moved to another file or spec.
+//
+// Decrypted keys are cached in memory after first use. All methods are safe
+// for concurrent use.
+package software
+
+import (
+	"context"
+	"crypto"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+
+	"github.com/keygrid/keygrid-hsm/internal/alg"
+	"github.com/keygrid/keygrid-hsm/internal/kgerr"
+	"github.com/keygrid/keygrid-hsm/internal/provider"
+)
+
+// Type is the provider type name.
+const Type = "software"
+
+// Config is the `config` block of a software provider.
+type Config struct {
+	// MasterKeyFile holds the 32-byte master key, base64 or hex encoded.
+	MasterKeyFile string `yaml:"master_key_file"`
+	// MasterKeyEnv names an environment variable holding the master key.
+	MasterKeyEnv string `yaml:"master_key_env"`
+	// KeystoreDir defaults to <data-dir>/keystore/<provider name>.
+	KeystoreDir string `yaml:"keystore_dir"`
+}
+
+// Provider is the software provider.
+type Provider struct {
+	name string
+	dir  string
+	aead cipher.AEAD // master key
+
+	mu     sync.RWMutex
+	cache  map[string]any // object id → *rsa.PrivateKey | *ecdsa.PrivateKey | ed25519.PrivateKey | cipher.Block
+	closed bool
+}
+
+var objectIDPattern = regexp.MustCompile(`^[0-9a-f]{32}$`)
+
+const checkFile = "master.check"
+
+// New is the provider.Factory of the software provider.
+func New(_ context.Context, p provider.Params) (provider.Provider, error) {
+	var cfg Config
+	if p.Decode != nil {
+		if err := p.Decode(&cfg); err != nil {
+			return nil, err
+		}
+	}
+	log := p.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	mk, err := loadMasterKey(cfg, p, log)
+	if err != nil {
+		return nil, err
+	}
+	dir := cfg.KeystoreDir
+	if dir == "" {
+		dir = filepath.Join(p.DataDir, "keystore", p.Name)
+	}
+	return Open(p.Name, dir, mk)
+}
+
+// Open opens (creating if needed) a keystore directory with a 32-byte master
+// key. A master key that does not match the one the keystore was made with
+// is refused.
+func Open(name, dir string, masterKey []byte) (*Provider, error) {
+	if len(masterKey) != 32 {
+		return nil, errors.New("software provider: master key must be 32 bytes")
+	}
+	block, err := aes.NewCipher(masterKey)
+	if err != nil {
+		return nil, err
+	}
+	aead, err := cipher.NewGCM(block)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("software provider %q: keystore: %w", name, err)
+	}
+	p := &Provider{name: name, dir: dir, aead: aead, cache: map[string]any{}}
+	if err := p.checkMasterKey(); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// checkMasterKey seals a known value on first use and opens it afterwards, so
+// that a wrong master key fails at start, not on every request.
+func (p *Provider) checkMasterKey() error {
+	path := filepath.Join(p.dir, checkFile)
+	const aad = "keygrid master key check"
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		sealed, err := p.seal([]byte("ok"), []byte(aad))
+		if err != nil {
+			return err
+		}
+		return writeFileAtomic(path, sealed)
+	}
+	if err != nil {
+		return fmt.Errorf("software provider %q: %w", p.name, err)
+	}
+	if _, err := p.open(b, []byte(aad)); err != nil {
+		return fmt.Errorf("software provider %q: the master key does not open keystore %s (wrong master key?)", p.name, p.dir)
+	}
+	return nil
+}
+
+func loadMasterKey(cfg Config, p provider.Params, log *slog.Logger) ([]byte, error) {
+	field := "providers." + p.Name + ".config"
+	switch {
+	case cfg.MasterKeyFile != "" && cfg.MasterKeyEnv != "":
+		return nil, fmt.Errorf("%s: set master_key_file or master_key_env, not both", field)
+	case cfg.MasterKeyEnv != "":
+		v := os.Getenv(cfg.MasterKeyEnv)
+		if v == "" {
+			return nil, fmt.Errorf("%s.master_key_env: environment variable %s is empty or unset", field, cfg.MasterKeyEnv)
+		}
+		k, err := decodeMasterKey(v)
+		if err != nil {
+			return nil, fmt.Errorf("%s.master_key_env: %s: %w", field, cfg.MasterKeyEnv, err)
+		}
+		return k, nil
+	case cfg.MasterKeyFile != "":
+		b, err := os.ReadFile(cfg.MasterKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("%s.master_key_file: %w", field, err)
+		}
+		k, err := decodeMasterKey(string(b))
+		if err != nil {
+			return nil, fmt.Errorf("%s.master_key_file: %s: %w", field, cfg.MasterKeyFile, err)
+		}
+		return k, nil
+	case p.Embedded:
+		return embeddedMasterKey(filepath.Join(p.DataDir, "master.key"), log)
+	}
+	return nil, fmt.Errorf("%s: master_key_file or master_key_env is required", field)
+}
+
+// embeddedMasterKey reads <data-dir>/master.key, generating it on first start.
+func embeddedMasterKey(path string, log *slog.Logger) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if err == nil {
+		k, err := decodeMasterKey(string(b))
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+		return k, nil
+	}
+	if !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
+	k := make([]byte, 32)
+	if _, err := rand.Read(k); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, err
+	}
+	if err := writeFileAtomic(path, []byte(base64.StdEncoding.EncodeToString(k)+"\n")); err != nil {
+		return nil, err
+	}
+	log.Warn("generated a new master key for the software keystore; it protects every software key: back it up, and in production set master_key_file or master_key_env instead",
+		"path", path)
+	return k, nil
+}
+
+func decodeMasterKey(s string) ([]byte, error) {
+	s = strings.TrimSpace(s)
+	if k, err := base64.StdEncoding.DecodeString(s); err == nil && len(k) == 32 {
+		return k, nil
+	}
+	if k, err := hex.DecodeString(s); err == nil && len(k) == 32 {
+		return k, nil
+	}
+	return nil, errors.New("master key must be 32 bytes, base64 or hex encoded")
+}
+
+// Name implements provider.Provider.
+func (p *Provider) Name() string { return p.name }
+
+// Type implements provider.Provider.
+func (p *Provider) Type() string { return Type }
+
+// Capabilities implements provider.Provider.
+func (p *Provider) Capabilities() provider.Capabilities {
+	return provider.Capabilities{
+		KeyTypes: []provider.KeyTypeCaps{
+			{Type: alg.RSA, Sizes: []int{2048, 3072, 4096}},
+			{Type: alg.EC, Curves: []string{"P-256", "P-384", "P-521"}},
+			{Type: alg.Ed25519},
+			{Type: alg.AES, Sizes: []int{128, 256}},
+		},
+		Algorithms: alg.All(),
+	}
+}
+
+// keyFile is the on-disk form of one key.
+type keyFile struct {
+	Version int    `json:"v"`
+	Spec    string `json:"spec"`
+	Sealed  []byte `json:"sealed"` // nonce ‖ AES-256-GCM(PKCS#8 or raw AES key)
+}
+
+func (p *Provider) path(objectID string) string { return filepath.Join(p.dir, objectID+".key") }
+
+func aadFor(objectID string, s alg.Spec) []byte {
+	return []byte("keygrid software key v1|" + objectID + "|" + s.String())
+}
+
+func (p *Provider) seal(plain, aad []byte) ([]byte, error) {
+	nonce := make([]byte, p.aead.NonceSize(), p.aead.NonceSize()+len(plain)+p.aead.Overhead())
+	if _, err := rand.Read(nonce); err != nil {
+		return nil, err
+	}
+	return p.aead.Seal(nonce, nonce, plain, aad), nil
+}
+
+func (p *Provider) open(sealed, aad []byte) ([]byte, error) {
+	n := p.aead.NonceSize()
+	if len(sealed) < n+p.aead.Overhead() {
+		return nil, errors.New("sealed key too short")
+	}
+	return p.aead.Open(nil, sealed[:n], sealed[n:], aad)
+}
+
+func (p *Provider) checkOpen() error {
+	if p.closed {
+		return kgerr.New(kgerr.ErrServiceUnavailable.Code, "provider is closed")
+	}
+	return nil
+}
+
+// CreateKey implements provider.Provider.
+func (p *Provider) CreateKey(ctx context.Context, req provider.CreateKeyRequest) (provider.CreatedKey, error) {
+	if !objectIDPattern.MatchString(req.ObjectID) {
+		return provider.CreatedKey{}, kgerr.Invalid("object id must be 32 lowercase hex characters")
+	}
+	if err := p.Capabilities().CheckSpec(req.Spec); err != nil {
+		return provider.CreatedKey{}, err
+	}
+	var (
+		priv any
+		raw  []byte
+		pub  []byte
+		err  error
+	)
+	switch req.Spec.Type {
+	case alg.RSA:
+		priv, err = rsa.GenerateKey(rand.Reader, req.Spec.Size)
+	case alg.EC:
+		priv, err = ecdsa.GenerateKey(alg.Curve(req.Spec.Curve), rand.Reader)
+	case alg.Ed25519:
+		_, priv, err = ed25519.GenerateKey(rand.Reader)
+	case alg.AES:
+		raw = make([]byte, req.Spec.Size/8)
+		_, err = rand.Read(raw)
+	}
+	if err != nil {
+		return provider.CreatedKey{}, fmt.Errorf("generate %s key: %w", req.Spec, err)
+	}
+	if priv != nil {
+		if raw, err = x509.MarshalPKCS8PrivateKey(priv); err != nil {
+			return provider.CreatedKey{}, err
+		}
+		if pub, err = x509.MarshalPKIXPublicKey(priv.(crypto.Signer).Public()); err != nil {
+			return provider.CreatedKey{}, err
+		}
+	}
+	sealed, err := p.seal(raw, aadFor(req.ObjectID, req.Spec))
+	clear(raw)
+	if err != nil {
+		return provider.CreatedKey{}, err
+	}
+	b, err := json.Marshal(keyFile{Version: 1, Spec: req.Spec.String(), Sealed: sealed})
+	if err != nil {
+		return provider.CreatedKey{}, err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if err := p.checkOpen(); err != nil {
+		return provider.CreatedKey{}, err
+	}
+	if err := ctx.Err(); err != nil {
+		return provider.CreatedKey{}, err
+	}
+	if err := writeFileExclusive(p.path(req.ObjectID), b); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return provider.CreatedKey{}, kgerr.New(kgerr.ErrKeyAlreadyExists.Code, "key material for this object id exists already")
+		}
+		return provider.CreatedKey{}, fmt.Errorf("software provider %q: write key: %w", p.name, err)
+	}
+	if priv != nil {
+		p.cache[req.ObjectID] = priv
+	}
+	return provider.CreatedKey{Ref: req.ObjectID, PublicKey: pub}, nil
+}
+
+// FindKey implements provider.Provider.
+func (p *Provider) FindKey(_ context.Context, objectID string) (string, bool, error) {
+	if !objectIDPattern.MatchString(objectID) {
+		return "", false, nil
+	}
+	_, err := os.Stat(p.path(objectID))
+	switch {
+	case err == nil:
+		return objectID, true, nil
+	case errors.Is(err, fs.ErrNotExist):
+		return "", false, nil
+	}
+	return "", false, err
+}
+
+// DeleteKey implements provider.Provider.
+func (p *Provider) DeleteKey(_ context.Context, ref string) error {
+	if !objectIDPattern.MatchString(ref) {
+		return nil
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if err := p.checkOpen(); err != nil {
+		return err
+	}
+	delete(p.cache, ref)
+	if err := os.Remove(p.path(ref)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("software provider %q: delete key: %w", p.name, err)
+	}
+	return syncDir(p.dir)
+}
+
+// aesKey is a cached secret key: its bytes (for key wrap) and its GCM.
+type aesKey struct {
+	raw []byte
+	gcm cipher.AEAD
+}
+
+// readKeyFile reads and decodes the file of ref.
+func (p *Provider) readKeyFile(ref string) (keyFile, error) {
+	var f keyFile
+	if !objectIDPattern.MatchString(ref) {
+		return f, kgerr.ErrKeyNotFound
+	}
+	b, err := os.ReadFile(p.path(ref))
+	if errors.Is(err, fs.ErrNotExist) {
+		return f, kgerr.New(kgerr.ErrKeyNotFound.Code, "key material not found in the software keystore")
+	}
+	if err != nil {
+		return f, err
+	}
+	if err := json.Unmarshal(b, &f); err != nil {
+		return f, fmt.Errorf("software provider %q: key file %s is corrupt", p.name, ref)
+	}
+	return f, nil
+}
+
+// load returns the decrypted key of ref, from the cache or from disk: a
+// *rsa.PrivateKey, *ecdsa.PrivateKey, ed25519.PrivateKey or *aesKey.
+func (p *Provider) load(ref string, spec alg.Spec) (any, error) {
+	p.mu.RLock()
+	k, ok := p.cache[ref]
+	closed := p.closed
+	p.mu.RUnlock()
+	if closed {
+		return nil, p.checkOpen()
+	}
+	if ok {
+		return k, nil
+	}
+	f, err := p.readKeyFile(ref)
+	if err != nil {
+		return nil, err
+	}
+	if f.Spec != spec.String() {
+		return nil, fmt.Errorf("software provider %q: key %s is %s, expected %s", p.name, ref, f.Spec, spec)
+	}
+	raw, err := p.open(f.Sealed, aadFor(ref, spec))
+	if err != nil {
+		return nil, fmt.Errorf("software provider %q: key %s does not open under the master key", p.name, ref)
+	}
+	if spec.Type == alg.AES {
+		block, err := aes.NewCipher(raw)
+		if err != nil {
+			return nil, err
+		}
+		g, err := cipher.NewGCM(block)
+		if err != nil {
+			return nil, err
+		}
+		k = &aesKey{raw: raw, gcm: g}
+	} else {
+		k, err = x509.ParsePKCS8PrivateKey(raw)
+		clear(raw)
+		if err != nil {
+			return nil, fmt.Errorf("software provider %q: key %s: %w", p.name, ref, err)
+		}
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if cached, ok := p.cache[ref]; ok {
+		return cached, nil
+	}
+	p.cache[ref] = k
+	return k, nil
+}
+
+func wrongKey(a alg.Algorithm) error {
+	return kgerr.New(kgerr.ErrUnsupportedAlgorithm.Code, fmt.Sprintf("algorithm %s does not apply to this key", a))
+}
+
+// PublicKey implements provider.Provider.
+func (p *Provider) PublicKey(_ context.Context, ref string) ([]byte, error) {
+	f, err := p.readKeyFile(ref)
+	if err != nil {
+		return nil, err
+	}
+	spec, err := parseSpecString(f.Spec)
+	if err != nil {
+		return nil, err
+	}
+	k, err := p.load(ref, spec)
+	if err != nil {
+		return nil, err
+	}
+	s, ok := k.(crypto.Signer)
+	if !ok {
+		return nil, kgerr.Invalid("a secret key has no public key")
+	}
+	return x509.MarshalPKIXPublicKey(s.Public())
+}
+
+func parseSpecString(s string) (alg.Spec, error) {
+	switch {
+	case s == "Ed25519":
+		return alg.Spec{Type: alg.Ed25519, Size: 256}, nil
+	case strings.HasPrefix(s, "EC "):
+		c := strings.TrimPrefix(s, "EC ")
+		return alg.Spec{Type: alg.EC, Curve: c, Size: map[string]int{"P-256": 256, "P-384": 384, "P-521": 521}[c]}, nil
+	}
+	var t string
+	var n int
+	if i := strings.LastIndexByte(s, '-'); i > 0 {
+		t = s[:i]
+		if _, err := fmt.Sscanf(s[i+1:], "%d", &n); err == nil {
+			return alg.Spec{Type: alg.KeyType(t), Size: n}, nil
+		}
+	}
+	return alg.Spec{}, fmt.Errorf("unknown key spec %q", s)
+}
+
+// Sign implements provider.Provider.
+func (p *Provider) Sign(_ context.Context, req provider.SignRequest) ([]byte, error) {
+	k, err := p.load(req.Ref, req.Spec)
+	if err != nil {
+		return nil, err
+	}
+	a := req.Algorithm
+	switch key := k.(type) {
+	case *rsa.PrivateKey:
+		if a.PSS {
+			return rsa.SignPSS(rand.Reader, key, a.Hash, req.Input, &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthEqualsHash, Hash: a.Hash})
+		}
+		if a.KeyType == alg.RSA && a.Kind == alg.KindSign {
+			return rsa.SignPKCS1v15(rand.Reader, key, a.Hash, req.Input)
+		}
+	case *ecdsa.PrivateKey:
+		if a.KeyType == alg.EC {
+			r, s, err := ecdsa.Sign(rand.Reader, key, req.Input)
+			if err != nil {
+				return nil, err
+			}
+			n := alg.CurveByteLen(req.Spec.Curve)
+			out := make([]byte, 2*n)
+			r.FillBytes(out[:n])
+			s.FillBytes(out[n:])
+			return out, nil
+		}
+	case ed25519.PrivateKey:
+		if a.Name == alg.EdDSA {
+			return ed25519.Sign(key, req.Input), nil
+		}
+	}
+	return nil, wrongKey(a.Name)
+}
+
+func (p *Provider) secret(ref string, spec alg.Spec, a alg.Algorithm) (*aesKey, error) {
+	k, err := p.load(ref, spec)
+	if err != nil {
+		return nil, err
+	}
+	sk, ok := k.(*aesKey)
+	if !ok {
+		return nil, wrongKey(a)
+	}
+	return sk, nil
+}
+
+// Encrypt implements provider.Provider.
+func (p *Provider) Encrypt(_ context.Context, req provider.EncryptRequest) (provider.EncryptResult, error) {
+	if req.Algorithm.KeyType != alg.AES || req.Algorithm.Kind != alg.KindEncrypt {
+		return provider.EncryptResult{}, wrongKey(req.Algorithm.Name)
+	}
+	k, err := p.secret(req.Ref, req.Spec, req.Algorithm.Name)
+	if err != nil {
+		return provider.EncryptResult{}, err
+	}
+	g := k.gcm
+	nonce := make([]byte, g.NonceSize())
+	if _, err := rand.Read(nonce); err != nil {
+		return provider.EncryptResult{}, err
+	}
+	return provider.EncryptResult{Nonce: nonce, Ciphertext: g.Seal(nil, nonce, req.Plaintext, req.AAD)}, nil
+}
+
+// Decrypt implements provider.Provider.
+func (p *Provider) Decrypt(_ context.Context, req provider.DecryptRequest) ([]byte, error) {
+	a := req.Algorithm
+	switch {
+	case a.KeyType == alg.AES && a.Kind == alg.KindEncrypt:
+		k, err := p.secret(req.Ref, req.Spec, a.Name)
+		if err != nil {
+			return nil, err
+		}
+		g := k.gcm
+		if len(req.Nonce) != g.NonceSize() {
+			return nil, kgerr.ErrDecryptionFailed
+		}
+		pt, err := g.Open(nil, req.Nonce, req.Ciphertext, req.AAD)
+		if err != nil {
+			return nil, kgerr.ErrDecryptionFailed
+		}
+		return pt, nil
+	case a.KeyType == alg.RSA && a.Kind == alg.KindEncrypt:
+		k, err := p.load(req.Ref, req.Spec)
+		if err != nil {
+			return nil, err
+		}
+		key, ok := k.(*rsa.PrivateKey)
+		if !ok {
+			return nil, wrongKey(a.Name)
+		}
+		pt, err := rsa.DecryptOAEP(a.Hash.New(), nil, key, req.Ciphertext, nil)
+		if err != nil {
+			return nil, kgerr.ErrDecryptionFailed
+		}
+		return pt, nil
+	}
+	return nil, wrongKey(a.Name)
+}
+
+// WrapKey implements provider.Provider.
+func (p *Provider) WrapKey(_ context.Context, req provider.WrapRequest) ([]byte, error) {
+	k, err := p.secret(req.Ref, req.Spec, alg.AESKWP)
+	if err != nil {
+		return nil, err
+	}
+	return alg.WrapKWP(k.raw, req.KeyMaterial)
+}
+
+// UnwrapKey implements provider.Provider.
+func (p *Provider) UnwrapKey(_ context.Context, req provider.UnwrapRequest) ([]byte, error) {
+	k, err := p.secret(req.Ref, req.Spec, alg.AESKWP)
+	if err != nil {
+		return nil, err
+	}
+	out, err := alg.UnwrapKWP(k.raw, req.Wrapped)
+	if err != nil {
+		return nil, kgerr.Wrap(kgerr.ErrDecryptionFailed.Code, err, "unwrap failed: the wrapped key does not authenticate under this key")
+	}
+	return out, nil
+}
+
+// CheckHealth implements provider.Provider: the keystore directory must be
+// readable.
+func (p *Provider) CheckHealth(context.Context) error {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	if err := p.checkOpen(); err != nil {
+		return err
+	}
+	_, err := os.Stat(filepath.Join(p.dir, checkFile))
+	return err
+}
+
+// Close implements provider.Provider.
+func (p *Provider) Close() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.closed = true
+	clear(p.cache)
+	return nil
+}
+
+// writeFileAtomic writes path through a temporary file, fsyncs and renames
+// it, then fsyncs the directory.
+func writeFileAtomic(path string, b []byte) error {
+	tmp, err := writeTemp(path, b)
+	if err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return syncDir(filepath.Dir(path))
+}
+
+// writeFileExclusive is writeFileAtomic that fails with fs.ErrExist when
+// path exists.
+func writeFileExclusive(path string, b []byte) error {
+	tmp, err := writeTemp(path, b)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp)
+	if err := os.Link(tmp, path); err != nil {
+		return err
+	}
+	return syncDir(filepath.Dir(path))
+}
+
+func writeTemp(path string, b []byte) (string, error) {
+	f, err := os.CreateTemp(filepath.Dir(path), ".tmp-*")
+	if err != nil {
+		return "", err
+	}
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(f.Name())
+		return "", err
+	}
+	return f.Name(), nil
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}

@@ -1,0 +1,263 @@
+// Package apitypes holds the wire types of the KeyGrid HSM HTTP API v1: the
+// JSON bodies of requests and responses and the error codes. Binary fields are
+// []byte, which encoding/json renders as standard base64.
+package apitypes
+
+import "time"
+
+// ErrorCode is the machine-readable code of an API error.
+type ErrorCode string
+
+// The KeyGrid error vocabulary. Each code has exactly one HTTP status (see
+// internal/api).
+const (
+	CodeInvalidInput         ErrorCode = "INVALID_INPUT"
+	CodeUnsupportedAlgorithm ErrorCode = "UNSUPPORTED_ALGORITHM"
+	CodeKeyNotFound          ErrorCode = "KEY_NOT_FOUND"
+	CodeProviderNotFound     ErrorCode = "PROVIDER_NOT_FOUND"
+	CodeNotFound             ErrorCode = "NOT_FOUND"
+	CodeKeyAlreadyExists     ErrorCode = "KEY_ALREADY_EXISTS"
+	CodeKeyInactive          ErrorCode = "KEY_INACTIVE"
+	CodeKeyExpired           ErrorCode = "KEY_EXPIRED"
+	CodeUsageNotPermitted    ErrorCode = "USAGE_NOT_PERMITTED"
+	CodeConflict             ErrorCode = "CONFLICT"
+	CodeDecryptionFailed     ErrorCode = "DECRYPTION_FAILED"
+	CodeAuthenticationFailed ErrorCode = "AUTHENTICATION_FAILED"
+	CodeAuthorizationFailed  ErrorCode = "AUTHORIZATION_FAILED"
+	CodePayloadTooLarge      ErrorCode = "PAYLOAD_TOO_LARGE"
+	CodeMethodNotAllowed     ErrorCode = "METHOD_NOT_ALLOWED"
+	CodeRateLimited          ErrorCode = "RATE_LIMITED"
+	CodeServiceUnavailable   ErrorCode = "SERVICE_UNAVAILABLE"
+	CodeHSMTimeout           ErrorCode = "HSM_TIMEOUT"
+	CodeInternal             ErrorCode = "INTERNAL_ERROR"
+)
+
+// ErrorBody is the body of every error response.
+type ErrorBody struct {
+	Error ErrorDetail `json:"error"`
+}
+
+// ErrorDetail describes one error. Message is for people and never carries
+// secrets.
+type ErrorDetail struct {
+	Code      ErrorCode `json:"code"`
+	Message   string    `json:"message"`
+	RequestID string    `json:"request_id,omitempty"`
+}
+
+// Health is the body of GET /health.
+type Health struct {
+	Status  string `json:"status"`
+	Version string `json:"version"`
+}
+
+// Ready is the body of GET /ready.
+type Ready struct {
+	Status    string           `json:"status"`
+	Providers []ProviderStatus `json:"providers"`
+}
+
+// ProviderStatus is one provider in /ready and /api/v1/providers.
+type ProviderStatus struct {
+	Name         string   `json:"name"`
+	Type         string   `json:"type"`
+	Healthy      bool     `json:"healthy"`
+	State        string   `json:"state,omitempty"`
+	Capabilities []string `json:"capabilities,omitempty"`
+}
+
+// ProviderList is the body of GET /api/v1/providers.
+type ProviderList struct {
+	Providers []ProviderInfo `json:"providers"`
+}
+
+// ProviderInfo describes a provider and what it can do.
+type ProviderInfo struct {
+	Name         string         `json:"name"`
+	Type         string         `json:"type"`
+	Healthy      bool           `json:"healthy"`
+	Capabilities []string       `json:"capabilities"`
+	KeyTypes     []KeyTypeInfo  `json:"key_types,omitempty"`
+	Details      map[string]any `json:"details,omitempty"`
+}
+
+// KeyTypeInfo lists the sizes or curves and algorithms a provider supports
+// for one key type.
+type KeyTypeInfo struct {
+	KeyType    string   `json:"key_type"`
+	Sizes      []int    `json:"sizes,omitempty"`
+	Curves     []string `json:"curves,omitempty"`
+	Algorithms []string `json:"algorithms"`
+}
+
+// ProviderHealth is the body of GET /api/v1/providers/{name}/health.
+type ProviderHealth struct {
+	Name          string         `json:"name"`
+	Type          string         `json:"type"`
+	State         string         `json:"state"`
+	Healthy       bool           `json:"healthy"`
+	LastErrorCode string         `json:"last_error_code,omitempty"`
+	LastError     string         `json:"last_error,omitempty"`
+	LastSuccess   *time.Time     `json:"last_success,omitempty"`
+	LastCheck     *time.Time     `json:"last_check,omitempty"`
+	LatencyMS     float64        `json:"latency_ms"`
+	Details       map[string]any `json:"details,omitempty"`
+}
+
+// KeySpec describes the key to create.
+type KeySpec struct {
+	KeyType     string   `json:"key_type"`
+	KeySize     int      `json:"key_size,omitempty"`
+	Curve       string   `json:"curve,omitempty"`
+	Algorithm   string   `json:"algorithm,omitempty"`
+	Usage       []string `json:"usage,omitempty"`
+	Extractable bool     `json:"extractable,omitempty"`
+}
+
+// CreateKeyRequest is the body of POST /api/v1/keys.
+type CreateKeyRequest struct {
+	Provider  string            `json:"provider,omitempty"`
+	Name      string            `json:"name"`
+	KeySpec   KeySpec           `json:"key_spec"`
+	Metadata  map[string]string `json:"metadata,omitempty"`
+	ExpiresAt *time.Time        `json:"expires_at,omitempty"`
+}
+
+// Key is the public view of a managed key.
+type Key struct {
+	ID          string            `json:"id"`
+	Name        string            `json:"name"`
+	Provider    string            `json:"provider"`
+	KeyType     string            `json:"key_type"`
+	KeySize     int               `json:"key_size"`
+	Curve       string            `json:"curve,omitempty"`
+	Algorithm   string            `json:"algorithm"`
+	Usage       []string          `json:"usage"`
+	Extractable bool              `json:"extractable"`
+	State       string            `json:"state"`
+	Version     int               `json:"version"`
+	Versions    []KeyVersion      `json:"versions,omitempty"`
+	Metadata    map[string]string `json:"metadata,omitempty"`
+	CreatedAt   time.Time         `json:"created_at"`
+	UpdatedAt   time.Time         `json:"updated_at"`
+	ExpiresAt   *time.Time        `json:"expires_at,omitempty"`
+}
+
+// KeyVersion is one version of a key.
+type KeyVersion struct {
+	Version   int       `json:"version"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// KeyList is the body of GET /api/v1/keys.
+type KeyList struct {
+	Keys          []Key  `json:"keys"`
+	NextPageToken string `json:"next_page_token,omitempty"`
+}
+
+// PublicKey is the body of GET /api/v1/keys/{key}/public.
+type PublicKey struct {
+	KeyID      string         `json:"key_id"`
+	KeyVersion int            `json:"key_version"`
+	PublicKey  string         `json:"public_key"`
+	JWK        map[string]any `json:"jwk"`
+	KeyType    string         `json:"key_type"`
+	Algorithm  string         `json:"algorithm"`
+	KeySize    int            `json:"key_size"`
+}
+
+// SignRequest is the body of POST /api/v1/keys/{key}/sign. Exactly one of
+// Data and Digest is set.
+type SignRequest struct {
+	Data            []byte `json:"data,omitempty"`
+	Digest          []byte `json:"digest,omitempty"`
+	Algorithm       string `json:"algorithm,omitempty"`
+	SignatureFormat string `json:"signature_format,omitempty"`
+}
+
+// SignResponse is the result of a signature.
+type SignResponse struct {
+	Signature  []byte `json:"signature"`
+	Algorithm  string `json:"algorithm"`
+	KeyID      string `json:"key_id"`
+	KeyVersion int    `json:"key_version"`
+}
+
+// VerifyRequest is the body of POST /api/v1/keys/{key}/verify.
+type VerifyRequest struct {
+	Data            []byte `json:"data,omitempty"`
+	Digest          []byte `json:"digest,omitempty"`
+	Signature       []byte `json:"signature"`
+	Algorithm       string `json:"algorithm,omitempty"`
+	SignatureFormat string `json:"signature_format,omitempty"`
+	KeyVersion      int    `json:"key_version,omitempty"`
+}
+
+// VerifyResponse tells whether a signature is valid.
+type VerifyResponse struct {
+	Valid      bool   `json:"valid"`
+	KeyID      string `json:"key_id"`
+	KeyVersion int    `json:"key_version"`
+}
+
+// EncryptRequest is the body of POST /api/v1/keys/{key}/encrypt. Data is an
+// alias of Plaintext.
+type EncryptRequest struct {
+	Plaintext []byte `json:"plaintext,omitempty"`
+	Data      []byte `json:"data,omitempty"`
+	Algorithm string `json:"algorithm,omitempty"`
+	AAD       []byte `json:"aad,omitempty"`
+}
+
+// EncryptResponse carries the ciphertext. For AES-GCM it is a self-describing
+// envelope that records the key version and nonce.
+type EncryptResponse struct {
+	Ciphertext []byte `json:"ciphertext"`
+	Algorithm  string `json:"algorithm"`
+	KeyID      string `json:"key_id"`
+	KeyVersion int    `json:"key_version"`
+}
+
+// DecryptRequest is the body of POST /api/v1/keys/{key}/decrypt.
+type DecryptRequest struct {
+	Ciphertext []byte `json:"ciphertext"`
+	Algorithm  string `json:"algorithm,omitempty"`
+	AAD        []byte `json:"aad,omitempty"`
+	KeyVersion int    `json:"key_version,omitempty"`
+}
+
+// DecryptResponse carries the plaintext.
+type DecryptResponse struct {
+	Plaintext  []byte `json:"plaintext"`
+	KeyID      string `json:"key_id"`
+	KeyVersion int    `json:"key_version"`
+}
+
+// WrapRequest is the body of POST /api/v1/keys/{key}/wrap: key material to
+// wrap under the key-encryption key.
+type WrapRequest struct {
+	KeyMaterial []byte `json:"key_material"`
+	Algorithm   string `json:"algorithm,omitempty"`
+}
+
+// WrapResponse carries the wrapped key.
+type WrapResponse struct {
+	WrappedKey []byte `json:"wrapped_key"`
+	Algorithm  string `json:"algorithm"`
+	KeyID      string `json:"key_id"`
+	KeyVersion int    `json:"key_version"`
+}
+
+// UnwrapRequest is the body of POST /api/v1/keys/{key}/unwrap.
+type UnwrapRequest struct {
+	WrappedKey []byte `json:"wrapped_key"`
+	Algorithm  string `json:"algorithm,omitempty"`
+	KeyVersion int    `json:"key_version,omitempty"`
+}
+
+// UnwrapResponse carries the unwrapped key material.
+type UnwrapResponse struct {
+	KeyMaterial []byte `json:"key_material"`
+	KeyID       string `json:"key_id"`
+	KeyVersion  int    `json:"key_version"`
+}
