@@ -1,0 +1,490 @@
+package main
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/keygrid/keygrid-hsm/pkg/apitypes"
+	"github.com/keygrid/keygrid-hsm/pkg/client"
+)
+
+// cli holds what every client command shares.
+type cli struct {
+	fs      *flag.FlagSet
+	server  *string
+	token   *string
+	output  *string
+	stdin   io.Reader
+	stdout  io.Writer
+	stderr  io.Writer
+	posArgs []string
+}
+
+func newCLI(name string, stdin io.Reader, stdout, stderr io.Writer) *cli {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	c := &cli{fs: fs, stdin: stdin, stdout: stdout, stderr: stderr}
+	def := os.Getenv("KEYGRID_ADDR")
+	if def == "" {
+		def = "http://127.0.0.1:8080"
+	}
+	c.server = fs.String("server", def, "server URL (env KEYGRID_ADDR)")
+	c.token = fs.String("token", os.Getenv("KEYGRID_TOKEN"), "bearer token (env KEYGRID_TOKEN)")
+	c.output = fs.String("output", "table", "output format: table or json")
+	return c
+}
+
+// parse parses flags wherever they stand among the positional arguments.
+func (c *cli) parse(args []string) error {
+	for {
+		if err := c.fs.Parse(args); err != nil {
+			return err
+		}
+		rest := c.fs.Args()
+		if len(rest) == 0 {
+			break
+		}
+		c.posArgs = append(c.posArgs, rest[0])
+		args = rest[1:]
+	}
+	switch *c.output {
+	case "table", "json":
+	default:
+		return fmt.Errorf("--output %q is not table or json", *c.output)
+	}
+	return nil
+}
+
+// key returns the one positional argument (a key id or name) or --key.
+func (c *cli) key(flagVal string) (string, error) {
+	switch {
+	case flagVal != "" && len(c.posArgs) == 0:
+		return flagVal, nil
+	case flagVal == "" && len(c.posArgs) == 1:
+		return c.posArgs[0], nil
+	}
+	return "", errors.New("name one key: an id or name as argument (or --key)")
+}
+
+func (c *cli) client() (*client.Client, error) {
+	return client.New(*c.server, client.WithToken(*c.token))
+}
+
+func (c *cli) json(v any) error {
+	enc := json.NewEncoder(c.stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func runClient(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	switch args[0] {
+	case "keys":
+		if len(args) < 2 {
+			return errors.New("keys: give a subcommand: create, list, get, delete, activate, deactivate, rotate, public")
+		}
+		return cmdKeys(ctx, args[1], args[2:], stdin, stdout, stderr)
+	case "sign", "verify", "encrypt", "decrypt", "wrap", "unwrap":
+		return cmdCrypto(ctx, args[0], args[1:], stdin, stdout, stderr)
+	case "providers":
+		return cmdProviders(ctx, args[1:], stdin, stdout, stderr)
+	case "health":
+		return cmdHealth(ctx, args[1:], stdin, stdout, stderr)
+	}
+	return fmt.Errorf("unknown command %q (run keygrid-hsm help)", args[0])
+}
+
+func cmdKeys(ctx context.Context, sub string, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	c := newCLI("keys "+sub, stdin, stdout, stderr)
+	var (
+		name, prov, keyType, curve, algorithm, usage, expires, metadata, state, pageToken, format string
+		size, limit, version                                                                   int
+		extractable, all                                                                       bool
+	)
+	switch sub {
+	case "create":
+		c.fs.StringVar(&name, "name", "", "key name (required)")
+		c.fs.StringVar(&prov, "provider", "", "provider (default: the server's default)")
+		c.fs.StringVar(&keyType, "type", "", "key type: RSA, EC, Ed25519, AES (required)")
+		c.fs.IntVar(&size, "size", 0, "key size in bits (RSA 2048/3072/4096, EC 256/384/521, AES 128/256)")
+		c.fs.StringVar(&curve, "curve", "", "EC curve: P-256, P-384, P-521")
+		c.fs.StringVar(&algorithm, "algorithm", "", "default algorithm (RS256, PS256, ES256, EdDSA, RSA-OAEP-256, A256GCM, AES-KWP, …)")
+		c.fs.StringVar(&usage, "usage", "", "comma-separated usages: sign,verify,encrypt,decrypt,wrap,unwrap")
+		c.fs.BoolVar(&extractable, "extractable", false, "allow the key to be exported (wrapped) later")
+		c.fs.StringVar(&expires, "expires-at", "", "expiry time, RFC 3339")
+		c.fs.StringVar(&metadata, "metadata", "", "comma-separated k=v pairs")
+	case "list":
+		c.fs.StringVar(&prov, "provider", "", "only keys of this provider")
+		c.fs.StringVar(&state, "state", "", "only keys in this state (active, inactive, pending, deleting)")
+		c.fs.IntVar(&limit, "limit", 0, "page size")
+		c.fs.StringVar(&pageToken, "page-token", "", "continue after this page token")
+		c.fs.BoolVar(&all, "all", false, "follow page tokens to the end")
+	case "public":
+		c.fs.IntVar(&version, "version", 0, "key version (default: current)")
+		c.fs.StringVar(&format, "format", "pem", "pem or jwk (--output json prints the whole answer)")
+	case "get", "delete", "activate", "deactivate", "rotate":
+	default:
+		return fmt.Errorf("keys: unknown subcommand %q", sub)
+	}
+	if err := c.parse(args); err != nil {
+		return err
+	}
+	cl, err := c.client()
+	if err != nil {
+		return err
+	}
+	switch sub {
+	case "create":
+		req := apitypes.CreateKeyRequest{Provider: prov, Name: name, KeySpec: apitypes.KeySpec{
+			KeyType: keyType, KeySize: size, Curve: curve, Algorithm: algorithm, Extractable: extractable}}
+		if usage != "" {
+			req.KeySpec.Usage = strings.Split(usage, ",")
+		}
+		if expires != "" {
+			t, err := time.Parse(time.RFC3339, expires)
+			if err != nil {
+				return fmt.Errorf("--expires-at: %w", err)
+			}
+			req.ExpiresAt = &t
+		}
+		if metadata != "" {
+			req.Metadata = map[string]string{}
+			for _, kv := range strings.Split(metadata, ",") {
+				k, v, ok := strings.Cut(kv, "=")
+				if !ok {
+					return fmt.Errorf("--metadata: %q is not k=v", kv)
+				}
+				req.Metadata[k] = v
+			}
+		}
+		k, err := cl.CreateKey(ctx, req)
+		if err != nil {
+			return err
+		}
+		return c.printKeys([]apitypes.Key{*k})
+	case "list":
+		var keys []apitypes.Key
+		next := pageToken
+		for {
+			l, err := cl.ListKeys(ctx, client.ListOptions{Provider: prov, State: state, Limit: limit, PageToken: next})
+			if err != nil {
+				return err
+			}
+			keys, next = append(keys, l.Keys...), l.NextPageToken
+			if !all || next == "" {
+				break
+			}
+		}
+		if *c.output == "json" {
+			return c.json(apitypes.KeyList{Keys: keys, NextPageToken: next})
+		}
+		if err := c.printKeys(keys); err != nil {
+			return err
+		}
+		if next != "" {
+			fmt.Fprintf(c.stderr, "more keys: --page-token %s (or --all)\n", next)
+		}
+		return nil
+	}
+	key, err := c.key("")
+	if err != nil {
+		return err
+	}
+	var k *apitypes.Key
+	switch sub {
+	case "get":
+		k, err = cl.GetKey(ctx, key)
+	case "activate":
+		k, err = cl.ActivateKey(ctx, key)
+	case "deactivate":
+		k, err = cl.DeactivateKey(ctx, key)
+	case "rotate":
+		k, err = cl.RotateKey(ctx, key)
+	case "delete":
+		if err := cl.DeleteKey(ctx, key); err != nil {
+			return err
+		}
+		fmt.Fprintf(c.stdout, "deleted %s\n", key)
+		return nil
+	case "public":
+		pk, err := cl.PublicKey(ctx, key, version)
+		if err != nil {
+			return err
+		}
+		switch {
+		case *c.output == "json":
+			return c.json(pk)
+		case format == "jwk":
+			return c.json(pk.JWK)
+		}
+		_, err = io.WriteString(c.stdout, pk.PublicKey)
+		return err
+	}
+	if err != nil {
+		return err
+	}
+	return c.printKeys([]apitypes.Key{*k})
+}
+
+func (c *cli) printKeys(keys []apitypes.Key) error {
+	if *c.output == "json" {
+		if len(keys) == 1 {
+			return c.json(keys[0])
+		}
+		return c.json(keys)
+	}
+	tw := tabwriter.NewWriter(c.stdout, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tNAME\tPROVIDER\tTYPE\tALGORITHM\tUSAGE\tSTATE\tVERSION\tCREATED")
+	for _, k := range keys {
+		spec := fmt.Sprintf("%s-%d", k.KeyType, k.KeySize)
+		if k.Curve != "" {
+			spec = "EC " + k.Curve
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", k.ID, k.Name, k.Provider, spec, k.Algorithm,
+			strings.Join(k.Usage, ","), k.State, k.Version, k.CreatedAt.Format(time.RFC3339))
+	}
+	return tw.Flush()
+}
+
+// ioFlags are the input and output settings of the crypto commands.
+type ioFlags struct {
+	in, inEnc, out, outEnc string
+}
+
+func (c *cli) ioFlags(inHelp string) *ioFlags {
+	f := &ioFlags{}
+	c.fs.StringVar(&f.in, "in", "-", inHelp+" (file, or - for stdin)")
+	c.fs.StringVar(&f.inEnc, "in-encoding", "raw", "encoding of the input: raw or base64")
+	c.fs.StringVar(&f.out, "out", "-", "output file (- for stdout)")
+	c.fs.StringVar(&f.outEnc, "encoding", "base64", "encoding of the output: base64 or raw")
+	return f
+}
+
+func readInput(c *cli, name, enc string) ([]byte, error) {
+	var (
+		b   []byte
+		err error
+	)
+	if name == "-" || name == "" {
+		b, err = io.ReadAll(io.LimitReader(c.stdin, 64<<20))
+	} else {
+		b, err = os.ReadFile(name)
+	}
+	if err != nil {
+		return nil, err
+	}
+	switch enc {
+	case "raw":
+		return b, nil
+	case "base64":
+		return base64.StdEncoding.DecodeString(strings.TrimSpace(string(b)))
+	}
+	return nil, fmt.Errorf("encoding %q is not raw or base64", enc)
+}
+
+func (c *cli) writeOutput(f *ioFlags, b []byte) error {
+	var out []byte
+	switch f.outEnc {
+	case "raw":
+		out = b
+	case "base64":
+		out = []byte(base64.StdEncoding.EncodeToString(b) + "\n")
+	default:
+		return fmt.Errorf("--encoding %q is not base64 or raw", f.outEnc)
+	}
+	if f.out == "-" || f.out == "" {
+		_, err := c.stdout.Write(out)
+		return err
+	}
+	return os.WriteFile(f.out, out, 0o600)
+}
+
+func cmdCrypto(ctx context.Context, op string, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	c := newCLI(op, stdin, stdout, stderr)
+	var (
+		keyFlag, algorithm, sigFormat, sigFile, aad string
+		digest                                     bool
+		version                                    int
+	)
+	c.fs.StringVar(&keyFlag, "key", "", "key id or name (or give it as the argument)")
+	c.fs.StringVar(&algorithm, "algorithm", "", "algorithm (default: the key's)")
+	var f *ioFlags
+	switch op {
+	case "sign", "verify":
+		f = c.ioFlags("data to sign or verify")
+		c.fs.BoolVar(&digest, "digest", false, "the input is a digest already (not for EdDSA)")
+		c.fs.StringVar(&sigFormat, "signature-format", "", "ECDSA signature format: der (default) or raw")
+		if op == "verify" {
+			c.fs.StringVar(&sigFile, "signature", "", "file holding the signature (encoded as --signature-encoding)")
+			c.fs.StringVar(&f.outEnc, "signature-encoding", "base64", "encoding of the signature file: base64 or raw")
+			c.fs.IntVar(&version, "version", 0, "key version (default: current)")
+		}
+	case "encrypt", "decrypt":
+		f = c.ioFlags(map[string]string{"encrypt": "plaintext", "decrypt": "ciphertext"}[op])
+		c.fs.StringVar(&aad, "aad", "", "additional authenticated data (AES-GCM)")
+		if op == "decrypt" {
+			c.fs.IntVar(&version, "version", 0, "key version for RSA-OAEP (AES-GCM ciphertext records its own)")
+		}
+	case "wrap", "unwrap":
+		f = c.ioFlags(map[string]string{"wrap": "key material to wrap", "unwrap": "wrapped key"}[op])
+		if op == "unwrap" {
+			c.fs.IntVar(&version, "version", 0, "key version (default: current)")
+		}
+	}
+	if err := c.parse(args); err != nil {
+		return err
+	}
+	key, err := c.key(keyFlag)
+	if err != nil {
+		return err
+	}
+	in, err := readInput(c, f.in, f.inEnc)
+	if err != nil {
+		return err
+	}
+	cl, err := c.client()
+	if err != nil {
+		return err
+	}
+	var aadBytes []byte
+	if aad != "" {
+		aadBytes = []byte(aad)
+	}
+	var (
+		resp any
+		out  []byte
+	)
+	switch op {
+	case "sign":
+		req := apitypes.SignRequest{Algorithm: algorithm, SignatureFormat: sigFormat}
+		if digest {
+			req.Digest = in
+		} else {
+			req.Data = in
+		}
+		r, err := cl.Sign(ctx, key, req)
+		if err != nil {
+			return err
+		}
+		resp, out = r, r.Signature
+	case "verify":
+		if sigFile == "" {
+			return errors.New("verify: --signature FILE is required")
+		}
+		sig, err := readInput(c, sigFile, f.outEnc)
+		if err != nil {
+			return fmt.Errorf("--signature: %w", err)
+		}
+		req := apitypes.VerifyRequest{Algorithm: algorithm, SignatureFormat: sigFormat, Signature: sig, KeyVersion: version}
+		if digest {
+			req.Digest = in
+		} else {
+			req.Data = in
+		}
+		r, err := cl.Verify(ctx, key, req)
+		if err != nil {
+			return err
+		}
+		if *c.output == "json" {
+			if err := c.json(r); err != nil {
+				return err
+			}
+		} else if r.Valid {
+			fmt.Fprintln(c.stdout, "signature valid")
+		}
+		if !r.Valid {
+			return &exitError{1, errors.New("signature invalid")}
+		}
+		return nil
+	case "encrypt":
+		r, err := cl.Encrypt(ctx, key, apitypes.EncryptRequest{Plaintext: in, Algorithm: algorithm, AAD: aadBytes})
+		if err != nil {
+			return err
+		}
+		resp, out = r, r.Ciphertext
+	case "decrypt":
+		r, err := cl.Decrypt(ctx, key, apitypes.DecryptRequest{Ciphertext: in, Algorithm: algorithm, AAD: aadBytes, KeyVersion: version})
+		if err != nil {
+			return err
+		}
+		resp, out = r, r.Plaintext
+	case "wrap":
+		r, err := cl.Wrap(ctx, key, apitypes.WrapRequest{KeyMaterial: in, Algorithm: algorithm})
+		if err != nil {
+			return err
+		}
+		resp, out = r, r.WrappedKey
+	case "unwrap":
+		r, err := cl.Unwrap(ctx, key, apitypes.UnwrapRequest{WrappedKey: in, Algorithm: algorithm, KeyVersion: version})
+		if err != nil {
+			return err
+		}
+		resp, out = r, r.KeyMaterial
+	}
+	if *c.output == "json" {
+		return c.json(resp)
+	}
+	return c.writeOutput(f, out)
+}
+
+func cmdProviders(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	c := newCLI("providers", stdin, stdout, stderr)
+	if err := c.parse(args); err != nil {
+		return err
+	}
+	cl, err := c.client()
+	if err != nil {
+		return err
+	}
+	l, err := cl.Providers(ctx)
+	if err != nil {
+		return err
+	}
+	if *c.output == "json" {
+		return c.json(l)
+	}
+	tw := tabwriter.NewWriter(c.stdout, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tTYPE\tHEALTHY\tCAPABILITIES")
+	for _, p := range l.Providers {
+		fmt.Fprintf(tw, "%s\t%s\t%v\t%s\n", p.Name, p.Type, p.Healthy, strings.Join(p.Capabilities, " "))
+	}
+	return tw.Flush()
+}
+
+func cmdHealth(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	c := newCLI("health", stdin, stdout, stderr)
+	if err := c.parse(args); err != nil {
+		return err
+	}
+	cl, err := c.client()
+	if err != nil {
+		return err
+	}
+	h, err := cl.Health(ctx)
+	if err != nil {
+		return err
+	}
+	r, rerr := cl.Ready(ctx)
+	if *c.output == "json" {
+		if err := c.json(map[string]any{"health": h, "ready": r}); err != nil {
+			return err
+		}
+	} else {
+		fmt.Fprintf(c.stdout, "server %s, version %s\n", h.Status, h.Version)
+		for _, p := range r.Providers {
+			fmt.Fprintf(c.stdout, "provider %s (%s): %s\n", p.Name, p.Type, p.State)
+		}
+	}
+	if rerr != nil {
+		return &exitError{1, fmt.Errorf("not ready: %w", rerr)}
+	}
+	return nil
+}

@@ -1,0 +1,92 @@
+// Command keygrid-hsm is the KeyGrid HSM gateway and its command-line client.
+//
+//	keygrid-hsm serve [--config FILE] [--listen ADDR] [--data-dir DIR]
+//	keygrid-hsm keys create|list|get|delete|activate|deactivate|rotate|public …
+//	keygrid-hsm sign|verify|encrypt|decrypt|wrap|unwrap …
+//	keygrid-hsm providers
+//	keygrid-hsm version
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/keygrid/keygrid-hsm/internal/provider"
+	"github.com/keygrid/keygrid-hsm/internal/provider/software"
+)
+
+// version is set at build time with -ldflags "-X main.version=…".
+var version = "dev"
+
+// registry is every provider type this binary has.
+func registry() provider.Registry {
+	return provider.Registry{
+		software.Type: software.New,
+	}
+}
+
+const usage = `keygrid-hsm — the KeyGrid HSM gateway and its client
+
+Server:
+  serve        run the gateway (--config FILE, --listen ADDR, --data-dir DIR)
+  version      print the version
+
+Client (talks to a running server: --server URL or KEYGRID_ADDR):
+  keys create|list|get|delete|activate|deactivate|rotate|public
+  sign | verify | encrypt | decrypt | wrap | unwrap
+  providers    list providers and what they can do
+  health       check the server's liveness and readiness
+
+Run "keygrid-hsm COMMAND -h" for a command's flags.
+`
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
+}
+
+// exitError carries an exit code.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+
+func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		fmt.Fprint(stderr, usage)
+		if len(args) == 0 {
+			return 2
+		}
+		return 0
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	var err error
+	switch args[0] {
+	case "serve":
+		err = cmdServe(ctx, args[1:], stderr)
+	case "version":
+		fmt.Fprintln(stdout, "keygrid-hsm", version)
+	default:
+		err = runClient(ctx, args, stdin, stdout, stderr)
+	}
+	if err == nil {
+		return 0
+	}
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	fmt.Fprintln(stderr, "keygrid-hsm:", err)
+	var ee *exitError
+	if errors.As(err, &ee) {
+		return ee.code
+	}
+	return 1
+}

@@ -1,0 +1,43 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"io"
+	"log/slog"
+
+	"github.com/keygrid/keygrid-hsm/internal/config"
+	"github.com/keygrid/keygrid-hsm/internal/server"
+)
+
+func newLogger(c *config.Config, w io.Writer) *slog.Logger {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(c.Log.Level))
+	opts := &slog.HandlerOptions{Level: level}
+	if c.Log.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfgPath := fs.String("config", "", "configuration file (YAML); none: the embedded default")
+	listen := fs.String("listen", "", "listen address host:port (env KEYGRID_LISTEN; default 127.0.0.1:8080)")
+	dataDir := fs.String("data-dir", "", "data directory (env KEYGRID_DATA_DIR; default ./data)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	cfg, err := config.Load(*cfgPath, config.Flags{Listen: *listen, DataDir: *dataDir})
+	if err != nil {
+		return err
+	}
+	log := newLogger(cfg, stderr)
+	srv, err := server.New(ctx, cfg, registry(), log, version)
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
+	return srv.Serve(ctx, nil)
+}

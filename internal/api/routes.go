@@ -1,0 +1,105 @@
+// Package api is the HTTP API v1 of KeyGrid HSM. Every route is listed in
+// routes; every handler has one shape: decode → call the service → render.
+// Errors become the body and status of one table (errors.go).
+package api
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/keygrid/keygrid-hsm/internal/metrics"
+	"github.com/keygrid/keygrid-hsm/internal/service"
+	"github.com/keygrid/keygrid-hsm/pkg/apitypes"
+)
+
+// Service is what the API needs of the key service.
+type Service interface {
+	CreateKey(ctx context.Context, req apitypes.CreateKeyRequest) (*apitypes.Key, error)
+	GetKey(ctx context.Context, ref string) (*apitypes.Key, error)
+	ListKeys(ctx context.Context, o service.ListOptions) (*apitypes.KeyList, error)
+	DeleteKey(ctx context.Context, ref string) error
+	ActivateKey(ctx context.Context, ref string) (*apitypes.Key, error)
+	DeactivateKey(ctx context.Context, ref string) (*apitypes.Key, error)
+	RotateKey(ctx context.Context, ref string) (*apitypes.Key, error)
+	PublicKey(ctx context.Context, ref string, version int) (*apitypes.PublicKey, error)
+	Sign(ctx context.Context, ref string, req apitypes.SignRequest) (*apitypes.SignResponse, error)
+	Verify(ctx context.Context, ref string, req apitypes.VerifyRequest) (*apitypes.VerifyResponse, error)
+	Encrypt(ctx context.Context, ref string, req apitypes.EncryptRequest) (*apitypes.EncryptResponse, error)
+	Decrypt(ctx context.Context, ref string, req apitypes.DecryptRequest) (*apitypes.DecryptResponse, error)
+	Wrap(ctx context.Context, ref string, req apitypes.WrapRequest) (*apitypes.WrapResponse, error)
+	Unwrap(ctx context.Context, ref string, req apitypes.UnwrapRequest) (*apitypes.UnwrapResponse, error)
+	Providers(ctx context.Context) *apitypes.ProviderList
+	ProviderHealth(ctx context.Context, name string) (*apitypes.ProviderHealth, error)
+	Ready(ctx context.Context) (bool, []apitypes.ProviderStatus)
+}
+
+// Options configure the API.
+type Options struct {
+	Service Service
+	Metrics *metrics.Metrics
+	Logger  *slog.Logger
+	Version string
+	// MaxBodyBytes caps request bodies (413 beyond).
+	MaxBodyBytes int64
+	// RequestTimeout bounds each request's work.
+	RequestTimeout time.Duration
+}
+
+// API is the HTTP handler.
+type API struct {
+	svc     Service
+	metrics *metrics.Metrics
+	log     *slog.Logger
+	version string
+	maxBody int64
+	timeout time.Duration
+	mux     *http.ServeMux
+}
+
+// New builds the handler.
+func New(o Options) *API {
+	a := &API{svc: o.Service, metrics: o.Metrics, log: o.Logger, version: o.Version,
+		maxBody: o.MaxBodyBytes, timeout: o.RequestTimeout, mux: http.NewServeMux()}
+	if a.log == nil {
+		a.log = slog.Default()
+	}
+	if a.maxBody == 0 {
+		a.maxBody = 1 << 20
+	}
+	a.routes()
+	return a
+}
+
+func (a *API) routes() {
+	m := a.mux
+	m.HandleFunc("GET /health", a.health)
+	m.HandleFunc("GET /ready", a.ready)
+	m.Handle("GET /metrics", a.metrics.Handler())
+
+	m.HandleFunc("GET /api/v1/providers", a.listProviders)
+	m.HandleFunc("GET /api/v1/providers/{name}/health", a.providerHealth)
+
+	m.HandleFunc("POST /api/v1/keys", a.createKey)
+	m.HandleFunc("GET /api/v1/keys", a.listKeys)
+	m.HandleFunc("GET /api/v1/keys/{key}", a.getKey)
+	m.HandleFunc("DELETE /api/v1/keys/{key}", a.deleteKey)
+	m.HandleFunc("POST /api/v1/keys/{key}/activate", a.keyState(a.svc.ActivateKey))
+	m.HandleFunc("POST /api/v1/keys/{key}/deactivate", a.keyState(a.svc.DeactivateKey))
+	m.HandleFunc("POST /api/v1/keys/{key}/rotate", a.keyState(a.svc.RotateKey))
+	m.HandleFunc("GET /api/v1/keys/{key}/public", a.publicKey)
+	m.HandleFunc("POST /api/v1/keys/{key}/sign", keyOp(a, a.svc.Sign))
+	m.HandleFunc("POST /api/v1/keys/{key}/verify", keyOp(a, a.svc.Verify))
+	m.HandleFunc("POST /api/v1/keys/{key}/encrypt", keyOp(a, a.svc.Encrypt))
+	m.HandleFunc("POST /api/v1/keys/{key}/decrypt", keyOp(a, a.svc.Decrypt))
+	m.HandleFunc("POST /api/v1/keys/{key}/wrap", keyOp(a, a.svc.Wrap))
+	m.HandleFunc("POST /api/v1/keys/{key}/unwrap", keyOp(a, a.svc.Unwrap))
+
+	m.HandleFunc("/", a.notFound)
+}
+
+// ServeHTTP implements http.Handler with the middleware around the routes.
+func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	a.middleware(a.mux).ServeHTTP(w, r)
+}

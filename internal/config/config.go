@@ -1,0 +1,418 @@
+// Package config loads the KeyGrid HSM configuration: a YAML file, then
+// KEYGRID_* environment overrides, then defaults, then validation with
+// errors that name the field.
+//
+// Every scalar field has an environment variable made of KEYGRID_ and its
+// YAML path in upper case joined by '_' (server.listen → KEYGRID_SERVER_LISTEN,
+// storage.dsn_env → KEYGRID_STORAGE_DSN_ENV). Providers' settings are
+// overridable the same way for the keys the file sets
+// (providers.hsm.config.pkcs11.slot_id → KEYGRID_PROVIDERS_HSM_CONFIG_PKCS11_SLOT_ID).
+// KEYGRID_LISTEN and KEYGRID_DATA_DIR are short forms of the two most used.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"reflect"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Duration is a time.Duration written as "5s" in YAML.
+type Duration time.Duration
+
+// UnmarshalYAML implements yaml.Unmarshaler.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	v, err := time.ParseDuration(n.Value)
+	if err != nil {
+		return fmt.Errorf("line %d: %q is not a duration (like 5s or 250ms)", n.Line, n.Value)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// D returns the time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// Config is the whole configuration.
+type Config struct {
+	DataDir         string                    `yaml:"data_dir"`
+	Server          Server                    `yaml:"server"`
+	Storage         Storage                   `yaml:"storage"`
+	Providers       map[string]ProviderConfig `yaml:"providers"`
+	DefaultProvider string                    `yaml:"default_provider"`
+	Audit           Audit                     `yaml:"audit"`
+	Log             Log                       `yaml:"log"`
+	Reconcile       Reconcile                 `yaml:"reconcile"`
+
+	// Embedded is true when no file was given: the zero-configuration
+	// default (software provider, SQLite, ./data, 127.0.0.1:8080).
+	Embedded bool `yaml:"-"`
+}
+
+// Server configures the HTTP listener.
+type Server struct {
+	Listen            string   `yaml:"listen"`
+	ReadHeaderTimeout Duration `yaml:"read_header_timeout"`
+	ReadTimeout       Duration `yaml:"read_timeout"`
+	WriteTimeout      Duration `yaml:"write_timeout"`
+	IdleTimeout       Duration `yaml:"idle_timeout"`
+	ShutdownTimeout   Duration `yaml:"shutdown_timeout"`
+	// RequestTimeout bounds the work of one request (provider calls
+	// included).
+	RequestTimeout Duration `yaml:"request_timeout"`
+	MaxBodyBytes   int64    `yaml:"max_body_bytes"`
+}
+
+// Storage configures the metadata store.
+type Storage struct {
+	Driver string `yaml:"driver"` // sqlite | postgres
+	Path   string `yaml:"path"`   // sqlite file, default <data_dir>/keygrid.db
+	DSN    string `yaml:"dsn"`
+	DSNEnv string `yaml:"dsn_env"`
+}
+
+// ProviderConfig is one provider instance.
+type ProviderConfig struct {
+	Enabled *bool  `yaml:"enabled"`
+	Type    string `yaml:"type"` // default: the instance name
+	// Config is the type-specific block, decoded by the provider.
+	Config map[string]any `yaml:"config"`
+}
+
+// IsEnabled reports whether the instance is enabled (default true).
+func (p ProviderConfig) IsEnabled() bool { return p.Enabled == nil || *p.Enabled }
+
+// Audit configures the audit log.
+type Audit struct {
+	Path string `yaml:"path"` // default <data_dir>/audit.log
+}
+
+// Log configures the server log.
+type Log struct {
+	Level  string `yaml:"level"`  // debug | info | warn | error
+	Format string `yaml:"format"` // text | json
+}
+
+// Reconcile configures the background repair of interrupted creates and
+// deletes.
+type Reconcile struct {
+	Interval Duration `yaml:"interval"`
+	Grace    Duration `yaml:"grace"`
+}
+
+// Error is a configuration error naming the field.
+type Error struct {
+	Field string
+	Msg   string
+}
+
+func (e *Error) Error() string { return "config: " + e.Field + ": " + e.Msg }
+
+// Flags are command-line settings; they win over the file and the
+// environment.
+type Flags struct {
+	Listen  string
+	DataDir string
+}
+
+// Load reads path (empty: the embedded default), applies the environment,
+// the flags and the defaults. It does not validate; see Validate.
+func Load(path string, flags Flags) (*Config, error) {
+	c := &Config{}
+	if path == "" {
+		c.Embedded = true
+		c.Providers = map[string]ProviderConfig{"software": {}}
+	} else {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return nil, fmt.Errorf("config: %w", err)
+		}
+		dec := yaml.NewDecoder(bytes.NewReader(b))
+		dec.KnownFields(true)
+		if err := dec.Decode(c); err != nil && !errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("config %s: %w", path, err)
+		}
+	}
+	if err := applyEnv(c, os.LookupEnv); err != nil {
+		return nil, err
+	}
+	if flags.Listen != "" {
+		c.Server.Listen = flags.Listen
+	}
+	if flags.DataDir != "" {
+		c.DataDir = flags.DataDir
+	}
+	c.setDefaults()
+	return c, nil
+}
+
+func (c *Config) setDefaults() {
+	if c.DataDir == "" {
+		c.DataDir = "./data"
+	}
+	s := &c.Server
+	if s.Listen == "" {
+		s.Listen = "127.0.0.1:8080"
+	}
+	def := func(d *Duration, v time.Duration) {
+		if *d == 0 {
+			*d = Duration(v)
+		}
+	}
+	def(&s.ReadHeaderTimeout, 5*time.Second)
+	def(&s.ReadTimeout, 30*time.Second)
+	def(&s.WriteTimeout, 60*time.Second)
+	def(&s.IdleTimeout, 120*time.Second)
+	def(&s.ShutdownTimeout, 20*time.Second)
+	def(&s.RequestTimeout, 30*time.Second)
+	if s.MaxBodyBytes == 0 {
+		s.MaxBodyBytes = 1 << 20
+	}
+	if c.Storage.Driver == "" {
+		c.Storage.Driver = "sqlite"
+	}
+	if c.Storage.Driver == "sqlite" && c.Storage.Path == "" {
+		c.Storage.Path = filepath.Join(c.DataDir, "keygrid.db")
+	}
+	if c.Audit.Path == "" {
+		c.Audit.Path = filepath.Join(c.DataDir, "audit.log")
+	}
+	if c.Log.Level == "" {
+		c.Log.Level = "info"
+	}
+	if c.Log.Format == "" {
+		c.Log.Format = "text"
+	}
+	def(&c.Reconcile.Interval, time.Minute)
+	def(&c.Reconcile.Grace, 2*time.Minute)
+}
+
+// ProviderType returns the type of a provider instance.
+func (c *Config) ProviderType(name string) string {
+	if t := c.Providers[name].Type; t != "" {
+		return t
+	}
+	return name
+}
+
+// EnabledProviders lists enabled provider names, sorted.
+func (c *Config) EnabledProviders() []string {
+	var out []string
+	for n, p := range c.Providers {
+		if p.IsEnabled() {
+			out = append(out, n)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+var providerName = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
+
+// Validate checks the configuration. knownTypes are the provider types this
+// binary has; an enabled provider of another type is an error naming it.
+func (c *Config) Validate(knownTypes []string) error {
+	if _, _, err := net.SplitHostPort(c.Server.Listen); err != nil {
+		return &Error{"server.listen", fmt.Sprintf("%q is not host:port", c.Server.Listen)}
+	}
+	if c.Server.MaxBodyBytes < 1024 {
+		return &Error{"server.max_body_bytes", "must be at least 1024"}
+	}
+	for f, d := range map[string]Duration{
+		"server.read_header_timeout": c.Server.ReadHeaderTimeout, "server.read_timeout": c.Server.ReadTimeout,
+		"server.write_timeout": c.Server.WriteTimeout, "server.idle_timeout": c.Server.IdleTimeout,
+		"server.shutdown_timeout": c.Server.ShutdownTimeout, "server.request_timeout": c.Server.RequestTimeout,
+		"reconcile.interval": c.Reconcile.Interval, "reconcile.grace": c.Reconcile.Grace,
+	} {
+		if d < 0 {
+			return &Error{f, "must not be negative"}
+		}
+	}
+	switch c.Storage.Driver {
+	case "sqlite":
+	case "postgres":
+		if c.Storage.DSN == "" && c.Storage.DSNEnv == "" {
+			return &Error{"storage.dsn", "postgres needs dsn or dsn_env"}
+		}
+	default:
+		return &Error{"storage.driver", fmt.Sprintf("%q is not sqlite or postgres", c.Storage.Driver)}
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		return &Error{"log.level", fmt.Sprintf("%q is not debug, info, warn or error", c.Log.Level)}
+	}
+	switch c.Log.Format {
+	case "text", "json":
+	default:
+		return &Error{"log.format", fmt.Sprintf("%q is not text or json", c.Log.Format)}
+	}
+	enabled := c.EnabledProviders()
+	if len(enabled) == 0 {
+		return &Error{"providers", "at least one provider must be enabled"}
+	}
+	for _, n := range enabled {
+		if !providerName.MatchString(n) {
+			return &Error{"providers." + n, "provider names are lower-case letters, digits, '-' and '_'"}
+		}
+		t := c.ProviderType(n)
+		known := false
+		for _, k := range knownTypes {
+			known = known || k == t
+		}
+		if !known {
+			return &Error{"providers." + n + ".type", fmt.Sprintf("unknown provider type %q (this build has: %s)", t, strings.Join(knownTypes, ", "))}
+		}
+	}
+	if c.DefaultProvider != "" {
+		if p, ok := c.Providers[c.DefaultProvider]; !ok || !p.IsEnabled() {
+			return &Error{"default_provider", fmt.Sprintf("%q is not an enabled provider", c.DefaultProvider)}
+		}
+	}
+	return nil
+}
+
+// DecodeProviderConfig decodes provider name's config block into out,
+// refusing unknown fields.
+func (c *Config) DecodeProviderConfig(name string, out any) error {
+	raw := c.Providers[name].Config
+	if raw == nil {
+		return nil
+	}
+	b, err := yaml.Marshal(raw)
+	if err != nil {
+		return err
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(out); err != nil {
+		return &Error{"providers." + name + ".config", err.Error()}
+	}
+	return nil
+}
+
+var nonAlnum = regexp.MustCompile(`[^A-Za-z0-9]`)
+
+// envName turns a YAML path into its environment variable.
+func envName(path []string) string {
+	return strings.ToUpper(nonAlnum.ReplaceAllString("KEYGRID_"+strings.Join(path, "_"), "_"))
+}
+
+// applyEnv overrides fields from the environment.
+func applyEnv(c *Config, lookup func(string) (string, bool)) error {
+	if v, ok := lookup("KEYGRID_LISTEN"); ok {
+		c.Server.Listen = v
+	}
+	if v, ok := lookup("KEYGRID_DATA_DIR"); ok {
+		c.DataDir = v
+	}
+	return walkEnv(reflect.ValueOf(c).Elem(), nil, lookup)
+}
+
+func walkEnv(v reflect.Value, path []string, lookup func(string) (string, bool)) error {
+	switch v.Kind() {
+	case reflect.Struct:
+		t := v.Type()
+		for i := 0; i < t.NumField(); i++ {
+			tag := strings.Split(t.Field(i).Tag.Get("yaml"), ",")[0]
+			if tag == "" || tag == "-" {
+				continue
+			}
+			if err := walkEnv(v.Field(i), append(path, tag), lookup); err != nil {
+				return err
+			}
+		}
+		return nil
+	case reflect.Map:
+		if v.Type().Key().Kind() != reflect.String {
+			return nil
+		}
+		for _, k := range v.MapKeys() {
+			e := v.MapIndex(k)
+			// Map values are not addressable: copy, walk, store back.
+			cp := reflect.New(e.Type()).Elem()
+			cp.Set(e)
+			if cp.Kind() == reflect.Interface && !cp.IsNil() {
+				inner := reflect.New(cp.Elem().Type()).Elem()
+				inner.Set(cp.Elem())
+				if err := walkEnv(inner, append(path, k.String()), lookup); err != nil {
+					return err
+				}
+				cp.Set(inner)
+			} else if err := walkEnv(cp, append(path, k.String()), lookup); err != nil {
+				return err
+			}
+			v.SetMapIndex(k, cp)
+		}
+		return nil
+	case reflect.Pointer:
+		name := envName(path)
+		if s, ok := lookup(name); ok {
+			if v.IsNil() {
+				v.Set(reflect.New(v.Type().Elem()))
+			}
+			return setScalar(v.Elem(), s, name)
+		}
+		return nil
+	}
+	name := envName(path)
+	if s, ok := lookup(name); ok {
+		return setScalar(v, s, name)
+	}
+	return nil
+}
+
+func setScalar(v reflect.Value, s, name string) error {
+	bad := func() error { return &Error{name, fmt.Sprintf("%q is not a valid %s", s, v.Kind())} }
+	if v.Type() == reflect.TypeOf(Duration(0)) {
+		d, err := time.ParseDuration(s)
+		if err != nil {
+			return bad()
+		}
+		v.SetInt(int64(d))
+		return nil
+	}
+	switch v.Kind() {
+	case reflect.String:
+		v.SetString(s)
+	case reflect.Bool:
+		b, err := strconv.ParseBool(s)
+		if err != nil {
+			return bad()
+		}
+		v.SetBool(b)
+	case reflect.Int, reflect.Int64, reflect.Int32:
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			return bad()
+		}
+		v.SetInt(n)
+	case reflect.Interface: // a value in a provider's config map
+		v.Set(reflect.ValueOf(yamlScalar(s)))
+	}
+	return nil
+}
+
+// yamlScalar reads an environment value as YAML would (numbers, booleans).
+func yamlScalar(s string) any {
+	var out any
+	if err := yaml.Unmarshal([]byte(s), &out); err != nil || out == nil {
+		return s
+	}
+	switch out.(type) {
+	case int, bool, float64, string:
+		return out
+	}
+	return s
+}

@@ -1,0 +1,162 @@
+// Package server assembles a KeyGrid HSM server from its configuration:
+// metadata store, audit log, providers, key service and HTTP API, and runs
+// it until its context ends, then shuts down gracefully.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+
+	"github.com/keygrid/keygrid-hsm/internal/api"
+	"github.com/keygrid/keygrid-hsm/internal/audit"
+	"github.com/keygrid/keygrid-hsm/internal/config"
+	"github.com/keygrid/keygrid-hsm/internal/metrics"
+	"github.com/keygrid/keygrid-hsm/internal/provider"
+	"github.com/keygrid/keygrid-hsm/internal/service"
+	"github.com/keygrid/keygrid-hsm/internal/store"
+)
+
+// Server is an assembled gateway.
+type Server struct {
+	cfg     *config.Config
+	log     *slog.Logger
+	store   store.Store
+	audit   *audit.Log
+	svc     *service.Service
+	handler http.Handler
+}
+
+// New builds a server. On error, whatever was opened is closed again.
+func New(ctx context.Context, cfg *config.Config, reg provider.Registry, log *slog.Logger, version string) (_ *Server, err error) {
+	if err := cfg.Validate(reg.Types()); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("data dir: %w", err)
+	}
+	s := &Server{cfg: cfg, log: log}
+	defer func() {
+		if err != nil {
+			s.Close()
+		}
+	}()
+	switch cfg.Storage.Driver {
+	case "sqlite":
+		s.store, err = store.OpenSQLite(ctx, cfg.Storage.Path)
+	default:
+		err = fmt.Errorf("storage.driver %q is not available in this build", cfg.Storage.Driver)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if s.audit, err = audit.Open(cfg.Audit.Path); err != nil {
+		return nil, fmt.Errorf("audit log: %w", err)
+	}
+	var providers []provider.Provider
+	defer func() {
+		if err != nil {
+			for _, p := range providers {
+				p.Close()
+			}
+		}
+	}()
+	for _, name := range cfg.EnabledProviders() {
+		typ := cfg.ProviderType(name)
+		p, err := reg[typ](ctx, provider.Params{
+			Name: name, Type: typ, DataDir: cfg.DataDir, Embedded: cfg.Embedded,
+			Decode: func(out any) error { return cfg.DecodeProviderConfig(name, out) },
+			Logger: log.With("provider", name),
+		})
+		if err != nil {
+			return nil, fmt.Errorf("provider %q (%s): %w", name, typ, err)
+		}
+		providers = append(providers, p)
+	}
+	m := metrics.New(version)
+	s.svc, err = service.New(service.Options{
+		Store: s.store, Providers: providers, DefaultProvider: cfg.DefaultProvider, Audit: s.audit, Metrics: m,
+		Logger: log, ReconcileGrace: cfg.Reconcile.Grace.D(),
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.handler = api.New(api.Options{
+		Service: s.svc, Metrics: m, Logger: log, Version: version,
+		MaxBodyBytes: cfg.Server.MaxBodyBytes, RequestTimeout: cfg.Server.RequestTimeout.D(),
+	})
+	return s, nil
+}
+
+// Handler is the HTTP handler (for tests with httptest).
+func (s *Server) Handler() http.Handler { return s.handler }
+
+// Service is the key service.
+func (s *Server) Service() *service.Service { return s.svc }
+
+// Serve listens on the configured address and serves until ctx ends; then
+// it stops accepting, lets requests in flight finish within the shutdown
+// timeout, and returns. ready, if not nil, receives the bound address.
+func (s *Server) Serve(ctx context.Context, ready func(addr net.Addr)) error {
+	ln, err := net.Listen("tcp", s.cfg.Server.Listen)
+	if err != nil {
+		return err
+	}
+	c := s.cfg.Server
+	hs := &http.Server{
+		Handler:           s.handler,
+		ReadHeaderTimeout: c.ReadHeaderTimeout.D(),
+		ReadTimeout:       c.ReadTimeout.D(),
+		WriteTimeout:      c.WriteTimeout.D(),
+		IdleTimeout:       c.IdleTimeout.D(),
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+	}
+	rctx, stopReconciler := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopReconciler()
+	go s.svc.RunReconciler(rctx, s.cfg.Reconcile.Interval.D())
+
+	errc := make(chan error, 1)
+	go func() { errc <- hs.Serve(ln) }()
+	s.log.Info("keygrid-hsm serving", "addr", ln.Addr().String(), "providers", s.svc.ProviderNames(),
+		"storage", s.cfg.Storage.Driver, "data_dir", s.cfg.DataDir)
+	if ready != nil {
+		ready(ln.Addr())
+	}
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	s.log.Info("shutting down: draining requests in flight", "timeout", c.ShutdownTimeout.D().String())
+	sctx, cancel := context.WithTimeout(context.Background(), c.ShutdownTimeout.D())
+	defer cancel()
+	err = hs.Shutdown(sctx)
+	if errors.Is(err, context.DeadlineExceeded) {
+		s.log.Warn("shutdown deadline passed with requests still in flight; closing them")
+		hs.Close()
+	}
+	if serr := <-errc; serr != nil && !errors.Is(serr, http.ErrServerClosed) {
+		return serr
+	}
+	return nil
+}
+
+// Close closes the providers, the audit log and the store, in that order.
+func (s *Server) Close() error {
+	var errs []error
+	if s.svc != nil {
+		errs = append(errs, s.svc.Close())
+	}
+	if s.audit != nil {
+		errs = append(errs, s.audit.Close())
+	}
+	if s.store != nil {
+		errs = append(errs, s.store.Close())
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,466 @@
+package service
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"regexp"
+	"slices"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/keygrid/keygrid-hsm/internal/alg"
+	"github.com/keygrid/keygrid-hsm/internal/kgerr"
+	"github.com/keygrid/keygrid-hsm/internal/provider"
+	"github.com/keygrid/keygrid-hsm/internal/store"
+	"github.com/keygrid/keygrid-hsm/pkg/apitypes"
+)
+
+var namePattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
+
+// Limits on key metadata.
+const (
+	maxMetadataEntries = 64
+	maxMetadataKey     = 128
+	maxMetadataValue   = 1024
+)
+
+func newObjectID() string {
+	b := make([]byte, 16)
+	if _, err := rand.Read(b); err != nil {
+		panic(err) // crypto/rand never fails on Linux
+	}
+	return hex.EncodeToString(b)
+}
+
+func validateMetadata(m map[string]string) error {
+	if len(m) > maxMetadataEntries {
+		return kgerr.Invalid(fmt.Sprintf("metadata has %d entries, at most %d allowed", len(m), maxMetadataEntries))
+	}
+	for k, v := range m {
+		if k == "" || len(k) > maxMetadataKey {
+			return kgerr.Invalid(fmt.Sprintf("metadata keys must be 1 to %d bytes", maxMetadataKey))
+		}
+		if len(v) > maxMetadataValue {
+			return kgerr.Invalid(fmt.Sprintf("metadata value of %q is longer than %d bytes", k, maxMetadataValue))
+		}
+	}
+	return nil
+}
+
+// CreateKey creates a key and its first version.
+func (s *Service) CreateKey(ctx context.Context, req apitypes.CreateKeyRequest) (_ *apitypes.Key, err error) {
+	o := s.begin("create")
+	o.algorithm = req.KeySpec.Algorithm
+	defer s.finish(ctx, o, &err)
+
+	if !namePattern.MatchString(req.Name) {
+		return nil, kgerr.Invalid("name must be 1 to 128 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit")
+	}
+	provName := req.Provider
+	if provName == "" {
+		provName = s.defProv
+	}
+	o.provider = provName
+	p, ok := s.providers[provName]
+	if !ok {
+		return nil, kgerr.Invalid(fmt.Sprintf("provider %q is not configured (configured: %v)", provName, s.names))
+	}
+	spec, err := alg.NewSpec(req.KeySpec.KeyType, req.KeySpec.KeySize, req.KeySpec.Curve)
+	if err != nil {
+		return nil, err
+	}
+	caps := p.Capabilities()
+	if err := caps.CheckSpec(spec); err != nil {
+		return nil, err
+	}
+	usage, err := alg.ParseUsage(spec.Type, req.KeySpec.Usage)
+	if err != nil {
+		return nil, err
+	}
+	var a alg.Info
+	if req.KeySpec.Algorithm != "" {
+		if a, err = alg.Lookup(req.KeySpec.Algorithm); err != nil {
+			return nil, err
+		}
+		if err := alg.Compatible(spec, a); err != nil {
+			return nil, err
+		}
+	} else if a, err = alg.Lookup(string(alg.Default(spec, usage))); err != nil {
+		return nil, err
+	}
+	o.algorithm = string(a.Name)
+	if err := caps.CheckAlgorithm(a.Name); err != nil {
+		return nil, err
+	}
+	if len(usage) == 0 {
+		usage = alg.DefaultUsage(a)
+	}
+	if !slices.ContainsFunc(alg.DefaultUsage(a), func(u alg.Usage) bool { return slices.Contains(usage, u) }) {
+		return nil, kgerr.Invalid(fmt.Sprintf("algorithm %s does not serve any of the key's usages %v", a.Name, usage))
+	}
+	if err := validateMetadata(req.Metadata); err != nil {
+		return nil, err
+	}
+	now := s.now().UTC()
+	if req.ExpiresAt != nil && !req.ExpiresAt.After(now) {
+		return nil, kgerr.Invalid("expires_at must be in the future")
+	}
+	id, err := uuid.NewV7()
+	if err != nil {
+		return nil, err
+	}
+	k := &store.Key{
+		ID: id.String(), Name: req.Name, Provider: provName, KeyType: string(spec.Type), KeySize: spec.Size,
+		Curve: spec.Curve, Algorithm: string(a.Name), Extractable: req.KeySpec.Extractable,
+		State: store.StatePending, Metadata: req.Metadata, CreatedAt: now, UpdatedAt: now,
+		Versions: []store.Version{{Version: 1, ObjectID: newObjectID(), State: store.StatePending, CreatedAt: now}},
+	}
+	for _, u := range usage {
+		k.Usage = append(k.Usage, string(u))
+	}
+	if req.ExpiresAt != nil {
+		t := req.ExpiresAt.UTC()
+		k.ExpiresAt = &t
+	}
+	o.key, o.version = k, 1
+	// The pending record reserves the name before the provider is touched:
+	// of two creates with one name, the loser makes nothing.
+	if err := s.store.CreateKey(ctx, k); err != nil {
+		return nil, err
+	}
+	created, err := s.makeMaterial(ctx, p, k, &k.Versions[0])
+	if err != nil {
+		s.abandonPending(ctx, p, k, 1)
+		return nil, err
+	}
+	k, err = s.completeVersion(ctx, k.ID, 1, created)
+	if err != nil {
+		return nil, err
+	}
+	return s.toAPI(k), nil
+}
+
+// makeMaterial asks the provider for a version's key material. If the call
+// fails, the provider is asked whether the material exists anyway (the
+// request may have reached the HSM before the failure).
+func (s *Service) makeMaterial(ctx context.Context, p provider.Provider, k *store.Key, v *store.Version) (provider.CreatedKey, error) {
+	label := k.Name
+	if v.Version > 1 {
+		label = fmt.Sprintf("%s.v%d", k.Name, v.Version)
+	}
+	usage := make([]alg.Usage, len(k.Usage))
+	for i, u := range k.Usage {
+		usage[i] = alg.Usage(u)
+	}
+	created, err := p.CreateKey(ctx, provider.CreateKeyRequest{
+		ObjectID: v.ObjectID, Label: label, Spec: specOf(k), Usage: usage, Extractable: k.Extractable,
+	})
+	if err == nil {
+		return created, nil
+	}
+	found, ok, ferr := s.findMaterial(context.WithoutCancel(ctx), p, k, v.ObjectID)
+	if ferr != nil || !ok {
+		return provider.CreatedKey{}, err
+	}
+	return found, nil
+}
+
+// findMaterial looks for the material of a version by its object id.
+func (s *Service) findMaterial(ctx context.Context, p provider.Provider, k *store.Key, objectID string) (provider.CreatedKey, bool, error) {
+	ref, found, err := p.FindKey(ctx, objectID)
+	if err != nil || !found {
+		return provider.CreatedKey{}, false, err
+	}
+	created := provider.CreatedKey{Ref: ref}
+	if k.KeyType != string(alg.AES) {
+		if created.PublicKey, err = p.PublicKey(ctx, ref); err != nil {
+			return provider.CreatedKey{}, false, err
+		}
+	}
+	return created, true, nil
+}
+
+// abandonPending undoes a version whose material was not made: the record
+// (or the version) goes. If the provider cannot say whether the material
+// exists, the record stays pending for the reconciler.
+func (s *Service) abandonPending(ctx context.Context, p provider.Provider, k *store.Key, version int) {
+	ctx = context.WithoutCancel(ctx)
+	v := k.Version(version)
+	if _, found, err := p.FindKey(ctx, v.ObjectID); err != nil || found {
+		s.log.Warn("key material state unknown after a failed create; left pending for reconciliation",
+			"key_id", k.ID, "version", version, "err", err)
+		return
+	}
+	err := s.mutate(ctx, k.ID, func(k *store.Key) (bool, error) {
+		if version == 1 {
+			return false, errDeleteRecord
+		}
+		k.Versions = slices.DeleteFunc(k.Versions, func(x store.Version) bool { return x.Version == version })
+		return true, nil
+	})
+	if err != nil && !errors.Is(err, kgerr.ErrKeyNotFound) {
+		s.log.Warn("could not remove a failed pending key version; left for reconciliation", "key_id", k.ID, "err", err)
+	}
+}
+
+// errDeleteRecord tells mutate to delete the record.
+var errDeleteRecord = errors.New("delete record")
+
+// mutate re-reads a key and applies f until its compare-and-swap succeeds.
+// f returns false to write nothing, or errDeleteRecord to delete the record.
+// It is for the service's own follow-up writes, which must land whatever a
+// concurrent request changed; user-facing state changes use a single CAS so
+// that of two racing changes the loser gets 409.
+func (s *Service) mutate(ctx context.Context, id string, f func(k *store.Key) (bool, error)) error {
+	for attempt := 0; ; attempt++ {
+		k, err := s.store.GetKey(ctx, id)
+		if err != nil {
+			return err
+		}
+		write, err := f(k)
+		switch {
+		case errors.Is(err, errDeleteRecord):
+			err = s.store.DeleteKey(ctx, k.ID, k.Revision)
+		case err != nil:
+			return err
+		case !write:
+			return nil
+		default:
+			k.UpdatedAt = s.now().UTC()
+			err = s.store.UpdateKey(ctx, k)
+		}
+		if !errors.Is(err, kgerr.ErrConflict) || attempt == 20 {
+			return err
+		}
+	}
+}
+
+// completeVersion records the material of a pending version and makes it
+// (and a pending key) active. If the key was deleted meanwhile, the material
+// is destroyed and the caller gets a conflict.
+func (s *Service) completeVersion(ctx context.Context, id string, version int, created provider.CreatedKey) (*store.Key, error) {
+	ctx = context.WithoutCancel(ctx) // the material exists: record it whatever the client does
+	var out *store.Key
+	err := s.mutate(ctx, id, func(k *store.Key) (bool, error) {
+		v := k.Version(version)
+		if v == nil || k.State == store.StateDeleting {
+			return false, kgerr.New(kgerr.ErrConflict.Code, "the key was deleted while its material was being made")
+		}
+		v.ProviderRef, v.PublicKey, v.State = created.Ref, created.PublicKey, store.StateActive
+		if k.State == store.StatePending {
+			k.State = store.StateActive
+		}
+		out = k
+		return true, nil
+	})
+	if errors.Is(err, kgerr.ErrConflict) || errors.Is(err, kgerr.ErrKeyNotFound) {
+		if p, ok := s.providers[s.providerOfKey(ctx, id)]; ok {
+			if derr := p.DeleteKey(ctx, created.Ref); derr != nil {
+				s.log.Warn("orphan key material left after a concurrent delete", "key_id", id, "err", derr)
+			}
+		}
+	}
+	return out, err
+}
+
+func (s *Service) providerOfKey(ctx context.Context, id string) string {
+	k, err := s.store.GetKey(ctx, id)
+	if err != nil {
+		return ""
+	}
+	return k.Provider
+}
+
+// getKey loads a key and checks the caller may see it.
+func (s *Service) getKey(ctx context.Context, ref string) (*store.Key, error) {
+	if ref == "" {
+		return nil, kgerr.Invalid("key id or name is required")
+	}
+	return s.store.GetKey(ctx, ref)
+}
+
+// GetKey returns one key by id or name.
+func (s *Service) GetKey(ctx context.Context, ref string) (*apitypes.Key, error) {
+	k, err := s.getKey(ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	return s.toAPI(k), nil
+}
+
+// ListOptions filter a listing.
+type ListOptions struct {
+	Provider  string
+	State     string
+	Limit     int
+	PageToken string
+}
+
+// ListKeys lists keys.
+func (s *Service) ListKeys(ctx context.Context, o ListOptions) (*apitypes.KeyList, error) {
+	switch store.State(o.State) {
+	case "", store.StatePending, store.StateActive, store.StateInactive, store.StateDeleting:
+	default:
+		return nil, kgerr.Invalid(fmt.Sprintf("state %q is not one of pending, active, inactive, deleting", o.State))
+	}
+	keys, next, err := s.store.ListKeys(ctx, store.ListOptions{
+		Provider: o.Provider, State: store.State(o.State), Limit: o.Limit, PageToken: o.PageToken,
+	})
+	if err != nil {
+		return nil, err
+	}
+	out := &apitypes.KeyList{Keys: make([]apitypes.Key, 0, len(keys)), NextPageToken: next}
+	for _, k := range keys {
+		out.Keys = append(out.Keys, *s.toAPI(k))
+	}
+	return out, nil
+}
+
+// setState moves a key between active and inactive with one compare-and-
+// swap: of two racing changes, the loser gets 409 CONFLICT.
+func (s *Service) setState(ctx context.Context, ref, opName string, to store.State) (_ *apitypes.Key, err error) {
+	o := s.begin(opName)
+	defer s.finish(ctx, o, &err)
+	k, err := s.getKey(ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	o.key = k
+	switch k.State {
+	case to:
+		return s.toAPI(k), nil
+	case store.StateActive, store.StateInactive:
+	default:
+		return nil, kgerr.New(kgerr.ErrKeyInactive.Code, fmt.Sprintf("key %q is %s", k.Name, k.State))
+	}
+	k.State, k.UpdatedAt = to, s.now().UTC()
+	if err := s.store.UpdateKey(ctx, k); err != nil {
+		return nil, err
+	}
+	return s.toAPI(k), nil
+}
+
+// ActivateKey makes an inactive key usable again.
+func (s *Service) ActivateKey(ctx context.Context, ref string) (*apitypes.Key, error) {
+	return s.setState(ctx, ref, "activate", store.StateActive)
+}
+
+// DeactivateKey makes a key refuse every operation until activated.
+func (s *Service) DeactivateKey(ctx context.Context, ref string) (*apitypes.Key, error) {
+	return s.setState(ctx, ref, "deactivate", store.StateInactive)
+}
+
+// RotateKey adds a new version, which becomes current. Older versions still
+// verify, decrypt and unwrap what they made.
+func (s *Service) RotateKey(ctx context.Context, ref string) (_ *apitypes.Key, err error) {
+	o := s.begin("rotate")
+	defer s.finish(ctx, o, &err)
+	k, err := s.getKey(ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	o.key, o.algorithm = k, k.Algorithm
+	if k.State != store.StateActive {
+		return nil, kgerr.New(kgerr.ErrKeyInactive.Code, fmt.Sprintf("key %q is %s; only active keys rotate", k.Name, k.State))
+	}
+	p, err := s.providerFor(k)
+	if err != nil {
+		return nil, err
+	}
+	n := k.Versions[len(k.Versions)-1].Version + 1
+	o.version = n
+	now := s.now().UTC()
+	k.Versions = append(k.Versions, store.Version{Version: n, ObjectID: newObjectID(), State: store.StatePending, CreatedAt: now})
+	k.UpdatedAt = now
+	if err := s.store.UpdateKey(ctx, k); err != nil {
+		return nil, err
+	}
+	created, err := s.makeMaterial(ctx, p, k, k.Version(n))
+	if err != nil {
+		s.abandonPending(ctx, p, k, n)
+		return nil, err
+	}
+	if k, err = s.completeVersion(ctx, k.ID, n, created); err != nil {
+		return nil, err
+	}
+	return s.toAPI(k), nil
+}
+
+// DeleteKey destroys a key's material and removes its record. The record is
+// first marked deleting (so no operation uses it meanwhile); if the process
+// dies before the material is gone, the reconciler finishes the deletion.
+func (s *Service) DeleteKey(ctx context.Context, ref string) (err error) {
+	o := s.begin("delete")
+	defer s.finish(ctx, o, &err)
+	k, err := s.getKey(ctx, ref)
+	if err != nil {
+		return err
+	}
+	o.key = k
+	if k.State != store.StateDeleting {
+		k.State, k.UpdatedAt = store.StateDeleting, s.now().UTC()
+		if err := s.store.UpdateKey(ctx, k); err != nil {
+			return err
+		}
+	}
+	return s.destroy(ctx, k)
+}
+
+// destroy deletes the provider material of every version, then the record.
+func (s *Service) destroy(ctx context.Context, k *store.Key) error {
+	p, err := s.providerFor(k)
+	if err != nil {
+		return err
+	}
+	for _, v := range k.Versions {
+		ref := v.ProviderRef
+		if ref == "" { // pending: look for material made before a crash
+			r, found, err := p.FindKey(ctx, v.ObjectID)
+			if err != nil {
+				return err
+			}
+			if !found {
+				continue
+			}
+			ref = r
+		}
+		if err := p.DeleteKey(ctx, ref); err != nil {
+			return err
+		}
+	}
+	s.forgetPublicKeys(k)
+	// A conflict here leaves the record deleting: the reconciler or a
+	// repeated delete finishes it.
+	err = s.store.DeleteKey(ctx, k.ID, k.Revision)
+	if errors.Is(err, kgerr.ErrKeyNotFound) {
+		return nil // a concurrent delete finished first
+	}
+	return err
+}
+
+func (s *Service) toAPI(k *store.Key) *apitypes.Key {
+	out := &apitypes.Key{
+		ID: k.ID, Name: k.Name, Provider: k.Provider, KeyType: k.KeyType, KeySize: k.KeySize, Curve: k.Curve,
+		Algorithm: k.Algorithm, Usage: append([]string{}, k.Usage...), Extractable: k.Extractable,
+		State: string(k.State), Metadata: k.Metadata, CreatedAt: k.CreatedAt, UpdatedAt: k.UpdatedAt,
+		ExpiresAt: k.ExpiresAt,
+	}
+	if c := k.Current(); c != nil {
+		out.Version = c.Version
+	}
+	for _, v := range k.Versions {
+		if v.State == store.StateActive {
+			out.Versions = append(out.Versions, apitypes.KeyVersion{Version: v.Version, CreatedAt: v.CreatedAt})
+		}
+	}
+	return out
+}
+
+// Expired reports whether k has passed its expiry at t.
+func expired(k *store.Key, t time.Time) bool {
+	return k.ExpiresAt != nil && !t.Before(*k.ExpiresAt)
+}

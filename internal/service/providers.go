@@ -1,0 +1,172 @@
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/keygrid/keygrid-hsm/internal/alg"
+	"github.com/keygrid/keygrid-hsm/internal/kgerr"
+	"github.com/keygrid/keygrid-hsm/internal/provider"
+	"github.com/keygrid/keygrid-hsm/internal/store"
+	"github.com/keygrid/keygrid-hsm/pkg/apitypes"
+)
+
+// checkProvider runs one health check with its own deadline, so that a hung
+// backend cannot hold the caller.
+func (s *Service) checkProvider(ctx context.Context, p provider.Provider) (time.Duration, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.healthTO)
+	defer cancel()
+	start := time.Now()
+	done := make(chan error, 1)
+	go func() { done <- p.CheckHealth(ctx) }()
+	select {
+	case err := <-done:
+		return time.Since(start), err
+	case <-ctx.Done():
+		return time.Since(start), kgerr.Wrap(kgerr.ErrHSMTimeout.Code, ctx.Err(), "health check timed out")
+	}
+}
+
+// Providers lists the providers with their capabilities and health.
+func (s *Service) Providers(ctx context.Context) *apitypes.ProviderList {
+	out := &apitypes.ProviderList{Providers: []apitypes.ProviderInfo{}}
+	for _, n := range s.names {
+		p := s.providers[n]
+		_, err := s.checkProvider(ctx, p)
+		caps := p.Capabilities()
+		info := apitypes.ProviderInfo{Name: n, Type: p.Type(), Healthy: err == nil, Capabilities: caps.Strings()}
+		for _, kt := range caps.KeyTypes {
+			ki := apitypes.KeyTypeInfo{KeyType: string(kt.Type), Sizes: kt.Sizes, Curves: kt.Curves, Algorithms: []string{}}
+			for _, a := range caps.Algorithms {
+				if i, err := alg.Lookup(string(a)); err == nil && i.KeyType == kt.Type {
+					ki.Algorithms = append(ki.Algorithms, string(a))
+				}
+			}
+			info.KeyTypes = append(info.KeyTypes, ki)
+		}
+		out.Providers = append(out.Providers, info)
+	}
+	return out
+}
+
+// ProviderHealth checks one provider now.
+func (s *Service) ProviderHealth(ctx context.Context, name string) (*apitypes.ProviderHealth, error) {
+	p, ok := s.providers[name]
+	if !ok {
+		return nil, kgerr.New(kgerr.ErrProviderNotFound.Code, fmt.Sprintf("provider %q is not configured", name))
+	}
+	d, err := s.checkProvider(ctx, p)
+	now := time.Now().UTC()
+	h := &apitypes.ProviderHealth{Name: name, Type: p.Type(), State: "healthy", Healthy: err == nil,
+		LastCheck: &now, LatencyMS: float64(d.Microseconds()) / 1000}
+	if err != nil {
+		h.State, h.LastErrorCode, h.LastError = "unavailable", string(kgerr.CodeOf(err)), kgerr.As(err).Message
+	} else {
+		h.LastSuccess = &now
+	}
+	if r, ok := p.(provider.DetailsReporter); ok {
+		h.Details = r.Details()
+	}
+	return h, nil
+}
+
+// Ready reports each provider's health and the store's; ready is true when
+// all answer.
+func (s *Service) Ready(ctx context.Context) (bool, []apitypes.ProviderStatus) {
+	ready := true
+	out := make([]apitypes.ProviderStatus, 0, len(s.names))
+	for _, n := range s.names {
+		p := s.providers[n]
+		_, err := s.checkProvider(ctx, p)
+		st := apitypes.ProviderStatus{Name: n, Type: p.Type(), Healthy: err == nil, State: "healthy"}
+		if err != nil {
+			st.State, ready = "unavailable", false
+		}
+		s.metrics.ProviderUp.WithLabelValues(n, p.Type()).Set(map[bool]float64{true: 1, false: 0}[err == nil])
+		out = append(out, st)
+	}
+	sctx, cancel := context.WithTimeout(ctx, s.healthTO)
+	defer cancel()
+	if err := s.store.Ping(sctx); err != nil {
+		ready = false
+		out = append(out, apitypes.ProviderStatus{Name: "metadata-store", Type: "store", State: "unavailable"})
+	}
+	return ready, out
+}
+
+// Reconcile finishes or undoes what a crash left behind: pending keys and
+// versions whose material exists are completed, those without are removed;
+// keys marked deleting are destroyed. Records younger than the grace period
+// are left alone (a live request may own them).
+func (s *Service) Reconcile(ctx context.Context) error {
+	cutoff := s.now().Add(-s.grace)
+	var errs []error
+	token := ""
+	for {
+		keys, next, err := s.store.ListKeys(ctx, store.ListOptions{Limit: store.MaxPageSize, PageToken: token})
+		if err != nil {
+			return err
+		}
+		for _, k := range keys {
+			if k.UpdatedAt.After(cutoff) {
+				continue
+			}
+			if err := s.reconcileKey(ctx, k); err != nil {
+				errs = append(errs, fmt.Errorf("key %s: %w", k.ID, err))
+			}
+		}
+		if next == "" {
+			break
+		}
+		token = next
+	}
+	return errors.Join(errs...)
+}
+
+func (s *Service) reconcileKey(ctx context.Context, k *store.Key) error {
+	p, ok := s.providers[k.Provider]
+	if !ok {
+		return nil // another gateway's provider
+	}
+	if k.State == store.StateDeleting {
+		s.log.Info("reconcile: finishing an interrupted delete", "key_id", k.ID)
+		return s.destroy(ctx, k)
+	}
+	for _, v := range k.Versions {
+		if v.State != store.StatePending {
+			continue
+		}
+		created, found, err := s.findMaterial(ctx, p, k, v.ObjectID)
+		if err != nil {
+			return err
+		}
+		if !found {
+			s.log.Info("reconcile: removing a create that made no material", "key_id", k.ID, "version", v.Version)
+			s.abandonPending(ctx, p, k, v.Version)
+			continue
+		}
+		s.log.Info("reconcile: completing an interrupted create", "key_id", k.ID, "version", v.Version)
+		if _, err := s.completeVersion(ctx, k.ID, v.Version, created); err != nil && !errors.Is(err, kgerr.ErrConflict) {
+			return err
+		}
+	}
+	return nil
+}
+
+// RunReconciler reconciles at once and then every interval until ctx ends.
+func (s *Service) RunReconciler(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		if err := s.Reconcile(ctx); err != nil && ctx.Err() == nil {
+			s.log.Warn("reconcile", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}

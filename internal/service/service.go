@@ -1,0 +1,240 @@
+// Package service is the key service: key lifecycle and policy (names,
+// states, versions, usage, expiry), on top of the metadata store and the
+// providers, with an audit record and metrics for every state change and
+// every operation.
+//
+// The service holds no per-key locks: every change is a compare-and-swap on
+// the key's revision in the store, so several gateway processes can share one
+// store. Key material is made in three steps — a pending record (which
+// reserves the name and the provider object id), the provider's create, and
+// the record's activation — and a background reconciler finishes or undoes
+// what a crash left between them.
+package service
+
+import (
+	"context"
+	"crypto"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/keygrid/keygrid-hsm/internal/alg"
+	"github.com/keygrid/keygrid-hsm/internal/audit"
+	"github.com/keygrid/keygrid-hsm/internal/kgerr"
+	"github.com/keygrid/keygrid-hsm/internal/metrics"
+	"github.com/keygrid/keygrid-hsm/internal/provider"
+	"github.com/keygrid/keygrid-hsm/internal/store"
+)
+
+// Options configure a Service.
+type Options struct {
+	Store     store.Store
+	Providers []provider.Provider
+	// DefaultProvider is used when a create names none; empty means the
+	// only provider, or "software".
+	DefaultProvider string
+	Audit           audit.Recorder
+	Metrics         *metrics.Metrics
+	Logger          *slog.Logger
+	// ReconcileGrace is how old a pending or deleting record must be before
+	// the reconciler touches it (default 2 minutes): younger ones may still
+	// be in the hands of a live request, here or on another gateway.
+	ReconcileGrace time.Duration
+	// HealthTimeout bounds one provider health check (default 3 s).
+	HealthTimeout time.Duration
+	// Now is the clock (tests); default time.Now.
+	Now func() time.Time
+}
+
+// Service is the key service. It is safe for concurrent use.
+type Service struct {
+	store     store.Store
+	providers map[string]provider.Provider
+	names     []string
+	defProv   string
+	audit     audit.Recorder
+	metrics   *metrics.Metrics
+	log       *slog.Logger
+	grace     time.Duration
+	healthTO  time.Duration
+	now       func() time.Time
+
+	pubMu   sync.RWMutex
+	pubKeys map[string]crypto.PublicKey // object id → parsed public key (immutable)
+}
+
+// New makes a Service.
+func New(o Options) (*Service, error) {
+	if o.Store == nil || o.Audit == nil || o.Metrics == nil {
+		return nil, errors.New("service: store, audit and metrics are required")
+	}
+	s := &Service{
+		store: o.Store, providers: map[string]provider.Provider{}, audit: o.Audit, metrics: o.Metrics,
+		log: o.Logger, grace: o.ReconcileGrace, healthTO: o.HealthTimeout, now: o.Now,
+		pubKeys: map[string]crypto.PublicKey{},
+	}
+	if s.log == nil {
+		s.log = slog.Default()
+	}
+	if s.grace == 0 {
+		s.grace = 2 * time.Minute
+	}
+	if s.healthTO == 0 {
+		s.healthTO = 3 * time.Second
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	for _, p := range o.Providers {
+		if _, dup := s.providers[p.Name()]; dup {
+			return nil, fmt.Errorf("service: two providers named %q", p.Name())
+		}
+		s.providers[p.Name()] = p
+		s.names = append(s.names, p.Name())
+	}
+	sort.Strings(s.names)
+	s.defProv = o.DefaultProvider
+	if s.defProv == "" {
+		if len(s.names) == 1 {
+			s.defProv = s.names[0]
+		} else {
+			s.defProv = "software"
+		}
+	}
+	return s, nil
+}
+
+// Provider returns the provider named name.
+func (s *Service) Provider(name string) (provider.Provider, bool) {
+	p, ok := s.providers[name]
+	return p, ok
+}
+
+// ProviderNames lists the providers, sorted.
+func (s *Service) ProviderNames() []string { return s.names }
+
+// Close closes the providers (the caller closes the store and audit log).
+func (s *Service) Close() error {
+	var errs []error
+	for _, n := range s.names {
+		if err := s.providers[n].Close(); err != nil {
+			errs = append(errs, fmt.Errorf("provider %s: %w", n, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Caller describes who makes a request; the API layer puts it in the
+// context.
+type Caller struct {
+	RequestID  string
+	ClientAddr string
+	Principal  string
+}
+
+type callerKey struct{}
+
+// WithCaller returns ctx carrying c.
+func WithCaller(ctx context.Context, c Caller) context.Context {
+	return context.WithValue(ctx, callerKey{}, c)
+}
+
+// CallerFrom returns the caller in ctx.
+func CallerFrom(ctx context.Context) Caller {
+	c, _ := ctx.Value(callerKey{}).(Caller)
+	return c
+}
+
+// op is one operation in flight: it feeds the audit record and metrics.
+type op struct {
+	name      string
+	start     time.Time
+	key       *store.Key
+	version   int
+	provider  string
+	algorithm string
+}
+
+func (s *Service) begin(name string) *op { return &op{name: name, start: s.now()} }
+
+// finish records the audit event and metrics of o. When the audit record
+// cannot be written, a successful operation is turned into a 503: nothing is
+// reported done that is not audited.
+func (s *Service) finish(ctx context.Context, o *op, errp *error) {
+	d := s.now().Sub(o.start)
+	c := CallerFrom(ctx)
+	e := audit.Event{
+		Time: o.start.UTC(), RequestID: c.RequestID, Principal: c.Principal, ClientAddr: c.ClientAddr,
+		Operation: o.name, KeyVersion: o.version, Provider: o.provider, Algorithm: o.algorithm,
+		Outcome: audit.OutcomeSuccess, DurationMS: float64(d.Microseconds()) / 1000,
+	}
+	if o.key != nil {
+		e.KeyID, e.KeyName = o.key.ID, o.key.Name
+		if e.Provider == "" {
+			e.Provider = o.key.Provider
+		}
+	}
+	if *errp != nil {
+		e.Outcome, e.ErrorCode = audit.OutcomeFailure, string(kgerr.CodeOf(*errp))
+	}
+	if err := s.audit.Record(ctx, e); err != nil {
+		s.metrics.AuditFailures.Inc()
+		s.log.Error("audit record not written; refusing the operation", "operation", o.name, "request_id", c.RequestID, "err", err)
+		if *errp == nil {
+			*errp = kgerr.Wrap(kgerr.ErrServiceUnavailable.Code, err, "the audit log cannot be written; the operation is refused")
+		}
+		e.Outcome, e.ErrorCode = audit.OutcomeFailure, string(kgerr.CodeOf(*errp))
+	}
+	outcome := "success"
+	if *errp != nil {
+		outcome = "failure"
+		s.metrics.Errors.WithLabelValues(o.name, e.Provider, o.algorithm, e.ErrorCode).Inc()
+	}
+	s.metrics.Operations.WithLabelValues(o.name, e.Provider, o.algorithm, outcome).Inc()
+	s.metrics.Duration.WithLabelValues(o.name, e.Provider, o.algorithm).Observe(d.Seconds())
+}
+
+// providerFor returns the provider of a key.
+func (s *Service) providerFor(k *store.Key) (provider.Provider, error) {
+	p, ok := s.providers[k.Provider]
+	if !ok {
+		return nil, kgerr.New(kgerr.ErrServiceUnavailable.Code, fmt.Sprintf("provider %q of key %q is not configured on this gateway", k.Provider, k.Name))
+	}
+	return p, nil
+}
+
+// publicKey returns the parsed public key of a version, cached by object id.
+func (s *Service) publicKey(v *store.Version) (crypto.PublicKey, error) {
+	s.pubMu.RLock()
+	pub, ok := s.pubKeys[v.ObjectID]
+	s.pubMu.RUnlock()
+	if ok {
+		return pub, nil
+	}
+	if len(v.PublicKey) == 0 {
+		return nil, kgerr.New(kgerr.ErrUnsupportedAlgorithm.Code, "a secret key has no public key")
+	}
+	pub, err := alg.ParsePublicKey(v.PublicKey)
+	if err != nil {
+		return nil, err
+	}
+	s.pubMu.Lock()
+	s.pubKeys[v.ObjectID] = pub
+	s.pubMu.Unlock()
+	return pub, nil
+}
+
+func (s *Service) forgetPublicKeys(k *store.Key) {
+	s.pubMu.Lock()
+	defer s.pubMu.Unlock()
+	for _, v := range k.Versions {
+		delete(s.pubKeys, v.ObjectID)
+	}
+}
+
+func specOf(k *store.Key) alg.Spec {
+	return alg.Spec{Type: alg.KeyType(k.KeyType), Size: k.KeySize, Curve: k.Curve}
+}

@@ -1,0 +1,312 @@
+// Package client is the Go SDK of KeyGrid HSM: a typed client for the HTTP
+// API v1, and crypto.Signer / crypto.Decrypter backed by gateway keys.
+//
+//	c, _ := client.New("http://127.0.0.1:8080", client.WithToken(tok))
+//	k, _ := c.CreateKey(ctx, apitypes.CreateKeyRequest{Name: "api-signing", KeySpec: apitypes.KeySpec{KeyType: "EC", Curve: "P-256"}})
+//	signer, _ := c.Signer(ctx, k.Name)   // use with crypto/x509, JOSE libraries, …
+//
+// Errors from the server are *Error; match them with errors.Is against the
+// sentinels (client.ErrKeyNotFound, …) or errors.As.
+package client
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/keygrid/keygrid-hsm/pkg/apitypes"
+)
+
+// Client talks to one KeyGrid HSM server. It is safe for concurrent use.
+type Client struct {
+	base   string
+	hc     *http.Client
+	header http.Header
+}
+
+// Option configures a Client.
+type Option func(*Client)
+
+// WithHTTPClient sets the HTTP client (TLS settings, timeouts, transport).
+func WithHTTPClient(hc *http.Client) Option { return func(c *Client) { c.hc = hc } }
+
+// WithToken authenticates with a bearer token.
+func WithToken(token string) Option {
+	return func(c *Client) {
+		if token != "" {
+			c.header.Set("Authorization", "Bearer "+token)
+		}
+	}
+}
+
+// WithAPIKey authenticates with an API key (X-API-Key).
+func WithAPIKey(key string) Option {
+	return func(c *Client) {
+		if key != "" {
+			c.header.Set("X-API-Key", key)
+		}
+	}
+}
+
+// New returns a client for the server at baseURL ("http://127.0.0.1:8080").
+func New(baseURL string, opts ...Option) (*Client, error) {
+	u, err := url.Parse(baseURL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("client: server address %q must be http(s)://host:port", baseURL)
+	}
+	c := &Client{base: strings.TrimRight(baseURL, "/"), header: http.Header{}}
+	c.hc = &http.Client{Timeout: 60 * time.Second}
+	for _, o := range opts {
+		o(c)
+	}
+	return c, nil
+}
+
+// Error is an error answered by the server.
+type Error struct {
+	Status     int
+	Code       apitypes.ErrorCode
+	Message    string
+	RequestID  string
+	RetryAfter time.Duration
+}
+
+func (e *Error) Error() string {
+	s := fmt.Sprintf("%s (%d): %s", e.Code, e.Status, e.Message)
+	if e.RequestID != "" {
+		s += " [request " + e.RequestID + "]"
+	}
+	return s
+}
+
+// Is matches another *Error with the same code.
+func (e *Error) Is(target error) bool {
+	t, ok := target.(*Error)
+	return ok && t.Code == e.Code
+}
+
+// Sentinels for errors.Is.
+var (
+	ErrInvalidInput         = &Error{Code: apitypes.CodeInvalidInput}
+	ErrUnsupportedAlgorithm = &Error{Code: apitypes.CodeUnsupportedAlgorithm}
+	ErrKeyNotFound          = &Error{Code: apitypes.CodeKeyNotFound}
+	ErrKeyAlreadyExists     = &Error{Code: apitypes.CodeKeyAlreadyExists}
+	ErrKeyInactive          = &Error{Code: apitypes.CodeKeyInactive}
+	ErrKeyExpired           = &Error{Code: apitypes.CodeKeyExpired}
+	ErrConflict             = &Error{Code: apitypes.CodeConflict}
+	ErrDecryptionFailed     = &Error{Code: apitypes.CodeDecryptionFailed}
+	ErrAuthenticationFailed = &Error{Code: apitypes.CodeAuthenticationFailed}
+	ErrAuthorizationFailed  = &Error{Code: apitypes.CodeAuthorizationFailed}
+	ErrRateLimited          = &Error{Code: apitypes.CodeRateLimited}
+	ErrServiceUnavailable   = &Error{Code: apitypes.CodeServiceUnavailable}
+)
+
+// do sends a request with a JSON body (nil: none) and decodes a JSON answer
+// into out (nil: discard).
+func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
+	if err != nil {
+		return err
+	}
+	for k, v := range c.header {
+		req.Header[k] = v
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode >= 300 {
+		return decodeError(resp)
+	}
+	if out == nil {
+		_, _ = io.Copy(io.Discard, resp.Body)
+		return nil
+	}
+	return json.NewDecoder(resp.Body).Decode(out)
+}
+
+func decodeError(resp *http.Response) error {
+	e := &Error{Status: resp.StatusCode, RequestID: resp.Header.Get("X-Request-Id")}
+	if s, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil {
+		e.RetryAfter = time.Duration(s) * time.Second
+	}
+	var body apitypes.ErrorBody
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	if err := json.Unmarshal(b, &body); err != nil || body.Error.Code == "" {
+		e.Code, e.Message = apitypes.CodeInternal, strings.TrimSpace(string(b))
+		if e.Message == "" {
+			e.Message = http.StatusText(resp.StatusCode)
+		}
+		return e
+	}
+	e.Code, e.Message = body.Error.Code, body.Error.Message
+	if body.Error.RequestID != "" {
+		e.RequestID = body.Error.RequestID
+	}
+	return e
+}
+
+func keyPath(key, suffix string) string {
+	return "/api/v1/keys/" + url.PathEscape(key) + suffix
+}
+
+// Health calls GET /health.
+func (c *Client) Health(ctx context.Context) (*apitypes.Health, error) {
+	var out apitypes.Health
+	return &out, c.do(ctx, http.MethodGet, "/health", nil, &out)
+}
+
+// Ready calls GET /ready; a 503 is an *Error with status 503.
+func (c *Client) Ready(ctx context.Context) (*apitypes.Ready, error) {
+	var out apitypes.Ready
+	return &out, c.do(ctx, http.MethodGet, "/ready", nil, &out)
+}
+
+// Providers lists the providers.
+func (c *Client) Providers(ctx context.Context) (*apitypes.ProviderList, error) {
+	var out apitypes.ProviderList
+	return &out, c.do(ctx, http.MethodGet, "/api/v1/providers", nil, &out)
+}
+
+// ProviderHealth returns one provider's health.
+func (c *Client) ProviderHealth(ctx context.Context, name string) (*apitypes.ProviderHealth, error) {
+	var out apitypes.ProviderHealth
+	return &out, c.do(ctx, http.MethodGet, "/api/v1/providers/"+url.PathEscape(name)+"/health", nil, &out)
+}
+
+// CreateKey creates a key.
+func (c *Client) CreateKey(ctx context.Context, req apitypes.CreateKeyRequest) (*apitypes.Key, error) {
+	var out apitypes.Key
+	return &out, c.do(ctx, http.MethodPost, "/api/v1/keys", req, &out)
+}
+
+// GetKey returns a key by id or name.
+func (c *Client) GetKey(ctx context.Context, key string) (*apitypes.Key, error) {
+	var out apitypes.Key
+	return &out, c.do(ctx, http.MethodGet, keyPath(key, ""), nil, &out)
+}
+
+// ListOptions filter and page ListKeys.
+type ListOptions struct {
+	Provider  string
+	State     string
+	Limit     int
+	PageToken string
+}
+
+// ListKeys lists one page of keys.
+func (c *Client) ListKeys(ctx context.Context, o ListOptions) (*apitypes.KeyList, error) {
+	q := url.Values{}
+	for k, v := range map[string]string{"provider": o.Provider, "state": o.State, "page_token": o.PageToken} {
+		if v != "" {
+			q.Set(k, v)
+		}
+	}
+	if o.Limit > 0 {
+		q.Set("limit", strconv.Itoa(o.Limit))
+	}
+	path := "/api/v1/keys"
+	if len(q) > 0 {
+		path += "?" + q.Encode()
+	}
+	var out apitypes.KeyList
+	return &out, c.do(ctx, http.MethodGet, path, nil, &out)
+}
+
+// DeleteKey deletes a key and destroys its material.
+func (c *Client) DeleteKey(ctx context.Context, key string) error {
+	return c.do(ctx, http.MethodDelete, keyPath(key, ""), nil, nil)
+}
+
+// ActivateKey activates a key.
+func (c *Client) ActivateKey(ctx context.Context, key string) (*apitypes.Key, error) {
+	var out apitypes.Key
+	return &out, c.do(ctx, http.MethodPost, keyPath(key, "/activate"), nil, &out)
+}
+
+// DeactivateKey deactivates a key.
+func (c *Client) DeactivateKey(ctx context.Context, key string) (*apitypes.Key, error) {
+	var out apitypes.Key
+	return &out, c.do(ctx, http.MethodPost, keyPath(key, "/deactivate"), nil, &out)
+}
+
+// RotateKey adds a new current version to a key.
+func (c *Client) RotateKey(ctx context.Context, key string) (*apitypes.Key, error) {
+	var out apitypes.Key
+	return &out, c.do(ctx, http.MethodPost, keyPath(key, "/rotate"), nil, &out)
+}
+
+// PublicKey returns the public key of a version (0: current).
+func (c *Client) PublicKey(ctx context.Context, key string, version int) (*apitypes.PublicKey, error) {
+	path := keyPath(key, "/public")
+	if version > 0 {
+		path += "?version=" + strconv.Itoa(version)
+	}
+	var out apitypes.PublicKey
+	return &out, c.do(ctx, http.MethodGet, path, nil, &out)
+}
+
+// Sign signs data or a digest.
+func (c *Client) Sign(ctx context.Context, key string, req apitypes.SignRequest) (*apitypes.SignResponse, error) {
+	var out apitypes.SignResponse
+	return &out, c.do(ctx, http.MethodPost, keyPath(key, "/sign"), req, &out)
+}
+
+// Verify checks a signature.
+func (c *Client) Verify(ctx context.Context, key string, req apitypes.VerifyRequest) (*apitypes.VerifyResponse, error) {
+	var out apitypes.VerifyResponse
+	return &out, c.do(ctx, http.MethodPost, keyPath(key, "/verify"), req, &out)
+}
+
+// Encrypt encrypts plaintext.
+func (c *Client) Encrypt(ctx context.Context, key string, req apitypes.EncryptRequest) (*apitypes.EncryptResponse, error) {
+	var out apitypes.EncryptResponse
+	return &out, c.do(ctx, http.MethodPost, keyPath(key, "/encrypt"), req, &out)
+}
+
+// Decrypt decrypts ciphertext.
+func (c *Client) Decrypt(ctx context.Context, key string, req apitypes.DecryptRequest) (*apitypes.DecryptResponse, error) {
+	var out apitypes.DecryptResponse
+	return &out, c.do(ctx, http.MethodPost, keyPath(key, "/decrypt"), req, &out)
+}
+
+// Wrap wraps key material under a key-encryption key.
+func (c *Client) Wrap(ctx context.Context, key string, req apitypes.WrapRequest) (*apitypes.WrapResponse, error) {
+	var out apitypes.WrapResponse
+	return &out, c.do(ctx, http.MethodPost, keyPath(key, "/wrap"), req, &out)
+}
+
+// Unwrap unwraps key material.
+func (c *Client) Unwrap(ctx context.Context, key string, req apitypes.UnwrapRequest) (*apitypes.UnwrapResponse, error) {
+	var out apitypes.UnwrapResponse
+	return &out, c.do(ctx, http.MethodPost, keyPath(key, "/unwrap"), req, &out)
+}
+
+// IsRetryable reports whether err is worth retrying later (503, 504, 429).
+func IsRetryable(err error) bool {
+	var e *Error
+	if !errors.As(err, &e) {
+		return false
+	}
+	return e.Status == http.StatusServiceUnavailable || e.Status == http.StatusGatewayTimeout || e.Status == http.StatusTooManyRequests
+}

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs the system packages the test suite needs when they are missing:
+# SoftHSM2 (the PKCS#11 token), OpenSC's pkcs11-tool and OpenSSL (independent
+# checkers), p11-kit's server and client module (the network to the HSM in
+# fault tests), PostgreSQL (the shared store). As root it uses apt-get; as
+# anyone else it says exactly what to install.
+set -euo pipefail
+
+packages=(softhsm2 opensc p11-kit p11-kit-modules openssl postgresql libengine-pkcs11-openssl gcc)
+missing=()
+have() { command -v "$1" >/dev/null 2>&1; }
+pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1; }
+
+have softhsm2-util || missing+=(softhsm2)
+[ -e /usr/lib/softhsm/libsofthsm2.so ] || missing+=(softhsm2)
+have pkcs11-tool || missing+=(opensc)
+have p11-kit || missing+=(p11-kit)
+ls /usr/lib/*/pkcs11/p11-kit-client.so >/dev/null 2>&1 || missing+=(p11-kit-modules)
+have openssl || missing+=(openssl)
+[ -n "$(pg_bin)" ] && [ -x "$(pg_bin)/initdb" ] || missing+=(postgresql)
+have gcc || missing+=(gcc)
+
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+# unique
+mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
+if [ "$(id -u)" -eq 0 ] && have apt-get; then
+  echo "test-deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null 2>&1 || {
+    apt-get update >/dev/null && apt-get install -y --no-install-recommends "${missing[@]}"
+  }
+  exit 0
+fi
+echo "test-deps: missing packages: ${missing[*]}" >&2
+echo "test-deps: install them with: sudo apt-get install -y ${packages[*]}" >&2
+if [ "${KEYGRID_REQUIRE_SOFTHSM:-}" = "1" ]; then
+  exit 1
+fi
+echo "test-deps: continuing; tests that need them will skip (they fail when KEYGRID_REQUIRE_SOFTHSM=1)" >&2
