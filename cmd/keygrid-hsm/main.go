@@ -18,6 +18,7 @@ import (
 	"syscall"
 
 	"github.com/keygrid/keygrid-hsm/internal/provider"
+	"github.com/keygrid/keygrid-hsm/internal/provider/pkcs11"
 	"github.com/keygrid/keygrid-hsm/internal/provider/software"
 )
 
@@ -27,7 +28,9 @@ var version = "dev"
 // registry is every provider type this binary has.
 func registry() provider.Registry {
 	return provider.Registry{
-		software.Type: software.New,
+		software.Type:          software.New,
+		pkcs11.TypePKCS11:      pkcs11.New,
+		pkcs11.TypeAWSCloudHSM: pkcs11.New,
 	}
 }
 

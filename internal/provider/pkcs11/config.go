@@ -1,0 +1,260 @@
+package pkcs11
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Provider types.
+const (
+	TypePKCS11      = "pkcs11"
+	TypeAWSCloudHSM = "aws-cloudhsm"
+)
+
+// CloudHSM defaults (Client SDK 5).
+const (
+	CloudHSMLibrary = "/opt/cloudhsm/lib/libcloudhsm_pkcs11.so"
+	CloudHSMPinEnv  = "CLOUDHSM_PIN"
+)
+
+// Settings are the PKCS#11 settings of a provider instance. They may stand
+// directly in the instance's `config` block or under its `pkcs11:` key (the
+// shape of the seed's aws-cloudhsm block).
+type Settings struct {
+	LibraryPath string `yaml:"library_path"`
+	// Token selection: a label is preferred (SoftHSM2 reassigns slot ids);
+	// a serial or a slot id also work, and several may be combined.
+	TokenLabel  string `yaml:"token_label"`
+	TokenSerial string `yaml:"token_serial"`
+	SlotID      *uint  `yaml:"slot_id"`
+	// The user PIN comes from an environment variable or a file, never from
+	// the YAML itself. CloudHSM's is CU_user:password.
+	PinEnv  string `yaml:"pin_env"`
+	PinFile string `yaml:"pin_file"`
+	// MaxSessions caps the session pool (default 16, and never above the
+	// token's MaxRwSessionCount).
+	MaxSessions int `yaml:"max_sessions"`
+}
+
+// Config is the `config` block of a pkcs11 or aws-cloudhsm provider.
+type Config struct {
+	Settings `yaml:",inline"`
+	PKCS11   *Settings `yaml:"pkcs11"`
+
+	// Region and ClusterID describe a CloudHSM cluster (informational: the
+	// client library's own configuration points it at the cluster).
+	Region    string `yaml:"region"`
+	ClusterID string `yaml:"cluster_id"`
+
+	// OperationTimeout bounds one HSM operation, waiting for a session
+	// included (default 5s).
+	OperationTimeout Duration `yaml:"operation_timeout"`
+	// HealthInterval is the period of the background health check
+	// (default 10s); HealthTimeout bounds one check (default 3s).
+	HealthInterval Duration `yaml:"health_interval"`
+	HealthTimeout  Duration `yaml:"health_timeout"`
+	// BusyRetries is how often an idempotent operation is retried when the
+	// HSM reports itself busy (CloudHSM's CKR_FUNCTION_FAILED; default 3 on
+	// aws-cloudhsm, 0 elsewhere).
+	BusyRetries *int `yaml:"busy_retries"`
+}
+
+// Duration is a time.Duration written as "5s".
+type Duration time.Duration
+
+// UnmarshalYAML implements yaml.Unmarshaler.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	v, err := time.ParseDuration(n.Value)
+	if err != nil || v < 0 {
+		return fmt.Errorf("line %d: %q is not a duration (like 5s)", n.Line, n.Value)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// resolved is a validated configuration with the type's defaults applied.
+type resolved struct {
+	Settings
+	typ              string
+	pin              string
+	opTimeout        time.Duration
+	healthInterval   time.Duration
+	healthTimeout    time.Duration
+	maxGCMBytes      int  // CloudHSM: C_Encrypt/C_Decrypt buffers of AES-GCM are at most 16 KiB
+	busyRetries      int
+	firstSlotDefault bool // CloudHSM: one token; take the first slot when no label matches
+}
+
+// resolve merges the nested block, applies the defaults of typ and reads the
+// PIN. Errors name the field and never carry the PIN.
+func (c Config) resolve(typ, field string) (resolved, error) {
+	r := resolved{Settings: c.Settings, typ: typ}
+	if c.PKCS11 != nil {
+		n := *c.PKCS11
+		merge := func(dst *string, src, name string) error {
+			if src == "" {
+				return nil
+			}
+			if *dst != "" && *dst != src {
+				return fmt.Errorf("%s: %s is set both at the top and under pkcs11", field, name)
+			}
+			*dst = src
+			return nil
+		}
+		for _, m := range []struct {
+			dst       *string
+			src, name string
+		}{{&r.LibraryPath, n.LibraryPath, "library_path"}, {&r.TokenLabel, n.TokenLabel, "token_label"},
+			{&r.TokenSerial, n.TokenSerial, "token_serial"}, {&r.PinEnv, n.PinEnv, "pin_env"}, {&r.PinFile, n.PinFile, "pin_file"}} {
+			if err := merge(m.dst, m.src, m.name); err != nil {
+				return r, err
+			}
+		}
+		if n.SlotID != nil {
+			r.SlotID = n.SlotID
+		}
+		if n.MaxSessions != 0 {
+			r.MaxSessions = n.MaxSessions
+		}
+	}
+	cloud := typ == TypeAWSCloudHSM
+	if cloud {
+		if r.LibraryPath == "" {
+			r.LibraryPath = CloudHSMLibrary
+		}
+		if r.PinEnv == "" && r.PinFile == "" {
+			r.PinEnv = CloudHSMPinEnv
+		}
+		r.firstSlotDefault = true
+		r.maxGCMBytes = 16 * 1024
+		r.busyRetries = 3
+	}
+	if c.BusyRetries != nil {
+		if *c.BusyRetries < 0 || *c.BusyRetries > 10 {
+			return r, fmt.Errorf("%s.busy_retries: must be between 0 and 10", field)
+		}
+		r.busyRetries = *c.BusyRetries
+	}
+	if r.LibraryPath == "" {
+		return r, fmt.Errorf("%s.library_path: required (the PKCS#11 module to load)", field)
+	}
+	if r.MaxSessions < 0 || r.MaxSessions > 1024 {
+		return r, fmt.Errorf("%s.max_sessions: must be between 1 and 1024", field)
+	}
+	if r.MaxSessions == 0 {
+		r.MaxSessions = 16
+	}
+	r.opTimeout, r.healthInterval, r.healthTimeout = time.Duration(c.OperationTimeout), time.Duration(c.HealthInterval), time.Duration(c.HealthTimeout)
+	if r.opTimeout == 0 {
+		r.opTimeout = 5 * time.Second
+	}
+	if r.healthInterval == 0 {
+		r.healthInterval = 10 * time.Second
+	}
+	if r.healthTimeout == 0 {
+		r.healthTimeout = 3 * time.Second
+	}
+	pin, err := readPIN(r.PinEnv, r.PinFile, field)
+	if err != nil {
+		return r, err
+	}
+	if cloud && !strings.Contains(pin, ":") {
+		return r, fmt.Errorf("%s: the CloudHSM PIN must have the form CU_user:password (from %s)", field, pinSource(r.PinEnv, r.PinFile))
+	}
+	r.pin = pin
+	return r, nil
+}
+
+func pinSource(env, file string) string {
+	if env != "" {
+		return "environment variable " + env
+	}
+	return "file " + file
+}
+
+// errNoPIN is returned when no PIN is configured or found.
+var errNoPIN = errors.New("no PIN")
+
+func readPIN(env, file, field string) (string, error) {
+	switch {
+	case env != "" && file != "":
+		return "", fmt.Errorf("%s: set pin_env or pin_file, not both", field)
+	case env != "":
+		v, ok := os.LookupEnv(env)
+		if !ok || v == "" {
+			return "", fmt.Errorf("%s.pin_env: environment variable %s is empty or unset: %w", field, env, errNoPIN)
+		}
+		return v, nil
+	case file != "":
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return "", fmt.Errorf("%s.pin_file: %w", field, err)
+		}
+		v := strings.TrimRight(string(b), "\r\n")
+		if v == "" {
+			return "", fmt.Errorf("%s.pin_file: %s is empty: %w", field, file, errNoPIN)
+		}
+		return v, nil
+	}
+	return "", fmt.Errorf("%s: pin_env or pin_file is required: %w", field, errNoPIN)
+}
+
+// tokenInfo is what slot selection needs of a slot.
+type tokenInfo struct {
+	slot   uint
+	label  string
+	serial string
+}
+
+// selectSlot picks the configured token among the slots that hold one.
+func selectSlot(tokens []tokenInfo, s Settings, firstSlotDefault bool) (tokenInfo, error) {
+	if len(tokens) == 0 {
+		return tokenInfo{}, errors.New("the module lists no slot with a token")
+	}
+	var match []tokenInfo
+	for _, t := range tokens {
+		if s.TokenLabel != "" && t.label != s.TokenLabel {
+			continue
+		}
+		if s.TokenSerial != "" && t.serial != s.TokenSerial {
+			continue
+		}
+		if s.SlotID != nil && t.slot != *s.SlotID {
+			continue
+		}
+		match = append(match, t)
+	}
+	switch {
+	case len(match) == 1:
+		return match[0], nil
+	case len(match) > 1:
+		return tokenInfo{}, fmt.Errorf("%d tokens match; set token_label, token_serial or slot_id to choose one", len(match))
+	case firstSlotDefault:
+		// CloudHSM has one token per cluster; its label is not the
+		// partition name in every SDK version.
+		return tokens[0], nil
+	}
+	var have []string
+	for _, t := range tokens {
+		have = append(have, fmt.Sprintf("%q (serial %s, slot %d)", t.label, t.serial, t.slot))
+	}
+	want := []string{}
+	if s.TokenLabel != "" {
+		want = append(want, "label "+s.TokenLabel)
+	}
+	if s.TokenSerial != "" {
+		want = append(want, "serial "+s.TokenSerial)
+	}
+	if s.SlotID != nil {
+		want = append(want, fmt.Sprintf("slot %d", *s.SlotID))
+	}
+	if len(want) == 0 {
+		return tokenInfo{}, fmt.Errorf("several tokens are present (%s); set token_label", strings.Join(have, ", "))
+	}
+	return tokenInfo{}, fmt.Errorf("no token with %s; the module has %s", strings.Join(want, ", "), strings.Join(have, ", "))
+}

@@ -1,0 +1,441 @@
+package pkcs11
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/asn1"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"math/big"
+	"slices"
+
+	"github.com/miekg/pkcs11"
+
+	"github.com/keygrid/keygrid-hsm/internal/alg"
+	"github.com/keygrid/keygrid-hsm/internal/kgerr"
+	"github.com/keygrid/keygrid-hsm/internal/provider"
+	"github.com/keygrid/keygrid-hsm/pkg/apitypes"
+)
+
+// DER OIDs of the curves, the CKA_EC_PARAMS of EC keys.
+var curveOIDs = map[string][]byte{
+	"P-256":   {0x06, 0x08, 0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x03, 0x01, 0x07},
+	"P-384":   {0x06, 0x05, 0x2B, 0x81, 0x04, 0x00, 0x22},
+	"P-521":   {0x06, 0x05, 0x2B, 0x81, 0x04, 0x00, 0x23},
+	"Ed25519": {0x06, 0x03, 0x2B, 0x65, 0x70},
+}
+
+// Classes in objHandles.has.
+const (
+	hasPriv uint8 = 1 << iota
+	hasPub
+	hasSec
+)
+
+func objectID(ref string) ([]byte, error) {
+	u, err := ParseURI(ref)
+	if err != nil {
+		return nil, kgerr.New(apitypes.CodeKeyNotFound, "the key reference is not a PKCS#11 URI of this provider")
+	}
+	return u.ID, nil
+}
+
+func (p *Provider) ref(id []byte, label string) string {
+	tok := p.token.Load()
+	return URI{Token: tok.label, ID: id, Object: label}.String()
+}
+
+func usageSet(u []alg.Usage) map[alg.Usage]bool {
+	m := map[alg.Usage]bool{}
+	for _, x := range u {
+		m[x] = true
+	}
+	return m
+}
+
+// templates builds the public and private (or secret) templates of a key:
+// token objects, private keys sensitive and extractable only on request,
+// CKA_SIGN / CKA_DECRYPT / … set from the key's usage only. The private
+// template never holds CKA_MODULUS_BITS or CKA_PUBLIC_EXPONENT.
+func templates(req provider.CreateKeyRequest, id []byte) (mech uint, pub, priv []*pkcs11.Attribute, err error) {
+	u := usageSet(req.Usage)
+	common := func(class uint) []*pkcs11.Attribute {
+		return []*pkcs11.Attribute{
+			pkcs11.NewAttribute(pkcs11.CKA_CLASS, class),
+			pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
+			pkcs11.NewAttribute(pkcs11.CKA_ID, id),
+			pkcs11.NewAttribute(pkcs11.CKA_LABEL, req.Label),
+		}
+	}
+	secretAttrs := []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
+		pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true),
+		pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, req.Extractable),
+	}
+	switch req.Spec.Type {
+	case alg.RSA:
+		mech = pkcs11.CKM_RSA_PKCS_KEY_PAIR_GEN
+		pub = append(common(pkcs11.CKO_PUBLIC_KEY),
+			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_RSA),
+			pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, false),
+			pkcs11.NewAttribute(pkcs11.CKA_MODULUS_BITS, req.Spec.Size),
+			pkcs11.NewAttribute(pkcs11.CKA_PUBLIC_EXPONENT, []byte{1, 0, 1}),
+			pkcs11.NewAttribute(pkcs11.CKA_VERIFY, u[alg.UsageVerify] || u[alg.UsageSign]),
+			pkcs11.NewAttribute(pkcs11.CKA_ENCRYPT, u[alg.UsageEncrypt] || u[alg.UsageDecrypt]),
+			pkcs11.NewAttribute(pkcs11.CKA_WRAP, false),
+			pkcs11.NewAttribute(pkcs11.CKA_DERIVE, false))
+		priv = append(append(common(pkcs11.CKO_PRIVATE_KEY), secretAttrs...),
+			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_RSA),
+			pkcs11.NewAttribute(pkcs11.CKA_SIGN, u[alg.UsageSign]),
+			pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, u[alg.UsageDecrypt]),
+			pkcs11.NewAttribute(pkcs11.CKA_UNWRAP, false),
+			pkcs11.NewAttribute(pkcs11.CKA_DERIVE, false))
+	case alg.EC, alg.Ed25519:
+		mech, kt, curve := uint(pkcs11.CKM_EC_KEY_PAIR_GEN), uint(pkcs11.CKK_EC), req.Spec.Curve
+		if req.Spec.Type == alg.Ed25519 {
+			mech, kt, curve = ckmECEdwardsKeyPairGen, ckkECEdwards, "Ed25519"
+		}
+		pub = append(common(pkcs11.CKO_PUBLIC_KEY),
+			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, kt),
+			pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, false),
+			pkcs11.NewAttribute(pkcs11.CKA_EC_PARAMS, curveOIDs[curve]),
+			pkcs11.NewAttribute(pkcs11.CKA_VERIFY, u[alg.UsageVerify] || u[alg.UsageSign]),
+			pkcs11.NewAttribute(pkcs11.CKA_ENCRYPT, false),
+			pkcs11.NewAttribute(pkcs11.CKA_WRAP, false),
+			pkcs11.NewAttribute(pkcs11.CKA_DERIVE, false))
+		priv = append(append(common(pkcs11.CKO_PRIVATE_KEY), secretAttrs...),
+			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, kt),
+			pkcs11.NewAttribute(pkcs11.CKA_SIGN, u[alg.UsageSign]),
+			pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, false),
+			pkcs11.NewAttribute(pkcs11.CKA_UNWRAP, false),
+			pkcs11.NewAttribute(pkcs11.CKA_DERIVE, false))
+		return mech, pub, priv, nil
+	case alg.AES:
+		mech = pkcs11.CKM_AES_KEY_GEN
+		priv = append(append(common(pkcs11.CKO_SECRET_KEY), secretAttrs...),
+			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
+			pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, req.Spec.Size/8),
+			pkcs11.NewAttribute(pkcs11.CKA_ENCRYPT, u[alg.UsageEncrypt]),
+			pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, u[alg.UsageDecrypt]),
+			pkcs11.NewAttribute(pkcs11.CKA_WRAP, u[alg.UsageWrap]),
+			pkcs11.NewAttribute(pkcs11.CKA_UNWRAP, u[alg.UsageUnwrap]),
+			pkcs11.NewAttribute(pkcs11.CKA_SIGN, false),
+			pkcs11.NewAttribute(pkcs11.CKA_VERIFY, false),
+			pkcs11.NewAttribute(pkcs11.CKA_DERIVE, false))
+	default:
+		return 0, nil, nil, kgerr.New(apitypes.CodeUnsupportedAlgorithm, fmt.Sprintf("cannot make %s keys", req.Spec))
+	}
+	return mech, pub, priv, nil
+}
+
+// CreateKey implements provider.Provider. The key's objects carry the
+// object id as CKA_ID and the label as CKA_LABEL. If the HSM fails in a way
+// that may have left the key made (a lost connection), the provider waits
+// for recovery and looks for the CKA_ID before it generates again: a key is
+// never made twice.
+func (p *Provider) CreateKey(ctx context.Context, req provider.CreateKeyRequest) (provider.CreatedKey, error) {
+	id, err := hex.DecodeString(req.ObjectID)
+	if err != nil || len(id) != 16 {
+		return provider.CreatedKey{}, kgerr.Invalid("object id must be 32 hex characters")
+	}
+	if err := p.caps.CheckSpec(req.Spec); err != nil {
+		return provider.CreatedKey{}, err
+	}
+	mech, pubT, privT, err := templates(req, id)
+	if err != nil {
+		return provider.CreatedKey{}, err
+	}
+	if _, found, err := p.FindKey(ctx, req.ObjectID); err != nil {
+		return provider.CreatedKey{}, err
+	} else if found {
+		return provider.CreatedKey{}, kgerr.New(apitypes.CodeKeyAlreadyExists, "the token already holds objects with this CKA_ID")
+	}
+	ref := p.ref(id, req.Label)
+	generate := func(sh pkcs11.SessionHandle) error {
+		m := []*pkcs11.Mechanism{pkcs11.NewMechanism(mech, nil)}
+		if pubT == nil {
+			_, err := p.mod.ctx.GenerateKey(sh, m, privT)
+			return err
+		}
+		_, _, err := p.mod.ctx.GenerateKeyPair(sh, m, pubT, privT)
+		return err
+	}
+	for attempt := 0; ; attempt++ {
+		err = p.run(ctx, false, opCreate, generate)
+		if err == nil {
+			break
+		}
+		if attempt > 0 || !errors.Is(err, kgerr.ErrServiceUnavailable) {
+			return provider.CreatedKey{}, err
+		}
+		// The generation may have reached the HSM before the failure: wait
+		// for recovery, then look before generating again.
+		wctx, cancel := context.WithTimeout(ctx, p.cfg.opTimeout)
+		werr := p.state.waitUp(wctx)
+		cancel()
+		if werr != nil {
+			return provider.CreatedKey{}, err
+		}
+		if _, found, ferr := p.FindKey(ctx, req.ObjectID); ferr != nil {
+			return provider.CreatedKey{}, err
+		} else if found {
+			break
+		}
+	}
+	out := provider.CreatedKey{Ref: ref}
+	if req.Spec.Type != alg.AES {
+		if out.PublicKey, err = p.PublicKey(ctx, ref); err != nil {
+			return provider.CreatedKey{}, err
+		}
+	}
+	return out, nil
+}
+
+// findAll returns the handles of every object with CKA_ID id (any class).
+func (p *Provider) findAll(sh pkcs11.SessionHandle, id []byte, class *uint) ([]pkcs11.ObjectHandle, error) {
+	c := p.mod.ctx
+	tmpl := []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_ID, id)}
+	if class != nil {
+		tmpl = append(tmpl, pkcs11.NewAttribute(pkcs11.CKA_CLASS, *class))
+	}
+	if err := c.FindObjectsInit(sh, tmpl); err != nil {
+		return nil, err
+	}
+	var out []pkcs11.ObjectHandle
+	for {
+		hs, _, err := c.FindObjects(sh, 8)
+		if err != nil {
+			return nil, err // the session is closed by onSession: the search dies with it
+		}
+		if len(hs) == 0 {
+			break
+		}
+		out = append(out, hs...)
+	}
+	return out, c.FindObjectsFinal(sh)
+}
+
+// handle returns the handle of the object of class with CKA_ID id, from the
+// cache of the current generation or by one C_FindObjects.
+func (p *Provider) handle(sh pkcs11.SessionHandle, id []byte, class uint) (pkcs11.ObjectHandle, error) {
+	bit := map[uint]uint8{pkcs11.CKO_PRIVATE_KEY: hasPriv, pkcs11.CKO_PUBLIC_KEY: hasPub, pkcs11.CKO_SECRET_KEY: hasSec}[class]
+	gen := p.gen.Load()
+	p.hmu.RLock()
+	h, ok := p.handles[string(id)]
+	p.hmu.RUnlock()
+	if ok && h.gen == gen && h.has&bit != 0 {
+		return h.get(class), nil
+	}
+	found, err := p.findAll(sh, id, &class)
+	if err != nil {
+		return 0, err
+	}
+	if len(found) == 0 {
+		return 0, kgerr.New(apitypes.CodeKeyNotFound, "the key's objects are not on the token")
+	}
+	p.hmu.Lock()
+	h = p.handles[string(id)]
+	if h.gen != gen {
+		h = objHandles{gen: gen}
+	}
+	h.set(class, found[0])
+	p.handles[string(id)] = h
+	p.hmu.Unlock()
+	return found[0], nil
+}
+
+func (h *objHandles) get(class uint) pkcs11.ObjectHandle {
+	switch class {
+	case pkcs11.CKO_PRIVATE_KEY:
+		return h.priv
+	case pkcs11.CKO_PUBLIC_KEY:
+		return h.pub
+	}
+	return h.sec
+}
+
+func (h *objHandles) set(class uint, o pkcs11.ObjectHandle) {
+	switch class {
+	case pkcs11.CKO_PRIVATE_KEY:
+		h.priv, h.has = o, h.has|hasPriv
+	case pkcs11.CKO_PUBLIC_KEY:
+		h.pub, h.has = o, h.has|hasPub
+	default:
+		h.sec, h.has = o, h.has|hasSec
+	}
+}
+
+func (p *Provider) forget(id []byte) {
+	p.hmu.Lock()
+	delete(p.handles, string(id))
+	p.hmu.Unlock()
+}
+
+// withKey runs fn with the handle of a key's object of class. A handle that
+// turns out stale is forgotten and looked up once more.
+func (p *Provider) withKey(ctx context.Context, ref string, class uint, idempotent bool, kind opKind,
+	fn func(sh pkcs11.SessionHandle, h pkcs11.ObjectHandle) error) error {
+	id, err := objectID(ref)
+	if err != nil {
+		return err
+	}
+	for attempt := 0; ; attempt++ {
+		err := p.run(ctx, idempotent, kind, func(sh pkcs11.SessionHandle) error {
+			h, err := p.handle(sh, id, class)
+			if err != nil {
+				return err
+			}
+			return fn(sh, h)
+		})
+		code, _ := ckrCode(err)
+		if attempt == 0 && (code == pkcs11.CKR_OBJECT_HANDLE_INVALID || code == pkcs11.CKR_KEY_HANDLE_INVALID) {
+			p.forget(id)
+			continue
+		}
+		return err
+	}
+}
+
+// FindKey implements provider.Provider.
+func (p *Provider) FindKey(ctx context.Context, objectID string) (string, bool, error) {
+	id, err := hex.DecodeString(objectID)
+	if err != nil || len(id) == 0 {
+		return "", false, nil
+	}
+	var (
+		label string
+		found bool
+	)
+	err = p.run(ctx, true, opOther, func(sh pkcs11.SessionHandle) error {
+		hs, err := p.findAll(sh, id, nil)
+		if err != nil || len(hs) == 0 {
+			return err
+		}
+		found = true
+		if a, err := p.mod.ctx.GetAttributeValue(sh, hs[0], []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_LABEL, nil)}); err == nil {
+			label = string(a[0].Value)
+		}
+		return nil
+	})
+	if err != nil || !found {
+		return "", false, err
+	}
+	return p.ref(id, label), true, nil
+}
+
+// DeleteKey implements provider.Provider: it destroys every object with the
+// key's CKA_ID (private, public or secret).
+func (p *Provider) DeleteKey(ctx context.Context, ref string) error {
+	id, err := objectID(ref)
+	if err != nil {
+		return nil // nothing of ours to delete
+	}
+	p.forget(id)
+	return p.run(ctx, true, opOther, func(sh pkcs11.SessionHandle) error {
+		hs, err := p.findAll(sh, id, nil)
+		if err != nil {
+			return err
+		}
+		for _, h := range hs {
+			if err := p.mod.ctx.DestroyObject(sh, h); err != nil {
+				if code, _ := ckrCode(err); code != pkcs11.CKR_OBJECT_HANDLE_INVALID {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+}
+
+// PublicKey implements provider.Provider: it reads the public key object's
+// attributes, one at a time (C_GetAttributeValue fails as a whole on some
+// modules when one attribute is invalid).
+func (p *Provider) PublicKey(ctx context.Context, ref string) ([]byte, error) {
+	var der []byte
+	err := p.withKey(ctx, ref, pkcs11.CKO_PUBLIC_KEY, true, opOther, func(sh pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
+		get := func(t uint) ([]byte, error) {
+			a, err := p.mod.ctx.GetAttributeValue(sh, h, []*pkcs11.Attribute{pkcs11.NewAttribute(t, nil)})
+			if err != nil {
+				return nil, err
+			}
+			return a[0].Value, nil
+		}
+		kt, err := get(pkcs11.CKA_KEY_TYPE)
+		if err != nil {
+			return err
+		}
+		pub, err := publicKeyFromAttrs(bytesToUint(kt), get)
+		if err != nil {
+			return err
+		}
+		der, err = x509.MarshalPKIXPublicKey(pub)
+		return err
+	})
+	return der, err
+}
+
+func bytesToUint(b []byte) uint {
+	// CK_ULONG in host (little-endian) order.
+	var v uint
+	for i := len(b) - 1; i >= 0; i-- {
+		v = v<<8 | uint(b[i])
+	}
+	return v
+}
+
+// publicKeyFromAttrs builds a Go public key from a public key object.
+func publicKeyFromAttrs(keyType uint, get func(uint) ([]byte, error)) (any, error) {
+	switch keyType {
+	case pkcs11.CKK_RSA:
+		n, err := get(pkcs11.CKA_MODULUS)
+		if err != nil {
+			return nil, err
+		}
+		e, err := get(pkcs11.CKA_PUBLIC_EXPONENT)
+		if err != nil {
+			return nil, err
+		}
+		eb := new(big.Int).SetBytes(e)
+		if !eb.IsInt64() || eb.Int64() > 1<<31-1 {
+			return nil, errors.New("RSA public exponent out of range")
+		}
+		return &rsa.PublicKey{N: new(big.Int).SetBytes(n), E: int(eb.Int64())}, nil
+	case pkcs11.CKK_EC, ckkECEdwards:
+		params, err := get(pkcs11.CKA_EC_PARAMS)
+		if err != nil {
+			return nil, err
+		}
+		point, err := get(pkcs11.CKA_EC_POINT)
+		if err != nil {
+			return nil, err
+		}
+		// CKA_EC_POINT is a DER OCTET STRING; a few modules return the raw
+		// point.
+		var raw []byte
+		if rest, err := asn1.Unmarshal(point, &raw); err != nil || len(rest) != 0 {
+			raw = point
+		}
+		curve := ""
+		for name, oid := range curveOIDs {
+			if slices.Equal(oid, params) {
+				curve = name
+			}
+		}
+		if keyType == ckkECEdwards || curve == "Ed25519" {
+			if len(raw) != ed25519.PublicKeySize {
+				return nil, errors.New("Ed25519 public key has the wrong length")
+			}
+			return ed25519.PublicKey(raw), nil
+		}
+		c := alg.Curve(curve)
+		if c == nil {
+			return nil, fmt.Errorf("unsupported curve %x", params)
+		}
+		return ecdsa.ParseUncompressedPublicKey(c, raw)
+	}
+	return nil, fmt.Errorf("unsupported key type %#x", keyType)
+}

@@ -1,0 +1,121 @@
+package pkcs11
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"sync/atomic"
+
+	"github.com/miekg/pkcs11"
+)
+
+// module is one loaded PKCS#11 library, shared by every provider instance
+// that names the same path: loaded and C_Initialize'd once per process.
+//
+// Every call into the library holds mu for reading; a reset (C_Finalize +
+// C_Initialize) holds it for writing, so no goroutine is inside the library
+// meanwhile. gen counts resets: sessions and object handles of an older
+// generation are dead and are never passed to the library again (their
+// numbers may have been given to new sessions).
+type module struct {
+	path string
+	ctx  *pkcs11.Ctx
+
+	mu  sync.RWMutex
+	gen atomic.Uint64
+
+	// refs and logins are guarded by modules.mu.
+	refs   int
+	logins map[string]int // token key → provider instances logged in
+}
+
+var modules = struct {
+	sync.Mutex
+	m map[string]*module
+}{m: map[string]*module{}}
+
+// errModule is a failure to load or initialise a module (bad path, not a
+// PKCS#11 library).
+var errModule = errors.New("pkcs11 module")
+
+// openModule returns the module at path, loading and initialising it on
+// first use.
+func openModule(path string) (*module, error) {
+	modules.Lock()
+	defer modules.Unlock()
+	if m, ok := modules.m[path]; ok {
+		m.refs++
+		return m, nil
+	}
+	if _, err := os.Stat(path); err != nil {
+		return nil, fmt.Errorf("%w %s: %v", errModule, path, err)
+	}
+	ctx := pkcs11.New(path)
+	if ctx == nil {
+		return nil, fmt.Errorf("%w %s: cannot load it as a PKCS#11 library", errModule, path)
+	}
+	if err := ctx.Initialize(); err != nil {
+		if code, ok := ckrCode(err); !ok || code != pkcs11.CKR_CRYPTOKI_ALREADY_INITIALIZED {
+			ctx.Destroy()
+			return nil, fmt.Errorf("%w %s: C_Initialize: %v", errModule, path, err)
+		}
+	}
+	m := &module{path: path, ctx: ctx, refs: 1, logins: map[string]int{}}
+	modules.m[path] = m
+	return m, nil
+}
+
+// release drops one reference; the last finalizes and unloads the module.
+func (m *module) release() {
+	modules.Lock()
+	defer modules.Unlock()
+	m.refs--
+	if m.refs > 0 {
+		return
+	}
+	delete(modules.m, m.path)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.ctx.Finalize()
+	m.ctx.Destroy()
+}
+
+// addLogin records that one more provider instance uses the login of token;
+// it returns true for the first.
+func (m *module) addLogin(token string) bool {
+	modules.Lock()
+	defer modules.Unlock()
+	m.logins[token]++
+	return m.logins[token] == 1
+}
+
+// dropLogin records that a provider instance stopped using the login of
+// token; it returns true for the last.
+func (m *module) dropLogin(token string) bool {
+	modules.Lock()
+	defer modules.Unlock()
+	if m.logins[token] == 0 {
+		return false
+	}
+	m.logins[token]--
+	return m.logins[token] == 0
+}
+
+// reinitialize finalizes and initializes the library again, under the
+// exclusive lock, if no one else did it since generation seen. It returns
+// the current generation.
+func (m *module) reinitialize(seen uint64) (uint64, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if g := m.gen.Load(); g != seen {
+		return g, nil // another provider on this module reset it already
+	}
+	_ = m.ctx.Finalize()
+	err := m.ctx.Initialize()
+	if code, ok := ckrCode(err); ok && code == pkcs11.CKR_CRYPTOKI_ALREADY_INITIALIZED {
+		err = nil
+	}
+	g := m.gen.Add(1)
+	return g, err
+}

@@ -1,0 +1,441 @@
+// Package pkcs11 is the PKCS#11 key provider: keys held in an HSM reached
+// through a PKCS#11 module (AWS CloudHSM's libcloudhsm_pkcs11.so in
+// production, SoftHSM2 in tests, any module by configuration), driven with
+// github.com/miekg/pkcs11.
+//
+// Concurrency model. A module is loaded and C_Initialize'd once per process,
+// however many provider instances name it. Each instance logs in once, on a
+// session it keeps open for its whole life (closing a token's last session
+// logs the application out), and keeps a bounded pool of read-write sessions
+// (max_sessions, capped by the token's MaxRwSessionCount), reused LIFO. An
+// operation takes a session for its duration, waiting for a free one no
+// longer than its deadline (then 503). A session on which any call failed is
+// closed, not reused. Object handles are looked up by CKA_ID once and cached
+// per module generation; a stale handle is looked up again.
+//
+// Recovery. Failures are classified by their CKR code (errors.go): a broken
+// session is replaced; a lost device, token or login marks the provider down
+// and starts one background recovery loop that resets the module
+// (C_Finalize, C_Initialize, find the token again, log in) under the
+// module's exclusive lock, with capped exponential backoff and jitter, until
+// it succeeds. While down, operations fail fast with 503 and Retry-After. An
+// idempotent operation that met the failure waits for the recovery within its
+// deadline and is retried once; a key generation is never repeated blindly:
+// the provider first looks for the CKA_ID it would have made.
+package pkcs11
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/miekg/pkcs11"
+
+	"github.com/keygrid/keygrid-hsm/internal/kgerr"
+	"github.com/keygrid/keygrid-hsm/internal/provider"
+	"github.com/keygrid/keygrid-hsm/pkg/apitypes"
+)
+
+// Provider is a PKCS#11 provider instance.
+type Provider struct {
+	name string
+	cfg  resolved
+	mod  *module
+	log  *slog.Logger
+	caps provider.Capabilities
+	// kwpPadBroken: the token's CKM_AES_KEY_WRAP_PAD pads key material to 8
+	// bytes before wrapping (SoftHSM2 2.6), so only multiples of 8 are exact.
+	kwpPadBroken bool
+	mechs        map[uint]pkcs11.MechanismInfo
+
+	pool *pool
+
+	// resetMu serialises resets and resyncs of this instance.
+	resetMu sync.Mutex
+	gen     atomic.Uint64 // module generation this instance is logged in for
+	slot    atomic.Uint64
+	token   atomic.Pointer[tokenInfo]
+	login   session // the persistent logged-in session (guarded by resetMu)
+
+	hmu     sync.RWMutex
+	handles map[string]objHandles // CKA_ID → handles of the current generation
+
+	state  health
+	closed atomic.Bool
+	wg     sync.WaitGroup // recovery goroutine
+}
+
+// objHandles are the object handles of one key, valid in generation gen.
+type objHandles struct {
+	gen  uint64
+	priv pkcs11.ObjectHandle
+	pub  pkcs11.ObjectHandle
+	sec  pkcs11.ObjectHandle
+	has  uint8 // bit per class found
+}
+
+// New is the provider.Factory of the pkcs11 and aws-cloudhsm types.
+func New(ctx context.Context, p provider.Params) (provider.Provider, error) {
+	var c Config
+	if p.Decode != nil {
+		if err := p.Decode(&c); err != nil {
+			return nil, err
+		}
+	}
+	return Open(ctx, p.Name, p.Type, c, p.Logger)
+}
+
+// Open opens a provider instance: loads the module (once per process),
+// finds the token, logs in, reads the token's mechanisms.
+func Open(ctx context.Context, name, typ string, c Config, log *slog.Logger) (*Provider, error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	field := "providers." + name + ".config"
+	cfg, err := c.resolve(typ, field)
+	if err != nil {
+		return nil, err
+	}
+	mod, err := openModule(cfg.LibraryPath)
+	if err != nil {
+		return nil, fmt.Errorf("%s.library_path: %w", field, err)
+	}
+	p := &Provider{name: name, cfg: cfg, mod: mod, log: log, handles: map[string]objHandles{}}
+	p.state.init()
+	p.resetMu.Lock()
+	err = p.resync(mod.gen.Load())
+	p.resetMu.Unlock()
+	if err != nil {
+		mod.release()
+		return nil, err
+	}
+	tok := p.token.Load()
+	if !mod.addLogin(tokenKey(tok)) {
+		log.Debug("token already logged in by another provider instance on this module", "token", tok.label)
+	}
+	max := cfg.MaxSessions
+	if ti, err := mod.ctx.GetTokenInfo(tok.slot); err == nil && ti.MaxRwSessionCount != pkcs11.CK_EFFECTIVELY_INFINITE &&
+		ti.MaxRwSessionCount != pkcs11.CK_UNAVAILABLE_INFORMATION && int(ti.MaxRwSessionCount) > 1 && int(ti.MaxRwSessionCount)-1 < max {
+		max = int(ti.MaxRwSessionCount) - 1 // one is the login session
+		log.Info("max_sessions capped by the token", "max_sessions", max)
+	}
+	p.pool = newPool(max)
+	if err := p.discover(ctx); err != nil {
+		p.Close()
+		return nil, err
+	}
+	log.Info("pkcs11 provider ready", "type", typ, "library", cfg.LibraryPath, "token", tok.label, "serial", tok.serial,
+		"slot", tok.slot, "max_sessions", max, "algorithms", len(p.caps.Algorithms))
+	return p, nil
+}
+
+func tokenKey(t *tokenInfo) string { return t.label + "\x00" + t.serial }
+
+// Name implements provider.Provider.
+func (p *Provider) Name() string { return p.name }
+
+// Type implements provider.Provider.
+func (p *Provider) Type() string { return p.cfg.typ }
+
+// Capabilities implements provider.Provider.
+func (p *Provider) Capabilities() provider.Capabilities { return p.caps }
+
+// resync finds the token and logs in for module generation g. The caller
+// holds resetMu. The PIN never reaches an error or a log line.
+func (p *Provider) resync(g uint64) error {
+	p.mod.mu.RLock()
+	defer p.mod.mu.RUnlock()
+	c := p.mod.ctx
+	slots, err := c.GetSlotList(true)
+	if err != nil {
+		return fmt.Errorf("C_GetSlotList: %w", err)
+	}
+	var tokens []tokenInfo
+	for _, s := range slots {
+		ti, err := c.GetTokenInfo(s)
+		if err != nil {
+			continue
+		}
+		tokens = append(tokens, tokenInfo{slot: s, label: strings.TrimSpace(ti.Label), serial: strings.TrimSpace(ti.SerialNumber)})
+	}
+	tok, err := selectSlot(tokens, p.cfg.Settings, p.cfg.firstSlotDefault)
+	if err != nil {
+		return kgerr.Wrap(apitypes.CodeServiceUnavailable, err, "the configured token is not present")
+	}
+	sh, err := c.OpenSession(tok.slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
+	if err != nil {
+		return fmt.Errorf("C_OpenSession on slot %d: %w", tok.slot, err)
+	}
+	if err := c.Login(sh, pkcs11.CKU_USER, p.cfg.pin); err != nil {
+		if code, ok := ckrCode(err); !ok || code != pkcs11.CKR_USER_ALREADY_LOGGED_IN {
+			c.CloseSession(sh)
+			return fmt.Errorf("C_Login on token %q: %w", tok.label, toError(err, opOther))
+		}
+	}
+	p.login = session{h: sh, gen: g}
+	p.slot.Store(uint64(tok.slot))
+	p.token.Store(&tok)
+	p.gen.Store(g)
+	return nil
+}
+
+// errStale reports that the module was reset by another provider instance
+// since this one logged in.
+var errStale = errors.New("module generation changed")
+
+// withSession runs fn on a pooled session. It returns the generation the
+// session belonged to with fn's error.
+func (p *Provider) withSession(ctx context.Context, fn func(pkcs11.SessionHandle) error) (uint64, error) {
+	if p.closed.Load() {
+		return 0, kgerr.New(apitypes.CodeServiceUnavailable, "the provider is closed")
+	}
+	if err := p.state.downErr(); err != nil {
+		return 0, err
+	}
+	if err := p.pool.acquire(ctx); err != nil {
+		return 0, err
+	}
+	defer p.pool.release()
+	for {
+		gen, err := p.onSession(fn)
+		if !errors.Is(err, errStale) {
+			return gen, err
+		}
+		if err := p.catchUp(); err != nil {
+			return gen, err
+		}
+	}
+}
+
+func (p *Provider) onSession(fn func(pkcs11.SessionHandle) error) (uint64, error) {
+	p.mod.mu.RLock()
+	defer p.mod.mu.RUnlock()
+	gen := p.mod.gen.Load()
+	if gen != p.gen.Load() {
+		return gen, errStale
+	}
+	c := p.mod.ctx
+	s, ok := p.pool.pop(gen)
+	if !ok {
+		h, err := c.OpenSession(uint(p.slot.Load()), pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
+		if err != nil {
+			return gen, err
+		}
+		s = session{h: h, gen: gen}
+	}
+	err := fn(s.h)
+	if err == nil {
+		p.pool.push(s)
+		return gen, nil
+	}
+	// A session on which a call failed may hold an active operation: close
+	// it, unless the whole module is gone (then the handle is dead).
+	if classify(err, false) != classReset {
+		c.CloseSession(s.h)
+	}
+	return gen, err
+}
+
+// catchUp logs in again after another provider instance on the same module
+// reset it.
+func (p *Provider) catchUp() error {
+	p.resetMu.Lock()
+	defer p.resetMu.Unlock()
+	g := p.mod.gen.Load()
+	if g == p.gen.Load() {
+		return nil
+	}
+	if err := p.resync(g); err != nil {
+		p.markDown(err, p.gen.Load())
+		return kgerr.Wrap(apitypes.CodeServiceUnavailable, err, "the HSM is unavailable")
+	}
+	return nil
+}
+
+// run executes fn on a session within the operation timeout and handles
+// failures by class: a broken session is replaced and fn retried once; a
+// lost module marks the provider down (recovery starts) and an idempotent fn
+// is retried once after recovery, within the deadline; a busy HSM (CloudHSM)
+// gets bounded retries for idempotent fn.
+func (p *Provider) run(ctx context.Context, idempotent bool, kind opKind, fn func(pkcs11.SessionHandle) error) error {
+	ctx, cancel := context.WithTimeout(ctx, p.cfg.opTimeout)
+	defer cancel()
+	retried, busy := false, 0
+	for {
+		gen, err := p.withSession(ctx, fn)
+		if err == nil {
+			return nil
+		}
+		p.state.countError(err)
+		switch classify(err, p.cfg.busyRetries > 0) {
+		case classSession:
+			if !retried {
+				retried = true
+				continue
+			}
+		case classReset:
+			p.markDown(err, gen)
+			if idempotent && !retried {
+				retried = true
+				if p.state.waitUp(ctx) == nil {
+					continue
+				}
+			}
+			return toError(err, kind)
+		case classBusy:
+			if idempotent && busy < p.cfg.busyRetries {
+				busy++
+				if sleepCtx(ctx, backoff(busy, 20*time.Millisecond, 500*time.Millisecond)) == nil {
+					continue
+				}
+			}
+		}
+		return toError(err, kind)
+	}
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// backoff is the delay before attempt n (1-based): capped exponential with
+// full jitter in [d/2, d].
+func backoff(n int, base, max time.Duration) time.Duration {
+	d := base
+	for i := 1; i < n && d < max; i++ {
+		d *= 2
+	}
+	if d > max {
+		d = max
+	}
+	return d/2 + time.Duration(rand.Int64N(int64(d/2)+1))
+}
+
+// markDown marks the provider down after a failure in generation gen and
+// starts the recovery loop, unless a newer generation exists (someone
+// recovered already) or recovery is under way.
+func (p *Provider) markDown(cause error, gen uint64) {
+	if p.closed.Load() || gen != p.gen.Load() {
+		return
+	}
+	if !p.state.setDown(cause) {
+		return
+	}
+	p.log.Warn("HSM unavailable; recovering in the background", "err", toError(cause, opOther).Error())
+	p.wg.Add(1)
+	go p.recover()
+}
+
+// recover resets the module until it works again.
+func (p *Provider) recover() {
+	defer p.wg.Done()
+	for attempt := 1; !p.closed.Load(); attempt++ {
+		err := p.reset()
+		if err == nil {
+			p.dropHandles()
+			p.state.setUp()
+			p.log.Info("HSM recovered", "attempts", attempt)
+			return
+		}
+		p.state.recordFailure(err)
+		d := backoff(attempt, 100*time.Millisecond, 5*time.Second)
+		p.log.Debug("HSM reset failed; retrying", "attempt", attempt, "in", d.String(), "err", err)
+		time.Sleep(d)
+	}
+}
+
+// reset finalizes and initializes the module (unless another instance did
+// since this one's generation) and logs in again.
+func (p *Provider) reset() error {
+	p.resetMu.Lock()
+	defer p.resetMu.Unlock()
+	g, err := p.mod.reinitialize(p.gen.Load())
+	p.state.resets.Add(1)
+	if err != nil {
+		return fmt.Errorf("C_Initialize: %w", err)
+	}
+	return p.resync(g)
+}
+
+func (p *Provider) dropHandles() {
+	p.hmu.Lock()
+	clear(p.handles)
+	p.hmu.Unlock()
+}
+
+// Close drains the pool (waiting up to the operation timeout for sessions in
+// use), closes the sessions, logs out (if no other instance uses the login)
+// and releases the module (finalizing it with its last user).
+func (p *Provider) Close() error {
+	if p.closed.Swap(true) {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), p.cfg.opTimeout)
+	defer cancel()
+	if p.pool != nil {
+		if err := p.pool.drain(ctx); err != nil {
+			p.log.Warn("closing with HSM operations still in flight")
+		}
+	}
+	p.wg.Wait()
+	p.resetMu.Lock()
+	defer p.resetMu.Unlock()
+	p.mod.mu.RLock()
+	gen := p.mod.gen.Load()
+	c := p.mod.ctx
+	if p.pool != nil {
+		for _, s := range p.pool.takeIdle() {
+			if s.gen == gen {
+				c.CloseSession(s.h)
+			}
+		}
+	}
+	if tok := p.token.Load(); tok != nil && p.login.gen == gen {
+		if p.mod.dropLogin(tokenKey(tok)) {
+			c.Logout(p.login.h)
+		}
+		c.CloseSession(p.login.h)
+	}
+	p.mod.mu.RUnlock()
+	p.mod.release()
+	return nil
+}
+
+// Details implements provider.DetailsReporter: token, pool and recovery
+// state for the health endpoint.
+func (p *Provider) Details() map[string]any {
+	d := map[string]any{
+		"library":          p.cfg.LibraryPath,
+		"sessions_in_use":  p.pool.inUse.Load(),
+		"sessions_idle":    p.pool.idleCount(),
+		"sessions_max":     p.pool.max,
+		"session_waits":    p.pool.waits.Load(),
+		"session_wait_ms":  float64(p.pool.waitNanos.Load()) / 1e6,
+		"module_resets":    p.state.resets.Load(),
+		"module_gen":       p.gen.Load(),
+		"cached_key_count": p.cachedHandles(),
+	}
+	if tok := p.token.Load(); tok != nil {
+		d["token_label"], d["token_serial"], d["slot"] = tok.label, tok.serial, tok.slot
+	}
+	return d
+}
+
+func (p *Provider) cachedHandles() int {
+	p.hmu.RLock()
+	defer p.hmu.RUnlock()
+	return len(p.handles)
+}
