@@ -106,8 +106,8 @@ func cmdKeys(ctx context.Context, sub string, args []string, stdin io.Reader, st
 	c := newCLI("keys "+sub, stdin, stdout, stderr)
 	var (
 		name, prov, keyType, curve, algorithm, usage, expires, metadata, state, pageToken, format string
-		size, limit, version                                                                   int
-		extractable, all                                                                       bool
+		size, limit, version                                                                      int
+		extractable, all                                                                          bool
 	)
 	switch sub {
 	case "create":
@@ -311,8 +311,8 @@ func cmdCrypto(ctx context.Context, op string, args []string, stdin io.Reader, s
 	c := newCLI(op, stdin, stdout, stderr)
 	var (
 		keyFlag, algorithm, sigFormat, sigFile, aad string
-		digest                                     bool
-		version                                    int
+		digest                                      bool
+		version                                     int
 	)
 	c.fs.StringVar(&keyFlag, "key", "", "key id or name (or give it as the argument)")
 	c.fs.StringVar(&algorithm, "algorithm", "", "algorithm (default: the key's)")

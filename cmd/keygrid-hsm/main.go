@@ -1,6 +1,7 @@
 // Command keygrid-hsm is the KeyGrid HSM gateway and its command-line client.
 //
 //	keygrid-hsm serve [--config FILE] [--listen ADDR] [--data-dir DIR]
+//	keygrid-hsm doctor --config FILE
 //	keygrid-hsm keys create|list|get|delete|activate|deactivate|rotate|public …
 //	keygrid-hsm sign|verify|encrypt|decrypt|wrap|unwrap …
 //	keygrid-hsm providers
@@ -16,28 +17,16 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
-
-	"github.com/keygrid/keygrid-hsm/internal/provider"
-	"github.com/keygrid/keygrid-hsm/internal/provider/pkcs11"
-	"github.com/keygrid/keygrid-hsm/internal/provider/software"
 )
 
 // version is set at build time with -ldflags "-X main.version=…".
 var version = "dev"
 
-// registry is every provider type this binary has.
-func registry() provider.Registry {
-	return provider.Registry{
-		software.Type:          software.New,
-		pkcs11.TypePKCS11:      pkcs11.New,
-		pkcs11.TypeAWSCloudHSM: pkcs11.New,
-	}
-}
-
 const usage = `keygrid-hsm — the KeyGrid HSM gateway and its client
 
 Server:
   serve        run the gateway (--config FILE, --listen ADDR, --data-dir DIR)
+  doctor       check that each PKCS#11 provider reaches its HSM (--config FILE)
   version      print the version
 
 Client (talks to a running server: --server URL or KEYGRID_ADDR):
@@ -75,6 +64,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	switch args[0] {
 	case "serve":
 		err = cmdServe(ctx, args[1:], stderr)
+	case "doctor":
+		err = cmdDoctor(ctx, args[1:], stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "keygrid-hsm", version)
 	default:

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 
 	"github.com/keygrid/keygrid-hsm/internal/config"
+	"github.com/keygrid/keygrid-hsm/internal/provider/registry"
 	"github.com/keygrid/keygrid-hsm/internal/server"
 )
 
@@ -34,7 +35,7 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	log := newLogger(cfg, stderr)
-	srv, err := server.New(ctx, cfg, registry(), log, version)
+	srv, err := server.New(ctx, cfg, registry.All(), log, version)
 	if err != nil {
 		return err
 	}

@@ -1,6 +1,7 @@
 package alg
 
 import (
+	"bytes"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
@@ -85,6 +86,11 @@ func ECDSADERToRaw(der []byte, curve string) ([]byte, error) {
 	var sig ecdsaSig
 	rest, err := asn1.Unmarshal(der, &sig)
 	if err != nil || len(rest) != 0 || sig.R == nil || sig.S == nil || sig.R.Sign() <= 0 || sig.S.Sign() <= 0 {
+		return nil, kgerr.Invalid("signature is not a DER ECDSA signature")
+	}
+	// encoding/asn1 ignores whatever follows the last field inside the
+	// SEQUENCE: accept only the one canonical encoding of r and s.
+	if canon, err := asn1.Marshal(sig); err != nil || !bytes.Equal(canon, der) {
 		return nil, kgerr.Invalid("signature is not a DER ECDSA signature")
 	}
 	n := CurveByteLen(curve)

@@ -35,9 +35,11 @@ type Provider interface {
 	// supports. It does not change while the provider is open.
 	Capabilities() Capabilities
 
-	// CreateKey makes new key material. The same ObjectID never makes two
-	// keys: if material for it exists already, CreateKey fails with
-	// KEY_ALREADY_EXISTS.
+	// CreateKey makes new key material for ObjectID. The service never
+	// reuses an ObjectID, and a provider need not search for one (that
+	// costs O(objects) on an HSM); after a failure that may have made the
+	// material anyway, the provider or the service looks with FindKey
+	// before making it again.
 	CreateKey(ctx context.Context, req CreateKeyRequest) (CreatedKey, error)
 	// FindKey looks for key material by the object id it was created with;
 	// found is false when there is none.
@@ -150,6 +152,10 @@ type Capabilities struct {
 	// Missing explains, per algorithm the provider lacks, why (for example
 	// "token lacks CKM_RSA_PKCS_OAEP with SHA-256").
 	Missing map[alg.Algorithm]string
+	// WrapMultipleOf8 is set when AES-KWP is exact only for key material
+	// whose length is a multiple of 8 bytes (SoftHSM2 2.6); WrapKey refuses
+	// other lengths with UNSUPPORTED_ALGORITHM.
+	WrapMultipleOf8 bool
 }
 
 // CheckSpec returns UNSUPPORTED_ALGORITHM unless the provider makes keys of

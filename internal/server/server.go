@@ -95,6 +95,9 @@ func New(ctx context.Context, cfg *config.Config, reg provider.Registry, log *sl
 // Handler is the HTTP handler (for tests with httptest).
 func (s *Server) Handler() http.Handler { return s.handler }
 
+// Store is the metadata store.
+func (s *Server) Store() store.Store { return s.store }
+
 // Service is the key service.
 func (s *Server) Service() *service.Service { return s.svc }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"slices"
 
@@ -344,6 +345,11 @@ func (s *Service) Decrypt(ctx context.Context, ref string, req apitypes.DecryptR
 	}
 	v, err := version(k, n)
 	if err != nil {
+		if a.KeyType == alg.AES && errors.Is(err, kgerr.ErrKeyNotFound) {
+			// The version came from the envelope: a version the key does
+			// not have means the ciphertext is not one of this key's.
+			return nil, kgerr.Wrap(kgerr.ErrDecryptionFailed.Code, err, "ciphertext names a key version this key does not have")
+		}
 		return nil, err
 	}
 	o.version, dr.Ref = v.Version, v.ProviderRef

@@ -64,11 +64,11 @@ func (s *Service) CreateKey(ctx context.Context, req apitypes.CreateKeyRequest) 
 	if provName == "" {
 		provName = s.defProv
 	}
-	o.provider = provName
 	p, ok := s.providers[provName]
 	if !ok {
 		return nil, kgerr.Invalid(fmt.Sprintf("provider %q is not configured (configured: %v)", provName, s.names))
 	}
+	o.provider = provName
 	spec, err := alg.NewSpec(req.KeySpec.KeyType, req.KeySpec.KeySize, req.KeySpec.Curve)
 	if err != nil {
 		return nil, err
@@ -130,6 +130,9 @@ func (s *Service) CreateKey(ctx context.Context, req apitypes.CreateKeyRequest) 
 	// The pending record reserves the name before the provider is touched:
 	// of two creates with one name, the loser makes nothing.
 	if err := s.store.CreateKey(ctx, k); err != nil {
+		// Nothing was stored: audit the name asked for, not an id that
+		// never existed.
+		o.key, o.version = &store.Key{Name: k.Name, Provider: k.Provider}, 0
 		return nil, err
 	}
 	created, err := s.makeMaterial(ctx, p, k, &k.Versions[0])
@@ -454,7 +457,7 @@ func (s *Service) toAPI(k *store.Key) *apitypes.Key {
 	}
 	for _, v := range k.Versions {
 		if v.State == store.StateActive {
-			out.Versions = append(out.Versions, apitypes.KeyVersion{Version: v.Version, CreatedAt: v.CreatedAt})
+			out.Versions = append(out.Versions, apitypes.KeyVersion{Version: v.Version, CreatedAt: v.CreatedAt, ProviderRef: v.ProviderRef})
 		}
 	}
 	return out

@@ -166,6 +166,13 @@ func (s *Service) begin(name string) *op { return &op{name: name, start: s.now()
 func (s *Service) finish(ctx context.Context, o *op, errp *error) {
 	d := s.now().Sub(o.start)
 	c := CallerFrom(ctx)
+	// o.algorithm may be a request's unchecked string: only a name the
+	// server knows goes into the audit record and the metric labels.
+	if a, err := alg.Lookup(o.algorithm); err == nil {
+		o.algorithm = string(a.Name)
+	} else {
+		o.algorithm = ""
+	}
 	e := audit.Event{
 		Time: o.start.UTC(), RequestID: c.RequestID, Principal: c.Principal, ClientAddr: c.ClientAddr,
 		Operation: o.name, KeyVersion: o.version, Provider: o.provider, Algorithm: o.algorithm,

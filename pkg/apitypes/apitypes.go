@@ -143,10 +143,13 @@ type Key struct {
 	ExpiresAt   *time.Time        `json:"expires_at,omitempty"`
 }
 
-// KeyVersion is one version of a key.
+// KeyVersion is one version of a key. ProviderRef names the key material in
+// its provider (for PKCS#11, an RFC 7512 URI with the token label, CKA_ID
+// and CKA_LABEL), so that operators can find it with their own tools.
 type KeyVersion struct {
-	Version   int       `json:"version"`
-	CreatedAt time.Time `json:"created_at"`
+	Version     int       `json:"version"`
+	CreatedAt   time.Time `json:"created_at"`
+	ProviderRef string    `json:"provider_ref,omitempty"`
 }
 
 // KeyList is the body of GET /api/v1/keys.

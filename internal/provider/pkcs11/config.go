@@ -62,6 +62,11 @@ type Config struct {
 	// HSM reports itself busy (CloudHSM's CKR_FUNCTION_FAILED; default 3 on
 	// aws-cloudhsm, 0 elsewhere).
 	BusyRetries *int `yaml:"busy_retries"`
+	// SerializeKeyChanges makes key generation and deletion one at a time
+	// in this process. SoftHSM2 corrupts token objects made concurrently
+	// (CKR_GENERAL_ERROR, CKR_TEMPLATE_INCONSISTENT; SoftHSMv2 issue 573).
+	// Default true on pkcs11, false on aws-cloudhsm.
+	SerializeKeyChanges *bool `yaml:"serialize_key_changes"`
 }
 
 // Duration is a time.Duration written as "5s".
@@ -85,8 +90,9 @@ type resolved struct {
 	opTimeout        time.Duration
 	healthInterval   time.Duration
 	healthTimeout    time.Duration
-	maxGCMBytes      int  // CloudHSM: C_Encrypt/C_Decrypt buffers of AES-GCM are at most 16 KiB
+	maxGCMBytes      int // CloudHSM: C_Encrypt/C_Decrypt buffers of AES-GCM are at most 16 KiB
 	busyRetries      int
+	serializeChanges bool
 	firstSlotDefault bool // CloudHSM: one token; take the first slot when no label matches
 }
 
@@ -123,6 +129,10 @@ func (c Config) resolve(typ, field string) (resolved, error) {
 		}
 	}
 	cloud := typ == TypeAWSCloudHSM
+	r.serializeChanges = !cloud
+	if c.SerializeKeyChanges != nil {
+		r.serializeChanges = *c.SerializeKeyChanges
+	}
 	if cloud {
 		if r.LibraryPath == "" {
 			r.LibraryPath = CloudHSMLibrary

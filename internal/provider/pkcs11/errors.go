@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/miekg/pkcs11"
 
@@ -34,6 +35,15 @@ func ckrCode(err error) (uint, bool) {
 		return uint(e), true
 	}
 	return 0, false
+}
+
+// ckrName is the name of a CKR code, as "CKR_PIN_INCORRECT".
+func ckrName(code uint) string {
+	s := pkcs11.Error(code).Error() // "pkcs11: 0xA0: CKR_PIN_INCORRECT"
+	if i := strings.LastIndex(s, ": "); i >= 0 && strings.HasPrefix(s[i+2:], "CKR_") {
+		return s[i+2:]
+	}
+	return fmt.Sprintf("CKR_%#x", code)
 }
 
 // classify tells what a PKCS#11 failure means. busyIsFunctionFailed is set
@@ -89,7 +99,7 @@ func toError(err error, kind opKind) error {
 	if !ok {
 		return kgerr.Wrap(apitypes.CodeInternal, err, "internal error")
 	}
-	name := pkcs11.Error(code).Error()
+	name := ckrName(code)
 	switch code {
 	case pkcs11.CKR_PIN_INCORRECT, pkcs11.CKR_PIN_INVALID, pkcs11.CKR_PIN_LEN_RANGE, pkcs11.CKR_PIN_EXPIRED, pkcs11.CKR_PIN_LOCKED:
 		return kgerr.Wrap(apitypes.CodeAuthenticationFailed, err, "the HSM refused the configured PIN ("+name+")")

@@ -97,7 +97,7 @@ func (h *health) countError(err error) {
 	if !ok {
 		return
 	}
-	name := pkcs11.Error(code).Error()
+	name := ckrName(code)
 	h.mu.Lock()
 	h.ckrCounts[name]++
 	h.mu.Unlock()

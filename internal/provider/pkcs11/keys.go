@@ -133,7 +133,9 @@ func templates(req provider.CreateKeyRequest, id []byte) (mech uint, pub, priv [
 }
 
 // CreateKey implements provider.Provider. The key's objects carry the
-// object id as CKA_ID and the label as CKA_LABEL. If the HSM fails in a way
+// object id as CKA_ID and the label as CKA_LABEL. It does not search the
+// token for the id first (a C_FindObjects costs time in proportion to the
+// objects on the token; the service never reuses an id). If the HSM fails in a way
 // that may have left the key made (a lost connection), the provider waits
 // for recovery and looks for the CKA_ID before it generates again: a key is
 // never made twice.
@@ -149,12 +151,8 @@ func (p *Provider) CreateKey(ctx context.Context, req provider.CreateKeyRequest)
 	if err != nil {
 		return provider.CreatedKey{}, err
 	}
-	if _, found, err := p.FindKey(ctx, req.ObjectID); err != nil {
-		return provider.CreatedKey{}, err
-	} else if found {
-		return provider.CreatedKey{}, kgerr.New(apitypes.CodeKeyAlreadyExists, "the token already holds objects with this CKA_ID")
-	}
 	ref := p.ref(id, req.Label)
+	defer p.serializeChanges()()
 	generate := func(sh pkcs11.SessionHandle) error {
 		m := []*pkcs11.Mechanism{pkcs11.NewMechanism(mech, nil)}
 		if pubT == nil {
@@ -335,6 +333,7 @@ func (p *Provider) DeleteKey(ctx context.Context, ref string) error {
 		return nil // nothing of ours to delete
 	}
 	p.forget(id)
+	defer p.serializeChanges()()
 	return p.run(ctx, true, opOther, func(sh pkcs11.SessionHandle) error {
 		hs, err := p.findAll(sh, id, nil)
 		if err != nil {
@@ -355,8 +354,12 @@ func (p *Provider) DeleteKey(ctx context.Context, ref string) error {
 // attributes, one at a time (C_GetAttributeValue fails as a whole on some
 // modules when one attribute is invalid).
 func (p *Provider) PublicKey(ctx context.Context, ref string) ([]byte, error) {
+	id, err := objectID(ref)
+	if err != nil {
+		return nil, err
+	}
 	var der []byte
-	err := p.withKey(ctx, ref, pkcs11.CKO_PUBLIC_KEY, true, opOther, func(sh pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
+	err = p.withKey(ctx, ref, pkcs11.CKO_PUBLIC_KEY, true, opOther, func(sh pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
 		get := func(t uint) ([]byte, error) {
 			a, err := p.mod.ctx.GetAttributeValue(sh, h, []*pkcs11.Attribute{pkcs11.NewAttribute(t, nil)})
 			if err != nil {
@@ -375,6 +378,12 @@ func (p *Provider) PublicKey(ctx context.Context, ref string) ([]byte, error) {
 		der, err = x509.MarshalPKIXPublicKey(pub)
 		return err
 	})
+	if errors.Is(err, kgerr.ErrKeyNotFound) {
+		// No public key object: is it a secret key?
+		if _, found, ferr := p.FindKey(ctx, hex.EncodeToString(id)); ferr == nil && found {
+			return nil, kgerr.Invalid("a secret key has no public key")
+		}
+	}
 	return der, err
 }
 

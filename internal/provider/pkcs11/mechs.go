@@ -150,7 +150,7 @@ func (p *Provider) discover(ctx context.Context) error {
 		}
 		if has(pkcs11.CKM_AES_KEY_WRAP_PAD, pkcs11.CKF_WRAP|pkcs11.CKF_UNWRAP) {
 			add(alg.AESKWP)
-			p.kwpPadBroken = !p.probeKWP(ctx)
+			caps.WrapMultipleOf8 = !p.probeKWP(ctx)
 		} else {
 			missing("token lacks CKM_AES_KEY_WRAP_PAD", alg.AESKWP)
 		}
@@ -201,7 +201,7 @@ func (p *Provider) probeOAEP(ctx context.Context, a alg.Algorithm) (bool, string
 		switch {
 		case err != nil:
 			code, _ := ckrCode(err)
-			why = pkcs11.Error(code).Error()
+			why = ckrName(code)
 			return nil // refused: the session is fine (the operation never started)
 		case !bytes.Equal(pt, msg):
 			why = "wrong plaintext"

@@ -22,6 +22,15 @@ var (
 		crypto.SHA384: pkcs11.CKG_MGF1_SHA384, crypto.SHA512: pkcs11.CKG_MGF1_SHA512}
 )
 
+// check refuses, before any HSM call, an algorithm the token lacks or one
+// that does not fit the key.
+func (p *Provider) check(spec alg.Spec, a alg.Info) error {
+	if err := p.caps.CheckAlgorithm(a.Name); err != nil {
+		return err
+	}
+	return alg.Compatible(spec, a)
+}
+
 // signMechanism returns the mechanism and the bytes the token signs.
 func signMechanism(a alg.Info, input []byte) (*pkcs11.Mechanism, []byte, error) {
 	switch {
@@ -49,10 +58,7 @@ func signMechanism(a alg.Info, input []byte) (*pkcs11.Mechanism, []byte, error) 
 // Sign implements provider.Provider. CKM_ECDSA returns raw r‖s, as the
 // contract wants.
 func (p *Provider) Sign(ctx context.Context, req provider.SignRequest) ([]byte, error) {
-	if err := p.caps.CheckAlgorithm(req.Algorithm.Name); err != nil {
-		return nil, err
-	}
-	if err := alg.Compatible(req.Spec, req.Algorithm); err != nil {
+	if err := p.check(req.Spec, req.Algorithm); err != nil {
 		return nil, err
 	}
 	m, in, err := signMechanism(req.Algorithm, req.Input)
@@ -89,7 +95,7 @@ func (p *Provider) Encrypt(ctx context.Context, req provider.EncryptRequest) (pr
 	if a.KeyType != alg.AES || a.Kind != alg.KindEncrypt {
 		return provider.EncryptResult{}, kgerr.New(apitypes.CodeUnsupportedAlgorithm, fmt.Sprintf("algorithm %s does not encrypt here", a.Name))
 	}
-	if err := p.caps.CheckAlgorithm(a.Name); err != nil {
+	if err := p.check(req.Spec, a); err != nil {
 		return provider.EncryptResult{}, err
 	}
 	if err := p.checkGCMSize(len(req.Plaintext)); err != nil {
@@ -138,7 +144,7 @@ func (p *Provider) checkGCMSize(n int) error {
 // AES-GCM with the secret key.
 func (p *Provider) Decrypt(ctx context.Context, req provider.DecryptRequest) ([]byte, error) {
 	a := req.Algorithm
-	if err := p.caps.CheckAlgorithm(a.Name); err != nil {
+	if err := p.check(req.Spec, a); err != nil {
 		return nil, err
 	}
 	var pt []byte
@@ -172,6 +178,8 @@ func (p *Provider) Decrypt(ctx context.Context, req provider.DecryptRequest) ([]
 	return nil, kgerr.New(apitypes.CodeUnsupportedAlgorithm, fmt.Sprintf("algorithm %s does not decrypt here", a.Name))
 }
 
+var kwpInfo, _ = alg.Lookup(string(alg.AESKWP))
+
 var kwpMech = []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_WRAP_PAD, nil)}
 
 // wrapBytes wraps key material with a KEK: the material becomes a session
@@ -200,10 +208,10 @@ var errKWPLength = kgerr.New(apitypes.CodeUnsupportedAlgorithm,
 
 // WrapKey implements provider.Provider.
 func (p *Provider) WrapKey(ctx context.Context, req provider.WrapRequest) ([]byte, error) {
-	if err := p.caps.CheckAlgorithm(alg.AESKWP); err != nil {
+	if err := p.check(req.Spec, kwpInfo); err != nil {
 		return nil, err
 	}
-	if p.kwpPadBroken && len(req.KeyMaterial)%8 != 0 {
+	if p.caps.WrapMultipleOf8 && len(req.KeyMaterial)%8 != 0 {
 		return nil, errKWPLength
 	}
 	var out []byte
@@ -218,7 +226,7 @@ func (p *Provider) WrapKey(ctx context.Context, req provider.WrapRequest) ([]byt
 // UnwrapKey implements provider.Provider: the material is unwrapped into a
 // session generic-secret object, read, and destroyed.
 func (p *Provider) UnwrapKey(ctx context.Context, req provider.UnwrapRequest) ([]byte, error) {
-	if err := p.caps.CheckAlgorithm(alg.AESKWP); err != nil {
+	if err := p.check(req.Spec, kwpInfo); err != nil {
 		return nil, err
 	}
 	var out []byte
@@ -240,7 +248,7 @@ func (p *Provider) UnwrapKey(ctx context.Context, req provider.UnwrapRequest) ([
 			return err
 		}
 		out = a[0].Value
-		if p.kwpPadBroken && len(out) > 0 && out[len(out)-1] == 0 {
+		if p.caps.WrapMultipleOf8 && len(out) > 0 && out[len(out)-1] == 0 {
 			// The token ignores the recorded length: the material may have
 			// been padded. KWP is deterministic, so wrapping the result
 			// again gives the input back only if nothing was padded.

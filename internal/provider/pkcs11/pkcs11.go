@@ -44,15 +44,12 @@ import (
 
 // Provider is a PKCS#11 provider instance.
 type Provider struct {
-	name string
-	cfg  resolved
-	mod  *module
-	log  *slog.Logger
-	caps provider.Capabilities
-	// kwpPadBroken: the token's CKM_AES_KEY_WRAP_PAD pads key material to 8
-	// bytes before wrapping (SoftHSM2 2.6), so only multiples of 8 are exact.
-	kwpPadBroken bool
-	mechs        map[uint]pkcs11.MechanismInfo
+	name  string
+	cfg   resolved
+	mod   *module
+	log   *slog.Logger
+	caps  provider.Capabilities
+	mechs map[uint]pkcs11.MechanismInfo
 
 	pool *pool
 
@@ -65,6 +62,10 @@ type Provider struct {
 
 	hmu     sync.RWMutex
 	handles map[string]objHandles // CKA_ID → handles of the current generation
+
+	// changeMu serialises key generation and deletion when
+	// cfg.serializeChanges is set.
+	changeMu sync.Mutex
 
 	state  health
 	closed atomic.Bool
@@ -135,6 +136,16 @@ func Open(ctx context.Context, name, typ string, c Config, log *slog.Logger) (*P
 	return p, nil
 }
 
+// serializeChanges takes changeMu when the configuration asks for it; it
+// returns the unlock.
+func (p *Provider) serializeChanges() func() {
+	if !p.cfg.serializeChanges {
+		return func() {}
+	}
+	p.changeMu.Lock()
+	return p.changeMu.Unlock
+}
+
 func tokenKey(t *tokenInfo) string { return t.label + "\x00" + t.serial }
 
 // Name implements provider.Provider.
@@ -159,7 +170,7 @@ func (p *Provider) resync(g uint64) error {
 	var tokens []tokenInfo
 	for _, s := range slots {
 		ti, err := c.GetTokenInfo(s)
-		if err != nil {
+		if err != nil || ti.Flags&pkcs11.CKF_TOKEN_INITIALIZED == 0 {
 			continue
 		}
 		tokens = append(tokens, tokenInfo{slot: s, label: strings.TrimSpace(ti.Label), serial: strings.TrimSpace(ti.SerialNumber)})

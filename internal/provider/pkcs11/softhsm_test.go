@@ -21,6 +21,7 @@ import (
 	"github.com/keygrid/keygrid-hsm/internal/alg"
 	"github.com/keygrid/keygrid-hsm/internal/kgerr"
 	"github.com/keygrid/keygrid-hsm/internal/provider"
+	"github.com/keygrid/keygrid-hsm/internal/provider/providertest"
 	"github.com/keygrid/keygrid-hsm/internal/testbed"
 )
 
@@ -100,7 +101,7 @@ func TestCapabilitiesOfSoftHSM(t *testing.T) {
 	if !errors.Is(err, kgerr.ErrUnsupportedAlgorithm) || !strings.Contains(kgerr.As(err).Message, "SHA-256") {
 		t.Fatalf("RSA-OAEP-256 on SoftHSM2: %v", err)
 	}
-	if !p.kwpPadBroken {
+	if !c.WrapMultipleOf8 {
 		t.Errorf("SoftHSM2 2.6's AES-KWP padding defect was not detected")
 	}
 }
@@ -367,4 +368,16 @@ func TestTwoInstancesShareModule(t *testing.T) {
 	if _, err := b.Sign(context.Background(), provider.SignRequest{Ref: k.Ref, Spec: alg.Spec{Type: alg.Ed25519, Size: 256}, Algorithm: info, Input: []byte("m")}); err != nil {
 		t.Fatalf("b signs after a closed: %v", err)
 	}
+}
+
+// The provider conformance suite, on a fresh SoftHSM2 token.
+func TestConformance(t *testing.T) {
+	requireHSM(t)
+	providertest.Run(t, func(t *testing.T) provider.Provider {
+		p, err := Open(context.Background(), "hsm", TypePKCS11, testConfig(8), slog.New(slog.DiscardHandler))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	})
 }

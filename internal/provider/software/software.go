@@ -330,6 +330,11 @@ func (p *Provider) CreateKey(ctx context.Context, req provider.CreateKeyRequest)
 
 // FindKey implements provider.Provider.
 func (p *Provider) FindKey(_ context.Context, objectID string) (string, bool, error) {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	if err := p.checkOpen(); err != nil {
+		return "", false, err
+	}
 	if !objectIDPattern.MatchString(objectID) {
 		return "", false, nil
 	}
@@ -430,6 +435,14 @@ func (p *Provider) load(ref string, spec alg.Spec) (any, error) {
 	defer p.mu.Unlock()
 	if cached, ok := p.cache[ref]; ok {
 		return cached, nil
+	}
+	// The file was read without the lock: a DeleteKey or Close since then
+	// must not be undone by caching the key.
+	if err := p.checkOpen(); err != nil {
+		return nil, err
+	}
+	if _, err := os.Stat(p.path(ref)); errors.Is(err, fs.ErrNotExist) {
+		return nil, kgerr.New(kgerr.ErrKeyNotFound.Code, "key material not found in the software keystore")
 	}
 	p.cache[ref] = k
 	return k, nil

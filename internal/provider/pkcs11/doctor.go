@@ -1,0 +1,170 @@
+package pkcs11
+
+import (
+	"crypto/ecdsa"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/miekg/pkcs11"
+
+	"github.com/keygrid/keygrid-hsm/internal/alg"
+	"github.com/keygrid/keygrid-hsm/internal/kgerr"
+)
+
+// Doctor checks, step by step, that a provider configuration can reach its
+// HSM: it loads the module, lists slots and tokens, finds the configured
+// token, logs in, lists the mechanisms the gateway needs and which are
+// missing, and signs and verifies with a temporary session key. It prints a
+// PASS/FAIL line per check to out and reports whether all passed. The PIN
+// is never printed.
+func Doctor(name, typ string, c Config, out io.Writer) bool {
+	ok := true
+	line := func(pass bool, check, format string, args ...any) {
+		status := "PASS"
+		if !pass {
+			status, ok = "FAIL", false
+		}
+		fmt.Fprintf(out, "%s  %-12s %s\n", status, check, fmt.Sprintf(format, args...))
+	}
+	field := "providers." + name + ".config"
+	cfg, err := c.resolve(typ, field)
+	if err != nil {
+		line(false, "config", "%v", err)
+		return false
+	}
+	line(true, "config", "%s provider %q, library %s, PIN from %s", typ, name, cfg.LibraryPath, pinSource(cfg.PinEnv, cfg.PinFile))
+
+	mod, err := openModule(cfg.LibraryPath)
+	if err != nil {
+		line(false, "module", "%v", err)
+		return false
+	}
+	defer mod.release()
+	mod.mu.RLock()
+	defer mod.mu.RUnlock()
+	pc := mod.ctx
+	if info, err := pc.GetInfo(); err == nil {
+		line(true, "module", "%s %s, Cryptoki %d.%d", strings.TrimSpace(info.ManufacturerID), strings.TrimSpace(info.LibraryDescription),
+			info.CryptokiVersion.Major, info.CryptokiVersion.Minor)
+	} else {
+		line(false, "module", "C_GetInfo: %v", err)
+		return false
+	}
+
+	slots, err := pc.GetSlotList(true)
+	if err != nil {
+		line(false, "slots", "C_GetSlotList: %v", err)
+		return false
+	}
+	var tokens []tokenInfo
+	var listed []string
+	for _, s := range slots {
+		ti, err := pc.GetTokenInfo(s)
+		if err != nil || ti.Flags&pkcs11.CKF_TOKEN_INITIALIZED == 0 {
+			continue
+		}
+		t := tokenInfo{slot: s, label: strings.TrimSpace(ti.Label), serial: strings.TrimSpace(ti.SerialNumber)}
+		tokens = append(tokens, t)
+		listed = append(listed, fmt.Sprintf("slot %d: %q serial %s", t.slot, t.label, t.serial))
+	}
+	line(len(tokens) > 0, "slots", "%d token(s): %s", len(tokens), strings.Join(listed, "; "))
+	tok, err := selectSlot(tokens, cfg.Settings, cfg.firstSlotDefault)
+	if err != nil {
+		line(false, "token", "%v", err)
+		return false
+	}
+	line(true, "token", "using %q (serial %s, slot %d)", tok.label, tok.serial, tok.slot)
+
+	sh, err := pc.OpenSession(tok.slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
+	if err != nil {
+		line(false, "session", "C_OpenSession (read-write): %v", err)
+		return false
+	}
+	defer pc.CloseSession(sh)
+	if err := pc.Login(sh, pkcs11.CKU_USER, cfg.pin); err != nil {
+		if code, _ := ckrCode(err); code != pkcs11.CKR_USER_ALREADY_LOGGED_IN {
+			line(false, "login", "C_Login: %s", kgerr.As(toError(err, opOther)).Message)
+			return false
+		}
+	}
+	line(true, "login", "logged in as the token user")
+
+	needed := []struct {
+		mech uint
+		name string
+	}{
+		{pkcs11.CKM_RSA_PKCS_KEY_PAIR_GEN, "CKM_RSA_PKCS_KEY_PAIR_GEN"}, {pkcs11.CKM_RSA_PKCS, "CKM_RSA_PKCS"},
+		{pkcs11.CKM_RSA_PKCS_PSS, "CKM_RSA_PKCS_PSS"}, {pkcs11.CKM_RSA_PKCS_OAEP, "CKM_RSA_PKCS_OAEP"},
+		{pkcs11.CKM_EC_KEY_PAIR_GEN, "CKM_EC_KEY_PAIR_GEN"}, {pkcs11.CKM_ECDSA, "CKM_ECDSA"},
+		{ckmECEdwardsKeyPairGen, "CKM_EC_EDWARDS_KEY_PAIR_GEN"}, {ckmEdDSA, "CKM_EDDSA"},
+		{pkcs11.CKM_AES_KEY_GEN, "CKM_AES_KEY_GEN"}, {pkcs11.CKM_AES_GCM, "CKM_AES_GCM"},
+		{pkcs11.CKM_AES_KEY_WRAP_PAD, "CKM_AES_KEY_WRAP_PAD"},
+	}
+	list, err := pc.GetMechanismList(tok.slot)
+	if err != nil {
+		line(false, "mechanisms", "C_GetMechanismList: %v", err)
+	} else {
+		have := map[uint]bool{}
+		for _, m := range list {
+			have[m.Mechanism] = true
+		}
+		var present, missing []string
+		for _, n := range needed {
+			if have[n.mech] {
+				present = append(present, n.name)
+			} else {
+				missing = append(missing, n.name)
+			}
+		}
+		// Missing mechanisms are reported, not failed: the gateway offers
+		// what the token has.
+		line(true, "mechanisms", "%d of %d the gateway uses; missing: %s", len(present), len(needed), orNone(missing))
+	}
+
+	pub, priv, err := pc.GenerateKeyPair(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_EC_KEY_PAIR_GEN, nil)},
+		[]*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false), pkcs11.NewAttribute(pkcs11.CKA_VERIFY, true),
+			pkcs11.NewAttribute(pkcs11.CKA_EC_PARAMS, curveOIDs["P-256"])},
+		[]*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false), pkcs11.NewAttribute(pkcs11.CKA_SIGN, true),
+			pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true)})
+	if err != nil {
+		line(false, "sign/verify", "C_GenerateKeyPair (session P-256 key): %v", err)
+		return ok
+	}
+	defer pc.DestroyObject(sh, priv)
+	defer pc.DestroyObject(sh, pub)
+	get := func(t uint) ([]byte, error) {
+		a, err := pc.GetAttributeValue(sh, pub, []*pkcs11.Attribute{pkcs11.NewAttribute(t, nil)})
+		if err != nil {
+			return nil, err
+		}
+		return a[0].Value, nil
+	}
+	key, err := publicKeyFromAttrs(pkcs11.CKK_EC, get)
+	if err != nil {
+		line(false, "sign/verify", "reading the session key: %v", err)
+		return ok
+	}
+	d := sha256.Sum256([]byte("keygrid doctor"))
+	if err := pc.SignInit(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_ECDSA, nil)}, priv); err != nil {
+		line(false, "sign/verify", "C_SignInit: %v", err)
+		return ok
+	}
+	raw, err := pc.Sign(sh, d[:])
+	if err != nil {
+		line(false, "sign/verify", "C_Sign: %v", err)
+		return ok
+	}
+	der, err := alg.ECDSARawToDER(raw)
+	valid := err == nil && ecdsa.VerifyASN1(key.(*ecdsa.PublicKey), d[:], der)
+	line(valid, "sign/verify", "ES256 with a temporary session key: signature %s", map[bool]string{true: "valid", false: "INVALID"}[valid])
+	return ok
+}
+
+func orNone(s []string) string {
+	if len(s) == 0 {
+		return "none"
+	}
+	return strings.Join(s, ", ")
+}
