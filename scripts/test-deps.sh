@@ -6,7 +6,7 @@
 # anyone else it says exactly what to install.
 set -euo pipefail
 
-packages=(softhsm2 opensc p11-kit p11-kit-modules openssl postgresql libengine-pkcs11-openssl gcc)
+packages=(softhsm2 opensc p11-kit p11-kit-modules openssl postgresql gcc)
 missing=()
 have() { command -v "$1" >/dev/null 2>&1; }
 pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1; }

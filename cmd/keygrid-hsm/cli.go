@@ -245,8 +245,11 @@ func (c *cli) printKeys(keys []apitypes.Key) error {
 	fmt.Fprintln(tw, "ID\tNAME\tPROVIDER\tTYPE\tALGORITHM\tUSAGE\tSTATE\tVERSION\tCREATED")
 	for _, k := range keys {
 		spec := fmt.Sprintf("%s-%d", k.KeyType, k.KeySize)
-		if k.Curve != "" {
+		switch {
+		case k.Curve != "":
 			spec = "EC " + k.Curve
+		case k.KeyType == "Ed25519":
+			spec = k.KeyType
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", k.ID, k.Name, k.Provider, spec, k.Algorithm,
 			strings.Join(k.Usage, ","), k.State, k.Version, k.CreatedAt.Format(time.RFC3339))

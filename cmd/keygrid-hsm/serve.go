@@ -5,6 +5,7 @@ import (
 	"flag"
 	"io"
 	"log/slog"
+	"syscall"
 
 	"github.com/keygrid/keygrid-hsm/internal/config"
 	"github.com/keygrid/keygrid-hsm/internal/provider/registry"
@@ -30,6 +31,9 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	// Everything the server writes (database, WAL, keystore, audit log,
+	// master key) is for its own user only.
+	syscall.Umask(0o077)
 	cfg, err := config.Load(*cfgPath, config.Flags{Listen: *listen, DataDir: *dataDir})
 	if err != nil {
 		return err

@@ -496,8 +496,11 @@ func TestLifecycle(t *testing.T) {
 		if !verify(t, sig1, 1) {
 			t.Error("a version-1 signature does not verify with key_version 1 after rotation")
 		}
-		if verify(t, sig1, 0) {
-			t.Error("a version-1 signature verifies with the current (version 2) key")
+		if verify(t, sig1, 2) {
+			t.Error("a version-1 signature verifies with key_version 2")
+		}
+		if !verify(t, sig1, 0) {
+			t.Error("without key_version, a version-1 signature must verify against the older version")
 		}
 		if !verify(t, sig2, 0) || !verify(t, sig2, 2) {
 			t.Error("a version-2 signature does not verify")

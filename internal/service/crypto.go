@@ -190,20 +190,41 @@ func (s *Service) Verify(ctx context.Context, ref string, req apitypes.VerifyReq
 	if err != nil {
 		return nil, err
 	}
-	v, err := version(k, req.KeyVersion)
-	if err != nil {
-		return nil, err
+	// With a key_version, that version; without one, every active version,
+	// newest first, so that signatures made before a rotation still verify.
+	candidates := []*store.Version{}
+	if req.KeyVersion != 0 {
+		v, err := version(k, req.KeyVersion)
+		if err != nil {
+			return nil, err
+		}
+		candidates = append(candidates, v)
+	} else {
+		for i := len(k.Versions) - 1; i >= 0; i-- {
+			if k.Versions[i].State == store.StateActive {
+				candidates = append(candidates, &k.Versions[i])
+			}
+		}
+		if len(candidates) == 0 {
+			return nil, kgerr.New(kgerr.ErrKeyInactive.Code, fmt.Sprintf("key %q has no active version", k.Name))
+		}
 	}
-	o.version = v.Version
-	pub, err := s.publicKey(v)
-	if err != nil {
-		return nil, err
+	for _, v := range candidates {
+		pub, err := s.publicKey(v)
+		if err != nil {
+			return nil, err
+		}
+		ok, err := verifySignature(pub, a, k.Curve, in, req.Signature, req.SignatureFormat)
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			o.version = v.Version
+			return &apitypes.VerifyResponse{Valid: true, KeyID: k.ID, KeyVersion: v.Version}, nil
+		}
 	}
-	ok, err := verifySignature(pub, a, k.Curve, in, req.Signature, req.SignatureFormat)
-	if err != nil {
-		return nil, err
-	}
-	return &apitypes.VerifyResponse{Valid: ok, KeyID: k.ID, KeyVersion: v.Version}, nil
+	o.version = candidates[0].Version
+	return &apitypes.VerifyResponse{Valid: false, KeyID: k.ID, KeyVersion: candidates[0].Version}, nil
 }
 
 // verifySignature checks sig. ECDSA signatures are DER, or raw r‖s when

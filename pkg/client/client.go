@@ -176,10 +176,30 @@ func (c *Client) Health(ctx context.Context) (*apitypes.Health, error) {
 	return &out, c.do(ctx, http.MethodGet, "/health", nil, &out)
 }
 
-// Ready calls GET /ready; a 503 is an *Error with status 503.
+// Ready calls GET /ready. When the server is not ready it returns the body
+// (which providers are unavailable) with an *Error of status 503.
 func (c *Client) Ready(ctx context.Context) (*apitypes.Ready, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/ready", nil)
+	if err != nil {
+		return nil, err
+	}
+	for k, v := range c.header {
+		req.Header[k] = v
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
 	var out apitypes.Ready
-	return &out, c.do(ctx, http.MethodGet, "/ready", nil, &out)
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&out); err != nil || out.Status == "" {
+		return nil, &Error{Status: resp.StatusCode, Code: apitypes.CodeInternal, Message: "no readiness body"}
+	}
+	if resp.StatusCode != http.StatusOK {
+		return &out, &Error{Status: resp.StatusCode, Code: apitypes.CodeServiceUnavailable, Message: "not ready",
+			RequestID: resp.Header.Get("X-Request-Id")}
+	}
+	return &out, nil
 }
 
 // Providers lists the providers.

@@ -16,14 +16,19 @@ import (
 )
 
 // Signer is a crypto.Signer (and, for RSA keys, a crypto.Decrypter) whose
-// private key stays in the gateway. It signs with the version that was
-// current when it was made.
+// private key stays in the gateway. It is bound to the key version that was
+// current when it was made: after the key is rotated, Sign fails with
+// ErrKeyRotated (the signature would not match Public); make a new Signer.
 type Signer struct {
-	c   *Client
-	key string
-	pub crypto.PublicKey
-	ctx context.Context
+	c       *Client
+	key     string
+	version int
+	pub     crypto.PublicKey
+	ctx     context.Context
 }
+
+// ErrKeyRotated is returned by Signer.Sign after the key was rotated.
+var ErrKeyRotated = errors.New("client: the key was rotated since this Signer was made; make a new one")
 
 // Signer returns a crypto.Signer for key. ctx is used for every call the
 // signer makes (crypto.Signer has no context of its own).
@@ -40,7 +45,7 @@ func (c *Client) Signer(ctx context.Context, key string) (*Signer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("client: public key: %w", err)
 	}
-	return &Signer{c: c, key: key, pub: pub, ctx: ctx}, nil
+	return &Signer{c: c, key: key, version: pk.KeyVersion, pub: pub, ctx: ctx}, nil
 }
 
 // Public implements crypto.Signer.
@@ -94,6 +99,9 @@ func (s *Signer) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]byt
 	if err != nil {
 		return nil, err
 	}
+	if resp.KeyVersion != s.version {
+		return nil, ErrKeyRotated
+	}
 	return resp.Signature, nil
 }
 
@@ -119,7 +127,7 @@ func (s *Signer) Decrypt(_ io.Reader, ciphertext []byte, opts crypto.DecrypterOp
 	default:
 		return nil, fmt.Errorf("client: OAEP hash %v is not supported", o.Hash)
 	}
-	resp, err := s.c.Decrypt(s.ctx, s.key, apitypes.DecryptRequest{Ciphertext: ciphertext, Algorithm: a})
+	resp, err := s.c.Decrypt(s.ctx, s.key, apitypes.DecryptRequest{Ciphertext: ciphertext, Algorithm: a, KeyVersion: s.version})
 	if err != nil {
 		return nil, err
 	}
