@@ -54,6 +54,7 @@ type Config struct {
 	Audit           Audit                     `yaml:"audit"`
 	Log             Log                       `yaml:"log"`
 	Reconcile       Reconcile                 `yaml:"reconcile"`
+	Health          Health                    `yaml:"health"`
 
 	// Embedded is true when no file was given: the zero-configuration
 	// default (software provider, SQLite, ./data, 127.0.0.1:8080).
@@ -109,6 +110,13 @@ type Log struct {
 type Reconcile struct {
 	Interval Duration `yaml:"interval"`
 	Grace    Duration `yaml:"grace"`
+}
+
+// Health configures the background provider health checks that drive
+// /ready and the provider health endpoint.
+type Health struct {
+	Interval Duration `yaml:"interval"` // default 10s
+	Timeout  Duration `yaml:"timeout"`  // one check's deadline, default 3s
 }
 
 // Error is a configuration error naming the field.
@@ -196,6 +204,8 @@ func (c *Config) setDefaults() {
 	}
 	def(&c.Reconcile.Interval, time.Minute)
 	def(&c.Reconcile.Grace, 2*time.Minute)
+	def(&c.Health.Interval, 10*time.Second)
+	def(&c.Health.Timeout, 3*time.Second)
 }
 
 // ProviderType returns the type of a provider instance.
@@ -234,6 +244,7 @@ func (c *Config) Validate(knownTypes []string) error {
 		"server.write_timeout": c.Server.WriteTimeout, "server.idle_timeout": c.Server.IdleTimeout,
 		"server.shutdown_timeout": c.Server.ShutdownTimeout, "server.request_timeout": c.Server.RequestTimeout,
 		"reconcile.interval": c.Reconcile.Interval, "reconcile.grace": c.Reconcile.Grace,
+		"health.interval": c.Health.Interval, "health.timeout": c.Health.Timeout,
 	} {
 		if d < 0 {
 			return &Error{f, "must not be negative"}

@@ -25,8 +25,6 @@ type Metrics struct {
 	Duration *prometheus.HistogramVec
 	// HTTPRequests counts HTTP requests by route and status code.
 	HTTPRequests *prometheus.CounterVec
-	// ProviderUp is 1 while a provider is healthy.
-	ProviderUp *prometheus.GaugeVec
 	// AuditFailures counts audit records that could not be written.
 	AuditFailures prometheus.Counter
 }
@@ -50,9 +48,6 @@ func New(version string) *Metrics {
 		HTTPRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "keygrid_http_requests_total", Help: "HTTP requests by route and status.",
 		}, []string{"route", "status"}),
-		ProviderUp: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "keygrid_provider_up", Help: "1 while the provider is healthy, else 0.",
-		}, []string{"provider", "type"}),
 		AuditFailures: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "keygrid_audit_write_failures_total", Help: "Audit records that could not be written (the operation was refused).",
 		}),
@@ -61,7 +56,7 @@ func New(version string) *Metrics {
 		Name: "keygrid_build_info", Help: "Build information.",
 	}, []string{"version"})
 	build.WithLabelValues(version).Set(1)
-	r.MustRegister(m.Operations, m.Errors, m.Duration, m.HTTPRequests, m.ProviderUp, m.AuditFailures, build,
+	r.MustRegister(m.Operations, m.Errors, m.Duration, m.HTTPRequests, m.AuditFailures, build,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

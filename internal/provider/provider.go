@@ -20,6 +20,7 @@ import (
 	"log/slog"
 	"slices"
 	"sort"
+	"time"
 
 	"github.com/keygrid/keygrid-hsm/internal/alg"
 	"github.com/keygrid/keygrid-hsm/internal/kgerr"
@@ -68,10 +69,35 @@ type Provider interface {
 	Close() error
 }
 
-// DetailsReporter is implemented by providers with details worth showing on
-// their health endpoint (token, sessions, …).
-type DetailsReporter interface {
-	Details() map[string]any
+// StatsReporter is implemented by providers with a session pool and
+// recovery (PKCS#11): the numbers feed the health endpoint and metrics.
+type StatsReporter interface {
+	Stats() Stats
+}
+
+// Stats is a snapshot of a provider's sessions, waits, resets and errors.
+type Stats struct {
+	SessionsInUse int
+	SessionsIdle  int
+	SessionsMax   int
+	// SessionsOpen counts the sessions of the current module generation
+	// that are open (in use, idle and the login session).
+	SessionsOpen int
+	// Waits counts acquisitions that had to wait for a session; WaitSeconds
+	// is their total wait; WaitTimeouts those whose deadline passed first.
+	Waits        uint64
+	WaitSeconds  float64
+	WaitTimeouts uint64
+	// Resets counts module resets (C_Finalize + C_Initialize); LastReset is
+	// the time of the last successful one.
+	Resets    uint64
+	LastReset time.Time
+	// Up is false while the provider is recovering from a lost HSM.
+	Up bool
+	// Errors counts failures by PKCS#11 return code name.
+	Errors map[string]uint64
+	// Info is descriptive (token label, serial, slot, library).
+	Info map[string]any
 }
 
 // CreateKeyRequest asks for new key material.

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"sync"
 
 	"github.com/keygrid/keygrid-hsm/internal/api"
 	"github.com/keygrid/keygrid-hsm/internal/audit"
@@ -29,6 +30,10 @@ type Server struct {
 	audit   *audit.Log
 	svc     *service.Service
 	handler http.Handler
+	// stop ends the background work (health checks, reconciler); done
+	// closes when it has ended.
+	stop func()
+	done chan struct{}
 }
 
 // New builds a server. On error, whatever was opened is closed again.
@@ -80,11 +85,21 @@ func New(ctx context.Context, cfg *config.Config, reg provider.Registry, log *sl
 	m := metrics.New(version)
 	s.svc, err = service.New(service.Options{
 		Store: s.store, Providers: providers, DefaultProvider: cfg.DefaultProvider, Audit: s.audit, Metrics: m,
-		Logger: log, ReconcileGrace: cfg.Reconcile.Grace.D(),
+		Logger: log, ReconcileGrace: cfg.Reconcile.Grace.D(), HealthTimeout: cfg.Health.Timeout.D(),
 	})
 	if err != nil {
 		return nil, err
 	}
+	bctx, stop := context.WithCancel(context.WithoutCancel(ctx))
+	s.stop, s.done = stop, make(chan struct{})
+	go func() {
+		defer close(s.done)
+		var wg sync.WaitGroup
+		wg.Add(2)
+		go func() { defer wg.Done(); s.svc.RunReconciler(bctx, cfg.Reconcile.Interval.D()) }()
+		go func() { defer wg.Done(); s.svc.RunHealthChecks(bctx, cfg.Health.Interval.D()) }()
+		wg.Wait()
+	}()
 	s.handler = api.New(api.Options{
 		Service: s.svc, Metrics: m, Logger: log, Version: version,
 		MaxBodyBytes: cfg.Server.MaxBodyBytes, RequestTimeout: cfg.Server.RequestTimeout.D(),
@@ -119,10 +134,6 @@ func (s *Server) Serve(ctx context.Context, ready func(addr net.Addr)) error {
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
-	rctx, stopReconciler := context.WithCancel(context.WithoutCancel(ctx))
-	defer stopReconciler()
-	go s.svc.RunReconciler(rctx, s.cfg.Reconcile.Interval.D())
-
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()
 	s.log.Info("keygrid-hsm serving", "addr", ln.Addr().String(), "providers", s.svc.ProviderNames(),
@@ -149,8 +160,14 @@ func (s *Server) Serve(ctx context.Context, ready func(addr net.Addr)) error {
 	return nil
 }
 
-// Close closes the providers, the audit log and the store, in that order.
+// Close stops the background work, then closes the providers, the audit
+// log and the store, in that order.
 func (s *Server) Close() error {
+	if s.stop != nil {
+		s.stop()
+		<-s.done
+		s.stop = nil
+	}
 	var errs []error
 	if s.svc != nil {
 		errs = append(errs, s.svc.Close())

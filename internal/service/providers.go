@@ -8,35 +8,20 @@ import (
 
 	"github.com/keygrid/keygrid-hsm/internal/alg"
 	"github.com/keygrid/keygrid-hsm/internal/kgerr"
-	"github.com/keygrid/keygrid-hsm/internal/provider"
 	"github.com/keygrid/keygrid-hsm/internal/store"
 	"github.com/keygrid/keygrid-hsm/pkg/apitypes"
 )
 
-// checkProvider runs one health check with its own deadline, so that a hung
-// backend cannot hold the caller.
-func (s *Service) checkProvider(ctx context.Context, p provider.Provider) (time.Duration, error) {
-	ctx, cancel := context.WithTimeout(ctx, s.healthTO)
-	defer cancel()
-	start := time.Now()
-	done := make(chan error, 1)
-	go func() { done <- p.CheckHealth(ctx) }()
-	select {
-	case err := <-done:
-		return time.Since(start), err
-	case <-ctx.Done():
-		return time.Since(start), kgerr.Wrap(kgerr.ErrHSMTimeout.Code, ctx.Err(), "health check timed out")
-	}
-}
-
-// Providers lists the providers with their capabilities and health.
+// Providers lists the providers with their capabilities and cached health.
 func (s *Service) Providers(ctx context.Context) *apitypes.ProviderList {
 	out := &apitypes.ProviderList{Providers: []apitypes.ProviderInfo{}}
 	for _, n := range s.names {
 		p := s.providers[n]
-		_, err := s.checkProvider(ctx, p)
 		caps := p.Capabilities()
-		info := apitypes.ProviderInfo{Name: n, Type: p.Type(), Healthy: err == nil, Capabilities: caps.Strings()}
+		info := apitypes.ProviderInfo{Name: n, Type: p.Type(), Healthy: s.health[n].view(p).Healthy, Capabilities: caps.Strings()}
+		if caps.WrapMultipleOf8 {
+			info.Details = map[string]any{"wrap_multiple_of_8": true}
+		}
 		for _, kt := range caps.KeyTypes {
 			ki := apitypes.KeyTypeInfo{KeyType: string(kt.Type), Sizes: kt.Sizes, Curves: kt.Curves, Algorithms: []string{}}
 			for _, a := range caps.Algorithms {
@@ -51,41 +36,26 @@ func (s *Service) Providers(ctx context.Context) *apitypes.ProviderList {
 	return out
 }
 
-// ProviderHealth checks one provider now.
+// ProviderHealth returns one provider's health as the background checker
+// last saw it, with its pool and recovery numbers.
 func (s *Service) ProviderHealth(ctx context.Context, name string) (*apitypes.ProviderHealth, error) {
 	p, ok := s.providers[name]
 	if !ok {
 		return nil, kgerr.New(kgerr.ErrProviderNotFound.Code, fmt.Sprintf("provider %q is not configured", name))
 	}
-	d, err := s.checkProvider(ctx, p)
-	now := time.Now().UTC()
-	h := &apitypes.ProviderHealth{Name: name, Type: p.Type(), State: "healthy", Healthy: err == nil,
-		LastCheck: &now, LatencyMS: float64(d.Microseconds()) / 1000}
-	if err != nil {
-		h.State, h.LastErrorCode, h.LastError = "unavailable", string(kgerr.CodeOf(err)), kgerr.As(err).Message
-	} else {
-		h.LastSuccess = &now
-	}
-	if r, ok := p.(provider.DetailsReporter); ok {
-		h.Details = r.Details()
-	}
-	return h, nil
+	return s.health[name].view(p), nil
 }
 
-// Ready reports each provider's health and the store's; ready is true when
-// all answer.
+// Ready reports each provider's cached health and pings the store; ready is
+// false when a provider is unavailable or the store does not answer.
 func (s *Service) Ready(ctx context.Context) (bool, []apitypes.ProviderStatus) {
 	ready := true
-	out := make([]apitypes.ProviderStatus, 0, len(s.names))
+	out := make([]apitypes.ProviderStatus, 0, len(s.names)+1)
 	for _, n := range s.names {
 		p := s.providers[n]
-		_, err := s.checkProvider(ctx, p)
-		st := apitypes.ProviderStatus{Name: n, Type: p.Type(), Healthy: err == nil, State: "healthy"}
-		if err != nil {
-			st.State, ready = "unavailable", false
-		}
-		s.metrics.ProviderUp.WithLabelValues(n, p.Type()).Set(map[bool]float64{true: 1, false: 0}[err == nil])
-		out = append(out, st)
+		h := s.health[n].view(p)
+		out = append(out, apitypes.ProviderStatus{Name: n, Type: p.Type(), Healthy: h.Healthy, State: h.State})
+		ready = ready && h.Healthy
 	}
 	sctx, cancel := context.WithTimeout(ctx, s.healthTO)
 	defer cancel()

@@ -62,6 +62,8 @@ type Service struct {
 	healthTO  time.Duration
 	now       func() time.Time
 
+	health map[string]*providerHealth
+
 	pubMu   sync.RWMutex
 	pubKeys map[string]crypto.PublicKey // object id → parsed public key (immutable)
 }
@@ -74,7 +76,7 @@ func New(o Options) (*Service, error) {
 	s := &Service{
 		store: o.Store, providers: map[string]provider.Provider{}, audit: o.Audit, metrics: o.Metrics,
 		log: o.Logger, grace: o.ReconcileGrace, healthTO: o.HealthTimeout, now: o.Now,
-		pubKeys: map[string]crypto.PublicKey{},
+		pubKeys: map[string]crypto.PublicKey{}, health: map[string]*providerHealth{},
 	}
 	if s.log == nil {
 		s.log = slog.Default()
@@ -94,8 +96,12 @@ func New(o Options) (*Service, error) {
 		}
 		s.providers[p.Name()] = p
 		s.names = append(s.names, p.Name())
+		s.health[p.Name()] = newProviderHealth(p, s.now())
 	}
 	sort.Strings(s.names)
+	if err := o.Metrics.Registry.Register(providerCollector{s}); err != nil {
+		return nil, err
+	}
 	s.defProv = o.DefaultProvider
 	if s.defProv == "" {
 		if len(s.names) == 1 {

@@ -54,18 +54,15 @@ type Config struct {
 	// OperationTimeout bounds one HSM operation, waiting for a session
 	// included (default 5s).
 	OperationTimeout Duration `yaml:"operation_timeout"`
-	// HealthInterval is the period of the background health check
-	// (default 10s); HealthTimeout bounds one check (default 3s).
-	HealthInterval Duration `yaml:"health_interval"`
-	HealthTimeout  Duration `yaml:"health_timeout"`
 	// BusyRetries is how often an idempotent operation is retried when the
 	// HSM reports itself busy (CloudHSM's CKR_FUNCTION_FAILED; default 3 on
 	// aws-cloudhsm, 0 elsewhere).
 	BusyRetries *int `yaml:"busy_retries"`
 	// SerializeKeyChanges makes key generation and deletion one at a time
-	// in this process. SoftHSM2 corrupts token objects made concurrently
-	// (CKR_GENERAL_ERROR, CKR_TEMPLATE_INCONSISTENT; SoftHSMv2 issue 573).
-	// Default true on pkcs11, false on aws-cloudhsm.
+	// in this process, and never beside an object search. SoftHSM2 fails
+	// token object creation that runs beside another creation or a
+	// C_FindObjects (CKR_GENERAL_ERROR, CKR_TEMPLATE_INCONSISTENT; SoftHSMv2
+	// issue 573). Default true on pkcs11, false on aws-cloudhsm.
 	SerializeKeyChanges *bool `yaml:"serialize_key_changes"`
 }
 
@@ -88,8 +85,6 @@ type resolved struct {
 	typ              string
 	pin              string
 	opTimeout        time.Duration
-	healthInterval   time.Duration
-	healthTimeout    time.Duration
 	maxGCMBytes      int // CloudHSM: C_Encrypt/C_Decrypt buffers of AES-GCM are at most 16 KiB
 	busyRetries      int
 	serializeChanges bool
@@ -159,15 +154,9 @@ func (c Config) resolve(typ, field string) (resolved, error) {
 	if r.MaxSessions == 0 {
 		r.MaxSessions = 16
 	}
-	r.opTimeout, r.healthInterval, r.healthTimeout = time.Duration(c.OperationTimeout), time.Duration(c.HealthInterval), time.Duration(c.HealthTimeout)
+	r.opTimeout = time.Duration(c.OperationTimeout)
 	if r.opTimeout == 0 {
 		r.opTimeout = 5 * time.Second
-	}
-	if r.healthInterval == 0 {
-		r.healthInterval = 10 * time.Second
-	}
-	if r.healthTimeout == 0 {
-		r.healthTimeout = 3 * time.Second
 	}
 	pin, err := readPIN(r.PinEnv, r.PinFile, field)
 	if err != nil {

@@ -2,13 +2,18 @@ package pkcs11
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/sha256"
+	"errors"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/miekg/pkcs11"
 
+	"github.com/keygrid/keygrid-hsm/internal/alg"
 	"github.com/keygrid/keygrid-hsm/internal/kgerr"
+	"github.com/keygrid/keygrid-hsm/internal/provider"
 	"github.com/keygrid/keygrid-hsm/pkg/apitypes"
 )
 
@@ -22,6 +27,7 @@ type health struct {
 	lastErr     error
 	downSince   time.Time
 	lastSuccess time.Time
+	lastReset   time.Time
 	ckrCounts   map[string]uint64
 }
 
@@ -54,15 +60,30 @@ func (h *health) setDown(cause error) bool {
 	return true
 }
 
-func (h *health) setUp() {
+// setUp marks the state up after a successful reset.
+func (h *health) setUp(reset bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if reset {
+		h.lastReset = time.Now()
+	}
 	if !h.isDown.Load() {
 		return
 	}
 	h.isDown.Store(false)
 	h.lastSuccess = time.Now()
 	close(h.upCh)
+}
+
+// snapshot fills the state part of provider.Stats.
+func (h *health) snapshot() provider.Stats {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	st := provider.Stats{Up: !h.isDown.Load(), LastReset: h.lastReset, Errors: make(map[string]uint64, len(h.ckrCounts))}
+	for k, v := range h.ckrCounts {
+		st.Errors[k] = v
+	}
+	return st
 }
 
 // waitUp waits until the state is up or ctx ends.
@@ -103,13 +124,67 @@ func (h *health) countError(err error) {
 	h.mu.Unlock()
 }
 
+// canary is a P-256 session key pair made on the login session, so it
+// lives until the next reset; every health check signs with it on a pooled
+// session and verifies in Go: the HSM must not only answer but compute.
+type canary struct {
+	gen  uint64
+	priv pkcs11.ObjectHandle
+	pub  *ecdsa.PublicKey
+}
+
+// canaryKey returns the canary of the current generation, making it if
+// needed (nil if the token cannot make P-256 keys).
+func (p *Provider) canaryKey() (*canary, error) {
+	if p.caps.CheckAlgorithm(alg.ES256) != nil {
+		return nil, nil
+	}
+	if c := p.canary.Load(); c != nil && c.gen == p.gen.Load() {
+		return c, nil
+	}
+	p.resetMu.Lock()
+	defer p.resetMu.Unlock()
+	p.mod.mu.RLock()
+	defer p.mod.mu.RUnlock()
+	gen := p.mod.gen.Load()
+	if gen != p.gen.Load() || p.login.gen != gen {
+		return nil, errStale
+	}
+	mc, sh := p.mod.ctx, p.login.h
+	pub, priv, err := mc.GenerateKeyPair(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_EC_KEY_PAIR_GEN, nil)},
+		[]*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false), pkcs11.NewAttribute(pkcs11.CKA_VERIFY, true),
+			pkcs11.NewAttribute(pkcs11.CKA_EC_PARAMS, curveOIDs["P-256"]), pkcs11.NewAttribute(pkcs11.CKA_LABEL, "keygrid-canary")},
+		[]*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false), pkcs11.NewAttribute(pkcs11.CKA_SIGN, true),
+			pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true), pkcs11.NewAttribute(pkcs11.CKA_LABEL, "keygrid-canary")})
+	if err != nil {
+		return nil, err
+	}
+	key, err := publicKeyFromAttrs(pkcs11.CKK_EC, func(t uint) ([]byte, error) {
+		a, err := mc.GetAttributeValue(sh, pub, []*pkcs11.Attribute{pkcs11.NewAttribute(t, nil)})
+		if err != nil {
+			return nil, err
+		}
+		return a[0].Value, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	c := &canary{gen: gen, priv: priv, pub: key.(*ecdsa.PublicKey)}
+	p.canary.Store(c)
+	return c, nil
+}
+
 // CheckHealth implements provider.Provider: a cheap call on a pooled
-// session. A lost module marks the provider down (and starts recovery).
+// session, then a sign with the canary key, verified in Go. A lost module
+// marks the provider down (and starts recovery).
 func (p *Provider) CheckHealth(ctx context.Context) error {
 	gen, err := p.withSession(ctx, func(sh pkcs11.SessionHandle) error {
 		_, err := p.mod.ctx.GetSessionInfo(sh)
 		return err
 	})
+	if err == nil {
+		err = p.checkCanary(ctx)
+	}
 	if err != nil {
 		p.state.countError(err)
 		if classify(err, false) == classReset {
@@ -118,5 +193,34 @@ func (p *Provider) CheckHealth(ctx context.Context) error {
 		return toError(err, opOther)
 	}
 	p.state.recordSuccess()
+	return nil
+}
+
+var canaryDigest = sha256.Sum256([]byte("keygrid health canary"))
+
+func (p *Provider) checkCanary(ctx context.Context) error {
+	c, err := p.canaryKey()
+	if err != nil || c == nil {
+		if errors.Is(err, errStale) {
+			return nil // a reset is under way; the next check makes a new one
+		}
+		return err
+	}
+	var sig []byte
+	_, err = p.withSession(ctx, func(sh pkcs11.SessionHandle) error {
+		if err := p.mod.ctx.SignInit(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_ECDSA, nil)}, c.priv); err != nil {
+			return err
+		}
+		var err error
+		sig, err = p.mod.ctx.Sign(sh, canaryDigest[:])
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	der, err := alg.ECDSARawToDER(sig)
+	if err != nil || !ecdsa.VerifyASN1(c.pub, canaryDigest[:], der) {
+		return kgerr.New(apitypes.CodeServiceUnavailable, "the HSM's canary signature does not verify")
+	}
 	return nil
 }

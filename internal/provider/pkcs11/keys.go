@@ -152,7 +152,6 @@ func (p *Provider) CreateKey(ctx context.Context, req provider.CreateKeyRequest)
 		return provider.CreatedKey{}, err
 	}
 	ref := p.ref(id, req.Label)
-	defer p.serializeChanges()()
 	generate := func(sh pkcs11.SessionHandle) error {
 		m := []*pkcs11.Mechanism{pkcs11.NewMechanism(mech, nil)}
 		if pubT == nil {
@@ -163,7 +162,9 @@ func (p *Provider) CreateKey(ctx context.Context, req provider.CreateKeyRequest)
 		return err
 	}
 	for attempt := 0; ; attempt++ {
+		unlock := p.lockChanges(true)
 		err = p.run(ctx, false, opCreate, generate)
+		unlock()
 		if err == nil {
 			break
 		}
@@ -194,6 +195,7 @@ func (p *Provider) CreateKey(ctx context.Context, req provider.CreateKeyRequest)
 }
 
 // findAll returns the handles of every object with CKA_ID id (any class).
+// The caller holds lockChanges.
 func (p *Provider) findAll(sh pkcs11.SessionHandle, id []byte, class *uint) ([]pkcs11.ObjectHandle, error) {
 	c := p.mod.ctx
 	tmpl := []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_ID, id)}
@@ -228,7 +230,9 @@ func (p *Provider) handle(sh pkcs11.SessionHandle, id []byte, class uint) (pkcs1
 	if ok && h.gen == gen && h.has&bit != 0 {
 		return h.get(class), nil
 	}
+	unlock := p.lockChanges(false)
 	found, err := p.findAll(sh, id, &class)
+	unlock()
 	if err != nil {
 		return 0, err
 	}
@@ -309,7 +313,9 @@ func (p *Provider) FindKey(ctx context.Context, objectID string) (string, bool, 
 		found bool
 	)
 	err = p.run(ctx, true, opOther, func(sh pkcs11.SessionHandle) error {
+		unlock := p.lockChanges(false)
 		hs, err := p.findAll(sh, id, nil)
+		unlock()
 		if err != nil || len(hs) == 0 {
 			return err
 		}
@@ -333,7 +339,7 @@ func (p *Provider) DeleteKey(ctx context.Context, ref string) error {
 		return nil // nothing of ours to delete
 	}
 	p.forget(id)
-	defer p.serializeChanges()()
+	defer p.lockChanges(true)()
 	return p.run(ctx, true, opOther, func(sh pkcs11.SessionHandle) error {
 		hs, err := p.findAll(sh, id, nil)
 		if err != nil {

@@ -63,11 +63,13 @@ type Provider struct {
 	hmu     sync.RWMutex
 	handles map[string]objHandles // CKA_ID → handles of the current generation
 
-	// changeMu serialises key generation and deletion when
-	// cfg.serializeChanges is set.
-	changeMu sync.Mutex
+	// changeMu, when cfg.serializeChanges is set, makes key generation and
+	// deletion exclusive, and object searches shared: SoftHSM2 fails token
+	// object creation that runs beside another creation or a search.
+	changeMu sync.RWMutex
 
 	state  health
+	canary atomic.Pointer[canary]
 	closed atomic.Bool
 	wg     sync.WaitGroup // recovery goroutine
 }
@@ -136,14 +138,18 @@ func Open(ctx context.Context, name, typ string, c Config, log *slog.Logger) (*P
 	return p, nil
 }
 
-// serializeChanges takes changeMu when the configuration asks for it; it
-// returns the unlock.
-func (p *Provider) serializeChanges() func() {
-	if !p.cfg.serializeChanges {
+// lockChanges takes changeMu (exclusive for a change, shared for a search)
+// when the configuration asks for it; it returns the unlock.
+func (p *Provider) lockChanges(change bool) func() {
+	switch {
+	case !p.cfg.serializeChanges:
 		return func() {}
+	case change:
+		p.changeMu.Lock()
+		return p.changeMu.Unlock
 	}
-	p.changeMu.Lock()
-	return p.changeMu.Unlock
+	p.changeMu.RLock()
+	return p.changeMu.RUnlock
 }
 
 func tokenKey(t *tokenInfo) string { return t.label + "\x00" + t.serial }
@@ -190,6 +196,9 @@ func (p *Provider) resync(g uint64) error {
 		}
 	}
 	p.login = session{h: sh, gen: g}
+	if p.pool != nil && g != p.gen.Load() {
+		p.pool.live.Store(0) // the old generation's sessions died with it
+	}
 	p.slot.Store(uint64(tok.slot))
 	p.token.Store(&tok)
 	p.gen.Store(g)
@@ -238,6 +247,7 @@ func (p *Provider) onSession(fn func(pkcs11.SessionHandle) error) (uint64, error
 		if err != nil {
 			return gen, err
 		}
+		p.pool.live.Add(1)
 		s = session{h: h, gen: gen}
 	}
 	err := fn(s.h)
@@ -246,9 +256,11 @@ func (p *Provider) onSession(fn func(pkcs11.SessionHandle) error) (uint64, error
 		return gen, nil
 	}
 	// A session on which a call failed may hold an active operation: close
-	// it, unless the whole module is gone (then the handle is dead).
+	// it, unless the whole module is gone (then the handle is dead and is
+	// counted out at the reset).
 	if classify(err, false) != classReset {
 		c.CloseSession(s.h)
+		p.pool.live.Add(-1)
 	}
 	return gen, err
 }
@@ -357,7 +369,7 @@ func (p *Provider) recover() {
 		err := p.reset()
 		if err == nil {
 			p.dropHandles()
-			p.state.setUp()
+			p.state.setUp(true)
 			p.log.Info("HSM recovered", "attempts", attempt)
 			return
 		}
@@ -411,6 +423,7 @@ func (p *Provider) Close() error {
 		for _, s := range p.pool.takeIdle() {
 			if s.gen == gen {
 				c.CloseSession(s.h)
+				p.pool.live.Add(-1)
 			}
 		}
 	}
@@ -425,24 +438,25 @@ func (p *Provider) Close() error {
 	return nil
 }
 
-// Details implements provider.DetailsReporter: token, pool and recovery
-// state for the health endpoint.
-func (p *Provider) Details() map[string]any {
-	d := map[string]any{
-		"library":          p.cfg.LibraryPath,
-		"sessions_in_use":  p.pool.inUse.Load(),
-		"sessions_idle":    p.pool.idleCount(),
-		"sessions_max":     p.pool.max,
-		"session_waits":    p.pool.waits.Load(),
-		"session_wait_ms":  float64(p.pool.waitNanos.Load()) / 1e6,
-		"module_resets":    p.state.resets.Load(),
-		"module_gen":       p.gen.Load(),
-		"cached_key_count": p.cachedHandles(),
+// Stats implements provider.StatsReporter.
+func (p *Provider) Stats() provider.Stats {
+	st := p.state.snapshot()
+	st.SessionsInUse = int(p.pool.inUse.Load())
+	st.SessionsIdle = p.pool.idleCount()
+	st.SessionsMax = p.pool.max
+	st.SessionsOpen = int(p.pool.live.Load())
+	if !p.closed.Load() && st.Up {
+		st.SessionsOpen++ // the login session
 	}
+	st.Waits = p.pool.waits.Load()
+	st.WaitSeconds = float64(p.pool.waitNanos.Load()) / 1e9
+	st.WaitTimeouts = p.pool.timeouts.Load()
+	st.Resets = p.state.resets.Load()
+	st.Info = map[string]any{"library": p.cfg.LibraryPath, "module_generation": p.gen.Load(), "cached_keys": p.cachedHandles()}
 	if tok := p.token.Load(); tok != nil {
-		d["token_label"], d["token_serial"], d["slot"] = tok.label, tok.serial, tok.slot
+		st.Info["token_label"], st.Info["token_serial"], st.Info["slot"] = tok.label, tok.serial, tok.slot
 	}
-	return d
+	return st
 }
 
 func (p *Provider) cachedHandles() int {

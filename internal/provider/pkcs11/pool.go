@@ -31,6 +31,7 @@ type pool struct {
 	idle []session
 
 	inUse     atomic.Int64
+	live      atomic.Int64 // pooled sessions open in the current generation
 	waits     atomic.Uint64
 	waitNanos atomic.Uint64
 	timeouts  atomic.Uint64

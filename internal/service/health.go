@@ -1,0 +1,194 @@
+package service
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/keygrid/keygrid-hsm/internal/kgerr"
+	"github.com/keygrid/keygrid-hsm/internal/provider"
+	"github.com/keygrid/keygrid-hsm/pkg/apitypes"
+)
+
+// Health states of a provider.
+const (
+	StateHealthy     = "healthy"
+	StateDegraded    = "degraded"
+	StateUnavailable = "unavailable"
+)
+
+// providerHealth is the cached result of a provider's background checks.
+type providerHealth struct {
+	name, typ string
+
+	mu           sync.Mutex
+	state        string
+	lastErr      error
+	lastCheck    time.Time
+	lastSuccess  time.Time
+	latency      time.Duration
+	waitTimeouts uint64 // provider's session wait timeouts at the last check
+}
+
+func newProviderHealth(p provider.Provider, now time.Time) *providerHealth {
+	// A provider that opened is healthy until a check says otherwise.
+	return &providerHealth{name: p.Name(), typ: p.Type(), state: StateHealthy, lastSuccess: now}
+}
+
+// record stores the outcome of one check. A check that passes is degraded
+// when it was slow (over half its deadline) or when requests gave up
+// waiting for a session since the last check.
+func (h *providerHealth) record(p provider.Provider, d, timeout time.Duration, err error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.lastCheck, h.latency, h.lastErr = time.Now(), d, err
+	if err != nil {
+		h.state = StateUnavailable
+		return
+	}
+	h.lastSuccess = h.lastCheck
+	h.state = StateHealthy
+	if d > timeout/2 {
+		h.state = StateDegraded
+	}
+	if r, ok := p.(provider.StatsReporter); ok {
+		st := r.Stats()
+		if st.WaitTimeouts > h.waitTimeouts {
+			h.state = StateDegraded
+		}
+		h.waitTimeouts = st.WaitTimeouts
+	}
+}
+
+// view renders the cached health. A provider that reports itself down
+// (it lost its HSM during a request) is unavailable at once, without
+// waiting for the next check.
+func (h *providerHealth) view(p provider.Provider) *apitypes.ProviderHealth {
+	h.mu.Lock()
+	out := &apitypes.ProviderHealth{Name: h.name, Type: h.typ, State: h.state, LatencyMS: float64(h.latency.Microseconds()) / 1000}
+	if !h.lastCheck.IsZero() {
+		t := h.lastCheck.UTC()
+		out.LastCheck = &t
+	}
+	if !h.lastSuccess.IsZero() {
+		t := h.lastSuccess.UTC()
+		out.LastSuccess = &t
+	}
+	if h.lastErr != nil {
+		e := kgerr.As(h.lastErr)
+		out.LastErrorCode, out.LastError = string(e.Code), e.Message
+	}
+	h.mu.Unlock()
+	if r, ok := p.(provider.StatsReporter); ok {
+		st := r.Stats()
+		if !st.Up {
+			out.State = StateUnavailable
+		}
+		out.Details = map[string]any{
+			"sessions_in_use": st.SessionsInUse, "sessions_idle": st.SessionsIdle, "sessions_max": st.SessionsMax,
+			"sessions_open": st.SessionsOpen, "session_waits": st.Waits, "session_wait_timeouts": st.WaitTimeouts,
+			"module_resets": st.Resets, "hsm_errors": st.Errors,
+		}
+		if !st.LastReset.IsZero() {
+			out.Details["last_reset"] = st.LastReset.UTC()
+		}
+		for k, v := range st.Info {
+			out.Details[k] = v
+		}
+	}
+	out.Healthy = out.State != StateUnavailable
+	return out
+}
+
+// check runs one health check with its own deadline, so that a hung HSM
+// cannot hold the checker: the call is left behind if it does not return.
+func (s *Service) check(ctx context.Context, p provider.Provider) {
+	ctx, cancel := context.WithTimeout(ctx, s.healthTO)
+	defer cancel()
+	start := time.Now()
+	done := make(chan error, 1)
+	go func() { done <- p.CheckHealth(ctx) }()
+	var err error
+	select {
+	case err = <-done:
+	case <-ctx.Done():
+		err = kgerr.Wrap(kgerr.ErrHSMTimeout.Code, ctx.Err(), "the health check did not finish before its deadline")
+	}
+	s.health[p.Name()].record(p, time.Since(start), s.healthTO, err)
+}
+
+// RunHealthChecks checks every provider at once and then every interval,
+// each on its own goroutine, until ctx ends.
+func (s *Service) RunHealthChecks(ctx context.Context, interval time.Duration) {
+	var wg sync.WaitGroup
+	for _, n := range s.names {
+		p := s.providers[n]
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			t := time.NewTicker(interval)
+			defer t.Stop()
+			for {
+				s.check(ctx, p)
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// providerCollector exports provider health, pool and recovery numbers at
+// scrape time.
+type providerCollector struct{ s *Service }
+
+var (
+	descUp           = prometheus.NewDesc("keygrid_provider_up", "1 while the provider is not unavailable.", []string{"provider", "type"}, nil)
+	descSessions     = prometheus.NewDesc("keygrid_provider_sessions", "HSM sessions by state (in_use, idle, open, max).", []string{"provider", "state"}, nil)
+	descWaits        = prometheus.NewDesc("keygrid_provider_session_waits_total", "Session acquisitions that had to wait.", []string{"provider"}, nil)
+	descWaitSeconds  = prometheus.NewDesc("keygrid_provider_session_wait_seconds_total", "Total time spent waiting for a session.", []string{"provider"}, nil)
+	descWaitTimeouts = prometheus.NewDesc("keygrid_provider_session_wait_timeouts_total", "Requests whose deadline passed while waiting for a session.", []string{"provider"}, nil)
+	descResets       = prometheus.NewDesc("keygrid_provider_resets_total", "Module resets (C_Finalize + C_Initialize).", []string{"provider"}, nil)
+	descLastReset    = prometheus.NewDesc("keygrid_provider_last_reset_timestamp_seconds", "Time of the last successful module reset.", []string{"provider"}, nil)
+	descHSMErrors    = prometheus.NewDesc("keygrid_provider_hsm_errors_total", "HSM failures by PKCS#11 return code.", []string{"provider", "code"}, nil)
+)
+
+func (c providerCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descUp, descSessions, descWaits, descWaitSeconds, descWaitTimeouts, descResets, descLastReset, descHSMErrors} {
+		ch <- d
+	}
+}
+
+func (c providerCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, n := range c.s.names {
+		p := c.s.providers[n]
+		up := 0.0
+		if c.s.health[n].view(p).Healthy {
+			up = 1
+		}
+		ch <- prometheus.MustNewConstMetric(descUp, prometheus.GaugeValue, up, n, p.Type())
+		r, ok := p.(provider.StatsReporter)
+		if !ok {
+			continue
+		}
+		st := r.Stats()
+		for state, v := range map[string]int{"in_use": st.SessionsInUse, "idle": st.SessionsIdle, "open": st.SessionsOpen, "max": st.SessionsMax} {
+			ch <- prometheus.MustNewConstMetric(descSessions, prometheus.GaugeValue, float64(v), n, state)
+		}
+		ch <- prometheus.MustNewConstMetric(descWaits, prometheus.CounterValue, float64(st.Waits), n)
+		ch <- prometheus.MustNewConstMetric(descWaitSeconds, prometheus.CounterValue, st.WaitSeconds, n)
+		ch <- prometheus.MustNewConstMetric(descWaitTimeouts, prometheus.CounterValue, float64(st.WaitTimeouts), n)
+		ch <- prometheus.MustNewConstMetric(descResets, prometheus.CounterValue, float64(st.Resets), n)
+		if !st.LastReset.IsZero() {
+			ch <- prometheus.MustNewConstMetric(descLastReset, prometheus.GaugeValue, float64(st.LastReset.Unix()), n)
+		}
+		for code, v := range st.Errors {
+			ch <- prometheus.MustNewConstMetric(descHSMErrors, prometheus.CounterValue, float64(v), n, code)
+		}
+	}
+}

@@ -1,0 +1,94 @@
+package testbed
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// P11KitClientModule returns the path of p11-kit's client module, or "".
+func P11KitClientModule() string {
+	m, _ := filepath.Glob("/usr/lib/*/pkcs11/p11-kit-client.so")
+	if len(m) == 0 {
+		return ""
+	}
+	return m[0]
+}
+
+// P11KitServer is a `p11-kit server` exposing one SoftHSM2 token on a unix
+// socket: the network between the gateway and its HSM. Stop cuts the
+// gateway off (the whole process group is killed: the server forks one
+// p11-kit-remote per client connection); Start brings the HSM back on the
+// same socket path.
+type P11KitServer struct {
+	Socket string
+	soft   *SoftHSM
+	mu     sync.Mutex
+	cmd    *exec.Cmd
+	exited chan struct{}
+}
+
+// NewP11KitServer prepares (does not start) a server for soft's token with
+// its socket in dir.
+func NewP11KitServer(soft *SoftHSM, dir string) *P11KitServer {
+	return &P11KitServer{Socket: filepath.Join(dir, "p11kit.sock"), soft: soft}
+}
+
+// Address is the value of P11_KIT_SERVER_ADDRESS for clients.
+func (s *P11KitServer) Address() string { return "unix:path=" + s.Socket }
+
+// Start starts the server in its own process group and waits for its
+// socket.
+func (s *P11KitServer) Start() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd != nil {
+		return errors.New("p11-kit server already running")
+	}
+	os.Remove(s.Socket) // a stale socket from a killed server
+	cmd := exec.Command("p11-kit", "server", "-f", "-n", s.Socket, "-p", SoftHSMModule, "pkcs11:token="+s.soft.Label)
+	cmd.Env = s.soft.Env()
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("p11-kit server: %w", err)
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if _, err := os.Stat(s.Socket); err == nil {
+			break
+		}
+		select {
+		case <-exited:
+			return errors.New("p11-kit server exited at start")
+		default:
+		}
+		if time.Now().After(deadline) {
+			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			return errors.New("p11-kit server did not create its socket")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	s.cmd, s.exited = cmd, exited
+	return nil
+}
+
+// Stop kills the server's process group (the listener and every
+// connection) and waits for the listener to exit.
+func (s *P11KitServer) Stop() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd == nil {
+		return nil
+	}
+	err := syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL)
+	<-s.exited
+	s.cmd = nil
+	return err
+}
