@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"strconv"
 	"strings"
 	"time"
@@ -25,6 +26,21 @@ type dialect struct {
 	isUnique func(error) bool
 	// beginWrite starts a transaction that will write.
 	beginWrite func(ctx context.Context, db *sql.DB) (*sql.Tx, error)
+	// beginSnapshot starts a read-only transaction whose reads all see one
+	// snapshot of the database.
+	beginSnapshot func(ctx context.Context, db *sql.DB) (*sql.Tx, error)
+	// lockMigrations, run first in every migration transaction, keeps two
+	// processes from migrating at once ("" when beginWrite already does).
+	lockMigrations string
+	// lockImport, run first in an import transaction, keeps other writers
+	// out until it commits ("" when beginWrite already does).
+	lockImport string
+	// hasMigrationsTable is a query answering one row when the
+	// schema_migrations table exists.
+	hasMigrationsTable string
+	// unavailable reports an error that means the database cannot be
+	// reached (the caller gets 503, not 500); nil: never.
+	unavailable func(error) bool
 }
 
 // sqlStore implements Store over database/sql.
@@ -35,53 +51,98 @@ type sqlStore struct {
 
 func (s *sqlStore) q(query string) string { return s.d.rebind(query) }
 
-// migrate applies the migrations the database has not seen, each in its
-// own transaction.
-func (s *sqlStore) migrate(ctx context.Context) error {
-	if _, err := s.db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)`); err != nil {
-		return fmt.Errorf("%s store: migrations table: %w", s.d.name, err)
+// Migrate applies the migrations the database has not seen, each in its own
+// transaction that first takes the dialect's migration lock, so that two
+// processes migrating at once apply each migration exactly once. It returns
+// the schema version.
+func (s *sqlStore) Migrate(ctx context.Context) (int, error) {
+	for v := 1; v <= len(s.d.migrations); v++ {
+		if err := s.applyMigration(ctx, v); err != nil {
+			return 0, err
+		}
 	}
-	for i, m := range s.d.migrations {
-		v := i + 1
-		tx, err := s.d.beginWrite(ctx, s.db)
-		if err != nil {
-			return err
+	return s.SchemaVersion(ctx)
+}
+
+func (s *sqlStore) applyMigration(ctx context.Context, v int) error {
+	tx, err := s.d.beginWrite(ctx, s.db)
+	if err != nil {
+		return s.fail("migrate", err)
+	}
+	defer tx.Rollback()
+	if s.d.lockMigrations != "" {
+		if _, err := tx.ExecContext(ctx, s.d.lockMigrations); err != nil {
+			return s.fail("migration lock", err)
 		}
-		var n int
-		if err := tx.QueryRowContext(ctx, s.q(`SELECT COUNT(*) FROM schema_migrations WHERE version = ?`), v).Scan(&n); err != nil {
-			tx.Rollback()
-			return err
-		}
-		if n > 0 {
-			tx.Rollback()
-			continue
-		}
-		if _, err := tx.ExecContext(ctx, m); err != nil {
-			tx.Rollback()
-			return fmt.Errorf("%s store: migration %d: %w", s.d.name, v, err)
-		}
-		if _, err := tx.ExecContext(ctx, s.q(`INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)`), v, time.Now().UnixNano()); err != nil {
-			tx.Rollback()
-			if s.d.isUnique(err) { // another process migrated concurrently
-				continue
-			}
-			return err
-		}
-		if err := tx.Commit(); err != nil {
-			return err
-		}
+	}
+	if _, err := tx.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)`); err != nil {
+		return s.fail("migrations table", err)
+	}
+	var n int
+	if err := tx.QueryRowContext(ctx, s.q(`SELECT COUNT(*) FROM schema_migrations WHERE version = ?`), v).Scan(&n); err != nil {
+		return s.fail("migrations", err)
+	}
+	if n > 0 {
+		return nil
+	}
+	if _, err := tx.ExecContext(ctx, s.d.migrations[v-1]); err != nil {
+		return fmt.Errorf("%s store: migration %d: %w", s.d.name, v, err)
+	}
+	if _, err := tx.ExecContext(ctx, s.q(`INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)`), v, time.Now().UnixNano()); err != nil {
+		return s.fail(fmt.Sprintf("record migration %d", v), err)
+	}
+	if err := tx.Commit(); err != nil {
+		return s.fail(fmt.Sprintf("commit migration %d", v), err)
 	}
 	return nil
 }
 
-// SchemaVersion returns the highest migration applied.
+// SchemaVersion returns the highest migration applied (0 on an empty
+// database).
 func (s *sqlStore) SchemaVersion(ctx context.Context) (int, error) {
+	rows, err := s.db.QueryContext(ctx, s.d.hasMigrationsTable)
+	if err != nil {
+		return 0, s.fail("schema version", err)
+	}
+	exists := rows.Next()
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return 0, s.fail("schema version", err)
+	}
+	if !exists {
+		return 0, nil
+	}
 	var v sql.NullInt64
-	err := s.db.QueryRowContext(ctx, `SELECT MAX(version) FROM schema_migrations`).Scan(&v)
-	return int(v.Int64), err
+	if err := s.db.QueryRowContext(ctx, `SELECT MAX(version) FROM schema_migrations`).Scan(&v); err != nil {
+		return 0, s.fail("schema version", err)
+	}
+	return int(v.Int64), nil
+}
+
+// LatestSchemaVersion is the schema version this binary migrates to.
+func (s *sqlStore) LatestSchemaVersion() int { return len(s.d.migrations) }
+
+// fail wraps a database error: unreachable database → 503
+// SERVICE_UNAVAILABLE; a context's error stays matchable as it is.
+func (s *sqlStore) fail(what string, err error) error {
+	if s.d.unavailable != nil && s.d.unavailable(err) && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
+		return kgerr.Wrap(kgerr.ErrServiceUnavailable.Code, fmt.Errorf("%s store: %s: %w", s.d.name, what, err), "the metadata store is unavailable")
+	}
+	return fmt.Errorf("%s store: %s: %w", s.d.name, what, err)
 }
 
 const keyColumns = `id, name, provider, key_type, key_size, curve, algorithm, usage, extractable, state, metadata, created_at, updated_at, expires_at, revision`
+
+const versionColumns = `version, object_id, provider_ref, public_key, state, created_at`
+
+// prefixed qualifies every column of a list with a table alias.
+func prefixed(alias, cols string) string {
+	parts := strings.Split(cols, ", ")
+	for i, c := range parts {
+		parts[i] = alias + "." + c
+	}
+	return strings.Join(parts, ", ")
+}
 
 func nanos(t time.Time) int64 { return t.UnixNano() }
 
@@ -92,41 +153,73 @@ func encodeJSON(v any) string {
 	return string(b)
 }
 
+// querier is a *sql.DB or a *sql.Tx.
+type querier interface {
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+}
+
 func (s *sqlStore) CreateKey(ctx context.Context, k *Key) error {
 	tx, err := s.d.beginWrite(ctx, s.db)
 	if err != nil {
-		return err
+		return s.fail("begin", err)
 	}
 	defer tx.Rollback()
 	k.Revision = 1
+	if err := s.insertKey(ctx, tx, k); err != nil {
+		return err
+	}
+	if err := tx.Commit(); err != nil {
+		return s.fail("commit", err)
+	}
+	return nil
+}
+
+// insertKey inserts the row and the versions of k, with k.Revision.
+func (s *sqlStore) insertKey(ctx context.Context, tx *sql.Tx, k *Key) error {
 	var exp sql.NullInt64
 	if k.ExpiresAt != nil {
 		exp = sql.NullInt64{Int64: nanos(*k.ExpiresAt), Valid: true}
 	}
-	_, err = tx.ExecContext(ctx, s.q(`INSERT INTO keys (`+keyColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
+	_, err := tx.ExecContext(ctx, s.q(`INSERT INTO keys (`+keyColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
 		k.ID, k.Name, k.Provider, k.KeyType, k.KeySize, k.Curve, k.Algorithm, encodeJSON(k.Usage), k.Extractable,
 		string(k.State), encodeJSON(k.Metadata), nanos(k.CreatedAt), nanos(k.UpdatedAt), exp, k.Revision)
 	if err != nil {
 		if s.d.isUnique(err) {
 			return kgerr.New(kgerr.ErrKeyAlreadyExists.Code, fmt.Sprintf("a key named %q already exists", k.Name))
 		}
-		return fmt.Errorf("%s store: insert key: %w", s.d.name, err)
+		return s.fail("insert key", err)
 	}
-	if err := s.writeVersions(ctx, tx, k); err != nil {
-		return err
-	}
-	return tx.Commit()
+	return s.writeVersions(ctx, tx, k)
 }
 
+// writeVersions makes the stored versions of k exactly k.Versions.
 func (s *sqlStore) writeVersions(ctx context.Context, tx *sql.Tx, k *Key) error {
+	keep := make([]string, len(k.Versions))
+	args := []any{k.ID}
+	for i, v := range k.Versions {
+		keep[i] = "?"
+		args = append(args, v.Version)
+	}
+	del := `DELETE FROM key_versions WHERE key_id = ?`
+	if len(keep) > 0 {
+		del += ` AND version NOT IN (` + strings.Join(keep, ", ") + `)`
+	}
+	if _, err := tx.ExecContext(ctx, s.q(del), args...); err != nil {
+		return s.fail("delete dropped key versions", err)
+	}
 	for _, v := range k.Versions {
-		_, err := tx.ExecContext(ctx, s.q(`INSERT INTO key_versions (key_id, version, object_id, provider_ref, public_key, state, created_at)
+		_, err := tx.ExecContext(ctx, s.q(`INSERT INTO key_versions (key_id, `+versionColumns+`)
 			VALUES (?, ?, ?, ?, ?, ?, ?)
 			ON CONFLICT (key_id, version) DO UPDATE SET provider_ref = excluded.provider_ref,
 				public_key = excluded.public_key, state = excluded.state`),
 			k.ID, v.Version, v.ObjectID, v.ProviderRef, v.PublicKey, string(v.State), nanos(v.CreatedAt))
 		if err != nil {
-			return fmt.Errorf("%s store: write key version: %w", s.d.name, err)
+			if s.d.isUnique(err) {
+				return kgerr.New(kgerr.ErrConflict.Code, fmt.Sprintf("object id %s of version %d is already in use", v.ObjectID, v.Version))
+			}
+			return s.fail("write key version", err)
 		}
 	}
 	return nil
@@ -134,7 +227,8 @@ func (s *sqlStore) writeVersions(ctx context.Context, tx *sql.Tx, k *Key) error 
 
 type rowScanner interface{ Scan(...any) error }
 
-func scanKey(r rowScanner) (*Key, error) {
+// scanKey scans the key columns and then extra.
+func scanKey(r rowScanner, extra ...any) (*Key, error) {
 	var (
 		k                  Key
 		usage, meta, state string
@@ -143,8 +237,9 @@ func scanKey(r rowScanner) (*Key, error) {
 		curve, algorithm   sql.NullString
 		extractable        bool
 	)
-	if err := r.Scan(&k.ID, &k.Name, &k.Provider, &k.KeyType, &k.KeySize, &curve, &algorithm, &usage, &extractable,
-		&state, &meta, &created, &updated, &exp, &k.Revision); err != nil {
+	dest := append([]any{&k.ID, &k.Name, &k.Provider, &k.KeyType, &k.KeySize, &curve, &algorithm, &usage, &extractable,
+		&state, &meta, &created, &updated, &exp, &k.Revision}, extra...)
+	if err := r.Scan(dest...); err != nil {
 		return nil, err
 	}
 	k.Curve, k.Algorithm, k.Extractable, k.State = curve.String, algorithm.String, extractable, State(state)
@@ -162,8 +257,29 @@ func scanKey(r rowScanner) (*Key, error) {
 	return &k, nil
 }
 
+// versionScan holds the nullable version columns of a LEFT JOIN row.
+type versionScan struct {
+	version       sql.NullInt64
+	objectID, ref sql.NullString
+	publicKey     []byte
+	state         sql.NullString
+	created       sql.NullInt64
+}
+
+func (v *versionScan) dest() []any {
+	return []any{&v.version, &v.objectID, &v.ref, &v.publicKey, &v.state, &v.created}
+}
+
+func (v *versionScan) get() (Version, bool) {
+	if !v.version.Valid {
+		return Version{}, false
+	}
+	return Version{Version: int(v.version.Int64), ObjectID: v.objectID.String, ProviderRef: v.ref.String,
+		PublicKey: v.publicKey, State: State(v.state.String), CreatedAt: fromNanos(v.created.Int64)}, true
+}
+
 // loadVersions fills the versions of keys with one query.
-func (s *sqlStore) loadVersions(ctx context.Context, keys []*Key) error {
+func (s *sqlStore) loadVersions(ctx context.Context, q querier, keys []*Key) error {
 	if len(keys) == 0 {
 		return nil
 	}
@@ -175,43 +291,63 @@ func (s *sqlStore) loadVersions(ctx context.Context, keys []*Key) error {
 		args[i] = k.ID
 		marks[i] = "?"
 	}
-	rows, err := s.db.QueryContext(ctx, s.q(`SELECT key_id, version, object_id, provider_ref, public_key, state, created_at
+	rows, err := q.QueryContext(ctx, s.q(`SELECT key_id, `+versionColumns+`
 		FROM key_versions WHERE key_id IN (`+strings.Join(marks, ",")+`) ORDER BY key_id, version`), args...)
 	if err != nil {
-		return fmt.Errorf("%s store: versions: %w", s.d.name, err)
+		return s.fail("versions", err)
 	}
 	defer rows.Close()
 	for rows.Next() {
 		var (
-			id, state string
-			v         Version
-			created   int64
-			ref       sql.NullString
+			id string
+			vs versionScan
 		)
-		if err := rows.Scan(&id, &v.Version, &v.ObjectID, &ref, &v.PublicKey, &state, &created); err != nil {
-			return err
+		if err := rows.Scan(append([]any{&id}, vs.dest()...)...); err != nil {
+			return s.fail("versions", err)
 		}
-		v.ProviderRef, v.State, v.CreatedAt = ref.String, State(state), fromNanos(created)
-		if k := byID[id]; k != nil {
+		if v, ok := vs.get(); ok && byID[id] != nil {
+			byID[id].Versions = append(byID[id].Versions, v)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return s.fail("versions", err)
+	}
+	return nil
+}
+
+// GetKey reads the key and its versions with one statement, so they come
+// from one snapshot even while another process updates the key, and every
+// call reads the database: there is no cache to go stale.
+func (s *sqlStore) GetKey(ctx context.Context, idOrName string) (*Key, error) {
+	rows, err := s.db.QueryContext(ctx, s.q(`SELECT `+prefixed("k", keyColumns)+`, `+prefixed("v", versionColumns)+`
+		FROM keys k LEFT JOIN key_versions v ON v.key_id = k.id
+		WHERE k.id = ? OR k.name = ?
+		ORDER BY CASE WHEN k.id = ? THEN 0 ELSE 1 END, v.version`), idOrName, idOrName, idOrName)
+	if err != nil {
+		return nil, s.fail("get key", err)
+	}
+	defer rows.Close()
+	var k *Key
+	for rows.Next() {
+		var vs versionScan
+		row, err := scanKey(rows, vs.dest()...)
+		if err != nil {
+			return nil, s.fail("get key", err)
+		}
+		if k == nil {
+			k = row
+		} else if row.ID != k.ID {
+			break // another key's name is this key's id: the id wins
+		}
+		if v, ok := vs.get(); ok {
 			k.Versions = append(k.Versions, v)
 		}
 	}
-	return rows.Err()
-}
-
-func (s *sqlStore) GetKey(ctx context.Context, idOrName string) (*Key, error) {
-	k, err := scanKey(s.db.QueryRowContext(ctx, s.q(`SELECT `+keyColumns+` FROM keys WHERE id = ?`), idOrName))
-	if errors.Is(err, sql.ErrNoRows) {
-		k, err = scanKey(s.db.QueryRowContext(ctx, s.q(`SELECT `+keyColumns+` FROM keys WHERE name = ?`), idOrName))
+	if err := rows.Err(); err != nil {
+		return nil, s.fail("get key", err)
 	}
-	if errors.Is(err, sql.ErrNoRows) {
+	if k == nil {
 		return nil, kgerr.New(kgerr.ErrKeyNotFound.Code, fmt.Sprintf("key %q not found", idOrName))
-	}
-	if err != nil {
-		return nil, fmt.Errorf("%s store: get key: %w", s.d.name, err)
-	}
-	if err := s.loadVersions(ctx, []*Key{k}); err != nil {
-		return nil, err
 	}
 	return k, nil
 }
@@ -231,6 +367,10 @@ func decodePageToken(t string) (string, error) {
 const MaxPageSize = 1000
 
 func (s *sqlStore) ListKeys(ctx context.Context, o ListOptions) ([]*Key, string, error) {
+	return s.listKeys(ctx, s.db, o)
+}
+
+func (s *sqlStore) listKeys(ctx context.Context, q querier, o ListOptions) ([]*Key, string, error) {
 	limit := o.Limit
 	switch {
 	case limit == 0:
@@ -260,21 +400,21 @@ func (s *sqlStore) ListKeys(ctx context.Context, o ListOptions) ([]*Key, string,
 		query += " WHERE " + strings.Join(where, " AND ")
 	}
 	query += " ORDER BY id LIMIT " + strconv.Itoa(limit+1)
-	rows, err := s.db.QueryContext(ctx, s.q(query), args...)
+	rows, err := q.QueryContext(ctx, s.q(query), args...)
 	if err != nil {
-		return nil, "", fmt.Errorf("%s store: list keys: %w", s.d.name, err)
+		return nil, "", s.fail("list keys", err)
 	}
 	defer rows.Close()
 	var keys []*Key
 	for rows.Next() {
 		k, err := scanKey(rows)
 		if err != nil {
-			return nil, "", err
+			return nil, "", s.fail("list keys", err)
 		}
 		keys = append(keys, k)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, "", err
+		return nil, "", s.fail("list keys", err)
 	}
 	rows.Close()
 	next := ""
@@ -282,7 +422,7 @@ func (s *sqlStore) ListKeys(ctx context.Context, o ListOptions) ([]*Key, string,
 		keys = keys[:limit]
 		next = encodePageToken(keys[limit-1].ID)
 	}
-	if err := s.loadVersions(ctx, keys); err != nil {
+	if err := s.loadVersions(ctx, q, keys); err != nil {
 		return nil, "", err
 	}
 	return keys, next, nil
@@ -293,7 +433,7 @@ func (s *sqlStore) ListKeys(ctx context.Context, o ListOptions) ([]*Key, string,
 func (s *sqlStore) notFoundOrConflict(ctx context.Context, tx *sql.Tx, id string) error {
 	var n int
 	if err := tx.QueryRowContext(ctx, s.q(`SELECT COUNT(*) FROM keys WHERE id = ?`), id).Scan(&n); err != nil {
-		return err
+		return s.fail("compare", err)
 	}
 	if n == 0 {
 		return kgerr.New(kgerr.ErrKeyNotFound.Code, fmt.Sprintf("key %q not found", id))
@@ -304,21 +444,25 @@ func (s *sqlStore) notFoundOrConflict(ctx context.Context, tx *sql.Tx, id string
 func (s *sqlStore) UpdateKey(ctx context.Context, k *Key) error {
 	tx, err := s.d.beginWrite(ctx, s.db)
 	if err != nil {
-		return err
+		return s.fail("begin", err)
 	}
 	defer tx.Rollback()
 	var exp sql.NullInt64
 	if k.ExpiresAt != nil {
 		exp = sql.NullInt64{Int64: nanos(*k.ExpiresAt), Valid: true}
 	}
+	// The compare-and-swap: the row is written only if its revision is
+	// still the one k was read at. A concurrent writer holds the row lock
+	// until it commits; then this statement sees its new revision and
+	// matches nothing.
 	res, err := tx.ExecContext(ctx, s.q(`UPDATE keys SET algorithm = ?, usage = ?, state = ?, metadata = ?,
 		updated_at = ?, expires_at = ?, revision = revision + 1 WHERE id = ? AND revision = ?`),
 		k.Algorithm, encodeJSON(k.Usage), string(k.State), encodeJSON(k.Metadata), nanos(k.UpdatedAt), exp, k.ID, k.Revision)
 	if err != nil {
-		return fmt.Errorf("%s store: update key: %w", s.d.name, err)
+		return s.fail("update key", err)
 	}
 	if n, err := res.RowsAffected(); err != nil {
-		return err
+		return s.fail("update key", err)
 	} else if n == 0 {
 		return s.notFoundOrConflict(ctx, tx, k.ID)
 	}
@@ -326,7 +470,7 @@ func (s *sqlStore) UpdateKey(ctx context.Context, k *Key) error {
 		return err
 	}
 	if err := tx.Commit(); err != nil {
-		return err
+		return s.fail("commit", err)
 	}
 	k.Revision++
 	return nil
@@ -335,24 +479,120 @@ func (s *sqlStore) UpdateKey(ctx context.Context, k *Key) error {
 func (s *sqlStore) DeleteKey(ctx context.Context, id string, revision int64) error {
 	tx, err := s.d.beginWrite(ctx, s.db)
 	if err != nil {
-		return err
+		return s.fail("begin", err)
 	}
 	defer tx.Rollback()
 	res, err := tx.ExecContext(ctx, s.q(`DELETE FROM keys WHERE id = ? AND revision = ?`), id, revision)
 	if err != nil {
-		return fmt.Errorf("%s store: delete key: %w", s.d.name, err)
+		return s.fail("delete key", err)
 	}
 	if n, err := res.RowsAffected(); err != nil {
-		return err
+		return s.fail("delete key", err)
 	} else if n == 0 {
 		return s.notFoundOrConflict(ctx, tx, id)
 	}
 	if _, err := tx.ExecContext(ctx, s.q(`DELETE FROM key_versions WHERE key_id = ?`), id); err != nil {
-		return fmt.Errorf("%s store: delete key versions: %w", s.d.name, err)
+		return s.fail("delete key versions", err)
 	}
-	return tx.Commit()
+	if err := tx.Commit(); err != nil {
+		return s.fail("commit", err)
+	}
+	return nil
 }
 
-func (s *sqlStore) Ping(ctx context.Context) error { return s.db.PingContext(ctx) }
+// exportPage is how many keys Export reads per query (a variable for the
+// tests, which make an export span several pages).
+var exportPage = 500
+
+// Export calls fn with every key, in id order, all read in one read-only
+// transaction: one snapshot of the store, whatever is written meanwhile.
+func (s *sqlStore) Export(ctx context.Context, fn func(*Key) error) error {
+	tx, err := s.d.beginSnapshot(ctx, s.db)
+	if err != nil {
+		return s.fail("begin snapshot", err)
+	}
+	defer tx.Rollback()
+	token := ""
+	for {
+		keys, next, err := s.listKeys(ctx, tx, ListOptions{Limit: exportPage, PageToken: token})
+		if err != nil {
+			return err
+		}
+		for _, k := range keys {
+			if err := fn(k); err != nil {
+				return err
+			}
+		}
+		if next == "" {
+			break
+		}
+		token = next
+	}
+	if err := tx.Commit(); err != nil {
+		return s.fail("end snapshot", err)
+	}
+	return nil
+}
+
+// Import inserts keys, as they are (ids, states, revisions), in one
+// transaction: all of them or none. See Snapshotter.
+func (s *sqlStore) Import(ctx context.Context, o ImportOptions, next func() (*Key, error)) (int, error) {
+	tx, err := s.d.beginWrite(ctx, s.db)
+	if err != nil {
+		return 0, s.fail("begin", err)
+	}
+	defer tx.Rollback()
+	if s.d.lockImport != "" {
+		if _, err := tx.ExecContext(ctx, s.d.lockImport); err != nil {
+			return 0, s.fail("import lock", err)
+		}
+	}
+	if o.Replace {
+		for _, q := range []string{`DELETE FROM key_versions`, `DELETE FROM keys`} {
+			if _, err := tx.ExecContext(ctx, q); err != nil {
+				return 0, s.fail("clear", err)
+			}
+		}
+	} else {
+		var n int
+		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM keys`).Scan(&n); err != nil {
+			return 0, s.fail("count keys", err)
+		}
+		if n > 0 {
+			return 0, &NotEmptyError{Keys: n}
+		}
+	}
+	count := 0
+	for {
+		k, err := next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return 0, err
+		}
+		if err := validateImported(k); err != nil {
+			return 0, err
+		}
+		if k.Revision < 1 {
+			k.Revision = 1
+		}
+		if err := s.insertKey(ctx, tx, k); err != nil {
+			return 0, fmt.Errorf("key %s (%s): %w", k.ID, k.Name, err)
+		}
+		count++
+	}
+	if err := tx.Commit(); err != nil {
+		return 0, s.fail("commit", err)
+	}
+	return count, nil
+}
+
+func (s *sqlStore) Ping(ctx context.Context) error {
+	if err := s.db.PingContext(ctx); err != nil {
+		return s.fail("ping", err)
+	}
+	return nil
+}
 
 func (s *sqlStore) Close() error { return s.db.Close() }

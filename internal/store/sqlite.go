@@ -48,6 +48,10 @@ var sqliteMigrations = []string{
 // database runs in WAL mode with synchronous=FULL, so a committed key
 // survives a crash of the process or the machine.
 func OpenSQLite(ctx context.Context, path string) (Store, error) {
+	return openSQLite(ctx, path, true)
+}
+
+func openSQLite(ctx context.Context, path string, migrate bool) (*sqlStore, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("sqlite store: %w", err)
 	}
@@ -68,11 +72,25 @@ func OpenSQLite(ctx context.Context, path string) (Store, error) {
 			var e *sqlite.Error
 			return errors.As(err, &e) && (e.Code() == sqlite3.SQLITE_CONSTRAINT_UNIQUE || e.Code() == sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY)
 		},
+		// _txlock=immediate: a write transaction takes the database's write
+		// lock at BEGIN, so it also serialises migrations and imports
+		// between processes.
 		beginWrite: func(ctx context.Context, db *sql.DB) (*sql.Tx, error) { return db.BeginTx(ctx, nil) },
+		// A read-only transaction is a deferred BEGIN: in WAL mode its reads
+		// share one snapshot and do not block writers.
+		beginSnapshot: func(ctx context.Context, db *sql.DB) (*sql.Tx, error) {
+			return db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+		},
+		hasMigrationsTable: `SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'`,
 	}}
-	if err := s.migrate(ctx); err != nil {
+	if migrate {
+		if _, err := s.Migrate(ctx); err != nil {
+			db.Close()
+			return nil, err
+		}
+	} else if err := db.PingContext(ctx); err != nil {
 		db.Close()
-		return nil, err
+		return nil, fmt.Errorf("sqlite store: %w", err)
 	}
 	if err := os.Chmod(path, 0o600); err != nil {
 		db.Close()

@@ -20,6 +20,23 @@ func TestSQLiteConformance(t *testing.T) {
 	})
 }
 
+// Two stores on one SQLite file are two processes on one database.
+func TestSQLiteShared(t *testing.T) {
+	storetest.RunShared(t, func(t *testing.T) (store.Store, store.Store) {
+		path := filepath.Join(t.TempDir(), "meta.db")
+		var out [2]store.Store
+		for i := range out {
+			s, err := store.OpenSQLite(context.Background(), path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { s.Close() })
+			out[i] = s
+		}
+		return out[0], out[1]
+	})
+}
+
 func TestSQLiteReopenKeepsKeys(t *testing.T) {
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "meta.db")

@@ -10,6 +10,8 @@ package store
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"time"
 )
 
@@ -133,4 +135,72 @@ type Store interface {
 	// Ping checks that the store answers.
 	Ping(ctx context.Context) error
 	Close() error
+}
+
+// Migrator is a store with a versioned schema (both SQL stores).
+type Migrator interface {
+	// Migrate applies the migrations the database has not seen and returns
+	// the schema version. Two processes may migrate at once.
+	Migrate(ctx context.Context) (int, error)
+	// SchemaVersion returns the highest migration applied, 0 on an empty
+	// database.
+	SchemaVersion(ctx context.Context) (int, error)
+	// LatestSchemaVersion is the version this binary migrates to.
+	LatestSchemaVersion() int
+}
+
+// Snapshotter is a store whose whole content can be exported and imported:
+// the backup and restore of the key metadata (never key material, which the
+// store does not hold).
+type Snapshotter interface {
+	// Export calls fn with every key and its versions, in id order, from
+	// one consistent snapshot of the store, even while other processes
+	// write. An error from fn stops the export and is returned.
+	Export(ctx context.Context, fn func(*Key) error) error
+	// Import inserts the keys next returns (until io.EOF) as they are: ids,
+	// names, states, versions and revisions. It is one transaction: on any
+	// error (from next too) nothing is imported. Unless o.Replace, the
+	// store must be empty (*NotEmptyError otherwise); with o.Replace every
+	// key already stored is removed first. It returns the number imported.
+	Import(ctx context.Context, o ImportOptions, next func() (*Key, error)) (int, error)
+}
+
+// ImportOptions configure an import.
+type ImportOptions struct {
+	// Replace removes every stored key first (a restore with --force).
+	Replace bool
+}
+
+// NotEmptyError refuses an import into a store that holds keys.
+type NotEmptyError struct{ Keys int }
+
+func (e *NotEmptyError) Error() string {
+	return fmt.Sprintf("the store already holds %d keys; an import without replace needs an empty store", e.Keys)
+}
+
+// validateImported checks an imported record enough that the store's own
+// invariants hold.
+func validateImported(k *Key) error {
+	if k == nil || k.ID == "" || k.Name == "" || k.Provider == "" || k.KeyType == "" {
+		return errors.New("store import: a key lacks its id, name, provider or key type")
+	}
+	if !validState(k.State) {
+		return fmt.Errorf("store import: key %s: state %q is not a key state", k.ID, k.State)
+	}
+	seen := map[int]bool{}
+	for _, v := range k.Versions {
+		if v.Version < 1 || seen[v.Version] || v.ObjectID == "" || !validState(v.State) {
+			return fmt.Errorf("store import: key %s: version %d is not valid (duplicate, no object id or bad state)", k.ID, v.Version)
+		}
+		seen[v.Version] = true
+	}
+	return nil
+}
+
+func validState(s State) bool {
+	switch s {
+	case StatePending, StateActive, StateInactive, StateDeleting:
+		return true
+	}
+	return false
 }

@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"reflect"
 	"sync"
 	"testing"
 	"time"
@@ -24,6 +26,21 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 	t.Run("list filter and page", func(t *testing.T) { testList(t, open(t)) })
 	t.Run("concurrent creates one name", func(t *testing.T) { testConcurrentCreate(t, open(t)) })
 	t.Run("concurrent updates one winner", func(t *testing.T) { testConcurrentUpdate(t, open(t)) })
+	t.Run("update removes dropped versions", func(t *testing.T) { testDropVersion(t, open(t)) })
+	t.Run("export import round trip", func(t *testing.T) { testExportImport(t, open(t), open(t)) })
+	t.Run("import refuses a non-empty store", func(t *testing.T) { testImportNotEmpty(t, open(t)) })
+	t.Run("import is all or nothing", func(t *testing.T) { testImportAtomic(t, open(t)) })
+	t.Run("export is one snapshot", func(t *testing.T) { testExportSnapshot(t, open(t)) })
+}
+
+// RunShared runs the cases that need two store instances on one database,
+// as two gateway processes have: open returns two separately opened stores
+// (separate connection pools) on one fresh, empty database.
+func RunShared(t *testing.T, open func(t *testing.T) (a, b store.Store)) {
+	t.Run("shared creates one name", func(t *testing.T) { testSharedCreate(t, open) })
+	t.Run("shared updates one winner", func(t *testing.T) { testSharedUpdate(t, open) })
+	t.Run("shared rotate against delete", func(t *testing.T) { testSharedRotateDelete(t, open) })
+	t.Run("shared change visible at once", func(t *testing.T) { testSharedVisible(t, open) })
 }
 
 // NewKey returns a valid key record for tests.
@@ -262,5 +279,418 @@ func testConcurrentUpdate(t *testing.T, s store.Store) {
 	}
 	if ok != 1 {
 		t.Fatalf("%d updates won, want exactly 1", ok)
+	}
+}
+
+func testDropVersion(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	k := NewKey("drop", "software")
+	if err := s.CreateKey(ctx, k); err != nil {
+		t.Fatal(err)
+	}
+	k.Versions = append(k.Versions, store.Version{Version: 2, ObjectID: "0000000000000000000000000000d002", State: store.StatePending, CreatedAt: time.Now()})
+	if err := s.UpdateKey(ctx, k); err != nil {
+		t.Fatal(err)
+	}
+	// A rotation whose material was never made removes its pending version.
+	k.Versions = k.Versions[:1]
+	if err := s.UpdateKey(ctx, k); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.GetKey(ctx, k.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Versions) != 1 || got.Versions[0].Version != 1 {
+		t.Fatalf("versions after dropping v2: %+v", got.Versions)
+	}
+	// Its object id is free again.
+	k2 := NewKey("drop-2", "software")
+	k2.Versions[0].ObjectID = "0000000000000000000000000000d002"
+	if err := s.CreateKey(ctx, k2); err != nil {
+		t.Fatalf("object id of a dropped version still taken: %v", err)
+	}
+}
+
+func snapshotter(t *testing.T, s store.Store) store.Snapshotter {
+	t.Helper()
+	sn, ok := s.(store.Snapshotter)
+	if !ok {
+		t.Fatalf("%T does not implement store.Snapshotter", s)
+	}
+	return sn
+}
+
+func export(t *testing.T, s store.Store) []*store.Key {
+	t.Helper()
+	var out []*store.Key
+	if err := snapshotter(t, s).Export(context.Background(), func(k *store.Key) error {
+		out = append(out, k)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// feed returns a next function over keys.
+func feed(keys []*store.Key) func() (*store.Key, error) {
+	i := 0
+	return func() (*store.Key, error) {
+		if i == len(keys) {
+			return nil, io.EOF
+		}
+		i++
+		return keys[i-1].Clone(), nil
+	}
+}
+
+// sample creates a few keys of different shapes and returns them as stored.
+func sample(t *testing.T, s store.Store) []*store.Key {
+	t.Helper()
+	ctx := context.Background()
+	a := NewKey("exp-a", "software")
+	b := NewKey("exp-b", "hsm")
+	b.ExpiresAt, b.Metadata, b.State = nil, nil, store.StateInactive
+	c := NewKey("exp-c", "hsm")
+	c.KeyType, c.KeySize, c.Curve, c.Algorithm, c.Usage = "AES", 256, "", "A256GCM", []string{"encrypt", "decrypt"}
+	c.Versions[0].PublicKey = nil
+	for _, k := range []*store.Key{a, b, c} {
+		if err := s.CreateKey(ctx, k); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.Versions = append(c.Versions, store.Version{Version: 2, ObjectID: "0000000000000000000000000000e002", ProviderRef: "ref-c2",
+		State: store.StateActive, CreatedAt: time.Now().UTC().Truncate(time.Microsecond)})
+	if err := s.UpdateKey(ctx, c); err != nil {
+		t.Fatal(err)
+	}
+	var out []*store.Key
+	for _, k := range []*store.Key{a, b, c} {
+		got, err := s.GetKey(ctx, k.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, got)
+	}
+	return out
+}
+
+func sameKey(a, b *store.Key) bool {
+	return reflect.DeepEqual(normal(a), normal(b))
+}
+
+// normal makes nil and empty collections compare equal.
+func normal(k *store.Key) *store.Key {
+	c := k.Clone()
+	if len(c.Metadata) == 0 {
+		c.Metadata = nil
+	}
+	if len(c.Usage) == 0 {
+		c.Usage = nil
+	}
+	for i := range c.Versions {
+		if len(c.Versions[i].PublicKey) == 0 {
+			c.Versions[i].PublicKey = nil
+		}
+	}
+	return c
+}
+
+func testExportImport(t *testing.T, src, dst store.Store) {
+	ctx := context.Background()
+	want := sample(t, src)
+	got := export(t, src)
+	if len(got) != len(want) {
+		t.Fatalf("exported %d keys, want %d", len(got), len(want))
+	}
+	for i := range want {
+		if !sameKey(got[i], want[i]) {
+			t.Fatalf("exported key %d = %+v, want %+v", i, got[i], want[i])
+		}
+	}
+	n, err := snapshotter(t, dst).Import(ctx, store.ImportOptions{}, feed(got))
+	if err != nil || n != len(want) {
+		t.Fatalf("import: %d, %v", n, err)
+	}
+	for _, w := range want {
+		k, err := dst.GetKey(ctx, w.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !sameKey(k, w) {
+			t.Fatalf("imported %+v, want %+v", k, w)
+		}
+	}
+	// The imported revision is the one compared: a stale writer still loses.
+	k, _ := dst.GetKey(ctx, want[2].ID)
+	stale := k.Clone()
+	stale.Revision--
+	if err := dst.UpdateKey(ctx, stale); !errors.Is(err, kgerr.ErrConflict) {
+		t.Fatalf("update at an older revision after import: %v, want CONFLICT", err)
+	}
+	if err := dst.UpdateKey(ctx, k); err != nil {
+		t.Fatalf("update of an imported key: %v", err)
+	}
+}
+
+func testImportNotEmpty(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	keys := sample(t, s)
+	other := NewKey("other", "software")
+	_, err := snapshotter(t, s).Import(ctx, store.ImportOptions{}, feed([]*store.Key{other}))
+	var ne *store.NotEmptyError
+	if !errors.As(err, &ne) || ne.Keys != len(keys) {
+		t.Fatalf("import into a store with %d keys: %v, want *NotEmptyError", len(keys), err)
+	}
+	if _, err := s.GetKey(ctx, "other"); !errors.Is(err, kgerr.ErrKeyNotFound) {
+		t.Fatalf("a refused import wrote: %v", err)
+	}
+	n, err := snapshotter(t, s).Import(ctx, store.ImportOptions{Replace: true}, feed([]*store.Key{other}))
+	if err != nil || n != 1 {
+		t.Fatalf("import with replace: %d, %v", n, err)
+	}
+	all := export(t, s)
+	if len(all) != 1 || all[0].Name != "other" {
+		t.Fatalf("after replace the store holds %d keys, want only the imported one", len(all))
+	}
+}
+
+func testImportAtomic(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	boom := errors.New("truncated backup")
+	good := NewKey("atomic-1", "software")
+	i := 0
+	_, err := snapshotter(t, s).Import(ctx, store.ImportOptions{}, func() (*store.Key, error) {
+		i++
+		if i == 1 {
+			return good, nil
+		}
+		return nil, boom
+	})
+	if !errors.Is(err, boom) {
+		t.Fatalf("import whose source fails: %v, want the source's error", err)
+	}
+	dup := NewKey("atomic-2", "software")
+	dup2 := NewKey("atomic-2", "software")
+	if _, err := snapshotter(t, s).Import(ctx, store.ImportOptions{}, feed([]*store.Key{dup, dup2})); !errors.Is(err, kgerr.ErrKeyAlreadyExists) {
+		t.Fatalf("import with a duplicate name: %v, want KEY_ALREADY_EXISTS", err)
+	}
+	bad := NewKey("atomic-3", "software")
+	bad.State = "exploded"
+	if _, err := snapshotter(t, s).Import(ctx, store.ImportOptions{}, feed([]*store.Key{bad})); err == nil {
+		t.Fatal("import of a key in an unknown state succeeded")
+	}
+	if keys := export(t, s); len(keys) != 0 {
+		t.Fatalf("failed imports left %d keys", len(keys))
+	}
+}
+
+// testExportSnapshot changes the store while an export runs: the export
+// sees the store as it was when it began.
+func testExportSnapshot(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	var made []*store.Key
+	for i := 0; i < 5; i++ {
+		k := NewKey(fmt.Sprintf("snap-%d", i), "software")
+		if err := s.CreateKey(ctx, k); err != nil {
+			t.Fatal(err)
+		}
+		made = append(made, k)
+	}
+	var got []*store.Key
+	err := snapshotter(t, s).Export(ctx, func(k *store.Key) error {
+		if len(got) == 0 {
+			// Meanwhile, another request deactivates the last key, deletes
+			// the fourth and creates one more.
+			last := made[4].Clone()
+			last.State = store.StateInactive
+			if err := s.UpdateKey(ctx, last); err != nil {
+				return err
+			}
+			if err := s.DeleteKey(ctx, made[3].ID, made[3].Revision); err != nil {
+				return err
+			}
+			if err := s.CreateKey(ctx, NewKey("snap-late", "software")); err != nil {
+				return err
+			}
+		}
+		got = append(got, k)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 5 {
+		t.Fatalf("export saw %d keys, want the 5 of its snapshot", len(got))
+	}
+	for i, k := range got {
+		if k.ID != made[i].ID || k.State != store.StateActive {
+			t.Fatalf("export key %d = %s %s, want %s active", i, k.Name, k.State, made[i].Name)
+		}
+	}
+	if keys, _, _ := s.ListKeys(ctx, store.ListOptions{}); len(keys) != 5 {
+		t.Fatalf("after the export the store holds %d keys, want 5", len(keys))
+	}
+}
+
+func testSharedCreate(t *testing.T, open func(t *testing.T) (a, b store.Store)) {
+	a, b := open(t)
+	ctx := context.Background()
+	const n = 16
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	for i := 0; i < n; i++ {
+		s := a
+		if i%2 == 1 {
+			s = b
+		}
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			errs[i] = s.CreateKey(ctx, NewKey("shared-race", "software"))
+		}(i)
+	}
+	wg.Wait()
+	ok := 0
+	for _, err := range errs {
+		switch {
+		case err == nil:
+			ok++
+		case errors.Is(err, kgerr.ErrKeyAlreadyExists):
+		default:
+			t.Errorf("unexpected error: %v", err)
+		}
+	}
+	if ok != 1 {
+		t.Fatalf("%d creates of one name won across two instances, want 1", ok)
+	}
+}
+
+func testSharedUpdate(t *testing.T, open func(t *testing.T) (a, b store.Store)) {
+	a, b := open(t)
+	ctx := context.Background()
+	k := NewKey("shared-cas", "software")
+	if err := a.CreateKey(ctx, k); err != nil {
+		t.Fatal(err)
+	}
+	const rounds, n = 5, 8
+	for r := 0; r < rounds; r++ {
+		base, err := a.GetKey(ctx, k.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		errs := make([]error, n)
+		for i := 0; i < n; i++ {
+			s := a
+			if i%2 == 1 {
+				s = b
+			}
+			wg.Add(1)
+			go func(i int) {
+				defer wg.Done()
+				c := base.Clone()
+				c.Metadata = map[string]string{"writer": fmt.Sprint(i)}
+				errs[i] = s.UpdateKey(ctx, c)
+			}(i)
+		}
+		wg.Wait()
+		won := -1
+		for i, err := range errs {
+			switch {
+			case err == nil:
+				if won >= 0 {
+					t.Fatalf("round %d: writers %d and %d both won", r, won, i)
+				}
+				won = i
+			case errors.Is(err, kgerr.ErrConflict):
+			default:
+				t.Fatalf("round %d: unexpected error: %v", r, err)
+			}
+		}
+		if won < 0 {
+			t.Fatalf("round %d: no writer won", r)
+		}
+		got, err := b.GetKey(ctx, k.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.Revision != base.Revision+1 || got.Metadata["writer"] != fmt.Sprint(won) {
+			t.Fatalf("round %d: stored revision %d writer %q, want %d and the winner %d", r, got.Revision, got.Metadata["writer"], base.Revision+1, won)
+		}
+	}
+}
+
+// testSharedRotateDelete races a rotation (a new pending version) on one
+// instance against a delete (the record marked deleting) on the other, both
+// from the same revision: exactly one wins.
+func testSharedRotateDelete(t *testing.T, open func(t *testing.T) (a, b store.Store)) {
+	a, b := open(t)
+	ctx := context.Background()
+	for r := 0; r < 10; r++ {
+		k := NewKey(fmt.Sprintf("rot-del-%d", r), "software")
+		if err := a.CreateKey(ctx, k); err != nil {
+			t.Fatal(err)
+		}
+		rot, del := k.Clone(), k.Clone()
+		rot.Versions = append(rot.Versions, store.Version{Version: 2, ObjectID: fmt.Sprintf("%030x%02x", r+1, 2), State: store.StatePending, CreatedAt: time.Now()})
+		del.State = store.StateDeleting
+		var wg sync.WaitGroup
+		var rotErr, delErr error
+		wg.Add(2)
+		go func() { defer wg.Done(); rotErr = a.UpdateKey(ctx, rot) }()
+		go func() { defer wg.Done(); delErr = b.UpdateKey(ctx, del) }()
+		wg.Wait()
+		if (rotErr == nil) == (delErr == nil) {
+			t.Fatalf("round %d: rotate %v, delete %v: want exactly one to win", r, rotErr, delErr)
+		}
+		for _, err := range []error{rotErr, delErr} {
+			if err != nil && !errors.Is(err, kgerr.ErrConflict) {
+				t.Fatalf("round %d: the loser got %v, want CONFLICT", r, err)
+			}
+		}
+		got, err := b.GetKey(ctx, k.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rotErr == nil && (got.State != store.StateActive || len(got.Versions) != 2) ||
+			delErr == nil && (got.State != store.StateDeleting || len(got.Versions) != 1) {
+			t.Fatalf("round %d: stored %s with %d versions does not match the winner", r, got.State, len(got.Versions))
+		}
+	}
+}
+
+func testSharedVisible(t *testing.T, open func(t *testing.T) (a, b store.Store)) {
+	a, b := open(t)
+	ctx := context.Background()
+	k := NewKey("shared-seen", "software")
+	if err := a.CreateKey(ctx, k); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 20; i++ {
+		s, other := a, b
+		if i%2 == 1 {
+			s, other = b, a
+		}
+		cur, err := s.GetKey(ctx, k.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := store.StateInactive
+		if cur.State == store.StateInactive {
+			want = store.StateActive
+		}
+		cur.State = want
+		if err := s.UpdateKey(ctx, cur); err != nil {
+			t.Fatal(err)
+		}
+		got, err := other.GetKey(ctx, k.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.State != want || got.Revision != cur.Revision {
+			t.Fatalf("change %d: the other instance reads %s rev %d right after the write of %s rev %d", i, got.State, got.Revision, want, cur.Revision)
+		}
 	}
 }
