@@ -79,8 +79,16 @@ type Server struct {
 type Storage struct {
 	Driver string `yaml:"driver"` // sqlite | postgres
 	Path   string `yaml:"path"`   // sqlite file, default <data_dir>/keygrid.db
+	// DSN (or the environment variable DSNEnv names) is the PostgreSQL
+	// connection string; see storage.go.
 	DSN    string `yaml:"dsn"`
 	DSNEnv string `yaml:"dsn_env"`
+	// MigrateOnStart runs the schema migrations when the server starts
+	// (default true); when false the schema must already be current.
+	MigrateOnStart *bool `yaml:"migrate_on_start"`
+	// MaxConns caps the PostgreSQL connection pool of this process
+	// (default 16).
+	MaxConns int `yaml:"max_conns"`
 }
 
 // ProviderConfig is one provider instance.
@@ -250,14 +258,8 @@ func (c *Config) Validate(knownTypes []string) error {
 			return &Error{f, "must not be negative"}
 		}
 	}
-	switch c.Storage.Driver {
-	case "sqlite":
-	case "postgres":
-		if c.Storage.DSN == "" && c.Storage.DSNEnv == "" {
-			return &Error{"storage.dsn", "postgres needs dsn or dsn_env"}
-		}
-	default:
-		return &Error{"storage.driver", fmt.Sprintf("%q is not sqlite or postgres", c.Storage.Driver)}
+	if err := c.Storage.validate(); err != nil {
+		return err
 	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":

@@ -50,13 +50,7 @@ func New(ctx context.Context, cfg *config.Config, reg provider.Registry, log *sl
 			s.Close()
 		}
 	}()
-	switch cfg.Storage.Driver {
-	case "sqlite":
-		s.store, err = store.OpenSQLite(ctx, cfg.Storage.Path)
-	default:
-		err = fmt.Errorf("storage.driver %q is not available in this build", cfg.Storage.Driver)
-	}
-	if err != nil {
+	if err := s.openStore(ctx); err != nil {
 		return nil, err
 	}
 	if s.audit, err = audit.Open(cfg.Audit.Path); err != nil {
