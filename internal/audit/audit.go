@@ -6,10 +6,14 @@
 // Line format: {"seq":N,...event fields...,"prev_hash":"<hex>","hash":"<hex>"}
 // where hash = SHA-256 of the line up to (not including) `,"hash":` followed
 // by `}`. The first line's prev_hash anchors the chain: 64 zeros for a new
-// log, or the last hash of the file it continues after rotation.
+// log (seq 1), or, in a file made by rotation, the last hash of the file
+// before it; such a file begins with an "audit_rotate" record.
 //
-// Record returns only after the line is written and fsynced; the caller
-// refuses the operation when it fails (fail closed).
+// The contract of Record: it returns nil only after the line is written and
+// fsynced (durable); on any error the line is not in the log (a partly
+// written line is cut off before the next record) and the caller must refuse
+// the operation (fail closed). The next Record tries the file again, so the
+// server serves again as soon as the disk takes writes.
 package audit
 
 import (
@@ -22,6 +26,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"sync"
@@ -51,11 +56,16 @@ type Event struct {
 const (
 	OutcomeSuccess = "success"
 	OutcomeFailure = "failure"
-	OutcomeDenied  = "denied"
+	// OutcomeDenied: refused for want of a credential or a permission.
+	OutcomeDenied = "denied"
 )
+
+// OpRotate is the operation of the record that begins a rotated file.
+const OpRotate = "audit_rotate"
 
 // Recorder records audit events.
 type Recorder interface {
+	// Record writes e durably before it returns nil.
 	Record(ctx context.Context, e Event) error
 }
 
@@ -65,27 +75,65 @@ var ZeroHash = hex.EncodeToString(make([]byte, sha256.Size))
 // ErrUnavailable wraps every failure to write the log.
 var ErrUnavailable = errors.New("audit log unavailable")
 
-// Log is a hash-chained JSON-lines audit file.
+// file is what the log needs of its file (a seam for fault tests).
+type file interface {
+	io.Writer
+	Sync() error
+	Truncate(size int64) error
+	Close() error
+}
+
+// Options configure a Log.
+type Options struct {
+	// MaxBytes rotates the file once it reaches this size (0: never by
+	// size).
+	MaxBytes int64
+	// Logger receives the chain head at rotation and close, and repair
+	// notes (default: discarded).
+	Logger *slog.Logger
+}
+
+// Log is a hash-chained JSON-lines audit file. It is safe for concurrent
+// use; records are written one at a time, in order.
 type Log struct {
 	path string
+	opts Options
+	open func(path string) (file, error)
 
 	mu       sync.Mutex
-	f        *os.File
+	f        file
+	size     int64 // bytes of durable, complete lines
 	seq      uint64
 	lastHash string
+	// dirty is set when a write or fsync failed: the file may end with
+	// part of a line, which must be cut off before the next record.
+	dirty bool
+}
+
+func openFile(path string) (file, error) {
+	return os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
 }
 
 // Open opens (creating if needed) the audit log at path and continues its
 // chain.
-func Open(path string) (*Log, error) {
+func Open(path string) (*Log, error) { return OpenWith(path, Options{}) }
+
+// OpenWith is Open with options.
+func OpenWith(path string, o Options) (*Log, error) {
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, err
 	}
-	l := &Log{path: path, lastHash: ZeroHash}
+	l := &Log{path: path, opts: o, open: openFile, lastHash: ZeroHash}
+	if err := l.finishRotation(); err != nil {
+		return nil, err
+	}
 	if err := l.resume(); err != nil {
 		return nil, err
 	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	f, err := l.open(path)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
@@ -93,9 +141,29 @@ func Open(path string) (*Log, error) {
 	return l, nil
 }
 
-// resume reads the last line of an existing log to continue its chain.
+// finishRotation completes a rotation a crash interrupted: the new file is
+// made complete as path+".next" before the old one is renamed away.
+func (l *Log) finishRotation() error {
+	next := l.path + ".next"
+	if _, err := os.Stat(next); err != nil {
+		return nil
+	}
+	if _, err := os.Stat(l.path); err == nil {
+		// The old file was not renamed yet: the rotation did not happen.
+		return os.Remove(next)
+	}
+	l.opts.Logger.Warn("audit log: finishing a rotation interrupted by a crash", "path", l.path)
+	return os.Rename(next, l.path)
+}
+
+// maxLine bounds one audit line (for resume and Verify).
+const maxLine = 1 << 20
+
+// resume reads the last line of an existing log to continue its chain. A
+// torn last line (no newline: the process died before its fsync returned,
+// so it was never acknowledged) is cut off.
 func (l *Log) resume() error {
-	f, err := os.Open(l.path)
+	f, err := os.OpenFile(l.path, os.O_RDWR, 0)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
@@ -103,20 +171,33 @@ func (l *Log) resume() error {
 		return err
 	}
 	defer f.Close()
-	var last []byte
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64*1024), 1<<20)
-	for sc.Scan() {
-		if len(bytes.TrimSpace(sc.Bytes())) > 0 {
-			last = append(last[:0], sc.Bytes()...)
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	size := st.Size()
+	from := max(0, size-2*maxLine)
+	buf := make([]byte, size-from)
+	if _, err := f.ReadAt(buf, from); err != nil && !errors.Is(err, io.EOF) {
+		return err
+	}
+	if n := bytes.LastIndexByte(buf, '\n'); n != len(buf)-1 {
+		l.opts.Logger.Warn("audit log: cutting off a torn last line", "path", l.path, "bytes", len(buf)-n-1)
+		if err := f.Truncate(from + int64(n+1)); err != nil {
+			return err
 		}
+		if err := f.Sync(); err != nil {
+			return err
+		}
+		buf = buf[:n+1]
+		size = from + int64(n+1)
 	}
-	if err := sc.Err(); err != nil {
-		return fmt.Errorf("audit log %s: %w", l.path, err)
-	}
-	if last == nil {
+	l.size = size
+	buf = bytes.TrimRight(buf, "\n")
+	if len(buf) == 0 {
 		return nil
 	}
+	last := buf[bytes.LastIndexByte(buf, '\n')+1:]
 	var tail struct {
 		Seq  uint64 `json:"seq"`
 		Hash string `json:"hash"`
@@ -144,33 +225,136 @@ func line(seq uint64, prev string, e Event) ([]byte, string, error) {
 	return b.Bytes(), h, nil
 }
 
-// Record appends e and fsyncs. An error means the event is not durable and
-// the caller must not report success.
+// Record appends e and fsyncs. An error means the event is not in the log
+// and the caller must not report success.
 func (l *Log) Record(_ context.Context, e Event) error {
 	if e.Time.IsZero() {
 		e.Time = time.Now().UTC()
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if err := l.appendLocked(e); err != nil {
+		return err
+	}
+	if l.opts.MaxBytes > 0 && l.size >= l.opts.MaxBytes {
+		// The record is durable: a failed rotation is not the caller's
+		// failure. The next record tries again.
+		if _, err := l.rotateLocked(); err != nil {
+			l.opts.Logger.Error("audit log rotation failed; continuing in the current file", "path", l.path, "err", err)
+		}
+	}
+	return nil
+}
+
+// appendLocked writes one record to the current file.
+func (l *Log) appendLocked(e Event) error {
 	if l.f == nil {
 		return fmt.Errorf("%w: closed", ErrUnavailable)
+	}
+	if l.dirty {
+		// Cut off whatever a failed write left; refuse until that works.
+		if err := l.f.Truncate(l.size); err != nil {
+			return fmt.Errorf("%w: %v", ErrUnavailable, err)
+		}
+		if err := l.f.Sync(); err != nil {
+			return fmt.Errorf("%w: %v", ErrUnavailable, err)
+		}
+		l.dirty = false
 	}
 	b, h, err := line(l.seq+1, l.lastHash, e)
 	if err != nil {
 		return err
 	}
 	if _, err := l.f.Write(b); err != nil {
+		l.dirty = true
 		return fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
 	if err := l.f.Sync(); err != nil {
+		l.dirty = true
 		return fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
 	l.seq++
 	l.lastHash = h
+	l.size += int64(len(b))
 	return nil
 }
 
-// Close closes the file.
+// Rotate closes the current file under a new name (path + "." + UTC time)
+// and starts a new one at path whose first record, an audit_rotate record,
+// continues the chain from the last hash of the old file. It returns the
+// old file's new name.
+func (l *Log) Rotate() (string, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.rotateLocked()
+}
+
+func (l *Log) rotateLocked() (string, error) {
+	if l.f == nil {
+		return "", fmt.Errorf("%w: closed", ErrUnavailable)
+	}
+	if l.dirty {
+		return "", fmt.Errorf("%w: the current file has a failed write", ErrUnavailable)
+	}
+	old := l.path + "." + time.Now().UTC().Format("20060102T150405.000000000Z")
+	for i := 1; ; i++ {
+		if _, err := os.Lstat(old); errors.Is(err, os.ErrNotExist) {
+			break
+		}
+		old = fmt.Sprintf("%s.%d", old, i)
+	}
+	// The new file is complete (rotate record fsynced) before the old one
+	// moves, so that a crash leaves either the old file or both.
+	next := l.path + ".next"
+	nf, err := l.open(next)
+	if err != nil {
+		return "", fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	b, h, err := line(l.seq+1, l.lastHash, Event{Time: time.Now().UTC(), Operation: OpRotate, Outcome: OutcomeSuccess,
+		Detail: "continues " + filepath.Base(old)})
+	if err == nil {
+		if _, err = nf.Write(b); err == nil {
+			err = nf.Sync()
+		}
+	}
+	if err != nil {
+		nf.Close()
+		os.Remove(next)
+		return "", fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	if err := os.Rename(l.path, old); err != nil {
+		nf.Close()
+		os.Remove(next)
+		return "", fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	if err := os.Rename(next, l.path); err != nil {
+		// Open finishes this rename after a restart; until then the new
+		// file takes the records under its temporary name.
+		l.opts.Logger.Error("audit log: new file left as "+next, "err", err)
+	}
+	syncDir(filepath.Dir(l.path))
+	l.f.Close()
+	l.opts.Logger.Info("audit log rotated", "old", old, "last_seq", l.seq, "last_hash", l.lastHash)
+	l.f, l.size, l.seq, l.lastHash = nf, int64(len(b)), l.seq+1, h
+	return old, nil
+}
+
+func syncDir(dir string) {
+	if d, err := os.Open(dir); err == nil {
+		_ = d.Sync()
+		d.Close()
+	}
+}
+
+// Head returns the sequence number and hash of the last record.
+func (l *Log) Head() (uint64, string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.seq, l.lastHash
+}
+
+// Close closes the file and logs the chain head (keep it elsewhere to
+// detect a truncated or rewritten log).
 func (l *Log) Close() error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -179,23 +363,32 @@ func (l *Log) Close() error {
 	}
 	err := l.f.Close()
 	l.f = nil
+	l.opts.Logger.Info("audit log closed", "path", l.path, "last_seq", l.seq, "last_hash", l.lastHash)
 	return err
 }
 
 // Problem is the first break in a chain.
 type Problem struct {
-	Line   int // 1-based line number in the file
+	File   string // set by VerifyFiles
+	Line   int    // 1-based line number in the file
 	Reason string
 }
 
-func (p *Problem) Error() string { return fmt.Sprintf("line %d: %s", p.Line, p.Reason) }
+func (p *Problem) Error() string {
+	if p.File != "" {
+		return fmt.Sprintf("%s: line %d: %s", p.File, p.Line, p.Reason)
+	}
+	return fmt.Sprintf("line %d: %s", p.Line, p.Reason)
+}
 
 // Verify checks a log's chain. anchor, if not empty, is the prev_hash the
-// first line must carry. It returns the number of lines checked, the last
-// hash, and a *Problem for the first line that breaks the chain.
+// first line must carry. With no anchor the first line must begin a chain:
+// seq 1 with the zero hash, or an audit_rotate record (which continues a
+// file not given). It returns the number of lines checked, the last hash,
+// and a *Problem for the first line that breaks the chain.
 func Verify(r io.Reader, anchor string) (int, string, error) {
 	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64*1024), 1<<20)
+	sc.Buffer(make([]byte, 64*1024), maxLine)
 	n := 0
 	prev := anchor
 	var prevSeq uint64
@@ -203,33 +396,88 @@ func Verify(r io.Reader, anchor string) (int, string, error) {
 		n++
 		raw := sc.Bytes()
 		var rec struct {
-			Seq      *uint64 `json:"seq"`
-			PrevHash string  `json:"prev_hash"`
-			Hash     string  `json:"hash"`
+			Seq       *uint64 `json:"seq"`
+			Operation string  `json:"operation"`
+			PrevHash  string  `json:"prev_hash"`
+			Hash      string  `json:"hash"`
 		}
 		if err := json.Unmarshal(raw, &rec); err != nil || rec.Seq == nil || len(rec.Hash) != 64 {
-			return n, prev, &Problem{n, "not an audit record (changed or inserted)"}
+			return n, prev, &Problem{Line: n, Reason: "not an audit record (changed or inserted)"}
 		}
 		suffix := []byte(`,"hash":"` + rec.Hash + `"}`)
 		if !bytes.HasSuffix(raw, suffix) {
-			return n, prev, &Problem{n, "hash is not the last field (changed)"}
+			return n, prev, &Problem{Line: n, Reason: "hash is not the last field (changed)"}
 		}
 		content := append(append([]byte(nil), raw[:len(raw)-len(suffix)]...), '}')
 		sum := sha256.Sum256(content)
 		if hex.EncodeToString(sum[:]) != rec.Hash {
-			return n, prev, &Problem{n, "content does not match its hash (changed)"}
+			return n, prev, &Problem{Line: n, Reason: "content does not match its hash (changed)"}
 		}
-		if prev != "" && rec.PrevHash != prev {
+		switch {
+		case n == 1 && prev == "":
+			if *rec.Seq == 1 && rec.PrevHash != ZeroHash {
+				return n, prev, &Problem{Line: n, Reason: "the first record of a log does not carry the zero hash (changed)"}
+			}
+			if *rec.Seq != 1 && rec.Operation != OpRotate {
+				return n, prev, &Problem{Line: n, Reason: fmt.Sprintf("the file begins at sequence %d without a rotation record: lines before it were removed", *rec.Seq)}
+			}
+		case rec.PrevHash != prev:
 			reason := "prev_hash does not match the previous line (a line was removed, inserted or reordered before it)"
-			if n > 1 && *rec.Seq != prevSeq+1 {
+			switch {
+			case n == 1:
+				reason = "prev_hash does not match the last hash of the file before it (lines were removed, or files are out of order)"
+			case *rec.Seq != prevSeq+1:
 				reason = fmt.Sprintf("sequence %d follows %d: a line was removed, inserted or reordered before it", *rec.Seq, prevSeq)
 			}
-			return n, prev, &Problem{n, reason}
+			return n, prev, &Problem{Line: n, Reason: reason}
+		case n > 1 && *rec.Seq != prevSeq+1:
+			// Unreachable unless SHA-256 collides; kept as a check.
+			return n, prev, &Problem{Line: n, Reason: fmt.Sprintf("sequence %d follows %d", *rec.Seq, prevSeq)}
 		}
 		prev, prevSeq = rec.Hash, *rec.Seq
 	}
 	if err := sc.Err(); err != nil {
+		if errors.Is(err, bufio.ErrTooLong) {
+			return n + 1, prev, &Problem{Line: n + 1, Reason: fmt.Sprintf("line longer than %d bytes (not an audit record)", maxLine)}
+		}
 		return n, prev, err
 	}
 	return n, prev, nil
+}
+
+// Summary is what VerifyFiles checked.
+type Summary struct {
+	Files    int
+	Lines    int
+	LastHash string
+}
+
+// VerifyFiles checks files given in rotation order (oldest first, the live
+// file last) as one chain: each file must continue from the last hash of
+// the one before it. anchor is as for Verify, for the first file.
+func VerifyFiles(paths []string, anchor string) (Summary, error) {
+	var s Summary
+	prev := anchor
+	for _, p := range paths {
+		f, err := os.Open(p)
+		if err != nil {
+			return s, err
+		}
+		n, last, err := Verify(f, prev)
+		f.Close()
+		s.Lines += n
+		if err != nil {
+			var pr *Problem
+			if errors.As(err, &pr) {
+				pr.File = p
+			}
+			return s, err
+		}
+		if n == 0 && prev != "" {
+			last = prev // an empty file continues nothing and breaks nothing
+		}
+		s.Files++
+		s.LastHash, prev = last, last
+	}
+	return s, nil
 }
