@@ -54,6 +54,8 @@ type Config struct {
 	Audit           Audit                     `yaml:"audit"`
 	Log             Log                       `yaml:"log"`
 	Reconcile       Reconcile                 `yaml:"reconcile"`
+	Auth            Auth                      `yaml:"auth"`
+	Limits          Limits                    `yaml:"limits"`
 	Health          Health                    `yaml:"health"`
 
 	// Embedded is true when no file was given: the zero-configuration
@@ -73,6 +75,10 @@ type Server struct {
 	// included).
 	RequestTimeout Duration `yaml:"request_timeout"`
 	MaxBodyBytes   int64    `yaml:"max_body_bytes"`
+	TLS            TLS      `yaml:"tls"`
+	// AllowInsecureHTTP lets the server listen on a non-loopback address
+	// without TLS (with a warning).
+	AllowInsecureHTTP bool `yaml:"allow_insecure_http"`
 }
 
 // Storage configures the metadata store.
@@ -105,6 +111,9 @@ func (p ProviderConfig) IsEnabled() bool { return p.Enabled == nil || *p.Enabled
 // Audit configures the audit log.
 type Audit struct {
 	Path string `yaml:"path"` // default <data_dir>/audit.log
+	// MaxBytes rotates the file when it grows past this size (0: only on
+	// SIGHUP); the new file continues the hash chain.
+	MaxBytes int64 `yaml:"max_bytes"`
 }
 
 // Log configures the server log.
@@ -177,6 +186,7 @@ func (c *Config) setDefaults() {
 	if c.DataDir == "" {
 		c.DataDir = "./data"
 	}
+	c.setSecurityDefaults()
 	s := &c.Server
 	if s.Listen == "" {
 		s.Listen = "127.0.0.1:8080"
@@ -293,7 +303,7 @@ func (c *Config) Validate(knownTypes []string) error {
 			return &Error{"default_provider", fmt.Sprintf("%q is not an enabled provider", c.DefaultProvider)}
 		}
 	}
-	return nil
+	return c.validateSecurity()
 }
 
 // DecodeProviderConfig decodes provider name's config block into out,
@@ -411,6 +421,12 @@ func setScalar(v reflect.Value, s, name string) error {
 			return bad()
 		}
 		v.SetInt(n)
+	case reflect.Float64:
+		f, err := strconv.ParseFloat(s, 64)
+		if err != nil {
+			return bad()
+		}
+		v.SetFloat(f)
 	case reflect.Interface: // a value in a provider's config map
 		v.Set(reflect.ValueOf(yamlScalar(s)))
 	}
