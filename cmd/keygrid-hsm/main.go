@@ -2,6 +2,7 @@
 //
 //	keygrid-hsm serve [--config FILE] [--listen ADDR] [--data-dir DIR]
 //	keygrid-hsm doctor --config FILE
+//	keygrid-hsm migrate|backup|restore --config FILE …
 //	keygrid-hsm keys create|list|get|delete|activate|deactivate|rotate|public …
 //	keygrid-hsm sign|verify|encrypt|decrypt|wrap|unwrap …
 //	keygrid-hsm providers
@@ -27,6 +28,9 @@ const usage = `keygrid-hsm — the KeyGrid HSM gateway and its client
 Server:
   serve        run the gateway (--config FILE, --listen ADDR, --data-dir DIR)
   doctor       check that each PKCS#11 provider reaches its HSM (--config FILE)
+  migrate      apply the metadata schema migrations, print the version (--config FILE)
+  backup       write the key metadata to a file, consistent while serving (--config FILE --out FILE)
+  restore      load a backup into an empty store, or replace with --force (--config FILE --in FILE)
   version      print the version
 
 Client (talks to a running server: --server URL or KEYGRID_ADDR):
@@ -66,6 +70,12 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		err = cmdServe(ctx, args[1:], stderr)
 	case "doctor":
 		err = cmdDoctor(ctx, args[1:], stdout, stderr)
+	case "migrate":
+		err = cmdMigrate(ctx, args[1:], stdout, stderr)
+	case "backup":
+		err = cmdBackup(ctx, args[1:], stdout, stderr)
+	case "restore":
+		err = cmdRestore(ctx, args[1:], stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "keygrid-hsm", version)
 	default:

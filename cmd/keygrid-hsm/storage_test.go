@@ -1,0 +1,154 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/keygrid/keygrid-hsm/internal/config"
+	"github.com/keygrid/keygrid-hsm/internal/server"
+	"github.com/keygrid/keygrid-hsm/internal/store"
+	"github.com/keygrid/keygrid-hsm/internal/store/storetest"
+)
+
+// gatewayConfig writes the configuration of a gateway on SQLite in a data
+// directory of its own.
+func gatewayConfig(t *testing.T) string {
+	t.Helper()
+	t.Setenv("KEYGRID_TEST_MASTER_KEY", strings.Repeat("c3", 32))
+	dir := t.TempDir()
+	path := filepath.Join(dir, "keygrid.yaml")
+	yaml := "data_dir: " + filepath.Join(dir, "data") + "\nproviders:\n  software:\n    config:\n      master_key_env: KEYGRID_TEST_MASTER_KEY\n"
+	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func runCmd(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code := run(args, strings.NewReader(""), &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+func openStoreOf(t *testing.T, cfgPath string) store.Store {
+	t.Helper()
+	cfg, err := config.Load(cfgPath, config.Flags{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := server.OpenStore(context.Background(), cfg, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return st
+}
+
+func TestMigrateBackupRestore(t *testing.T) {
+	ctx := context.Background()
+	src := gatewayConfig(t)
+	code, out, errOut := runCmd(t, "migrate", "--config", src)
+	if code != 0 || !strings.HasPrefix(out, "schema version 1 (sqlite ") {
+		t.Fatalf("migrate: %d %q %q", code, out, errOut)
+	}
+	if code, out, _ := runCmd(t, "migrate", "--config", src); code != 0 || !strings.HasPrefix(out, "schema version 1 ") {
+		t.Fatalf("second migrate: %d %q", code, out)
+	}
+	st := openStoreOf(t, src)
+	var names []string
+	for _, n := range []string{"cmd-a", "cmd-b", "cmd-c"} {
+		if err := st.CreateKey(ctx, storetest.NewKey(n, "software")); err != nil {
+			t.Fatal(err)
+		}
+		names = append(names, n)
+	}
+
+	backup := filepath.Join(t.TempDir(), "meta.backup")
+	if err := os.WriteFile(backup, []byte("an older backup"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errOut = runCmd(t, "backup", "--config", src, "--out", backup)
+	if code != 0 || !strings.Contains(out, "backed up 3 keys") {
+		t.Fatalf("backup: %d %q %q", code, out, errOut)
+	}
+	fi, err := os.Stat(backup)
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("backup file mode %v (%v), want 0600", fi.Mode(), err)
+	}
+	if left, _ := filepath.Glob(filepath.Join(filepath.Dir(backup), ".*tmp*")); len(left) != 0 {
+		t.Fatalf("temporary files left: %v", left)
+	}
+	f, _ := os.Open(backup)
+	sc := bufio.NewScanner(f)
+	sc.Scan()
+	var first struct {
+		Header *store.BackupHeader `json:"header"`
+	}
+	if err := json.Unmarshal(sc.Bytes(), &first); err != nil || first.Header == nil || first.Header.Format != store.BackupFormat ||
+		first.Header.Driver != "sqlite" || first.Header.SchemaVersion != 1 {
+		t.Fatalf("backup header: %s (%v)", sc.Bytes(), err)
+	}
+	f.Close()
+
+	dst := gatewayConfig(t)
+	code, out, errOut = runCmd(t, "restore", "--config", dst, "--in", backup)
+	if code != 0 || !strings.Contains(out, "restored 3 keys") {
+		t.Fatalf("restore: %d %q %q", code, out, errOut)
+	}
+	dstStore := openStoreOf(t, dst)
+	for _, n := range names {
+		want, _ := st.GetKey(ctx, n)
+		got, err := dstStore.GetKey(ctx, n)
+		if err != nil || got.ID != want.ID || got.Versions[0].ObjectID != want.Versions[0].ObjectID {
+			t.Fatalf("restored %s: %+v %v", n, got, err)
+		}
+	}
+	// Into a store that holds keys: refused without --force, nothing changed.
+	if err := st.CreateKey(ctx, storetest.NewKey("cmd-d", "software")); err != nil {
+		t.Fatal(err)
+	}
+	if code, out, errOut := runCmd(t, "restore", "--config", src, "--in", backup); code == 0 || !strings.Contains(errOut, "--force") {
+		t.Fatalf("restore over keys without --force: %d %q %q", code, out, errOut)
+	}
+	if _, err := st.GetKey(ctx, "cmd-d"); err != nil {
+		t.Fatalf("a refused restore changed the store: %v", err)
+	}
+	if code, out, errOut := runCmd(t, "restore", "--config", src, "--in", backup, "--force"); code != 0 || !strings.Contains(out, "restored 3 keys") {
+		t.Fatalf("restore --force: %d %q %q", code, out, errOut)
+	}
+	if _, err := st.GetKey(ctx, "cmd-d"); err == nil {
+		t.Fatal("restore --force kept a key the backup does not have")
+	}
+}
+
+func TestStorageCommandsRefuseBadUse(t *testing.T) {
+	cfg, fresh := gatewayConfig(t), gatewayConfig(t)
+	for _, c := range []struct {
+		args   []string
+		stderr string
+	}{
+		{[]string{"backup", "--config", cfg}, "--out FILE is required"},
+		{[]string{"restore", "--config", cfg}, "--in FILE is required"},
+		{[]string{"restore", "--config", cfg, "--in", filepath.Join(t.TempDir(), "missing")}, "no such file"},
+		{[]string{"migrate", "--config", cfg, "extra"}, "unexpected argument"},
+		// Backup never migrates: an unmigrated store is refused.
+		{[]string{"backup", "--config", fresh, "--out", filepath.Join(t.TempDir(), "b")}, "run keygrid-hsm migrate"},
+	} {
+		if code, _, errOut := runCmd(t, c.args...); code == 0 || !strings.Contains(errOut, c.stderr) {
+			t.Errorf("%v: exit %d, stderr %q; want a failure saying %q", c.args, code, errOut, c.stderr)
+		}
+	}
+	// A damaged file restores nothing.
+	bad := filepath.Join(t.TempDir(), "bad.backup")
+	os.WriteFile(bad, []byte("{\"header\":{\"format\":\"keygrid-hsm-metadata-backup\",\"format_version\":1}}\n"), 0o600)
+	if code, _, errOut := runCmd(t, "restore", "--config", cfg, "--in", bad); code == 0 || !strings.Contains(errOut, "nothing was restored") {
+		t.Fatalf("restore of a truncated backup: %d %q", code, errOut)
+	}
+}
