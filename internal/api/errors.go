@@ -1,11 +1,13 @@
 package api
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"strconv"
 
@@ -65,7 +67,12 @@ func (a *API) fail(w http.ResponseWriter, r *http.Request, err error) {
 	e := classify(err)
 	status := StatusOf(e.Code)
 	rid := requestID(r.Context())
-	if status >= 500 {
+	switch {
+	case status == http.StatusServiceUnavailable:
+		// Expected while an HSM is away (every request fails fast): the
+		// provider logs the outage once; metrics count the requests.
+		a.log.Debug("request refused", "request_id", rid, "method", r.Method, "path", r.URL.Path, "code", e.Code, "err", err)
+	case status >= 500:
 		a.log.Error("request failed", "request_id", rid, "method", r.Method, "path", r.URL.Path, "code", e.Code, "err", err)
 	}
 	if status == http.StatusServiceUnavailable || status == http.StatusTooManyRequests {
@@ -94,8 +101,24 @@ func (a *API) write(w http.ResponseWriter, status int, v any) {
 // decode reads one JSON object into v: body capped, unknown fields and
 // trailing data refused, each failure a clear 4xx.
 func (a *API) decode(w http.ResponseWriter, r *http.Request, v any) error {
-	r.Body = http.MaxBytesReader(w, r.Body, a.maxBody)
-	dec := json.NewDecoder(r.Body)
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, a.maxBody))
+	if err != nil {
+		return decodeError(err)
+	}
+	return decodeJSON(body, a.maxDepth, v)
+}
+
+// decodeJSON decodes one JSON object from body into v: nesting capped at
+// maxDepth, unknown fields and trailing data refused, each failure a clear
+// 400.
+func decodeJSON(body []byte, maxDepth int, v any) error {
+	if len(bytes.TrimSpace(body)) == 0 {
+		return kgerr.Invalid("request body is empty; a JSON object is required")
+	}
+	if d := jsonDepth(body); d > maxDepth {
+		return kgerr.Invalid(fmt.Sprintf("request body nests deeper than %d levels", maxDepth))
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		return decodeError(err)
@@ -106,10 +129,35 @@ func (a *API) decode(w http.ResponseWriter, r *http.Request, v any) error {
 	var extra json.RawMessage
 	if err := dec.Decode(&extra); err == nil {
 		return kgerr.Invalid("request body has data after the JSON object")
-	} else if mb := new(http.MaxBytesError); errors.As(err, &mb) {
-		return decodeError(err)
 	}
 	return nil
+}
+
+// jsonDepth returns the deepest nesting of objects and arrays in b (which
+// need not be valid JSON: the decoder judges that).
+func jsonDepth(b []byte) int {
+	depth, deepest, inString, escaped := 0, 0, false, false
+	for _, c := range b {
+		switch {
+		case inString:
+			switch {
+			case escaped:
+				escaped = false
+			case c == '\\':
+				escaped = true
+			case c == '"':
+				inString = false
+			}
+		case c == '"':
+			inString = true
+		case c == '{' || c == '[':
+			depth++
+			deepest = max(deepest, depth)
+		case c == '}' || c == ']':
+			depth--
+		}
+	}
+	return deepest
 }
 
 func decodeError(err error) error {

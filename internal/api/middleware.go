@@ -56,8 +56,9 @@ func (s *statusWriter) Write(b []byte) (int, error) {
 func (s *statusWriter) Unwrap() http.ResponseWriter { return s.ResponseWriter }
 
 // middleware adds, in order: the request id (X-Request-Id taken when sane,
-// else made, and echoed), panic recovery, the request deadline, the caller
-// for the audit log, and metrics and an access log line.
+// else made, and echoed), panic recovery, metrics and an access log line,
+// the request deadline, authentication and the per-principal rate limit
+// (auth.go), and the caller (principal included) for the service.
 func (a *API) middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
@@ -67,13 +68,17 @@ func (a *API) middleware(next http.Handler) http.Handler {
 		}
 		w.Header().Set("X-Request-Id", rid)
 		ctx := context.WithValue(r.Context(), ridKey{}, rid)
-		ctx = service.WithCaller(ctx, service.Caller{RequestID: rid, ClientAddr: r.RemoteAddr})
 		if a.timeout > 0 {
 			var cancel context.CancelFunc
 			ctx, cancel = context.WithTimeout(ctx, a.timeout)
 			defer cancel()
 		}
-		r = r.WithContext(ctx)
+		caller := service.Caller{RequestID: rid, ClientAddr: r.RemoteAddr}
+		r = r.WithContext(service.WithCaller(ctx, caller))
+		_, route := a.mux.Handler(r)
+		if route == "" || route == "/" {
+			route = "unmatched"
+		}
 		sw := &statusWriter{ResponseWriter: w}
 		defer func() {
 			if p := recover(); p != nil {
@@ -81,10 +86,6 @@ func (a *API) middleware(next http.Handler) http.Handler {
 					panic(p)
 				}
 				a.fail(sw, r, kgerr.Wrap(kgerr.ErrInternal.Code, fmt.Errorf("panic: %v", p), "internal error"))
-			}
-			route := r.Pattern
-			if route == "" || route == "/" {
-				route = "unmatched"
 			}
 			a.metrics.HTTPRequests.WithLabelValues(route, strconv.Itoa(sw.status)).Inc()
 			level := slog.LevelDebug
@@ -94,9 +95,21 @@ func (a *API) middleware(next http.Handler) http.Handler {
 			case sw.status >= 400:
 				level = slog.LevelInfo
 			}
-			a.log.Log(ctx, level, "request", "request_id", rid, "method", r.Method, "route", route,
-				"status", sw.status, "duration_ms", float64(time.Since(start).Microseconds())/1000)
+			a.log.Log(r.Context(), level, "request", "request_id", rid, "method", r.Method, "route", route,
+				"principal", caller.Principal, "status", sw.status, "duration_ms", float64(time.Since(start).Microseconds())/1000)
 		}()
+		if a.protected(r) {
+			p, err := a.authenticate(r, route)
+			if err == nil {
+				err = a.rateLimit(p)
+			}
+			if err != nil {
+				a.fail(sw, r, err)
+				return
+			}
+			caller.Principal, caller.Auth = p.Name, p
+			r = r.WithContext(service.WithCaller(ctx, caller))
+		}
 		next.ServeHTTP(sw, r)
 	})
 }

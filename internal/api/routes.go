@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/keygrid/keygrid-hsm/internal/auth"
 	"github.com/keygrid/keygrid-hsm/internal/metrics"
 	"github.com/keygrid/keygrid-hsm/internal/service"
 	"github.com/keygrid/keygrid-hsm/pkg/apitypes"
@@ -33,6 +34,8 @@ type Service interface {
 	Providers(ctx context.Context) *apitypes.ProviderList
 	ProviderHealth(ctx context.Context, name string) (*apitypes.ProviderHealth, error)
 	Ready(ctx context.Context) (bool, []apitypes.ProviderStatus)
+	// AuthenticationFailed audits a request refused with 401.
+	AuthenticationFailed(ctx context.Context, detail string)
 }
 
 // Options configure the API.
@@ -45,28 +48,57 @@ type Options struct {
 	MaxBodyBytes int64
 	// RequestTimeout bounds each request's work.
 	RequestTimeout time.Duration
+	// MaxJSONDepth caps the nesting of request bodies (default 16).
+	MaxJSONDepth int
+
+	// Auth authenticates callers; nil refuses every protected route.
+	Auth *auth.Authenticator
+	// ProtectReady and ProtectMetrics require a credential on /ready and
+	// /metrics; /health is always open.
+	ProtectReady, ProtectMetrics bool
+	// RatePerPrincipal and Burst are the default token bucket of a
+	// principal (rate <= 0: no limit).
+	RatePerPrincipal float64
+	Burst            int
+	// AuthFailureRate and AuthFailureBurst bound failed authentications
+	// per client address (rate <= 0: no limit).
+	AuthFailureRate  float64
+	AuthFailureBurst int
 }
 
 // API is the HTTP handler.
 type API struct {
-	svc     Service
-	metrics *metrics.Metrics
-	log     *slog.Logger
-	version string
-	maxBody int64
-	timeout time.Duration
-	mux     *http.ServeMux
+	svc      Service
+	metrics  *metrics.Metrics
+	log      *slog.Logger
+	version  string
+	maxBody  int64
+	maxDepth int
+	timeout  time.Duration
+	mux      *http.ServeMux
+
+	auth                         *auth.Authenticator
+	protectReady, protectMetrics bool
+	rate, failRate               float64
+	burst, failBurst             int
+	principals, failures         *limiter
 }
 
 // New builds the handler.
 func New(o Options) *API {
 	a := &API{svc: o.Service, metrics: o.Metrics, log: o.Logger, version: o.Version,
-		maxBody: o.MaxBodyBytes, timeout: o.RequestTimeout, mux: http.NewServeMux()}
+		maxBody: o.MaxBodyBytes, maxDepth: o.MaxJSONDepth, timeout: o.RequestTimeout, mux: http.NewServeMux(),
+		auth: o.Auth, protectReady: o.ProtectReady, protectMetrics: o.ProtectMetrics,
+		rate: o.RatePerPrincipal, burst: o.Burst, failRate: o.AuthFailureRate, failBurst: o.AuthFailureBurst,
+		principals: newLimiter(1 << 16), failures: newLimiter(1 << 14)}
 	if a.log == nil {
 		a.log = slog.Default()
 	}
 	if a.maxBody == 0 {
 		a.maxBody = 1 << 20
+	}
+	if a.maxDepth == 0 {
+		a.maxDepth = 16
 	}
 	a.routes()
 	return a

@@ -130,7 +130,9 @@ func signLoad(t *testing.T, url, key string, n int, stop <-chan struct{}) <-chan
 					data := []byte(fmt.Sprintf("client %d request %d", c, i))
 					body, _ := json.Marshal(apitypes.SignRequest{Data: data})
 					r := signResult{start: time.Now(), data: data}
-					resp, err := hc.Post(url+"/api/v1/keys/"+key+"/sign", "application/json", bytes.NewReader(body))
+					req, _ := http.NewRequest(http.MethodPost, url+"/api/v1/keys/"+key+"/sign", bytes.NewReader(body))
+					authorize(req, url)
+					resp, err := hc.Do(req)
 					r.end = time.Now()
 					if err != nil {
 						r.status = -1

@@ -7,10 +7,12 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/keygrid/keygrid-hsm/internal/config"
@@ -59,6 +61,19 @@ type gateway struct {
 	C       *client.Client
 	DataDir string
 	cfgPath string
+	// Token is the generated admin token (when the YAML has no principals).
+	Token string
+}
+
+// gatewayTokens maps a gateway URL to its admin token, for helpers that
+// make raw HTTP requests.
+var gatewayTokens sync.Map
+
+// authorize adds the admin token of the gateway at url to req.
+func authorize(req *http.Request, url string) {
+	if tok, ok := gatewayTokens.Load(url); ok {
+		req.Header.Set("Authorization", "Bearer "+tok.(string))
+	}
 }
 
 // hsmConfig is a configuration with the SoftHSM2 token as provider "hsm"
@@ -99,6 +114,9 @@ func startGateway(t testing.TB, yaml, dataDir string) *gateway {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if !strings.Contains(yaml, "rate_per_principal") {
+		cfg.Limits.RatePerPrincipal = -1 // load tests: no rate limit unless the YAML sets one
+	}
 	srv, err := server.New(context.Background(), cfg, registry.All(), slog.New(slog.DiscardHandler), "e2e")
 	if err != nil {
 		t.Fatal(err)
@@ -106,7 +124,12 @@ func startGateway(t testing.TB, yaml, dataDir string) *gateway {
 	g := &gateway{t: t, srv: srv, DataDir: dataDir, cfgPath: path}
 	g.http = httptest.NewServer(srv.Handler())
 	g.URL = g.http.URL
-	g.C, _ = client.New(g.URL)
+	// With no principals configured the server made an admin token.
+	if b, err := os.ReadFile(cfg.Auth.AdminTokenFile); err == nil {
+		g.Token = strings.TrimSpace(string(b))
+		gatewayTokens.Store(g.URL, g.Token)
+	}
+	g.C, _ = client.New(g.URL, client.WithToken(g.Token))
 	t.Cleanup(g.Close)
 	return g
 }

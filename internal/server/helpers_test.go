@@ -41,6 +41,9 @@ type env struct {
 	srv     *server.Server
 	ts      *httptest.Server
 	c       *client.Client
+	// token is the admin token the server generated in
+	// <dataDir>/admin.token; send and c use it.
+	token string
 
 	closeOnce sync.Once
 }
@@ -64,14 +67,24 @@ func startEnv(t *testing.T, dataDir string) *env {
 	if err != nil {
 		t.Fatalf("server.New: %v", err)
 	}
-	e := &env{dataDir: dataDir, srv: srv, ts: httptest.NewServer(srv.Handler())}
-	e.c, err = client.New(e.ts.URL, client.WithHTTPClient(e.ts.Client()))
+	e := &env{dataDir: dataDir, srv: srv, ts: httptest.NewServer(srv.Handler()), token: adminToken(t, dataDir)}
+	e.c, err = client.New(e.ts.URL, client.WithHTTPClient(e.ts.Client()), client.WithToken(e.token))
 	if err != nil {
 		e.close(t)
 		t.Fatalf("client.New: %v", err)
 	}
 	t.Cleanup(func() { e.close(t) })
 	return e
+}
+
+// adminToken reads the admin token a server made in dataDir.
+func adminToken(t *testing.T, dataDir string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(dataDir, "admin.token"))
+	if err != nil {
+		t.Fatalf("admin token: %v", err)
+	}
+	return strings.TrimSpace(string(b))
 }
 
 // close stops the listener and closes the server (providers, audit log,
@@ -92,8 +105,10 @@ type response struct {
 	body   []byte
 }
 
-// send makes one request. in is nil (no body), a string or []byte (sent as
-// is) or a value (sent as JSON). hdr are extra headers, as name, value pairs.
+// send makes one request with the admin token. in is nil (no body), a
+// string or []byte (sent as is) or a value (sent as JSON). hdr are extra
+// headers, as name, value pairs; an empty value removes the header (so
+// "Authorization", "" sends no credential).
 func (e *env) send(t *testing.T, method, path string, in any, hdr ...string) response {
 	t.Helper()
 	var body io.Reader
@@ -117,7 +132,12 @@ func (e *env) send(t *testing.T, method, path string, in any, hdr ...string) res
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
+	req.Header.Set("Authorization", "Bearer "+e.token)
 	for i := 0; i+1 < len(hdr); i += 2 {
+		if hdr[i+1] == "" {
+			req.Header.Del(hdr[i])
+			continue
+		}
 		req.Header.Set(hdr[i], hdr[i+1])
 	}
 	resp, err := e.ts.Client().Do(req)

@@ -5,6 +5,7 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -30,6 +31,7 @@ type Server struct {
 	audit   *audit.Log
 	svc     *service.Service
 	handler http.Handler
+	tls     *tls.Config // nil: plain HTTP
 	// stop ends the background work (health checks, reconciler); done
 	// closes when it has ended.
 	stop func()
@@ -53,8 +55,15 @@ func New(ctx context.Context, cfg *config.Config, reg provider.Registry, log *sl
 	if err := s.openStore(ctx); err != nil {
 		return nil, err
 	}
-	if s.audit, err = audit.Open(cfg.Audit.Path); err != nil {
+	if s.audit, err = audit.OpenWith(cfg.Audit.Path, audit.Options{MaxBytes: cfg.Audit.MaxBytes, Logger: log}); err != nil {
 		return nil, fmt.Errorf("audit log: %w", err)
+	}
+	authn, err := newAuthenticator(cfg, log)
+	if err != nil {
+		return nil, err
+	}
+	if s.tls, err = TLSConfig(cfg.Server.TLS); err != nil {
+		return nil, err
 	}
 	var providers []provider.Provider
 	defer func() {
@@ -84,6 +93,12 @@ func New(ctx context.Context, cfg *config.Config, reg provider.Registry, log *sl
 	if err != nil {
 		return nil, err
 	}
+	for _, p := range providers {
+		if r, ok := p.(provider.EventReporter); ok {
+			name := p.Name()
+			r.SetEventSink(func(e provider.Event) { s.svc.ProviderEvent(name, e) })
+		}
+	}
 	bctx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	s.stop, s.done = stop, make(chan struct{})
 	go func() {
@@ -97,6 +112,10 @@ func New(ctx context.Context, cfg *config.Config, reg provider.Registry, log *sl
 	s.handler = api.New(api.Options{
 		Service: s.svc, Metrics: m, Logger: log, Version: version,
 		MaxBodyBytes: cfg.Server.MaxBodyBytes, RequestTimeout: cfg.Server.RequestTimeout.D(),
+		MaxJSONDepth: cfg.Limits.MaxJSONDepth, Auth: authn,
+		ProtectReady: cfg.Auth.ProtectReady, ProtectMetrics: cfg.Auth.ProtectMetrics,
+		RatePerPrincipal: cfg.Limits.RatePerPrincipal, Burst: cfg.Limits.Burst,
+		AuthFailureRate: cfg.Limits.AuthFailuresPerClient, AuthFailureBurst: cfg.Limits.AuthFailureBurst,
 	})
 	return s, nil
 }
@@ -118,6 +137,7 @@ func (s *Server) Serve(ctx context.Context, ready func(addr net.Addr)) error {
 	if err != nil {
 		return err
 	}
+	ln = s.secureListener(ln)
 	c := s.cfg.Server
 	hs := &http.Server{
 		Handler:           s.handler,
@@ -130,7 +150,7 @@ func (s *Server) Serve(ctx context.Context, ready func(addr net.Addr)) error {
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()
-	s.log.Info("keygrid-hsm serving", "addr", ln.Addr().String(), "providers", s.svc.ProviderNames(),
+	s.log.Info("keygrid-hsm serving", "addr", ln.Addr().String(), "tls", s.tls != nil, "providers", s.svc.ProviderNames(),
 		"storage", s.cfg.Storage.Driver, "data_dir", s.cfg.DataDir)
 	if ready != nil {
 		ready(ln.Addr())

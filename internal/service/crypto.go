@@ -9,6 +9,7 @@ import (
 	"slices"
 
 	"github.com/keygrid/keygrid-hsm/internal/alg"
+	"github.com/keygrid/keygrid-hsm/internal/auth"
 	"github.com/keygrid/keygrid-hsm/internal/kgerr"
 	"github.com/keygrid/keygrid-hsm/internal/provider"
 	"github.com/keygrid/keygrid-hsm/internal/store"
@@ -46,11 +47,12 @@ var (
 // the algorithm (requested, or the key's own). It returns the key, the
 // algorithm and the provider.
 func (s *Service) prepare(ctx context.Context, o *op, ref string, u use, algorithm string) (*store.Key, alg.Info, provider.Provider, error) {
-	k, err := s.getKey(ctx, ref)
+	k, err := s.getKey(ctx, ref, auth.Action(o.name))
+	o.key = k
 	if err != nil {
 		return nil, alg.Info{}, nil, err
 	}
-	o.key, o.algorithm = k, algorithm
+	o.algorithm = algorithm
 	switch k.State {
 	case store.StateActive:
 	case store.StateInactive:
@@ -437,11 +439,11 @@ func (s *Service) Unwrap(ctx context.Context, ref string, req apitypes.UnwrapReq
 func (s *Service) PublicKey(ctx context.Context, ref string, n int) (_ *apitypes.PublicKey, err error) {
 	o := s.begin("public_key")
 	defer s.finish(ctx, o, &err)
-	k, err := s.getKey(ctx, ref)
+	k, err := s.getKey(ctx, ref, auth.ActionPublicKey)
+	o.key = k
 	if err != nil {
 		return nil, err
 	}
-	o.key = k
 	if k.KeyType == string(alg.AES) {
 		return nil, kgerr.Invalid(fmt.Sprintf("key %q is a secret key: it has no public key", k.Name))
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/keygrid/keygrid-hsm/internal/alg"
+	"github.com/keygrid/keygrid-hsm/internal/auth"
 	"github.com/keygrid/keygrid-hsm/internal/kgerr"
 	"github.com/keygrid/keygrid-hsm/internal/provider"
 	"github.com/keygrid/keygrid-hsm/internal/store"
@@ -57,6 +58,9 @@ func (s *Service) CreateKey(ctx context.Context, req apitypes.CreateKeyRequest) 
 	o.algorithm = req.KeySpec.Algorithm
 	defer s.finish(ctx, o, &err)
 
+	if err := allow(ctx, auth.ActionCreate); err != nil {
+		return nil, err
+	}
 	if !namePattern.MatchString(req.Name) {
 		return nil, kgerr.Invalid("name must be 1 to 128 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit")
 	}
@@ -69,6 +73,10 @@ func (s *Service) CreateKey(ctx context.Context, req apitypes.CreateKeyRequest) 
 		return nil, kgerr.Invalid(fmt.Sprintf("provider %q is not configured (configured: %v)", provName, s.names))
 	}
 	o.provider = provName
+	if pr := CallerFrom(ctx).Auth; !pr.InScope(req.Name, provName) {
+		o.key = &store.Key{Name: req.Name, Provider: provName}
+		return nil, denied(pr, auth.ActionCreate)
+	}
 	spec, err := alg.NewSpec(req.KeySpec.KeyType, req.KeySpec.KeySize, req.KeySpec.Curve)
 	if err != nil {
 		return nil, err
@@ -278,18 +286,11 @@ func (s *Service) providerOfKey(ctx context.Context, id string) string {
 	return k.Provider
 }
 
-// getKey loads a key and checks the caller may see it.
-func (s *Service) getKey(ctx context.Context, ref string) (*store.Key, error) {
-	if ref == "" {
-		return nil, kgerr.Invalid("key id or name is required")
-	}
-	return s.store.GetKey(ctx, ref)
-}
-
 // GetKey returns one key by id or name.
 func (s *Service) GetKey(ctx context.Context, ref string) (*apitypes.Key, error) {
-	k, err := s.getKey(ctx, ref)
+	k, err := s.getKey(ctx, ref, auth.ActionGet)
 	if err != nil {
+		s.auditDenied(ctx, auth.ActionGet, k, err)
 		return nil, err
 	}
 	return s.toAPI(k), nil
@@ -310,9 +311,21 @@ func (s *Service) ListKeys(ctx context.Context, o ListOptions) (*apitypes.KeyLis
 	default:
 		return nil, kgerr.Invalid(fmt.Sprintf("state %q is not one of pending, active, inactive, deleting", o.State))
 	}
-	keys, next, err := s.store.ListKeys(ctx, store.ListOptions{
-		Provider: o.Provider, State: store.State(o.State), Limit: o.Limit, PageToken: o.PageToken,
-	})
+	if err := allow(ctx, auth.ActionList); err != nil {
+		s.auditDenied(ctx, auth.ActionList, nil, err)
+		return nil, err
+	}
+	so := store.ListOptions{Provider: o.Provider, State: store.State(o.State), Limit: o.Limit, PageToken: o.PageToken}
+	var (
+		keys []*store.Key
+		next string
+		err  error
+	)
+	if p := CallerFrom(ctx).Auth; p.Scoped() {
+		keys, next, err = s.listScoped(ctx, p, so)
+	} else {
+		keys, next, err = s.store.ListKeys(ctx, so)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -328,11 +341,11 @@ func (s *Service) ListKeys(ctx context.Context, o ListOptions) (*apitypes.KeyLis
 func (s *Service) setState(ctx context.Context, ref, opName string, to store.State) (_ *apitypes.Key, err error) {
 	o := s.begin(opName)
 	defer s.finish(ctx, o, &err)
-	k, err := s.getKey(ctx, ref)
+	k, err := s.getKey(ctx, ref, auth.Action(opName))
+	o.key = k
 	if err != nil {
 		return nil, err
 	}
-	o.key = k
 	switch k.State {
 	case to:
 		return s.toAPI(k), nil
@@ -362,11 +375,12 @@ func (s *Service) DeactivateKey(ctx context.Context, ref string) (*apitypes.Key,
 func (s *Service) RotateKey(ctx context.Context, ref string) (_ *apitypes.Key, err error) {
 	o := s.begin("rotate")
 	defer s.finish(ctx, o, &err)
-	k, err := s.getKey(ctx, ref)
+	k, err := s.getKey(ctx, ref, auth.ActionRotate)
+	o.key = k
 	if err != nil {
 		return nil, err
 	}
-	o.key, o.algorithm = k, k.Algorithm
+	o.algorithm = k.Algorithm
 	if k.State != store.StateActive {
 		return nil, kgerr.New(kgerr.ErrKeyInactive.Code, fmt.Sprintf("key %q is %s; only active keys rotate", k.Name, k.State))
 	}
@@ -399,11 +413,11 @@ func (s *Service) RotateKey(ctx context.Context, ref string) (_ *apitypes.Key, e
 func (s *Service) DeleteKey(ctx context.Context, ref string) (err error) {
 	o := s.begin("delete")
 	defer s.finish(ctx, o, &err)
-	k, err := s.getKey(ctx, ref)
+	k, err := s.getKey(ctx, ref, auth.ActionDelete)
+	o.key = k
 	if err != nil {
 		return err
 	}
-	o.key = k
 	if k.State != store.StateDeleting {
 		k.State, k.UpdatedAt = store.StateDeleting, s.now().UTC()
 		if err := s.store.UpdateKey(ctx, k); err != nil {
@@ -422,7 +436,7 @@ func (s *Service) destroy(ctx context.Context, k *store.Key) error {
 	for _, v := range k.Versions {
 		ref := v.ProviderRef
 		if ref == "" { // pending: look for material made before a crash
-			r, found, err := p.FindKey(ctx, v.ObjectID)
+			r, found, err := findRemains(ctx, p, v.ObjectID)
 			if err != nil {
 				return err
 			}

@@ -23,6 +23,7 @@ import (
 
 	"github.com/keygrid/keygrid-hsm/internal/alg"
 	"github.com/keygrid/keygrid-hsm/internal/audit"
+	"github.com/keygrid/keygrid-hsm/internal/auth"
 	"github.com/keygrid/keygrid-hsm/internal/kgerr"
 	"github.com/keygrid/keygrid-hsm/internal/metrics"
 	"github.com/keygrid/keygrid-hsm/internal/provider"
@@ -139,6 +140,9 @@ type Caller struct {
 	RequestID  string
 	ClientAddr string
 	Principal  string
+	// Auth is the authenticated principal the service authorizes (nil:
+	// nothing is allowed).
+	Auth *auth.Principal
 }
 
 type callerKey struct{}
@@ -191,7 +195,7 @@ func (s *Service) finish(ctx context.Context, o *op, errp *error) {
 		}
 	}
 	if *errp != nil {
-		e.Outcome, e.ErrorCode = audit.OutcomeFailure, string(kgerr.CodeOf(*errp))
+		e.Outcome, e.ErrorCode = outcomeOf(*errp), string(kgerr.CodeOf(*errp))
 	}
 	if err := s.audit.Record(ctx, e); err != nil {
 		s.metrics.AuditFailures.Inc()
