@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -19,14 +20,18 @@ import (
 
 // cli holds what every client command shares.
 type cli struct {
-	fs      *flag.FlagSet
-	server  *string
-	token   *string
-	output  *string
-	stdin   io.Reader
-	stdout  io.Writer
-	stderr  io.Writer
-	posArgs []string
+	fs        *flag.FlagSet
+	server    *string
+	token     *string
+	tokenFile *string
+	caFile    *string
+	certFile  *string
+	certKey   *string
+	output    *string
+	stdin     io.Reader
+	stdout    io.Writer
+	stderr    io.Writer
+	posArgs   []string
 }
 
 func newCLI(name string, stdin io.Reader, stdout, stderr io.Writer) *cli {
@@ -38,7 +43,11 @@ func newCLI(name string, stdin io.Reader, stdout, stderr io.Writer) *cli {
 		def = "http://127.0.0.1:8080"
 	}
 	c.server = fs.String("server", def, "server URL (env KEYGRID_ADDR)")
-	c.token = fs.String("token", os.Getenv("KEYGRID_TOKEN"), "bearer token (env KEYGRID_TOKEN)")
+	c.token = fs.String("token", "", "bearer token (env KEYGRID_TOKEN)")
+	c.tokenFile = fs.String("token-file", "", "file holding the bearer token (env KEYGRID_TOKEN_FILE; default: "+defaultTokenFile()+" when it exists)")
+	c.caFile = fs.String("ca-file", os.Getenv("KEYGRID_CA_FILE"), "PEM file of the CAs to trust for an https:// server (env KEYGRID_CA_FILE)")
+	c.certFile = fs.String("cert", os.Getenv("KEYGRID_CERT_FILE"), "PEM client certificate (env KEYGRID_CERT_FILE)")
+	c.certKey = fs.String("cert-key", os.Getenv("KEYGRID_CERT_KEY_FILE"), "PEM key of the client certificate (env KEYGRID_CERT_KEY_FILE)")
 	c.output = fs.String("output", "table", "output format: table or json")
 	return c
 }
@@ -75,8 +84,60 @@ func (c *cli) key(flagVal string) (string, error) {
 	return "", errors.New("name one key: an id or name as argument (or --key)")
 }
 
+// defaultTokenFile is where the server's embedded default keeps its
+// generated admin token: <data dir>/admin.token (KEYGRID_DATA_DIR, or ./data).
+func defaultTokenFile() string {
+	dir := os.Getenv("KEYGRID_DATA_DIR")
+	if dir == "" {
+		dir = "./data"
+	}
+	return filepath.Join(dir, "admin.token")
+}
+
+// resolveToken picks the token, first found wins: --token, --token-file,
+// KEYGRID_TOKEN, KEYGRID_TOKEN_FILE, then the default token file when it
+// exists (the embedded default's admin token). "" means none.
+func (c *cli) resolveToken() (string, error) {
+	set := map[string]bool{}
+	c.fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	readFile := func(path, from string) (string, error) {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return "", fmt.Errorf("token file (%s): %w", from, err)
+		}
+		return strings.TrimSpace(string(b)), nil
+	}
+	switch {
+	case set["token"]:
+		return *c.token, nil
+	case set["token-file"]:
+		return readFile(*c.tokenFile, "--token-file")
+	case os.Getenv("KEYGRID_TOKEN") != "":
+		return os.Getenv("KEYGRID_TOKEN"), nil
+	case os.Getenv("KEYGRID_TOKEN_FILE") != "":
+		return readFile(os.Getenv("KEYGRID_TOKEN_FILE"), "KEYGRID_TOKEN_FILE")
+	}
+	p := defaultTokenFile()
+	if _, err := os.Stat(p); err != nil {
+		return "", nil
+	}
+	return readFile(p, "default")
+}
+
 func (c *cli) client() (*client.Client, error) {
-	return client.New(*c.server, client.WithToken(*c.token))
+	tok, err := c.resolveToken()
+	if err != nil {
+		return nil, err
+	}
+	opts := []client.Option{client.WithToken(tok)}
+	if *c.caFile != "" || *c.certFile != "" || *c.certKey != "" {
+		tc, err := client.LoadTLSConfig(*c.caFile, *c.certFile, *c.certKey)
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, client.WithTLSConfig(tc))
+	}
+	return client.New(*c.server, opts...)
 }
 
 func (c *cli) json(v any) error {
@@ -86,6 +147,14 @@ func (c *cli) json(v any) error {
 }
 
 func runClient(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	err := dispatchClient(ctx, args, stdin, stdout, stderr)
+	if errors.Is(err, client.ErrAuthenticationFailed) {
+		err = fmt.Errorf("%w\n(the CLI sends the first of --token, --token-file, KEYGRID_TOKEN, KEYGRID_TOKEN_FILE, %s)", err, defaultTokenFile())
+	}
+	return err
+}
+
+func dispatchClient(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	switch args[0] {
 	case "keys":
 		if len(args) < 2 {

@@ -2,6 +2,7 @@
 //
 //	keygrid-hsm serve [--config FILE] [--listen ADDR] [--data-dir DIR]
 //	keygrid-hsm doctor --config FILE
+//	keygrid-hsm audit verify [--anchor HASH] FILE…
 //	keygrid-hsm migrate|backup|restore --config FILE …
 //	keygrid-hsm keys create|list|get|delete|activate|deactivate|rotate|public …
 //	keygrid-hsm sign|verify|encrypt|decrypt|wrap|unwrap …
@@ -31,6 +32,7 @@ Server:
   migrate      apply the metadata schema migrations, print the version (--config FILE)
   backup       write the key metadata to a file, consistent while serving (--config FILE --out FILE)
   restore      load a backup into an empty store, or replace with --force (--config FILE --in FILE)
+  audit verify check the audit log's hash chain (FILE… in rotation order, oldest first)
   version      print the version
 
 Client (talks to a running server: --server URL or KEYGRID_ADDR):
@@ -76,6 +78,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		err = cmdBackup(ctx, args[1:], stdout, stderr)
 	case "restore":
 		err = cmdRestore(ctx, args[1:], stdout, stderr)
+	case "audit":
+		err = cmdAudit(args[1:], stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "keygrid-hsm", version)
 	default:

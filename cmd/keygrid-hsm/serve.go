@@ -5,6 +5,8 @@ import (
 	"flag"
 	"io"
 	"log/slog"
+	"os"
+	"os/signal"
 	"syscall"
 
 	"github.com/keygrid/keygrid-hsm/internal/config"
@@ -44,5 +46,25 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	defer srv.Close()
+	rotateOnHUP(ctx, srv, log)
 	return srv.Serve(ctx, nil)
+}
+
+// rotateOnHUP rotates the audit log on each SIGHUP until ctx ends.
+func rotateOnHUP(ctx context.Context, srv *server.Server, log *slog.Logger) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	go func() {
+		defer signal.Stop(hup)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				if _, err := srv.RotateAudit(); err != nil {
+					log.Error("audit log rotation on SIGHUP failed", "err", err)
+				}
+			}
+		}
+	}()
 }

@@ -12,12 +12,15 @@ package client
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -30,6 +33,7 @@ type Client struct {
 	base   string
 	hc     *http.Client
 	header http.Header
+	tls    *tls.Config
 }
 
 // Option configures a Client.
@@ -56,6 +60,39 @@ func WithAPIKey(key string) Option {
 	}
 }
 
+// WithTLSConfig sets the TLS configuration for an https:// server: the CAs
+// to trust and a client certificate (see LoadTLSConfig). It applies to the
+// transport of the HTTP client (a copy of WithHTTPClient's, when given).
+func WithTLSConfig(tc *tls.Config) Option { return func(c *Client) { c.tls = tc } }
+
+// LoadTLSConfig builds a TLS configuration from PEM files: caFile holds the
+// CA certificates to trust (empty: the system's), certFile and keyFile a
+// client certificate and its key (empty: none).
+func LoadTLSConfig(caFile, certFile, keyFile string) (*tls.Config, error) {
+	tc := &tls.Config{MinVersion: tls.VersionTLS12}
+	if caFile != "" {
+		pem, err := os.ReadFile(caFile)
+		if err != nil {
+			return nil, fmt.Errorf("client: CA file: %w", err)
+		}
+		tc.RootCAs = x509.NewCertPool()
+		if !tc.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("client: CA file %s holds no PEM certificate", caFile)
+		}
+	}
+	switch {
+	case certFile != "" && keyFile != "":
+		cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+		if err != nil {
+			return nil, fmt.Errorf("client: client certificate: %w", err)
+		}
+		tc.Certificates = []tls.Certificate{cert}
+	case certFile != "" || keyFile != "":
+		return nil, errors.New("client: a client certificate needs both its certificate and its key file")
+	}
+	return tc, nil
+}
+
 // New returns a client for the server at baseURL ("http://127.0.0.1:8080").
 func New(baseURL string, opts ...Option) (*Client, error) {
 	u, err := url.Parse(baseURL)
@@ -66,6 +103,21 @@ func New(baseURL string, opts ...Option) (*Client, error) {
 	c.hc = &http.Client{Timeout: 60 * time.Second}
 	for _, o := range opts {
 		o(c)
+	}
+	if c.tls != nil {
+		var t *http.Transport
+		switch tr := c.hc.Transport.(type) {
+		case nil:
+			t = http.DefaultTransport.(*http.Transport).Clone()
+		case *http.Transport:
+			t = tr.Clone()
+		default:
+			return nil, errors.New("client: WithTLSConfig needs an *http.Transport (or none) in WithHTTPClient")
+		}
+		t.TLSClientConfig = c.tls
+		hc := *c.hc
+		hc.Transport = t
+		c.hc = &hc
 	}
 	return c, nil
 }
