@@ -246,6 +246,42 @@ func (l *Log) Record(_ context.Context, e Event) error {
 	return nil
 }
 
+// MinFreeBytes is the free space Ready wants on the log's file system.
+const MinFreeBytes = 64 << 10
+
+// Preflighter is a Recorder that can tell, before a state change is made,
+// whether a record could be written now.
+type Preflighter interface {
+	Ready() error
+}
+
+// Ready reports whether the log can take a record now: what a failed write
+// left is cut off, and the file system has at least MinFreeBytes free.
+// The key service asks before it changes state (create, activate, rotate,
+// delete, …), so that a change is not made that then cannot be audited.
+// An operation that changes nothing needs no preflight: its result is
+// withheld when its record fails.
+func (l *Log) Ready() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.f == nil {
+		return fmt.Errorf("%w: closed", ErrUnavailable)
+	}
+	if l.dirty {
+		if err := l.f.Truncate(l.size); err != nil {
+			return fmt.Errorf("%w: %v", ErrUnavailable, err)
+		}
+		if err := l.f.Sync(); err != nil {
+			return fmt.Errorf("%w: %v", ErrUnavailable, err)
+		}
+		l.dirty = false
+	}
+	if free, ok := freeBytes(filepath.Dir(l.path)); ok && free < MinFreeBytes {
+		return fmt.Errorf("%w: %d bytes free on its file system", ErrUnavailable, free)
+	}
+	return nil
+}
+
 // appendLocked writes one record to the current file.
 func (l *Log) appendLocked(e Event) error {
 	if l.f == nil {

@@ -273,6 +273,9 @@ func TestFailedWriteRefusedThenRecovers(t *testing.T) {
 			t.Fatalf("Record on a full disk: %v, want ErrUnavailable", err)
 		}
 	}
+	if err := l.Ready(); err != nil {
+		t.Fatalf("Ready after cutting off the failed write: %v", err)
+	}
 	ff.set(false)
 	if err := l.Record(ctx, Event{Operation: "verify", Outcome: OutcomeSuccess}); err != nil {
 		t.Fatalf("Record after the disk has room again: %v", err)

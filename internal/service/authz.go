@@ -86,6 +86,10 @@ func (s *Service) auditDenied(ctx context.Context, a auth.Action, k *store.Key, 
 	s.finish(ctx, o, &err)
 }
 
+// listBatchMin is the smallest store page listScoped reads (a variable for
+// tests).
+var listBatchMin = 100
+
 // listScoped fills a page with the keys in the caller's scope. It reads
 // store pages until the page is full or the store has no more; the token it
 // returns resumes right after the last key it returns (or the last key it
@@ -104,7 +108,7 @@ func (s *Service) listScoped(ctx context.Context, p *auth.Principal, o store.Lis
 	for {
 		need := limit - len(out)
 		q := o
-		q.PageToken, q.Limit = token, min(store.MaxPageSize, max(100, 4*need))
+		q.PageToken, q.Limit = token, min(store.MaxPageSize, max(listBatchMin, 4*need))
 		keys, next, err := s.store.ListKeys(ctx, q)
 		if err != nil {
 			return nil, "", err

@@ -135,6 +135,9 @@ func (s *Service) CreateKey(ctx context.Context, req apitypes.CreateKeyRequest) 
 		k.ExpiresAt = &t
 	}
 	o.key, o.version = k, 1
+	if err := s.auditReady(ctx); err != nil {
+		return nil, err
+	}
 	// The pending record reserves the name before the provider is touched:
 	// of two creates with one name, the loser makes nothing.
 	if err := s.store.CreateKey(ctx, k); err != nil {
@@ -353,6 +356,9 @@ func (s *Service) setState(ctx context.Context, ref, opName string, to store.Sta
 	default:
 		return nil, kgerr.New(kgerr.ErrKeyInactive.Code, fmt.Sprintf("key %q is %s", k.Name, k.State))
 	}
+	if err := s.auditReady(ctx); err != nil {
+		return nil, err
+	}
 	k.State, k.UpdatedAt = to, s.now().UTC()
 	if err := s.store.UpdateKey(ctx, k); err != nil {
 		return nil, err
@@ -388,6 +394,9 @@ func (s *Service) RotateKey(ctx context.Context, ref string) (_ *apitypes.Key, e
 	if err != nil {
 		return nil, err
 	}
+	if err := s.auditReady(ctx); err != nil {
+		return nil, err
+	}
 	n := k.Versions[len(k.Versions)-1].Version + 1
 	o.version = n
 	now := s.now().UTC()
@@ -416,6 +425,9 @@ func (s *Service) DeleteKey(ctx context.Context, ref string) (err error) {
 	k, err := s.getKey(ctx, ref, auth.ActionDelete)
 	o.key = k
 	if err != nil {
+		return err
+	}
+	if err := s.auditReady(ctx); err != nil {
 		return err
 	}
 	if k.State != store.StateDeleting {
