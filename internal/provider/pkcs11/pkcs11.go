@@ -365,8 +365,10 @@ func (p *Provider) markDown(cause error, gen uint64) {
 // recover resets the module until it works again.
 func (p *Provider) recover() {
 	defer p.wg.Done()
+	seen := p.gen.Load()
 	for attempt := 1; !p.closed.Load(); attempt++ {
-		err := p.reset()
+		var err error
+		seen, err = p.reset(seen)
 		if err == nil {
 			p.dropHandles()
 			p.state.setUp(true)
@@ -380,17 +382,19 @@ func (p *Provider) recover() {
 	}
 }
 
-// reset finalizes and initializes the module (unless another instance did
-// since this one's generation) and logs in again.
-func (p *Provider) reset() error {
+// reset finalizes and initializes the module — unless another instance on
+// the same module did since generation seen, the last one this instance
+// found broken — and logs in again. It returns the generation it tried, the
+// one to pass next time if this attempt failed.
+func (p *Provider) reset(seen uint64) (uint64, error) {
 	p.resetMu.Lock()
 	defer p.resetMu.Unlock()
-	g, err := p.mod.reinitialize(p.gen.Load())
+	g, err := p.mod.reinitialize(seen)
 	p.state.resets.Add(1)
 	if err != nil {
-		return fmt.Errorf("C_Initialize: %w", err)
+		return g, fmt.Errorf("C_Initialize: %w", err)
 	}
-	return p.resync(g)
+	return g, p.resync(g)
 }
 
 func (p *Provider) dropHandles() {
