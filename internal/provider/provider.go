@@ -43,7 +43,9 @@ type Provider interface {
 	// before making it again.
 	CreateKey(ctx context.Context, req CreateKeyRequest) (CreatedKey, error)
 	// FindKey looks for key material by the object id it was created with;
-	// found is false when there is none.
+	// found is false when there is none. When only part of it exists (a
+	// key pair whose generation was cut short: one half on the token), the
+	// error is an *IncompleteKeyError naming what is there.
 	FindKey(ctx context.Context, objectID string) (ref string, found bool, err error)
 	// DeleteKey destroys key material. Deleting what does not exist succeeds.
 	DeleteKey(ctx context.Context, ref string) error
@@ -67,6 +69,19 @@ type Provider interface {
 	CheckHealth(ctx context.Context) error
 	// Close releases the provider. Calls after Close fail.
 	Close() error
+}
+
+// IncompleteKeyError is FindKey's answer when only part of a key's material
+// exists: a key pair whose generation was interrupted (a process killed
+// between the HSM storing the public and the private object). The material
+// is unusable; Ref names it for DeleteKey.
+type IncompleteKeyError struct {
+	Ref     string
+	Missing string // what is missing, e.g. "private key"
+}
+
+func (e *IncompleteKeyError) Error() string {
+	return "the key material is incomplete: its " + e.Missing + " is missing"
 }
 
 // StatsReporter is implemented by providers with a session pool and

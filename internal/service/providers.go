@@ -8,6 +8,7 @@ import (
 
 	"github.com/keygrid/keygrid-hsm/internal/alg"
 	"github.com/keygrid/keygrid-hsm/internal/kgerr"
+	"github.com/keygrid/keygrid-hsm/internal/provider"
 	"github.com/keygrid/keygrid-hsm/internal/store"
 	"github.com/keygrid/keygrid-hsm/pkg/apitypes"
 )
@@ -109,6 +110,18 @@ func (s *Service) reconcileKey(ctx context.Context, k *store.Key) error {
 			continue
 		}
 		created, found, err := s.findMaterial(ctx, p, k, v.ObjectID)
+		var ie *provider.IncompleteKeyError
+		if errors.As(err, &ie) {
+			// A generation cut short (its process killed between the two
+			// halves of a key pair): what exists can never be used.
+			s.log.Warn("reconcile: destroying the remains of an interrupted key generation",
+				"key_id", k.ID, "version", v.Version, "missing", ie.Missing)
+			if err := p.DeleteKey(ctx, ie.Ref); err != nil {
+				return err
+			}
+			s.abandonPending(ctx, p, k, v.Version)
+			continue
+		}
 		if err != nil {
 			return err
 		}
@@ -139,4 +152,15 @@ func (s *Service) RunReconciler(ctx context.Context, interval time.Duration) {
 		case <-t.C:
 		}
 	}
+}
+
+// findRemains looks for whatever material of a version exists, complete or
+// not, to destroy it.
+func findRemains(ctx context.Context, p provider.Provider, objectID string) (string, bool, error) {
+	ref, found, err := p.FindKey(ctx, objectID)
+	var ie *provider.IncompleteKeyError
+	if errors.As(err, &ie) {
+		return ie.Ref, true, nil
+	}
+	return ref, found, err
 }

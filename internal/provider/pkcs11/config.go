@@ -64,6 +64,13 @@ type Config struct {
 	// C_FindObjects (CKR_GENERAL_ERROR, CKR_TEMPLATE_INCONSISTENT; SoftHSMv2
 	// issue 573). Default true on pkcs11, false on aws-cloudhsm.
 	SerializeKeyChanges *bool `yaml:"serialize_key_changes"`
+	// RescanOnMiss: when no object has a key's CKA_ID, make the module
+	// re-read the token (C_Finalize + C_Initialize, at most once a second
+	// per module) and look once more before answering KEY_NOT_FOUND.
+	// SoftHSM2's file backend does not see an object another process made
+	// when its own change to the token came right after (rescan.go).
+	// Default: on when the module is SoftHSM2, off otherwise.
+	RescanOnMiss *bool `yaml:"rescan_on_miss"`
 }
 
 // Duration is a time.Duration written as "5s".
@@ -88,7 +95,8 @@ type resolved struct {
 	maxGCMBytes      int // CloudHSM: C_Encrypt/C_Decrypt buffers of AES-GCM are at most 16 KiB
 	busyRetries      int
 	serializeChanges bool
-	firstSlotDefault bool // CloudHSM: one token; take the first slot when no label matches
+	rescanOnMiss     *bool // nil: on for SoftHSM2
+	firstSlotDefault bool  // CloudHSM: one token; take the first slot when no label matches
 }
 
 // resolve merges the nested block, applies the defaults of typ and reads the
@@ -128,6 +136,7 @@ func (c Config) resolve(typ, field string) (resolved, error) {
 	if c.SerializeKeyChanges != nil {
 		r.serializeChanges = *c.SerializeKeyChanges
 	}
+	r.rescanOnMiss = c.RescanOnMiss
 	if cloud {
 		if r.LibraryPath == "" {
 			r.LibraryPath = CloudHSMLibrary

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"math/big"
 	"slices"
+	"time"
 
 	"github.com/miekg/pkcs11"
 
@@ -153,6 +154,9 @@ func (p *Provider) CreateKey(ctx context.Context, req provider.CreateKeyRequest)
 	}
 	ref := p.ref(id, req.Label)
 	generate := func(sh pkcs11.SessionHandle) error {
+		// Taken on the session, never while waiting for one: holders of
+		// sessions wait for changeMu in their searches.
+		defer p.lockChanges(true)()
 		m := []*pkcs11.Mechanism{pkcs11.NewMechanism(mech, nil)}
 		if pubT == nil {
 			_, err := p.mod.ctx.GenerateKey(sh, m, privT)
@@ -162,9 +166,7 @@ func (p *Provider) CreateKey(ctx context.Context, req provider.CreateKeyRequest)
 		return err
 	}
 	for attempt := 0; ; attempt++ {
-		unlock := p.lockChanges(true)
 		err = p.run(ctx, false, opCreate, generate)
-		unlock()
 		if err == nil {
 			break
 		}
@@ -237,7 +239,7 @@ func (p *Provider) handle(sh pkcs11.SessionHandle, id []byte, class uint) (pkcs1
 		return 0, err
 	}
 	if len(found) == 0 {
-		return 0, kgerr.New(apitypes.CodeKeyNotFound, "the key's objects are not on the token")
+		return 0, kgerr.Wrap(apitypes.CodeKeyNotFound, errObjectsMissing, "the key's objects are not on the token")
 	}
 	p.hmu.Lock()
 	h = p.handles[string(id)]
@@ -285,7 +287,9 @@ func (p *Provider) withKey(ctx context.Context, ref string, class uint, idempote
 	if err != nil {
 		return err
 	}
-	for attempt := 0; ; attempt++ {
+	forgot, rescanned := false, false
+	for {
+		start := time.Now()
 		err := p.run(ctx, idempotent, kind, func(sh pkcs11.SessionHandle) error {
 			h, err := p.handle(sh, id, class)
 			if err != nil {
@@ -294,9 +298,17 @@ func (p *Provider) withKey(ctx context.Context, ref string, class uint, idempote
 			return fn(sh, h)
 		})
 		code, _ := ckrCode(err)
-		if attempt == 0 && (code == pkcs11.CKR_OBJECT_HANDLE_INVALID || code == pkcs11.CKR_KEY_HANDLE_INVALID) {
+		if !forgot && (code == pkcs11.CKR_OBJECT_HANDLE_INVALID || code == pkcs11.CKR_KEY_HANDLE_INVALID) {
+			forgot = true
 			p.forget(id)
 			continue
+		}
+		if !rescanned && errors.Is(err, errObjectsMissing) && p.rescanOnMiss() {
+			// The module may not have seen an object another process made.
+			rescanned = true
+			if p.rescan(ctx, start) == nil {
+				continue
+			}
 		}
 		return err
 	}
@@ -308,27 +320,76 @@ func (p *Provider) FindKey(ctx context.Context, objectID string) (string, bool, 
 	if err != nil || len(id) == 0 {
 		return "", false, nil
 	}
-	var (
-		label string
-		found bool
-	)
-	err = p.run(ctx, true, opOther, func(sh pkcs11.SessionHandle) error {
+	var set objectSet
+	for rescanned := false; ; rescanned = true {
+		start := time.Now()
+		if set, err = p.findObjects(ctx, id); err != nil {
+			return "", false, err
+		}
+		if set.has != 0 || rescanned || !p.rescanOnMiss() || p.rescan(ctx, start) != nil {
+			break
+		}
+	}
+	if set.has == 0 {
+		return "", false, nil
+	}
+	ref := p.ref(id, set.label)
+	// A key pair is two objects, stored one after the other; a process
+	// killed between the two leaves one (SoftHSM2 stores the public key
+	// first). That is no key: the caller destroys it.
+	switch {
+	case set.has&hasSec != 0, set.has&(hasPriv|hasPub) == hasPriv|hasPub:
+		return ref, true, nil
+	case set.has&hasPub != 0:
+		return "", false, &provider.IncompleteKeyError{Ref: ref, Missing: "private key"}
+	case set.has&hasPriv != 0:
+		return "", false, &provider.IncompleteKeyError{Ref: ref, Missing: "public key"}
+	}
+	return "", false, &provider.IncompleteKeyError{Ref: ref, Missing: "key object"}
+}
+
+// objectSet describes the objects with one CKA_ID.
+type objectSet struct {
+	label string // of one of them
+	has   uint8  // hasPriv | hasPub | hasSec; hasOther for any other class
+}
+
+// hasOther marks an object of another class with the CKA_ID.
+const hasOther uint8 = 1 << 7
+
+// findObjects finds the objects with CKA_ID id and their classes.
+func (p *Provider) findObjects(ctx context.Context, id []byte) (objectSet, error) {
+	var set objectSet
+	err := p.run(ctx, true, opOther, func(sh pkcs11.SessionHandle) error {
+		set = objectSet{}
 		unlock := p.lockChanges(false)
 		hs, err := p.findAll(sh, id, nil)
 		unlock()
 		if err != nil || len(hs) == 0 {
 			return err
 		}
-		found = true
 		if a, err := p.mod.ctx.GetAttributeValue(sh, hs[0], []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_LABEL, nil)}); err == nil {
-			label = string(a[0].Value)
+			set.label = string(a[0].Value)
+		}
+		for _, h := range hs {
+			a, err := p.mod.ctx.GetAttributeValue(sh, h, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_CLASS, nil)})
+			if err != nil {
+				return err
+			}
+			switch bytesToUint(a[0].Value) {
+			case pkcs11.CKO_PRIVATE_KEY:
+				set.has |= hasPriv
+			case pkcs11.CKO_PUBLIC_KEY:
+				set.has |= hasPub
+			case pkcs11.CKO_SECRET_KEY:
+				set.has |= hasSec
+			default:
+				set.has |= hasOther
+			}
 		}
 		return nil
 	})
-	if err != nil || !found {
-		return "", false, err
-	}
-	return p.ref(id, label), true, nil
+	return set, err
 }
 
 // DeleteKey implements provider.Provider: it destroys every object with the
@@ -339,8 +400,8 @@ func (p *Provider) DeleteKey(ctx context.Context, ref string) error {
 		return nil // nothing of ours to delete
 	}
 	p.forget(id)
-	defer p.lockChanges(true)()
 	return p.run(ctx, true, opOther, func(sh pkcs11.SessionHandle) error {
+		defer p.lockChanges(true)()
 		hs, err := p.findAll(sh, id, nil)
 		if err != nil {
 			return err

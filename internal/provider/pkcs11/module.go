@@ -6,6 +6,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/miekg/pkcs11"
 )
@@ -28,6 +29,11 @@ type module struct {
 	// refs and logins are guarded by modules.mu.
 	refs   int
 	logins map[string]int // token key → provider instances logged in
+
+	// Re-reads of the token after a missed lookup (rescan.go).
+	rescanMu   sync.Mutex
+	lastRescan time.Time // start of the last rescan, guarded by rescanMu
+	softHSM    atomic.Int32
 }
 
 var modules = struct {
