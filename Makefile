@@ -4,7 +4,7 @@ BIN     := bin/keygrid-hsm
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: build run test test-deps vet fmt clean
+.PHONY: build run test test-deps vet fmt clean bench
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/keygrid-hsm
@@ -31,3 +31,8 @@ fmt:
 
 clean:
 	rm -rf bin
+
+# The gateway beside the raw HSM and Go's crypto in one run; writes
+# bench/results/latest.json. Needs what `make test` installs.
+bench: test-deps
+	$(GO) run ./bench

@@ -1,0 +1,32 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"text/tabwriter"
+)
+
+// printTable prints the report as one table.
+func printTable(w io.Writer, r Report) {
+	fmt.Fprintf(w, "KeyGrid HSM bench — %s — %s per measurement\n\n", r.Machine, r.Duration)
+	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "provider\talgorithm\tc\traw ops/s\tp50µs\tp99µs\tinproc ops/s\tp50µs\tp99µs\thttp ops/s\tp50µs\tp99µs\tinproc/raw\thttp/raw\t")
+	for _, x := range r.Rows {
+		name := x.Algorithm
+		if x.Payload >= 1024 {
+			name = fmt.Sprintf("%s %dKiB", x.Algorithm, x.Payload/1024)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%.0f\t%.0f\t%.0f\t%.0f\t%.0f\t%.0f\t%.0f\t%.0f\t%.0f\t%.2f\t%.2f\t\n", x.Provider, name, x.Concurrency,
+			x.Raw.OpsPerSec, x.Raw.P50us, x.Raw.P99us, x.InProc.OpsPerSec, x.InProc.P50us, x.InProc.P99us,
+			x.HTTP.OpsPerSec, x.HTTP.P50us, x.HTTP.P99us, x.InProcRatio, x.HTTPRatio)
+	}
+	tw.Flush()
+	l := r.LatencyC1
+	fmt.Fprintf(w, "\nconcurrency 1, hsm ES256: raw p50 %.0fµs, http p50 %.0fµs: added latency %.0fµs (http/raw ops %.2f)\n",
+		l.Raw.P50us, l.HTTP.P50us, r.AddedLatencyP50, l.HTTPRatio)
+	if s := r.Scale; s != nil {
+		fmt.Fprintf(w, "key count, hsm ES256 over http: %d keys %.0f ops/s, %d keys %.0f ops/s: ratio %.2f (filling the token took %.0fs)\n",
+			s.FewKeys, s.Few.OpsPerSec, s.ManyKeys, s.Many.OpsPerSec, s.Ratio, s.FillSecs)
+	}
+	fmt.Fprintf(w, "total %.0fs\n", r.TotalSeconds)
+}
