@@ -165,6 +165,8 @@ func dispatchClient(ctx context.Context, args []string, stdin io.Reader, stdout,
 		return cmdCrypto(ctx, args[0], args[1:], stdin, stdout, stderr)
 	case "providers":
 		return cmdProviders(ctx, args[1:], stdin, stdout, stderr)
+	case "bench":
+		return cmdBench(ctx, args[1:], stdin, stdout, stderr)
 	case "health":
 		return cmdHealth(ctx, args[1:], stdin, stdout, stderr)
 	}

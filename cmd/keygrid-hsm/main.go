@@ -40,6 +40,7 @@ Client (talks to a running server: --server URL or KEYGRID_ADDR):
   sign | verify | encrypt | decrypt | wrap | unwrap
   providers    list providers and what they can do
   health       check the server's liveness and readiness
+  bench        load-test a running server (--op, --key, --concurrency, --duration)
 
 Run "keygrid-hsm COMMAND -h" for a command's flags.
 `
