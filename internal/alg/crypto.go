@@ -156,6 +156,9 @@ func SpecOf(pub crypto.PublicKey) (Spec, error) {
 		return Spec{Type: RSA, Size: k.N.BitLen()}, nil
 	case *ecdsa.PublicKey:
 		name := k.Curve.Params().Name
+		if curveSizes[name] == 0 {
+			return Spec{}, fmt.Errorf("unsupported curve %s", name)
+		}
 		return Spec{Type: EC, Size: curveSizes[name], Curve: name}, nil
 	case ed25519.PublicKey:
 		return Spec{Type: Ed25519, Size: 256}, nil
@@ -192,6 +195,9 @@ func JWK(pub crypto.PublicKey, kid string, a Algorithm) (map[string]any, error) 
 	case *ecdsa.PublicKey:
 		name := k.Curve.Params().Name
 		n := CurveByteLen(name)
+		if n == 0 {
+			return nil, fmt.Errorf("unsupported curve %s", name)
+		}
 		raw, err := k.Bytes() // uncompressed point 0x04 ‖ X ‖ Y
 		if err != nil {
 			return nil, err

@@ -75,6 +75,9 @@ func (a *API) fail(w http.ResponseWriter, r *http.Request, err error) {
 	case status >= 500:
 		a.log.Error("request failed", "request_id", rid, "method", r.Method, "path", r.URL.Path, "code", e.Code, "err", err)
 	}
+	if status == http.StatusUnauthorized {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="keygrid"`)
+	}
 	if status == http.StatusServiceUnavailable || status == http.StatusTooManyRequests {
 		ra := e.RetryAfter
 		secs := int(ra.Seconds() + 0.999)

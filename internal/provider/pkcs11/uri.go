@@ -72,6 +72,16 @@ func unescapeURI(s string) (string, error) {
 	return b.String(), nil
 }
 
+// Limits on decoded attributes: a token label is at most 32 bytes
+// (CK_TOKEN_INFO); ids and object labels are bounded so that every URI
+// ParseURI accepts renders (String, which escapes up to three bytes per
+// byte) within the 4096 bytes ParseURI reads.
+const (
+	maxURIToken  = 32
+	maxURIID     = 255
+	maxURIObject = 1024
+)
+
 // ParseURI parses the path attributes of a PKCS#11 URI (the query part, if
 // any, is ignored). An id is required; a repeated attribute is refused.
 func ParseURI(s string) (URI, error) {
@@ -104,7 +114,7 @@ func ParseURI(s string) (URI, error) {
 			u.Object = val
 		}
 	}
-	if len(u.ID) == 0 {
+	if len(u.ID) == 0 || len(u.ID) > maxURIID || len(u.Token) > maxURIToken || len(u.Object) > maxURIObject {
 		return URI{}, ErrBadURI
 	}
 	return u, nil
