@@ -162,7 +162,7 @@ func (e *env) oneRecord(t *testing.T, rid string) record {
 
 func TestAuthenticationRequired(t *testing.T) {
 	t.Parallel()
-	e := startYAML(t, securityYAML(t, ""), nil)
+	e := startYAML(t, securityYAML(t, "limits:\n  auth_failure_burst: 100\n"), nil)
 	e.createKey(t, "payments-1", apitypes.KeySpec{KeyType: "EC", Curve: "P-256"})
 
 	// /health is always open; /ready and /metrics are open by default.
@@ -181,6 +181,9 @@ func TestAuthenticationRequired(t *testing.T) {
 		d := e.fails(t, rt.method, rt.path, nil, http.StatusUnauthorized, apitypes.CodeAuthenticationFailed, "Authorization", "", "X-Request-Id", rid)
 		if !strings.Contains(d.Message, "Bearer") {
 			t.Errorf("401 message does not say what to send: %q", d.Message)
+		}
+		if r := e.send(t, rt.method, rt.path, nil, "Authorization", ""); !strings.HasPrefix(r.header.Get("WWW-Authenticate"), "Bearer") {
+			t.Errorf("401 without WWW-Authenticate: %v", r.header)
 		}
 		if r := e.oneRecord(t, rid); r.Operation != "authenticate" || r.Outcome != audit.OutcomeDenied || r.ErrorCode != "AUTHENTICATION_FAILED" || r.ClientAddr == "" {
 			t.Errorf("%s %s: audit record %+v", rt.method, rt.path, r)
@@ -839,4 +842,57 @@ func TestTLS(t *testing.T) {
 		}
 		resp.Body.Close()
 	})
+}
+
+// eventingProvider is the software provider with the event hook a PKCS#11
+// provider implements to report resets.
+type eventingProvider struct {
+	provider.Provider
+	sink func(provider.Event)
+}
+
+func (p *eventingProvider) SetEventSink(sink func(provider.Event)) { p.sink = sink }
+
+// TestProviderEventsAudited: the server gives every provider with
+// SetEventSink a sink, and each event becomes an audit record.
+func TestProviderEventsAudited(t *testing.T) {
+	t.Parallel()
+	var ep *eventingProvider
+	reg := provider.Registry{"software": func(ctx context.Context, p provider.Params) (provider.Provider, error) {
+		sp, err := software.New(ctx, p)
+		if err != nil {
+			return nil, err
+		}
+		ep = &eventingProvider{Provider: sp}
+		return ep, nil
+	}}
+	path := filepath.Join(t.TempDir(), "keygrid.yaml")
+	os.WriteFile(path, []byte(securityYAML(t, "")), 0o600)
+	dataDir := t.TempDir()
+	cfg, err := config.Load(path, config.Flags{DataDir: dataDir, Listen: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := server.New(context.Background(), cfg, reg, slog.New(slog.DiscardHandler), "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	if ep == nil || ep.sink == nil {
+		t.Fatal("the server did not give the provider an event sink")
+	}
+	ep.sink(provider.Event{Kind: "reset", Time: time.Now(), Duration: 1500 * time.Millisecond, Detail: "module re-initialized after CKR_DEVICE_REMOVED"})
+	ep.sink(provider.Event{Kind: "reset_failed", Err: fmt.Errorf("wrapped: %w", errors.New("boom")), Detail: "token not present"})
+	raw, _ := os.ReadFile(filepath.Join(dataDir, "audit.log"))
+	var recs []record
+	for _, l := range bytes.Split(bytes.TrimSpace(raw), []byte("\n")) {
+		var r record
+		json.Unmarshal(l, &r)
+		recs = append(recs, r)
+	}
+	if len(recs) != 2 || recs[0].Operation != "provider_reset" || recs[0].Provider != "software" || recs[0].Outcome != audit.OutcomeSuccess ||
+		recs[0].DurationMS != 1500 || recs[1].Operation != "provider_reset_failed" || recs[1].Outcome != audit.OutcomeFailure ||
+		recs[1].ErrorCode != "INTERNAL_ERROR" || strings.Contains(string(raw), "boom") {
+		t.Fatalf("provider events in the audit log:\n%s", raw)
+	}
 }
