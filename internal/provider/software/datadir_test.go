@@ -22,6 +22,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/keygrid/keygrid-hsm/internal/alg"
@@ -31,8 +32,11 @@ import (
 	"github.com/keygrid/keygrid-hsm/pkg/apitypes"
 )
 
-// apiCall sends a JSON request and decodes a JSON answer, failing t unless
-// the status is want.
+// apiTokens maps a test server's URL to the admin token its gateway made.
+var apiTokens sync.Map
+
+// apiCall sends a JSON request with the gateway's admin token and decodes a
+// JSON answer, failing t unless the status is want.
 func apiCall(t *testing.T, base, method, path string, body any, want int, out any) {
 	t.Helper()
 	var rd io.Reader
@@ -48,6 +52,9 @@ func apiCall(t *testing.T, base, method, path string, body any, want int, out an
 		t.Fatal(err)
 	}
 	req.Header.Set("Content-Type", "application/json")
+	if tok, ok := apiTokens.Load(base); ok {
+		req.Header.Set("Authorization", "Bearer "+tok.(string))
+	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatalf("%s %s: %v", method, path, err)
@@ -193,6 +200,11 @@ func TestNoPrivateKeyBytesInDataDir(t *testing.T) {
 	}()
 	hs := httptest.NewServer(srv.Handler())
 	defer hs.Close()
+	tok, err := os.ReadFile(cfg.Auth.AdminTokenFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	apiTokens.Store(hs.URL, strings.TrimSpace(string(tok)))
 
 	// Secrets the callers send must not be kept either.
 	callerSecrets := map[string][]byte{}
