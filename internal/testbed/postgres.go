@@ -18,6 +18,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -123,6 +124,7 @@ func StartPostgres() (_ *Postgres, err error) {
 			return nil, fmt.Errorf("pg_ctl start: %v\n%s\n%s", err, out, logTail)
 		}
 	}
+	p.watchdog()
 	p.admin, err = sql.Open("pgx", p.DSN("postgres"))
 	if err != nil {
 		return nil, err
@@ -280,6 +282,23 @@ func (p *Postgres) Stop() error {
 		p.stopErr = errors.Join(errs...)
 	})
 	return p.stopErr
+}
+
+// watchdog starts a process that stops the cluster and removes its
+// directory when this test process is gone without calling Stop (a panic,
+// a test timeout, a kill): the server is a daemon and would outlive it.
+func (p *Postgres) watchdog() {
+	stop := p.command("pg_ctl", "-D", p.dataDir(), "-m", "immediate", "-w", "stop")
+	script := `while kill -0 "$0" 2>/dev/null && [ -d "$1" ]; do sleep 1; done
+[ -d "$1" ] || exit 0
+dir=$1; shift; "$@" >/dev/null 2>&1; rm -rf "$dir"`
+	args := append([]string{"-c", script, strconv.Itoa(os.Getpid()), p.Dir}, stop.Args...)
+	cmd := exec.Command("sh", args...)
+	cmd.Dir = "/"
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // not in the test's process group
+	if cmd.Start() == nil {
+		go cmd.Wait()
+	}
 }
 
 // ensureOSUser creates a system user without a home or a login shell.
