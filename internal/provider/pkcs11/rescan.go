@@ -85,15 +85,27 @@ func (p *Provider) rescan(ctx context.Context, since time.Time) error {
 	p.log.Info("no object has the key's CKA_ID; the module re-reads the token (rescan_on_miss)")
 	p.resetMu.Lock()
 	defer p.resetMu.Unlock()
+	// SoftHSM2 rewrites its token file at every C_Login; a C_Initialize in
+	// another process that reads it meanwhile finds no token. Such a miss
+	// passes: try a few times before calling the HSM down.
 	seen := p.gen.Load()
-	g, err := m.reinitialize(seen)
-	if err == nil {
-		err = p.resync(g)
-	}
-	if err != nil {
-		p.markDown(err, seen)
-		return err
+	for attempt := 1; ; attempt++ {
+		g, err := m.reinitialize(seen)
+		if err == nil {
+			err = p.resync(g)
+		}
+		if err == nil {
+			break
+		}
+		seen = g // reset again next time, even though the generation moved
+		if attempt == rescanAttempts || sleepCtx(ctx, time.Duration(attempt)*100*time.Millisecond) != nil {
+			p.markDown(err, p.gen.Load())
+			return err
+		}
 	}
 	p.dropHandles()
 	return nil
 }
+
+// rescanAttempts bounds the resets of one rescan.
+const rescanAttempts = 3
