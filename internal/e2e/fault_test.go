@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
@@ -19,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keygrid/keygrid-hsm/internal/audit"
 	"github.com/keygrid/keygrid-hsm/internal/provider"
 	"github.com/keygrid/keygrid-hsm/internal/testbed"
 	"github.com/keygrid/keygrid-hsm/pkg/apitypes"
@@ -109,9 +111,12 @@ type signResult struct {
 	data       []byte
 }
 
-// signLoad runs n clients signing in a loop until stop is closed.
+// signLoad runs n clients signing in a loop until stop is closed (or the
+// test ends).
 func signLoad(t *testing.T, url, key string, n int, stop <-chan struct{}) <-chan []signResult {
 	out := make(chan []signResult, 1)
+	ended := make(chan struct{})
+	t.Cleanup(func() { close(ended) })
 	go func() {
 		var mu sync.Mutex
 		var all []signResult
@@ -124,6 +129,8 @@ func signLoad(t *testing.T, url, key string, n int, stop <-chan struct{}) <-chan
 				for i := 0; ; i++ {
 					select {
 					case <-stop:
+						return
+					case <-ended:
 						return
 					default:
 					}
@@ -264,6 +271,19 @@ func TestHSMOutageAndRecovery(t *testing.T) {
 	pk2, err := g.C.PublicKey(ctx, "fault-ec", 0)
 	if err != nil || pk2.PublicKey != pk.PublicKey {
 		t.Fatalf("public key after recovery differs: %v", err)
+	}
+	// The outage and the reset are in the audit log, and the chain holds.
+	logBytes, err := os.ReadFile(filepath.Join(g.DataDir, "audit.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, op := range []string{`"operation":"provider_unavailable"`, `"operation":"provider_reset"`} {
+		if !bytes.Contains(logBytes, []byte(op)) {
+			t.Errorf("the audit log has no %s record", op)
+		}
+	}
+	if _, _, err := audit.Verify(bytes.NewReader(logBytes), ""); err != nil {
+		t.Errorf("audit chain after the outage: %v", err)
 	}
 	var during, failFast, late int
 	for _, r := range rs {

@@ -69,6 +69,7 @@ type Provider struct {
 	changeMu sync.RWMutex
 
 	state  health
+	events atomic.Pointer[func(provider.Event)]
 	canary atomic.Pointer[canary]
 	closed atomic.Bool
 	wg     sync.WaitGroup // recovery goroutine
@@ -358,14 +359,29 @@ func (p *Provider) markDown(cause error, gen uint64) {
 		return
 	}
 	p.log.Warn("HSM unavailable; recovering in the background", "err", toError(cause, opOther).Error())
+	p.emit(provider.Event{Kind: "unavailable", Err: toError(cause, opOther), Detail: "the HSM stopped answering; recovering"})
 	p.wg.Add(1)
 	go p.recover()
+}
+
+// SetEventSink implements provider.EventReporter: losing the HSM and each
+// successful reset are reported (for the audit log).
+func (p *Provider) SetEventSink(sink func(provider.Event)) { p.events.Store(&sink) }
+
+func (p *Provider) emit(e provider.Event) {
+	if sink := p.events.Load(); sink != nil {
+		if e.Time.IsZero() {
+			e.Time = time.Now()
+		}
+		(*sink)(e)
+	}
 }
 
 // recover resets the module until it works again.
 func (p *Provider) recover() {
 	defer p.wg.Done()
 	seen := p.gen.Load()
+	start := time.Now()
 	for attempt := 1; !p.closed.Load(); attempt++ {
 		var err error
 		seen, err = p.reset(seen)
@@ -373,6 +389,8 @@ func (p *Provider) recover() {
 			p.dropHandles()
 			p.state.setUp(true)
 			p.log.Info("HSM recovered", "attempts", attempt)
+			p.emit(provider.Event{Kind: "reset", Duration: time.Since(start),
+				Detail: fmt.Sprintf("module reset and logged in again after %d attempt(s)", attempt)})
 			return
 		}
 		p.state.recordFailure(err)
