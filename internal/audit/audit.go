@@ -100,6 +100,12 @@ type Log struct {
 	opts Options
 	open func(path string) (file, error)
 
+	// qmu guards queue, the records waiting for the next batch, and
+	// flushing, set while a caller leads.
+	qmu      sync.Mutex
+	queue    []*pending
+	flushing bool
+
 	mu       sync.Mutex
 	f        file
 	size     int64 // bytes of durable, complete lines
@@ -225,25 +231,79 @@ func line(seq uint64, prev string, e Event) ([]byte, string, error) {
 	return b.Bytes(), h, nil
 }
 
+// pending is a record waiting for its batch. It receives exactly one
+// message: its batch's outcome, or the word that it now leads.
+type pending struct {
+	e    Event
+	done chan outcome
+}
+
+type outcome struct {
+	err  error
+	lead bool
+}
+
 // Record appends e and fsyncs. An error means the event is not in the log
 // and the caller must not report success.
+//
+// Group commit: concurrent records are written and fsynced together. One
+// caller at a time leads: it takes every record queued so far, writes them
+// with one write and one fsync, answers each, and hands the lead to the
+// oldest record that queued meanwhile. The others only wait for their
+// answer. Each record is still durable before Record returns.
 func (l *Log) Record(_ context.Context, e Event) error {
 	if e.Time.IsZero() {
 		e.Time = time.Now().UTC()
 	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if err := l.appendLocked(e); err != nil {
-		return err
-	}
-	if l.opts.MaxBytes > 0 && l.size >= l.opts.MaxBytes {
-		// The record is durable: a failed rotation is not the caller's
-		// failure. The next record tries again.
-		if _, err := l.rotateLocked(); err != nil {
-			l.opts.Logger.Error("audit log rotation failed; continuing in the current file", "path", l.path, "err", err)
+	p := &pending{e: e, done: make(chan outcome, 1)}
+	l.qmu.Lock()
+	l.queue = append(l.queue, p)
+	lead := !l.flushing
+	l.flushing = true
+	l.qmu.Unlock()
+	if !lead {
+		o := <-p.done
+		if !o.lead {
+			return o.err
 		}
 	}
-	return nil
+	return l.flush(p)
+}
+
+// flush writes the queued records (p's among them) as one batch, then hands
+// the lead on or gives it up.
+func (l *Log) flush(p *pending) error {
+	l.qmu.Lock()
+	batch := l.queue
+	l.queue = nil
+	l.qmu.Unlock()
+
+	l.mu.Lock()
+	err := l.appendBatchLocked(batch)
+	if err == nil && l.opts.MaxBytes > 0 && l.size >= l.opts.MaxBytes {
+		// The records are durable: a failed rotation is not the callers'
+		// failure. The next record tries again.
+		if _, rerr := l.rotateLocked(); rerr != nil {
+			l.opts.Logger.Error("audit log rotation failed; continuing in the current file", "path", l.path, "err", rerr)
+		}
+	}
+	l.mu.Unlock()
+
+	l.qmu.Lock()
+	if len(l.queue) > 0 {
+		next := l.queue[0] // stays queued: it writes itself
+		l.qmu.Unlock()
+		next.done <- outcome{lead: true}
+	} else {
+		l.flushing = false
+		l.qmu.Unlock()
+	}
+	for _, b := range batch {
+		if b != p {
+			b.done <- outcome{err: err}
+		}
+	}
+	return err
 }
 
 // MinFreeBytes is the free space Ready wants on the log's file system.
@@ -282,8 +342,10 @@ func (l *Log) Ready() error {
 	return nil
 }
 
-// appendLocked writes one record to the current file.
-func (l *Log) appendLocked(e Event) error {
+// appendBatchLocked writes records to the current file with one write and
+// one fsync. On failure nothing of the batch counts: the chain head stays
+// where it was and what was written is cut off before the next record.
+func (l *Log) appendBatchLocked(batch []*pending) error {
 	if l.f == nil {
 		return fmt.Errorf("%w: closed", ErrUnavailable)
 	}
@@ -297,11 +359,17 @@ func (l *Log) appendLocked(e Event) error {
 		}
 		l.dirty = false
 	}
-	b, h, err := line(l.seq+1, l.lastHash, e)
-	if err != nil {
-		return err
+	seq, head := l.seq, l.lastHash
+	var buf []byte
+	for _, p := range batch {
+		b, h, err := line(seq+1, head, p.e)
+		if err != nil {
+			return err
+		}
+		buf = append(buf, b...)
+		seq, head = seq+1, h
 	}
-	if _, err := l.f.Write(b); err != nil {
+	if _, err := l.f.Write(buf); err != nil {
 		l.dirty = true
 		return fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
@@ -309,9 +377,8 @@ func (l *Log) appendLocked(e Event) error {
 		l.dirty = true
 		return fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
-	l.seq++
-	l.lastHash = h
-	l.size += int64(len(b))
+	l.seq, l.lastHash = seq, head
+	l.size += int64(len(buf))
 	return nil
 }
 
