@@ -1,9 +1,15 @@
 package e2e
 
 import (
+	"bufio"
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -21,7 +27,9 @@ import (
 //	go test -run '^$' -bench ReplicasES256Sign -benchtime 5s ./internal/e2e/
 //
 // Compare the signs/s of the two sub-benchmarks of one run: on a small
-// machine the client, PostgreSQL and the replicas share the same cores.
+// machine the client, PostgreSQL and the replicas share the same cores. The
+// CPU time per sign of each part (gateways, PostgreSQL, the client) is
+// reported beside it, to tell which one the machine runs out of.
 func BenchmarkReplicasES256Sign(b *testing.B) {
 	bed := newReplicaBed(b)
 	dsn := bed.pg.NewDatabase(b)
@@ -50,6 +58,7 @@ func BenchmarkReplicasES256Sign(b *testing.B) {
 			var next atomic.Uint64
 			var failed atomic.Int64
 			b.SetParallelism(8) // 16 requests in flight on 2 cores
+			gw0, pg0, self0 := cpuOf(a.cmd.Process.Pid)+cpuOf(bb.cmd.Process.Pid), postgresCPU(bed), selfCPU()
 			start := time.Now()
 			b.ResetTimer()
 			b.RunParallel(func(pb *testing.PB) {
@@ -64,6 +73,68 @@ func BenchmarkReplicasES256Sign(b *testing.B) {
 			})
 			b.StopTimer()
 			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "signs/s")
+			per := func(d time.Duration) float64 { return float64(d.Microseconds()) / float64(b.N) }
+			b.ReportMetric(per(cpuOf(a.cmd.Process.Pid)+cpuOf(bb.cmd.Process.Pid)-gw0), "gateway-cpu-µs/op")
+			b.ReportMetric(per(postgresCPU(bed)-pg0), "postgres-cpu-µs/op")
+			b.ReportMetric(per(selfCPU()-self0), "client-cpu-µs/op")
 		})
 	}
+}
+
+// cpuOf is the user+system CPU time a process has used (Linux /proc).
+func cpuOf(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after the command name in parentheses: state is field 3,
+	// utime 14, stime 15 (clock ticks of 1/100 s on Linux).
+	rest := string(b[strings.LastIndexByte(string(b), ')')+2:])
+	f := strings.Fields(rest)
+	if len(f) < 13 {
+		return 0
+	}
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * 10 * time.Millisecond
+}
+
+// parentOf is the parent pid of a process.
+func parentOf(pid int) int {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
+	ppid, _ := strconv.Atoi(f[1])
+	return ppid
+}
+
+// postgresCPU is the CPU time of the bed's PostgreSQL server: the
+// postmaster (its pid is the first line of postmaster.pid) and its children.
+func postgresCPU(bed *replicaBed) time.Duration {
+	f, err := os.Open(filepath.Join(bed.pg.Dir, "data", "postmaster.pid"))
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Scan()
+	master, _ := strconv.Atoi(strings.TrimSpace(sc.Text()))
+	total := cpuOf(master)
+	procs, _ := filepath.Glob("/proc/[0-9]*")
+	for _, p := range procs {
+		pid, _ := strconv.Atoi(filepath.Base(p))
+		if pid != master && parentOf(pid) == master {
+			total += cpuOf(pid)
+		}
+	}
+	return total
+}
+
+// selfCPU is this process's CPU time: the client's.
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
