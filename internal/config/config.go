@@ -95,6 +95,23 @@ type Storage struct {
 	// MaxConns caps the PostgreSQL connection pool of this process
 	// (default 16).
 	MaxConns int `yaml:"max_conns"`
+	// CacheTTL lets key lookups be answered from memory for this long: the
+	// bound on how stale a key's state (active, inactive, deleted) written
+	// by another process may be here. This process's own writes are seen at
+	// once. Default 2s on SQLite (one gateway per database file), 0 on
+	// PostgreSQL (every lookup reads the database, as replicas must).
+	CacheTTL *Duration `yaml:"cache_ttl"`
+}
+
+// CacheTTLOrDefault is the key cache's time to live.
+func (s Storage) CacheTTLOrDefault() time.Duration {
+	switch {
+	case s.CacheTTL != nil:
+		return s.CacheTTL.D()
+	case s.Driver == "sqlite":
+		return 2 * time.Second
+	}
+	return 0
 }
 
 // ProviderConfig is one provider instance.

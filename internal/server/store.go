@@ -65,6 +65,9 @@ func (s *Server) openStore(ctx context.Context) error {
 				"schema_version", v, "binary_schema_version", m.LatestSchemaVersion())
 		}
 	}
+	ttl := s.cfg.Storage.CacheTTLOrDefault()
+	s.store = store.WithCache(st, ttl)
+	attrs = append(attrs, "cache_ttl", ttl.String())
 	s.log.Log(ctx, slog.LevelInfo, "metadata store open", attrs...)
 	return nil
 }
