@@ -95,8 +95,10 @@ func (a *API) middleware(next http.Handler) http.Handler {
 			case sw.status >= 400:
 				level = slog.LevelInfo
 			}
-			a.log.Log(r.Context(), level, "request", "request_id", rid, "method", r.Method, "route", route,
-				"principal", caller.Principal, "status", sw.status, "duration_ms", float64(time.Since(start).Microseconds())/1000)
+			if a.log.Enabled(r.Context(), level) { // the access line allocates: build it only when it is kept
+				a.log.Log(r.Context(), level, "request", "request_id", rid, "method", r.Method, "route", route,
+					"principal", caller.Principal, "status", sw.status, "duration_ms", float64(time.Since(start).Microseconds())/1000)
+			}
 		}()
 		if a.protected(r) {
 			p, err := a.authenticate(r, route)

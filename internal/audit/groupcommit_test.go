@@ -111,3 +111,48 @@ func TestGroupCommitFailureFailsTheBatch(t *testing.T) {
 		t.Fatalf("after the failed batch: %d lines, %v\n%s", n, err, b)
 	}
 }
+
+// With a sync interval, records are in the file when Record returns and on
+// disk within the interval; the chain holds and Close syncs the rest.
+func TestSyncIntervalWritesNowSyncsLater(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "audit.log")
+	l, err := OpenWith(p, Options{SyncInterval: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.mu.Lock()
+	sf := &slowSyncFile{file: l.f}
+	l.f = sf
+	l.mu.Unlock()
+	for i := range 50 {
+		if err := l.Record(context.Background(), Event{RequestID: fmt.Sprint("r", i), Operation: "sign", Outcome: OutcomeSuccess}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if s := sf.syncs.Load(); s > 5 {
+		t.Fatalf("%d fsyncs for 50 quick records with a 20ms interval", s)
+	}
+	b, _ := os.ReadFile(p)
+	if n, _, err := Verify(bytes.NewReader(b), ZeroHash); err != nil || n != 50 {
+		t.Fatalf("records not in the file when Record returned: %d, %v", n, err)
+	}
+	time.Sleep(60 * time.Millisecond)
+	if sf.syncs.Load() == 0 {
+		t.Fatal("no fsync within the interval")
+	}
+	// A failed background fsync refuses records until one works again.
+	sf.fail.Store(true)
+	l.Record(context.Background(), Event{Operation: "sign", Outcome: OutcomeSuccess})
+	time.Sleep(60 * time.Millisecond)
+	if err := l.Record(context.Background(), Event{Operation: "sign", Outcome: OutcomeSuccess}); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("record after a failed fsync: %v, want ErrUnavailable", err)
+	}
+	sf.fail.Store(false)
+	time.Sleep(60 * time.Millisecond)
+	if err := l.Record(context.Background(), Event{Operation: "verify", Outcome: OutcomeSuccess}); err != nil {
+		t.Fatalf("record after fsync works again: %v", err)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -131,6 +131,12 @@ type Audit struct {
 	// MaxBytes rotates the file when it grows past this size (0: only on
 	// SIGHUP); the new file continues the hash chain.
 	MaxBytes int64 `yaml:"max_bytes"`
+	// FsyncInterval, 0 by default, fsyncs every record before the response
+	// is sent. A positive interval trades that for throughput: records are
+	// written to the operating system before the response (a killed
+	// process loses none) and fsynced every interval (an OS crash or power
+	// loss may lose that much). See docs/operations.md.
+	FsyncInterval Duration `yaml:"fsync_interval"`
 }
 
 // Log configures the server log.
@@ -280,6 +286,7 @@ func (c *Config) Validate(knownTypes []string) error {
 		"server.shutdown_timeout": c.Server.ShutdownTimeout, "server.request_timeout": c.Server.RequestTimeout,
 		"reconcile.interval": c.Reconcile.Interval, "reconcile.grace": c.Reconcile.Grace,
 		"health.interval": c.Health.Interval, "health.timeout": c.Health.Timeout,
+		"audit.fsync_interval": c.Audit.FsyncInterval,
 	} {
 		if d < 0 {
 			return &Error{f, "must not be negative"}

@@ -55,7 +55,7 @@ func New(ctx context.Context, cfg *config.Config, reg provider.Registry, log *sl
 	if err := s.openStore(ctx); err != nil {
 		return nil, err
 	}
-	if s.audit, err = audit.OpenWith(cfg.Audit.Path, audit.Options{MaxBytes: cfg.Audit.MaxBytes, Logger: log}); err != nil {
+	if s.audit, err = audit.OpenWith(cfg.Audit.Path, audit.Options{MaxBytes: cfg.Audit.MaxBytes, Logger: log, SyncInterval: cfg.Audit.FsyncInterval.D()}); err != nil {
 		return nil, fmt.Errorf("audit log: %w", err)
 	}
 	authn, err := newAuthenticator(cfg, log)
