@@ -46,6 +46,9 @@ type Row struct {
 	// 10 ms, which shows the gateway's cost apart from the disk's fsync.
 	HTTPBatched      Result  `json:"http_audit_fsync_10ms"`
 	HTTPBatchedRatio float64 `json:"http_audit_fsync_10ms_over_raw"`
+	// InProcBatched is the in-process service with the same setting.
+	InProcBatched      Result  `json:"inproc_audit_fsync_10ms"`
+	InProcBatchedRatio float64 `json:"inproc_audit_fsync_10ms_over_raw"`
 }
 
 // Report is the JSON the run writes.
@@ -178,9 +181,14 @@ func run(ctx context.Context, o options) error {
 		r := &rows[i]
 		fmt.Fprintf(os.Stderr, "bench: %s %s, audit fsync every 10ms\n", r.Provider, r.Algorithm)
 		key := map[string]string{"RS256": "rsa", "PS256": "rsa", "ES256": "ec", "EdDSA": "ed25519", "A256GCM": "aes"}[r.Algorithm]
+		if r.InProcBatched, err = b.mode("inproc", o.concurrency, r.Algorithm, r.Payload, "--config", b.cfg, "--data-dir", b.data,
+			"--audit", filepath.Join(dir, "inproc-audit.log"), "--key", r.Provider+"-"+key); err != nil {
+			return err
+		}
 		if r.HTTPBatched, err = b.http(o.concurrency, r.Provider+"-"+key, r.Algorithm, r.Payload); err != nil {
 			return err
 		}
+		r.InProcBatchedRatio = r.InProcBatched.OpsPerSec / r.Raw.OpsPerSec
 		r.HTTPBatchedRatio = r.HTTPBatched.OpsPerSec / r.Raw.OpsPerSec
 	}
 	b.stopServer()

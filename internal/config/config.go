@@ -57,6 +57,7 @@ type Config struct {
 	Auth            Auth                      `yaml:"auth"`
 	Limits          Limits                    `yaml:"limits"`
 	Health          Health                    `yaml:"health"`
+	Debug           Debug                     `yaml:"debug"`
 
 	// Embedded is true when no file was given: the zero-configuration
 	// default (software provider, SQLite, ./data, 127.0.0.1:8080).
@@ -157,6 +158,14 @@ type Reconcile struct {
 type Health struct {
 	Interval Duration `yaml:"interval"` // default 10s
 	Timeout  Duration `yaml:"timeout"`  // one check's deadline, default 3s
+}
+
+// Debug configures diagnostics.
+type Debug struct {
+	// PprofListen, when set (e.g. 127.0.0.1:6060), serves Go's
+	// /debug/pprof profiles on that separate, unauthenticated listener:
+	// keep it on loopback.
+	PprofListen string `yaml:"pprof_listen"`
 }
 
 // Error is a configuration error naming the field.
@@ -276,6 +285,11 @@ var providerName = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
 func (c *Config) Validate(knownTypes []string) error {
 	if _, _, err := net.SplitHostPort(c.Server.Listen); err != nil {
 		return &Error{"server.listen", fmt.Sprintf("%q is not host:port", c.Server.Listen)}
+	}
+	if c.Debug.PprofListen != "" {
+		if _, _, err := net.SplitHostPort(c.Debug.PprofListen); err != nil {
+			return &Error{"debug.pprof_listen", fmt.Sprintf("%q is not host:port", c.Debug.PprofListen)}
+		}
 	}
 	if c.Server.MaxBodyBytes < 1024 {
 		return &Error{"server.max_body_bytes", "must be at least 1024"}

@@ -137,6 +137,14 @@ func (s *Server) Serve(ctx context.Context, ready func(addr net.Addr)) error {
 	if err != nil {
 		return err
 	}
+	if addr := s.cfg.Debug.PprofListen; addr != "" {
+		stop, err := servePprof(addr, s.log)
+		if err != nil {
+			ln.Close()
+			return err
+		}
+		defer stop()
+	}
 	ln = s.secureListener(ln)
 	c := s.cfg.Server
 	hs := &http.Server{
