@@ -74,6 +74,11 @@ type Scale struct {
 	Many     Result  `json:"many"`
 	Ratio    float64 `json:"many_over_few"`
 	FillSecs float64 `json:"fill_seconds"`
+	// RawFew and RawMany are the raw PKCS#11 loop on the same key: what
+	// the token itself loses with more objects.
+	RawFew   Result  `json:"raw_few"`
+	RawMany  Result  `json:"raw_many"`
+	RawRatio float64 `json:"raw_many_over_few"`
 }
 
 type bed struct {
@@ -238,6 +243,9 @@ func run(ctx context.Context, o options) error {
 		if s.Few, err = b.http(o.concurrency, "hsm-ec", "ES256", 32); err != nil {
 			return err
 		}
+		if s.RawFew, err = b.mode("raw", o.concurrency, "ES256", 32, "--token", b.soft.Label, "--id", ecID); err != nil {
+			return err
+		}
 		t := time.Now()
 		if err := b.fill(o.scaleKeys - s.FewKeys); err != nil {
 			return err
@@ -253,7 +261,10 @@ func run(ctx context.Context, o options) error {
 		if s.Many, err = b.http(o.concurrency, "hsm-ec", "ES256", 32); err != nil {
 			return err
 		}
-		s.Ratio = s.Many.OpsPerSec / s.Few.OpsPerSec
+		if s.RawMany, err = b.mode("raw", o.concurrency, "ES256", 32, "--token", b.soft.Label, "--id", ecID); err != nil {
+			return err
+		}
+		s.Ratio, s.RawRatio = s.Many.OpsPerSec/s.Few.OpsPerSec, s.RawMany.OpsPerSec/s.RawFew.OpsPerSec
 		rep.Scale = s
 	}
 	rep.TotalSeconds = time.Since(start).Seconds()

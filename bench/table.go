@@ -26,8 +26,8 @@ func printTable(w io.Writer, r Report) {
 	fmt.Fprintf(w, "\nconcurrency 1, hsm ES256: raw p50 %.0fµs, http p50 %.0fµs: added latency %.0fµs (http/raw ops %.2f); http* p50 %.0fµs: added %.0fµs\n",
 		l.Raw.P50us, l.HTTP.P50us, r.AddedLatencyP50, l.HTTPRatio, l.HTTPBatched.P50us, r.AddedLatencyP50Batched)
 	if s := r.Scale; s != nil {
-		fmt.Fprintf(w, "key count, hsm ES256 over http: %d keys %.0f ops/s, %d keys %.0f ops/s: ratio %.2f (filling the token took %.0fs)\n",
-			s.FewKeys, s.Few.OpsPerSec, s.ManyKeys, s.Many.OpsPerSec, s.Ratio, s.FillSecs)
+		fmt.Fprintf(w, "key count, hsm ES256 over http: %d keys %.0f ops/s, %d keys %.0f ops/s: ratio %.2f; raw PKCS#11 on the same token: %.0f → %.0f ops/s, ratio %.2f (filling the token took %.0fs)\n",
+			s.FewKeys, s.Few.OpsPerSec, s.ManyKeys, s.Many.OpsPerSec, s.Ratio, s.RawFew.OpsPerSec, s.RawMany.OpsPerSec, s.RawRatio, s.FillSecs)
 	}
 	fmt.Fprintf(w, "total %.0fs\n", r.TotalSeconds)
 }
