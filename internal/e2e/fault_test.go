@@ -83,6 +83,9 @@ providers:
       pin_env: KEYGRID_E2E_PIN
       max_sessions: 4
       operation_timeout: %s
+      # p11-kit's client (0.24) can leave a thread reading a reused socket
+      # forever when its server dies under concurrent calls.
+      serialize_calls: true
   software:
     config:
       master_key_env: KEYGRID_E2E_MASTER_KEY
@@ -414,7 +417,9 @@ func TestCreatesDuringOutageLeaveStoreAndTokenConsistent(t *testing.T) {
 	}
 	time.Sleep(300 * time.Millisecond)
 	b.p11.Stop()
-	time.Sleep(1500 * time.Millisecond)
+	// Longer than a create waits for recovery (the operation timeout), so
+	// creates in flight cannot all wait the outage out.
+	time.Sleep(faultOpTimeout + 1500*time.Millisecond)
 	b.p11.Start()
 	waitFor(t, faultRecoverWithin, "creates succeed again", func() bool {
 		before := created.Load()

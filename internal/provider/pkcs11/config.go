@@ -64,6 +64,12 @@ type Config struct {
 	// C_FindObjects (CKR_GENERAL_ERROR, CKR_TEMPLATE_INCONSISTENT; SoftHSMv2
 	// issue 573). Default true on pkcs11, false on aws-cloudhsm.
 	SerializeKeyChanges *bool `yaml:"serialize_key_changes"`
+	// SerializeCalls makes calls into the module one at a time, for a
+	// module that is not safe for concurrent calls. p11-kit's client module
+	// (0.24) is one: when its server dies under concurrent calls, a thread
+	// can be left reading a closed and reused socket forever. Default
+	// false.
+	SerializeCalls bool `yaml:"serialize_calls"`
 	// RescanOnMiss: when no object has a key's CKA_ID, make the module
 	// re-read the token (C_Finalize + C_Initialize, at most once a second
 	// per module) and look once more before answering KEY_NOT_FOUND.
@@ -95,6 +101,7 @@ type resolved struct {
 	maxGCMBytes      int // CloudHSM: C_Encrypt/C_Decrypt buffers of AES-GCM are at most 16 KiB
 	busyRetries      int
 	serializeChanges bool
+	serializeCalls   bool
 	rescanOnMiss     *bool // nil: on for SoftHSM2
 	firstSlotDefault bool  // CloudHSM: one token; take the first slot when no label matches
 }
@@ -133,6 +140,7 @@ func (c Config) resolve(typ, field string) (resolved, error) {
 	}
 	cloud := typ == TypeAWSCloudHSM
 	r.serializeChanges = !cloud
+	r.serializeCalls = c.SerializeCalls
 	if c.SerializeKeyChanges != nil {
 		r.serializeChanges = *c.SerializeKeyChanges
 	}

@@ -21,6 +21,8 @@ import (
 type health struct {
 	isDown atomic.Bool // fast path for every operation
 	resets atomic.Uint64
+	// hung counts calls into the module that outlived their deadline.
+	hung atomic.Uint64
 
 	mu          sync.Mutex
 	upCh        chan struct{} // closed while up
@@ -146,6 +148,7 @@ func (p *Provider) canaryKey() (*canary, error) {
 	defer p.resetMu.Unlock()
 	p.mod.mu.RLock()
 	defer p.mod.mu.RUnlock()
+	defer p.lockCalls()()
 	gen := p.mod.gen.Load()
 	if gen != p.gen.Load() || p.login.gen != gen {
 		return nil, errStale

@@ -63,6 +63,10 @@ type Provider struct {
 	hmu     sync.RWMutex
 	handles map[string]objHandles // CKA_ID → handles of the current generation
 
+	// callMu, when cfg.serializeCalls is set, lets one call at a time into
+	// the module.
+	callMu sync.Mutex
+
 	// changeMu, when cfg.serializeChanges is set, makes key generation and
 	// deletion exclusive, and object searches shared: SoftHSM2 fails token
 	// object creation that runs beside another creation or a search.
@@ -139,6 +143,16 @@ func Open(ctx context.Context, name, typ string, c Config, log *slog.Logger) (*P
 	return p, nil
 }
 
+// lockCalls takes callMu when the configuration asks for it; it returns
+// the unlock.
+func (p *Provider) lockCalls() func() {
+	if !p.cfg.serializeCalls {
+		return func() {}
+	}
+	p.callMu.Lock()
+	return p.callMu.Unlock
+}
+
 // lockChanges takes changeMu (exclusive for a change, shared for a search)
 // when the configuration asks for it; it returns the unlock.
 func (p *Provider) lockChanges(change bool) func() {
@@ -169,6 +183,7 @@ func (p *Provider) Capabilities() provider.Capabilities { return p.caps }
 func (p *Provider) resync(g uint64) error {
 	p.mod.mu.RLock()
 	defer p.mod.mu.RUnlock()
+	defer p.lockCalls()()
 	c := p.mod.ctx
 	slots, err := c.GetSlotList(true)
 	if err != nil {
@@ -222,21 +237,51 @@ func (p *Provider) withSession(ctx context.Context, fn func(pkcs11.SessionHandle
 	if err := p.pool.acquire(ctx); err != nil {
 		return 0, err
 	}
-	defer p.pool.release()
-	for {
-		gen, err := p.onSession(fn)
-		if !errors.Is(err, errStale) {
-			return gen, err
+	// The calls run on their own goroutine so that a call the module never
+	// returns from (a hung HSM or network) cannot hold the request past its
+	// deadline. A call left behind keeps its session and pool slot until it
+	// returns; the provider is marked down meanwhile.
+	type result struct {
+		gen uint64
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		defer p.pool.release()
+		for {
+			gen, err := p.onSession(fn)
+			if errors.Is(err, errStale) {
+				if err = p.catchUp(); err == nil {
+					continue
+				}
+			}
+			done <- result{gen, err}
+			return
 		}
-		if err := p.catchUp(); err != nil {
-			return gen, err
+	}()
+	select {
+	case r := <-done:
+		return r.gen, r.err
+	case <-ctx.Done():
+		if !errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return p.gen.Load(), kgerr.Wrap(apitypes.CodeServiceUnavailable, ctx.Err(), "the request was cancelled")
 		}
+		p.state.hung.Add(1)
+		gen := p.gen.Load()
+		p.markDown(kgerr.Wrap(apitypes.CodeHSMTimeout, errHung, "the HSM did not answer in time"), gen)
+		return gen, &kgerr.Error{Code: apitypes.CodeHSMTimeout, Cause: ctx.Err(), RetryAfter: 2 * time.Second,
+			Message: "the HSM did not answer before the operation's deadline"}
 	}
 }
+
+// errHung is the cause recorded when a call into the module outlived its
+// operation's deadline.
+var errHung = errors.New("a call into the PKCS#11 module did not return before its deadline")
 
 func (p *Provider) onSession(fn func(pkcs11.SessionHandle) error) (uint64, error) {
 	p.mod.mu.RLock()
 	defer p.mod.mu.RUnlock()
+	defer p.lockCalls()()
 	gen := p.mod.gen.Load()
 	if gen != p.gen.Load() {
 		return gen, errStale
@@ -439,6 +484,7 @@ func (p *Provider) Close() error {
 	p.resetMu.Lock()
 	defer p.resetMu.Unlock()
 	p.mod.mu.RLock()
+	unlockCalls := p.lockCalls()
 	gen := p.mod.gen.Load()
 	c := p.mod.ctx
 	if p.pool != nil {
@@ -455,6 +501,7 @@ func (p *Provider) Close() error {
 		}
 		c.CloseSession(p.login.h)
 	}
+	unlockCalls()
 	p.mod.mu.RUnlock()
 	p.mod.release()
 	return nil

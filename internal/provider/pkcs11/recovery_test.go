@@ -172,3 +172,47 @@ func TestPoolWaitHonoursDeadline(t *testing.T) {
 		t.Fatal("the wait timeout was not counted")
 	}
 }
+
+// A call the module never returns from (a hung HSM) does not hold the
+// request past its deadline: it gets HSM_TIMEOUT, the provider is marked
+// down (later requests fail fast), and once the call returns the provider
+// resets and serves again.
+func TestHungCallIsBoundedByTheDeadline(t *testing.T) {
+	p := openTest(t, 2)
+	release := make(chan struct{})
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err := p.withSession(ctx, func(pkcs11.SessionHandle) error {
+		<-release
+		return nil
+	})
+	if !errors.Is(err, kgerr.ErrHSMTimeout) || time.Since(start) > time.Second {
+		t.Fatalf("hung call: %v after %s; want HSM_TIMEOUT at the deadline", err, time.Since(start))
+	}
+	if p.Stats().Up {
+		t.Fatal("the provider must be down while a call hangs")
+	}
+	fast := time.Now()
+	if err := p.CheckHealth(context.Background()); !errors.Is(err, kgerr.ErrServiceUnavailable) || time.Since(fast) > 100*time.Millisecond {
+		t.Fatalf("while down: %v after %s; want a fast SERVICE_UNAVAILABLE", err, time.Since(fast))
+	}
+	close(release) // the module answers at last
+	wctx, wcancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer wcancel()
+	if err := p.state.waitUp(wctx); err != nil {
+		t.Fatalf("no recovery after the hung call returned: %v", err)
+	}
+	if err := p.CheckHealth(context.Background()); err != nil {
+		t.Fatalf("after recovery: %v", err)
+	}
+	// A cancelled request (the client went away) does not mark the HSM down.
+	cctx, ccancel := context.WithCancel(context.Background())
+	hold := make(chan struct{})
+	go func() { time.Sleep(50 * time.Millisecond); ccancel() }()
+	p.withSession(cctx, func(pkcs11.SessionHandle) error { <-hold; return nil })
+	close(hold)
+	if !p.Stats().Up {
+		t.Fatal("a cancelled request marked the HSM down")
+	}
+}
