@@ -72,6 +72,10 @@ func cmdBench(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 	if err != nil {
 		return err
 	}
+	token, err := c.resolveToken()
+	if err != nil {
+		return err
+	}
 	spec := apitypes.KeySpec{KeyType: keyType, KeySize: keySize, Curve: curve, Algorithm: algorithm}
 	if op != "create" {
 		if key == "" {
@@ -100,28 +104,28 @@ func cmdBench(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 	switch op {
 	case "sign":
 		body := reqBody(apitypes.SignRequest{Data: payload, Algorithm: algorithm})
-		run = func(int, int64) (int, []byte, error) { return post(base+key+"/sign", body, *c.token) }
+		run = func(int, int64) (int, []byte, error) { return post(base+key+"/sign", body, token) }
 	case "verify":
 		s, err := cl.Sign(ctx, key, apitypes.SignRequest{Data: payload, Algorithm: algorithm})
 		if err != nil {
 			return err
 		}
 		body := reqBody(apitypes.VerifyRequest{Data: payload, Signature: s.Signature, Algorithm: algorithm})
-		run = func(int, int64) (int, []byte, error) { return post(base+key+"/verify", body, *c.token) }
+		run = func(int, int64) (int, []byte, error) { return post(base+key+"/verify", body, token) }
 	case "encrypt":
 		body := reqBody(apitypes.EncryptRequest{Plaintext: payload, Algorithm: algorithm})
-		run = func(int, int64) (int, []byte, error) { return post(base+key+"/encrypt", body, *c.token) }
+		run = func(int, int64) (int, []byte, error) { return post(base+key+"/encrypt", body, token) }
 	case "decrypt":
 		e, err := cl.Encrypt(ctx, key, apitypes.EncryptRequest{Plaintext: payload, Algorithm: algorithm})
 		if err != nil {
 			return err
 		}
 		body := reqBody(apitypes.DecryptRequest{Ciphertext: e.Ciphertext, Algorithm: algorithm})
-		run = func(int, int64) (int, []byte, error) { return post(base+key+"/decrypt", body, *c.token) }
+		run = func(int, int64) (int, []byte, error) { return post(base+key+"/decrypt", body, token) }
 	case "create":
 		prefix := fmt.Sprintf("bench-%d", time.Now().UnixNano())
 		run = func(w int, i int64) (int, []byte, error) {
-			return post(strings.TrimSuffix(base, "/"), reqBody(apitypes.CreateKeyRequest{Name: fmt.Sprintf("%s-%d-%d", prefix, w, i), KeySpec: spec}), *c.token)
+			return post(strings.TrimSuffix(base, "/"), reqBody(apitypes.CreateKeyRequest{Name: fmt.Sprintf("%s-%d-%d", prefix, w, i), KeySpec: spec}), token)
 		}
 	default:
 		return fmt.Errorf("bench: unknown --op %q", op)

@@ -189,7 +189,7 @@ func cmdKeys(ctx context.Context, sub string, args []string, stdin io.Reader, st
 		c.fs.StringVar(&curve, "curve", "", "EC curve: P-256, P-384, P-521")
 		c.fs.StringVar(&algorithm, "algorithm", "", "default algorithm (RS256, PS256, ES256, EdDSA, RSA-OAEP-256, A256GCM, AES-KWP, …)")
 		c.fs.StringVar(&usage, "usage", "", "comma-separated usages: sign,verify,encrypt,decrypt,wrap,unwrap")
-		c.fs.BoolVar(&extractable, "extractable", false, "allow the key to be exported (wrapped) later")
+		c.fs.BoolVar(&extractable, "extractable", false, "record the key as extractable (no route exports managed keys yet)")
 		c.fs.StringVar(&expires, "expires-at", "", "expiry time, RFC 3339")
 		c.fs.StringVar(&metadata, "metadata", "", "comma-separated k=v pairs")
 	case "list":
@@ -384,7 +384,7 @@ func (c *cli) writeOutput(f *ioFlags, b []byte) error {
 func cmdCrypto(ctx context.Context, op string, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	c := newCLI(op, stdin, stdout, stderr)
 	var (
-		keyFlag, algorithm, sigFormat, sigFile, aad string
+		keyFlag, algorithm, sigFormat, sigFile, sigEnc, aad string
 		digest                                      bool
 		version                                     int
 	)
@@ -398,7 +398,7 @@ func cmdCrypto(ctx context.Context, op string, args []string, stdin io.Reader, s
 		c.fs.StringVar(&sigFormat, "signature-format", "", "ECDSA signature format: der (default) or raw")
 		if op == "verify" {
 			c.fs.StringVar(&sigFile, "signature", "", "file holding the signature (encoded as --signature-encoding)")
-			c.fs.StringVar(&f.outEnc, "signature-encoding", "base64", "encoding of the signature file: base64 or raw")
+			c.fs.StringVar(&sigEnc, "signature-encoding", "base64", "encoding of the signature file: base64 or raw")
 			c.fs.IntVar(&version, "version", 0, "key version (default: current)")
 		}
 	case "encrypt", "decrypt":
@@ -453,7 +453,7 @@ func cmdCrypto(ctx context.Context, op string, args []string, stdin io.Reader, s
 		if sigFile == "" {
 			return errors.New("verify: --signature FILE is required")
 		}
-		sig, err := readInput(c, sigFile, f.outEnc)
+		sig, err := readInput(c, sigFile, sigEnc)
 		if err != nil {
 			return fmt.Errorf("--signature: %w", err)
 		}

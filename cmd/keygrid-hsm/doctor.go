@@ -23,6 +23,11 @@ func cmdDoctor(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	if *cfgPath == "" {
+		// The embedded default has no HSM to check, and opening it would
+		// write a data directory here.
+		return errors.New("doctor: --config FILE is required (the configuration whose providers to check)")
+	}
 	cfg, err := config.Load(*cfgPath, config.Flags{})
 	if err != nil {
 		return err

@@ -10,7 +10,9 @@
 // before it; such a file begins with an "audit_rotate" record.
 //
 // The contract of Record: it returns nil only after the line is written and
-// fsynced (durable); on any error the line is not in the log (a partly
+// fsynced (durable) — concurrent records share one write and one fsync
+// (group commit); with Options.SyncInterval the fsync comes within the
+// interval instead. On any error the line is not in the log (a partly
 // written line is cut off before the next record) and the caller must refuse
 // the operation (fail closed). The next Record tries the file again, so the
 // server serves again as soon as the disk takes writes.
@@ -284,8 +286,9 @@ type outcome struct {
 	lead bool
 }
 
-// Record appends e and fsyncs. An error means the event is not in the log
-// and the caller must not report success.
+// Record appends e and makes it durable: fsynced (with SyncInterval > 0:
+// written to the operating system, fsynced within the interval). An error
+// means the event is not in the log and the caller must not report success.
 //
 // Group commit: concurrent records are written and fsynced together. One
 // caller at a time leads: it takes every record queued so far, writes them

@@ -287,9 +287,16 @@ func (c *Config) Validate(knownTypes []string) error {
 		return &Error{"server.listen", fmt.Sprintf("%q is not host:port", c.Server.Listen)}
 	}
 	if c.Debug.PprofListen != "" {
-		if _, _, err := net.SplitHostPort(c.Debug.PprofListen); err != nil {
+		host, _, err := net.SplitHostPort(c.Debug.PprofListen)
+		if err != nil {
 			return &Error{"debug.pprof_listen", fmt.Sprintf("%q is not host:port", c.Debug.PprofListen)}
 		}
+		if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+			return &Error{"debug.pprof_listen", "profiles are served without authentication: listen on a loopback address"}
+		}
+	}
+	if c.Storage.CacheTTL != nil && *c.Storage.CacheTTL < 0 {
+		return &Error{"storage.cache_ttl", "must not be negative"}
 	}
 	if c.Server.MaxBodyBytes < 1024 {
 		return &Error{"server.max_body_bytes", "must be at least 1024"}

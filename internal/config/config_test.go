@@ -147,3 +147,26 @@ func TestFlagsWin(t *testing.T) {
 		t.Fatalf("flags: listen %s, store %s, audit %s", c.Server.Listen, c.Storage.Path, c.Audit.Path)
 	}
 }
+
+func TestPprofAndCacheTTLValidation(t *testing.T) {
+	for name, tc := range map[string]struct{ yaml, field string }{
+		"pprof on all interfaces": {"debug:\n  pprof_listen: 0.0.0.0:6060\nproviders:\n  software: {}\n", "debug.pprof_listen"},
+		"pprof not host:port":     {"debug:\n  pprof_listen: nope\nproviders:\n  software: {}\n", "debug.pprof_listen"},
+		"negative cache ttl":      {"storage:\n  cache_ttl: -1s\nproviders:\n  software: {}\n", "storage.cache_ttl"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			c, err := Load(write(t, tc.yaml), Flags{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var ce *Error
+			if err := c.Validate([]string{"software"}); !errors.As(err, &ce) || ce.Field != tc.field {
+				t.Fatalf("got %v, want field %s", err, tc.field)
+			}
+		})
+	}
+	c, err := Load(write(t, "debug:\n  pprof_listen: 127.0.0.1:6060\nproviders:\n  software: {}\n"), Flags{})
+	if err != nil || c.Validate([]string{"software"}) != nil {
+		t.Fatalf("loopback pprof refused: %v", err)
+	}
+}

@@ -132,9 +132,15 @@ func (c Config) resolve(typ, field string) (resolved, error) {
 			}
 		}
 		if n.SlotID != nil {
+			if r.SlotID != nil && *r.SlotID != *n.SlotID {
+				return r, fmt.Errorf("%s: slot_id is set both at the top and under pkcs11", field)
+			}
 			r.SlotID = n.SlotID
 		}
 		if n.MaxSessions != 0 {
+			if r.MaxSessions != 0 && r.MaxSessions != n.MaxSessions {
+				return r, fmt.Errorf("%s: max_sessions is set both at the top and under pkcs11", field)
+			}
 			r.MaxSessions = n.MaxSessions
 		}
 	}
