@@ -385,8 +385,8 @@ func cmdCrypto(ctx context.Context, op string, args []string, stdin io.Reader, s
 	c := newCLI(op, stdin, stdout, stderr)
 	var (
 		keyFlag, algorithm, sigFormat, sigFile, sigEnc, aad string
-		digest                                      bool
-		version                                     int
+		digest                                              bool
+		version                                             int
 	)
 	c.fs.StringVar(&keyFlag, "key", "", "key id or name (or give it as the argument)")
 	c.fs.StringVar(&algorithm, "algorithm", "", "algorithm (default: the key's)")

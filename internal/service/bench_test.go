@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/keygrid/keygrid-hsm/internal/audit"
 	"github.com/keygrid/keygrid-hsm/internal/auth"
@@ -17,10 +18,16 @@ import (
 )
 
 // BenchmarkSignES256 is the service's cost around a software ES256
-// signature: metadata lookup, policy, provider, audit record, metrics.
+// signature: metadata lookup, policy, provider, audit record, metrics;
+// with the key cache (storage.cache_ttl) and without.
 //
 //	go test -run '^$' -bench SignES256 -cpuprofile cpu.out ./internal/service/
 func BenchmarkSignES256(b *testing.B) {
+	b.Run("read-through", func(b *testing.B) { benchSign(b, 0) })
+	b.Run("cache", func(b *testing.B) { benchSign(b, 2*time.Second) })
+}
+
+func benchSign(b *testing.B, cacheTTL time.Duration) {
 	ctx := context.Background()
 	dir := b.TempDir()
 	st, err := store.OpenSQLite(ctx, filepath.Join(dir, "meta.db"))
@@ -39,7 +46,7 @@ func BenchmarkSignES256(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	svc, err := service.New(service.Options{Store: st, Providers: []provider.Provider{sp}, Audit: al, Metrics: metrics.New("bench")})
+	svc, err := service.New(service.Options{Store: store.WithCache(st, cacheTTL), Providers: []provider.Provider{sp}, Audit: al, Metrics: metrics.New("bench")})
 	if err != nil {
 		b.Fatal(err)
 	}
