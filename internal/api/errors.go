@@ -182,7 +182,7 @@ func decodeError(err error) error {
 		return kgerr.Invalid("request body must be a JSON object")
 	case errors.As(err, &b64):
 		return kgerr.Invalid(fmt.Sprintf("a binary field is not valid standard base64 (bad byte at offset %d)", int64(b64)))
-	case errors.Is(err, errEOF):
+	case errors.Is(err, io.EOF):
 		return kgerr.Invalid("request body is empty; a JSON object is required")
 	}
 	// encoding/json reports unknown fields and a few other problems with

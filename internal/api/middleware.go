@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"regexp"
@@ -15,8 +14,6 @@ import (
 	"github.com/keygrid/keygrid-hsm/internal/kgerr"
 	"github.com/keygrid/keygrid-hsm/internal/service"
 )
-
-var errEOF = io.EOF
 
 type ridKey struct{}
 

@@ -151,7 +151,7 @@ func (s *Service) CreateKey(ctx context.Context, req apitypes.CreateKeyRequest) 
 		s.abandonPending(ctx, p, k, 1)
 		return nil, err
 	}
-	k, err = s.completeVersion(ctx, k.ID, 1, created)
+	k, err = s.completeVersion(ctx, p, k.ID, 1, created)
 	if err != nil {
 		return nil, err
 	}
@@ -256,7 +256,7 @@ func (s *Service) mutate(ctx context.Context, id string, f func(k *store.Key) (b
 // completeVersion records the material of a pending version and makes it
 // (and a pending key) active. If the key was deleted meanwhile, the material
 // is destroyed and the caller gets a conflict.
-func (s *Service) completeVersion(ctx context.Context, id string, version int, created provider.CreatedKey) (*store.Key, error) {
+func (s *Service) completeVersion(ctx context.Context, p provider.Provider, id string, version int, created provider.CreatedKey) (*store.Key, error) {
 	ctx = context.WithoutCancel(ctx) // the material exists: record it whatever the client does
 	var out *store.Key
 	err := s.mutate(ctx, id, func(k *store.Key) (bool, error) {
@@ -272,21 +272,11 @@ func (s *Service) completeVersion(ctx context.Context, id string, version int, c
 		return true, nil
 	})
 	if errors.Is(err, kgerr.ErrConflict) || errors.Is(err, kgerr.ErrKeyNotFound) {
-		if p, ok := s.providers[s.providerOfKey(ctx, id)]; ok {
-			if derr := p.DeleteKey(ctx, created.Ref); derr != nil {
-				s.log.Warn("orphan key material left after a concurrent delete", "key_id", id, "err", derr)
-			}
+		if derr := p.DeleteKey(ctx, created.Ref); derr != nil {
+			s.log.Warn("orphan key material left after a concurrent delete", "key_id", id, "err", derr)
 		}
 	}
 	return out, err
-}
-
-func (s *Service) providerOfKey(ctx context.Context, id string) string {
-	k, err := s.store.GetKey(ctx, id)
-	if err != nil {
-		return ""
-	}
-	return k.Provider
 }
 
 // GetKey returns one key by id or name.
@@ -410,7 +400,7 @@ func (s *Service) RotateKey(ctx context.Context, ref string) (_ *apitypes.Key, e
 		s.abandonPending(ctx, p, k, n)
 		return nil, err
 	}
-	if k, err = s.completeVersion(ctx, k.ID, n, created); err != nil {
+	if k, err = s.completeVersion(ctx, p, k.ID, n, created); err != nil {
 		return nil, err
 	}
 	return s.toAPI(k), nil

@@ -131,7 +131,7 @@ func (s *Service) reconcileKey(ctx context.Context, k *store.Key) error {
 			continue
 		}
 		s.log.Info("reconcile: completing an interrupted create", "key_id", k.ID, "version", v.Version)
-		if _, err := s.completeVersion(ctx, k.ID, v.Version, created); err != nil && !errors.Is(err, kgerr.ErrConflict) {
+		if _, err := s.completeVersion(ctx, p, k.ID, v.Version, created); err != nil && !errors.Is(err, kgerr.ErrConflict) {
 			return err
 		}
 	}

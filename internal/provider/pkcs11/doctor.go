@@ -1,7 +1,6 @@
 package pkcs11
 
 import (
-	"crypto/ecdsa"
 	"crypto/sha256"
 	"fmt"
 	"io"
@@ -9,7 +8,6 @@ import (
 
 	"github.com/miekg/pkcs11"
 
-	"github.com/keygrid/keygrid-hsm/internal/alg"
 	"github.com/keygrid/keygrid-hsm/internal/kgerr"
 )
 
@@ -123,41 +121,19 @@ func Doctor(name, typ string, c Config, out io.Writer) bool {
 		line(true, "mechanisms", "%d of %d the gateway uses; missing: %s", len(present), len(needed), orNone(missing))
 	}
 
-	pub, priv, err := pc.GenerateKeyPair(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_EC_KEY_PAIR_GEN, nil)},
-		[]*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false), pkcs11.NewAttribute(pkcs11.CKA_VERIFY, true),
-			pkcs11.NewAttribute(pkcs11.CKA_EC_PARAMS, curveOIDs["P-256"])},
-		[]*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false), pkcs11.NewAttribute(pkcs11.CKA_SIGN, true),
-			pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true)})
+	pub, priv, key, err := sessionP256(pc, sh, "keygrid-doctor")
 	if err != nil {
-		line(false, "sign/verify", "C_GenerateKeyPair (session P-256 key): %v", err)
+		line(false, "sign/verify", "a session P-256 key: %v", err)
 		return ok
 	}
 	defer pc.DestroyObject(sh, priv)
 	defer pc.DestroyObject(sh, pub)
-	get := func(t uint) ([]byte, error) {
-		a, err := pc.GetAttributeValue(sh, pub, []*pkcs11.Attribute{pkcs11.NewAttribute(t, nil)})
-		if err != nil {
-			return nil, err
-		}
-		return a[0].Value, nil
-	}
-	key, err := publicKeyFromAttrs(pkcs11.CKK_EC, get)
-	if err != nil {
-		line(false, "sign/verify", "reading the session key: %v", err)
-		return ok
-	}
 	d := sha256.Sum256([]byte("keygrid doctor"))
-	if err := pc.SignInit(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_ECDSA, nil)}, priv); err != nil {
-		line(false, "sign/verify", "C_SignInit: %v", err)
-		return ok
-	}
-	raw, err := pc.Sign(sh, d[:])
+	valid, err := signES256(pc, sh, priv, key, d[:])
 	if err != nil {
-		line(false, "sign/verify", "C_Sign: %v", err)
+		line(false, "sign/verify", "C_SignInit/C_Sign: %v", err)
 		return ok
 	}
-	der, err := alg.ECDSARawToDER(raw)
-	valid := err == nil && ecdsa.VerifyASN1(key.(*ecdsa.PublicKey), d[:], der)
 	line(valid, "sign/verify", "ES256 with a temporary session key: signature %s", map[bool]string{true: "valid", false: "INVALID"}[valid])
 	return ok
 }

@@ -153,26 +153,11 @@ func (p *Provider) canaryKey() (*canary, error) {
 	if gen != p.gen.Load() || p.login.gen != gen {
 		return nil, errStale
 	}
-	mc, sh := p.mod.ctx, p.login.h
-	pub, priv, err := mc.GenerateKeyPair(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_EC_KEY_PAIR_GEN, nil)},
-		[]*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false), pkcs11.NewAttribute(pkcs11.CKA_VERIFY, true),
-			pkcs11.NewAttribute(pkcs11.CKA_EC_PARAMS, curveOIDs["P-256"]), pkcs11.NewAttribute(pkcs11.CKA_LABEL, "keygrid-canary")},
-		[]*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false), pkcs11.NewAttribute(pkcs11.CKA_SIGN, true),
-			pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true), pkcs11.NewAttribute(pkcs11.CKA_LABEL, "keygrid-canary")})
+	_, priv, key, err := sessionP256(p.mod.ctx, p.login.h, "keygrid-canary")
 	if err != nil {
 		return nil, err
 	}
-	key, err := publicKeyFromAttrs(pkcs11.CKK_EC, func(t uint) ([]byte, error) {
-		a, err := mc.GetAttributeValue(sh, pub, []*pkcs11.Attribute{pkcs11.NewAttribute(t, nil)})
-		if err != nil {
-			return nil, err
-		}
-		return a[0].Value, nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	c := &canary{gen: gen, priv: priv, pub: key.(*ecdsa.PublicKey)}
+	c := &canary{gen: gen, priv: priv, pub: key}
 	p.canary.Store(c)
 	return c, nil
 }
@@ -209,20 +194,16 @@ func (p *Provider) checkCanary(ctx context.Context) error {
 		}
 		return err
 	}
-	var sig []byte
+	var valid bool
 	_, err = p.withSession(ctx, func(sh pkcs11.SessionHandle) error {
-		if err := p.mod.ctx.SignInit(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_ECDSA, nil)}, c.priv); err != nil {
-			return err
-		}
 		var err error
-		sig, err = p.mod.ctx.Sign(sh, canaryDigest[:])
+		valid, err = signES256(p.mod.ctx, sh, c.priv, c.pub, canaryDigest[:])
 		return err
 	})
 	if err != nil {
 		return err
 	}
-	der, err := alg.ECDSARawToDER(sig)
-	if err != nil || !ecdsa.VerifyASN1(c.pub, canaryDigest[:], der) {
+	if !valid {
 		return kgerr.New(apitypes.CodeServiceUnavailable, "the HSM's canary signature does not verify")
 	}
 	return nil

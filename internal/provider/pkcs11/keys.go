@@ -30,7 +30,7 @@ var curveOIDs = map[string][]byte{
 	"Ed25519": {0x06, 0x03, 0x2B, 0x65, 0x70},
 }
 
-// Classes in objHandles.has.
+// Classes found by FindKey (objectSet.has).
 const (
 	hasPriv uint8 = 1 << iota
 	hasPub
@@ -224,13 +224,12 @@ func (p *Provider) findAll(sh pkcs11.SessionHandle, id []byte, class *uint) ([]p
 // handle returns the handle of the object of class with CKA_ID id, from the
 // cache of the current generation or by one C_FindObjects.
 func (p *Provider) handle(sh pkcs11.SessionHandle, id []byte, class uint) (pkcs11.ObjectHandle, error) {
-	bit := map[uint]uint8{pkcs11.CKO_PRIVATE_KEY: hasPriv, pkcs11.CKO_PUBLIC_KEY: hasPub, pkcs11.CKO_SECRET_KEY: hasSec}[class]
 	gen := p.gen.Load()
 	p.hmu.RLock()
 	h, ok := p.handles[string(id)]
 	p.hmu.RUnlock()
-	if ok && h.gen == gen && h.has&bit != 0 {
-		return h.get(class), nil
+	if o := h.get(class); ok && h.gen == gen && o != 0 {
+		return o, nil
 	}
 	unlock := p.lockChanges(false)
 	found, err := p.findAll(sh, id, &class)
@@ -265,11 +264,11 @@ func (h *objHandles) get(class uint) pkcs11.ObjectHandle {
 func (h *objHandles) set(class uint, o pkcs11.ObjectHandle) {
 	switch class {
 	case pkcs11.CKO_PRIVATE_KEY:
-		h.priv, h.has = o, h.has|hasPriv
+		h.priv = o
 	case pkcs11.CKO_PUBLIC_KEY:
-		h.pub, h.has = o, h.has|hasPub
+		h.pub = o
 	default:
-		h.sec, h.has = o, h.has|hasSec
+		h.sec = o
 	}
 }
 

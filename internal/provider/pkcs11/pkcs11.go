@@ -79,13 +79,13 @@ type Provider struct {
 	wg     sync.WaitGroup // recovery goroutine
 }
 
-// objHandles are the object handles of one key, valid in generation gen.
+// objHandles are the object handles of one key, valid in generation gen;
+// 0 (CK_INVALID_HANDLE) where a class was not looked up yet.
 type objHandles struct {
 	gen  uint64
 	priv pkcs11.ObjectHandle
 	pub  pkcs11.ObjectHandle
 	sec  pkcs11.ObjectHandle
-	has  uint8 // bit per class found
 }
 
 // New is the provider.Factory of the pkcs11 and aws-cloudhsm types.

@@ -32,6 +32,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -473,20 +474,18 @@ func (p *Provider) PublicKey(_ context.Context, ref string) ([]byte, error) {
 	return x509.MarshalPKIXPublicKey(s.Public())
 }
 
+// parseSpecString reads back a key file's spec (alg.Spec.String: "RSA-2048",
+// "EC P-256", "Ed25519", "AES-256").
 func parseSpecString(s string) (alg.Spec, error) {
-	switch {
-	case s == "Ed25519":
-		return alg.Spec{Type: alg.Ed25519, Size: 256}, nil
-	case strings.HasPrefix(s, "EC "):
-		c := strings.TrimPrefix(s, "EC ")
-		return alg.Spec{Type: alg.EC, Curve: c, Size: map[string]int{"P-256": 256, "P-384": 384, "P-521": 521}[c]}, nil
+	if c, ok := strings.CutPrefix(s, "EC "); ok {
+		return alg.NewSpec("EC", 0, c)
 	}
-	var t string
-	var n int
+	if s == string(alg.Ed25519) {
+		return alg.NewSpec(s, 0, "")
+	}
 	if i := strings.LastIndexByte(s, '-'); i > 0 {
-		t = s[:i]
-		if _, err := fmt.Sscanf(s[i+1:], "%d", &n); err == nil {
-			return alg.Spec{Type: alg.KeyType(t), Size: n}, nil
+		if n, err := strconv.Atoi(s[i+1:]); err == nil {
+			return alg.NewSpec(s[:i], n, "")
 		}
 	}
 	return alg.Spec{}, fmt.Errorf("unknown key spec %q", s)
