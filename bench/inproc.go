@@ -13,7 +13,6 @@ import (
 	"github.com/keygrid/keygrid-hsm/internal/provider/registry"
 	"github.com/keygrid/keygrid-hsm/internal/server"
 	"github.com/keygrid/keygrid-hsm/internal/service"
-	"github.com/keygrid/keygrid-hsm/pkg/apitypes"
 )
 
 // inprocMain is the gateway without HTTP: the key service in this process
@@ -50,12 +49,12 @@ func inprocMain(args []string) (Result, error) {
 	data := make([]byte, c.size)
 	rand.Read(data)
 	op := func(int) error {
-		_, err := svc.Sign(ctx, *key, apitypes.SignRequest{Data: data, Algorithm: c.alg})
+		_, err := svc.Sign(ctx, service.SignRequest{Key: *key, Data: data, Algorithm: c.alg})
 		return err
 	}
 	if a.KeyType == alg.AES {
 		op = func(int) error {
-			_, err := svc.Encrypt(ctx, *key, apitypes.EncryptRequest{Plaintext: data, Algorithm: c.alg})
+			_, err := svc.Encrypt(ctx, service.EncryptRequest{Key: *key, Plaintext: data, Algorithm: c.alg})
 			return err
 		}
 	}

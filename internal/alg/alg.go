@@ -131,7 +131,7 @@ func Lookup(name string) (Info, error) {
 			return i, nil
 		}
 	}
-	return Info{}, kgerr.New(kgerr.ErrUnsupportedAlgorithm.Code, fmt.Sprintf("unknown algorithm %q", clip(name)))
+	return Info{}, kgerr.New(kgerr.KindUnsupportedAlgorithm, fmt.Sprintf("unknown algorithm %q", clip(name)))
 }
 
 // Spec is a key's shape: type, size in bits and curve.
@@ -168,7 +168,7 @@ func ParseKeyType(s string) (KeyType, error) {
 	case "":
 		return "", kgerr.Invalid("key_spec.key_type is required (RSA, EC, Ed25519 or AES)")
 	}
-	return "", kgerr.New(kgerr.ErrUnsupportedAlgorithm.Code, fmt.Sprintf("unsupported key_type %q (RSA, EC, Ed25519 or AES)", clip(s)))
+	return "", kgerr.New(kgerr.KindUnsupportedAlgorithm, fmt.Sprintf("unsupported key_type %q (RSA, EC, Ed25519 or AES)", clip(s)))
 }
 
 // ParseCurve normalises a curve name ("P-256", "p256", "secp256r1", "prime256v1").
@@ -207,7 +207,7 @@ func NewSpec(keyType string, size int, curve string) (Spec, error) {
 		if curve != "" {
 			c, ok := ParseCurve(curve)
 			if !ok {
-				return Spec{}, kgerr.New(kgerr.ErrUnsupportedAlgorithm.Code, fmt.Sprintf("unsupported curve %q (P-256, P-384 or P-521)", clip(curve)))
+				return Spec{}, kgerr.New(kgerr.KindUnsupportedAlgorithm, fmt.Sprintf("unsupported curve %q (P-256, P-384 or P-521)", clip(curve)))
 			}
 			if size != 0 && size != curveSizes[c] {
 				return Spec{}, kgerr.Invalid(fmt.Sprintf("key_spec.key_size %d does not match curve %s", size, c))
@@ -246,13 +246,13 @@ func NewSpec(keyType string, size int, curve string) (Spec, error) {
 // spec s.
 func Compatible(s Spec, a Info) error {
 	if a.KeyType != s.Type {
-		return kgerr.New(kgerr.ErrUnsupportedAlgorithm.Code, fmt.Sprintf("algorithm %s does not apply to %s keys", a.Name, s))
+		return kgerr.New(kgerr.KindUnsupportedAlgorithm, fmt.Sprintf("algorithm %s does not apply to %s keys", a.Name, s))
 	}
 	if a.Curve != "" && a.Curve != s.Curve {
-		return kgerr.New(kgerr.ErrUnsupportedAlgorithm.Code, fmt.Sprintf("algorithm %s needs curve %s, the key is %s", a.Name, a.Curve, s))
+		return kgerr.New(kgerr.KindUnsupportedAlgorithm, fmt.Sprintf("algorithm %s needs curve %s, the key is %s", a.Name, a.Curve, s))
 	}
 	if a.KeySize != 0 && a.KeySize != s.Size {
-		return kgerr.New(kgerr.ErrUnsupportedAlgorithm.Code, fmt.Sprintf("algorithm %s needs an AES-%d key, the key is %s", a.Name, a.KeySize, s))
+		return kgerr.New(kgerr.KindUnsupportedAlgorithm, fmt.Sprintf("algorithm %s needs an AES-%d key, the key is %s", a.Name, a.KeySize, s))
 	}
 	return nil
 }

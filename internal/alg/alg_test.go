@@ -466,7 +466,7 @@ func TestNewSpec(t *testing.T) {
 			got, err := alg.NewSpec(c.typ, c.size, c.curve)
 			if c.wantErr != nil {
 				if !errors.Is(err, c.wantErr) {
-					t.Errorf("NewSpec = %+v, %v; want %s", got, err, kgerr.CodeOf(c.wantErr))
+					t.Errorf("NewSpec = %+v, %v; want %s", got, err, kgerr.KindOf(c.wantErr))
 				}
 				return
 			}

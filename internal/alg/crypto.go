@@ -118,14 +118,14 @@ func Verify(pub crypto.PublicKey, a Info, msg, sig []byte) (bool, error) {
 	case ed25519.PublicKey:
 		return ed25519.Verify(k, msg, sig), nil
 	}
-	return false, kgerr.New(kgerr.ErrUnsupportedAlgorithm.Code, fmt.Sprintf("algorithm %s cannot verify with this key", a.Name))
+	return false, kgerr.New(kgerr.KindUnsupportedAlgorithm, fmt.Sprintf("algorithm %s cannot verify with this key", a.Name))
 }
 
 // EncryptOAEP encrypts with RSA-OAEP (MGF1 with the same hash, empty label).
 func EncryptOAEP(pub crypto.PublicKey, a Info, plaintext []byte) ([]byte, error) {
 	k, ok := pub.(*rsa.PublicKey)
 	if !ok {
-		return nil, kgerr.New(kgerr.ErrUnsupportedAlgorithm.Code, "RSA-OAEP needs an RSA key")
+		return nil, kgerr.New(kgerr.KindUnsupportedAlgorithm, "RSA-OAEP needs an RSA key")
 	}
 	ct, err := rsa.EncryptOAEP(a.Hash.New(), rand.Reader, k, plaintext, nil)
 	if errors.Is(err, rsa.ErrMessageTooLong) {

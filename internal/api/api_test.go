@@ -180,7 +180,7 @@ func TestDecodeErrors(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			var v req
 			err := decodeJSON([]byte(tc.body), 16, &v)
-			if !errors.Is(err, kgerr.ErrInvalidInput) || !strings.Contains(kgerr.As(err).Message, tc.msg) {
+			if !errors.Is(err, kgerr.ErrInvalidInput) || !strings.Contains(kgerr.Classify(err).Message, tc.msg) {
 				t.Fatalf("got %v, want INVALID_INPUT mentioning %q", err, tc.msg)
 			}
 		})

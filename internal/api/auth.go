@@ -11,7 +11,6 @@ import (
 
 	"github.com/keygrid/keygrid-hsm/internal/auth"
 	"github.com/keygrid/keygrid-hsm/internal/kgerr"
-	"github.com/keygrid/keygrid-hsm/pkg/apitypes"
 )
 
 // protected reports whether a request needs a credential: everything but
@@ -77,7 +76,7 @@ func (a *API) authenticate(r *http.Request, route string) (*auth.Principal, erro
 		if first {
 			a.svc.AuthenticationFailed(r.Context(), route+": authentication failures from this address are rate limited; further ones are not audited one by one")
 		}
-		e := kgerr.New(apitypes.CodeRateLimited, "too many failed authentications from this address; retry later")
+		e := kgerr.New(kgerr.KindRateLimited, "too many failed authentications from this address; retry later")
 		e.RetryAfter = wait
 		return nil, e
 	}
@@ -93,7 +92,7 @@ func (a *API) authenticate(r *http.Request, route string) (*auth.Principal, erro
 	case errors.Is(err, errTwoCredentials):
 		msg = "authentication failed: Authorization and X-API-Key carry different credentials"
 	}
-	return nil, kgerr.Wrap(apitypes.CodeAuthenticationFailed, err, msg)
+	return nil, kgerr.Wrap(kgerr.KindUnauthenticated, err, msg)
 }
 
 func chainsOf(r *http.Request) [][]*x509.Certificate {
@@ -123,7 +122,7 @@ func (a *API) rateLimit(p *auth.Principal) error {
 	if ok {
 		return nil
 	}
-	e := kgerr.New(apitypes.CodeRateLimited, "rate limit of principal "+p.Name+" exceeded; retry later")
+	e := kgerr.New(kgerr.KindRateLimited, "rate limit of principal "+p.Name+" exceeded; retry later")
 	e.RetryAfter = wait
 	return e
 }

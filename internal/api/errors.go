@@ -2,7 +2,6 @@ package api
 
 import (
 	"bytes"
-	"context"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -15,70 +14,83 @@ import (
 	"github.com/keygrid/keygrid-hsm/pkg/apitypes"
 )
 
-// statusOf is the one table from error code to HTTP status.
-var statusOf = map[apitypes.ErrorCode]int{
-	apitypes.CodeInvalidInput:         http.StatusBadRequest,
-	apitypes.CodeUnsupportedAlgorithm: http.StatusBadRequest,
-	apitypes.CodeUsageNotPermitted:    http.StatusBadRequest,
-	apitypes.CodeDecryptionFailed:     http.StatusBadRequest,
-	apitypes.CodeAuthenticationFailed: http.StatusUnauthorized,
-	apitypes.CodeAuthorizationFailed:  http.StatusForbidden,
-	apitypes.CodeKeyNotFound:          http.StatusNotFound,
-	apitypes.CodeProviderNotFound:     http.StatusNotFound,
-	apitypes.CodeNotFound:             http.StatusNotFound,
-	apitypes.CodeMethodNotAllowed:     http.StatusMethodNotAllowed,
-	apitypes.CodeKeyAlreadyExists:     http.StatusConflict,
-	apitypes.CodeKeyInactive:          http.StatusConflict,
-	apitypes.CodeKeyExpired:           http.StatusConflict,
-	apitypes.CodeConflict:             http.StatusConflict,
-	apitypes.CodePayloadTooLarge:      http.StatusRequestEntityTooLarge,
-	apitypes.CodeRateLimited:          http.StatusTooManyRequests,
-	apitypes.CodeServiceUnavailable:   http.StatusServiceUnavailable,
-	apitypes.CodeHSMTimeout:           http.StatusGatewayTimeout,
-	apitypes.CodeInternal:             http.StatusInternalServerError,
+// restError is how the REST API answers an error kind.
+type restError struct {
+	status int
+	code   apitypes.ErrorCode
 }
 
-// StatusOf returns the HTTP status of an error code.
+// restErrors is the one table from error kind to HTTP status and REST code.
+var restErrors = map[kgerr.Kind]restError{
+	kgerr.KindInvalidInput:         {http.StatusBadRequest, apitypes.CodeInvalidInput},
+	kgerr.KindUnsupportedAlgorithm: {http.StatusBadRequest, apitypes.CodeUnsupportedAlgorithm},
+	kgerr.KindUsageNotPermitted:    {http.StatusBadRequest, apitypes.CodeUsageNotPermitted},
+	kgerr.KindDecryptionFailed:     {http.StatusBadRequest, apitypes.CodeDecryptionFailed},
+	kgerr.KindTooLarge:             {http.StatusRequestEntityTooLarge, apitypes.CodePayloadTooLarge},
+	kgerr.KindUnauthenticated:      {http.StatusUnauthorized, apitypes.CodeAuthenticationFailed},
+	kgerr.KindPermissionDenied:     {http.StatusForbidden, apitypes.CodeAuthorizationFailed},
+	kgerr.KindRateLimited:          {http.StatusTooManyRequests, apitypes.CodeRateLimited},
+	kgerr.KindKeyNotFound:          {http.StatusNotFound, apitypes.CodeKeyNotFound},
+	kgerr.KindProviderNotFound:     {http.StatusNotFound, apitypes.CodeProviderNotFound},
+	kgerr.KindNotFound:             {http.StatusNotFound, apitypes.CodeNotFound},
+	kgerr.KindAlreadyExists:        {http.StatusConflict, apitypes.CodeKeyAlreadyExists},
+	kgerr.KindKeyInactive:          {http.StatusConflict, apitypes.CodeKeyInactive},
+	kgerr.KindKeyExpired:           {http.StatusConflict, apitypes.CodeKeyExpired},
+	kgerr.KindConflict:             {http.StatusConflict, apitypes.CodeConflict},
+	kgerr.KindUnavailable:          {http.StatusServiceUnavailable, apitypes.CodeServiceUnavailable},
+	kgerr.KindTimeout:              {http.StatusGatewayTimeout, apitypes.CodeHSMTimeout},
+	kgerr.KindInternal:             {http.StatusInternalServerError, apitypes.CodeInternal},
+}
+
+// rest returns how an error kind is answered.
+func rest(k kgerr.Kind) restError {
+	if r, ok := restErrors[k]; ok {
+		return r
+	}
+	return restErrors[kgerr.KindInternal]
+}
+
+// StatusOf returns the HTTP status of a REST error code.
 func StatusOf(c apitypes.ErrorCode) int {
-	if s, ok := statusOf[c]; ok {
-		return s
+	if c == apitypes.CodeMethodNotAllowed {
+		return http.StatusMethodNotAllowed
+	}
+	for _, r := range restErrors {
+		if r.code == c {
+			return r.status
+		}
 	}
 	return http.StatusInternalServerError
 }
 
-// classify turns any error into a *kgerr.Error: context deadlines become
-// HSM_TIMEOUT, a cancelled request SERVICE_UNAVAILABLE.
-func classify(err error) *kgerr.Error {
-	var e *kgerr.Error
-	switch {
-	case errors.As(err, &e):
-		return e
-	case errors.Is(err, context.DeadlineExceeded):
-		return kgerr.Wrap(apitypes.CodeHSMTimeout, err, "the request did not finish before its deadline")
-	case errors.Is(err, context.Canceled):
-		return kgerr.Wrap(apitypes.CodeServiceUnavailable, err, "the request was cancelled")
-	}
-	return kgerr.Wrap(apitypes.CodeInternal, err, "internal error")
-}
+// errMethodNotAllowed is the REST API's own 405: a path that exists, asked
+// with another method. It is no domain error.
+type errMethodNotAllowed struct{ msg string }
+
+func (e errMethodNotAllowed) Error() string { return e.msg }
 
 // fail writes the error body. Only the public message reaches the client;
 // the cause of a server-side error goes to the log.
 func (a *API) fail(w http.ResponseWriter, r *http.Request, err error) {
-	e := classify(err)
-	status := StatusOf(e.Code)
+	e := kgerr.Classify(err)
+	re := rest(e.Kind)
+	var mna errMethodNotAllowed
+	if errors.As(err, &mna) {
+		e, re = kgerr.New(kgerr.KindInvalidInput, mna.msg), restError{http.StatusMethodNotAllowed, apitypes.CodeMethodNotAllowed}
+	}
 	rid := requestID(r.Context())
 	switch {
-	case status == http.StatusServiceUnavailable:
+	case re.status == http.StatusServiceUnavailable:
 		// Expected while an HSM is away (every request fails fast): the
 		// provider logs the outage once; metrics count the requests.
-		a.log.Debug("request refused", "request_id", rid, "method", r.Method, "path", r.URL.Path, "code", e.Code, "err", err)
-	case status >= 500:
-		a.log.Error("request failed", "request_id", rid, "method", r.Method, "path", r.URL.Path, "code", e.Code, "err", err)
+		a.log.Debug("request refused", "request_id", rid, "method", r.Method, "path", r.URL.Path, "code", re.code, "err", err)
+	case re.status >= 500:
+		a.log.Error("request failed", "request_id", rid, "method", r.Method, "path", r.URL.Path, "code", re.code, "err", err)
 	}
-	if status == http.StatusUnauthorized {
+	if re.status == http.StatusUnauthorized {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="keygrid"`)
 	}
-	if status == http.StatusServiceUnavailable || status == http.StatusTooManyRequests {
+	if re.status == http.StatusServiceUnavailable || re.status == http.StatusTooManyRequests {
 		ra := e.RetryAfter
 		secs := int(ra.Seconds() + 0.999)
 		if secs < 1 {
@@ -86,7 +98,7 @@ func (a *API) fail(w http.ResponseWriter, r *http.Request, err error) {
 		}
 		w.Header().Set("Retry-After", strconv.Itoa(secs))
 	}
-	a.write(w, status, apitypes.ErrorBody{Error: apitypes.ErrorDetail{Code: e.Code, Message: e.Message, RequestID: rid}})
+	a.write(w, re.status, apitypes.ErrorBody{Error: apitypes.ErrorDetail{Code: re.code, Message: e.Message, RequestID: rid}})
 }
 
 func (a *API) write(w http.ResponseWriter, status int, v any) {
@@ -172,7 +184,7 @@ func decodeError(err error) error {
 	)
 	switch {
 	case errors.As(err, &mb):
-		return kgerr.New(apitypes.CodePayloadTooLarge, fmt.Sprintf("request body is larger than %d bytes", mb.Limit))
+		return kgerr.New(kgerr.KindTooLarge, fmt.Sprintf("request body is larger than %d bytes", mb.Limit))
 	case errors.As(err, &syn):
 		return kgerr.Invalid(fmt.Sprintf("malformed JSON at byte %d", syn.Offset))
 	case errors.As(err, &typ):
@@ -187,7 +199,7 @@ func decodeError(err error) error {
 	}
 	// encoding/json reports unknown fields and a few other problems with
 	// untyped errors whose text names the field: pass it on as the message.
-	return kgerr.Wrap(apitypes.CodeInvalidInput, err, "invalid request body: "+err.Error())
+	return kgerr.Wrap(kgerr.KindInvalidInput, err, "invalid request body: "+err.Error())
 }
 
 func jsonKind(t *json.UnmarshalTypeError) string {

@@ -57,7 +57,7 @@ func FuzzDecodeRequest(f *testing.F) {
 			err := decodeJSON(body, 16, v)
 			if err != nil {
 				var ke *kgerr.Error
-				if !errors.As(err, &ke) || ke.Code != apitypes.CodeInvalidInput || ke.Message == "" {
+				if !errors.As(err, &ke) || ke.Kind != kgerr.KindInvalidInput || ke.Message == "" {
 					t.Fatalf("%s: error %v is not INVALID_INPUT with a message", name, err)
 				}
 				continue

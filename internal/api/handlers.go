@@ -17,15 +17,25 @@ func (a *API) health(w http.ResponseWriter, _ *http.Request) {
 
 func (a *API) ready(w http.ResponseWriter, r *http.Request) {
 	ok, ps := a.svc.Ready(r.Context())
+	body := apitypes.Ready{Status: "ok", Providers: make([]apitypes.ProviderStatus, 0, len(ps))}
+	for _, p := range ps {
+		body.Providers = append(body.Providers, apitypes.ProviderStatus{Name: p.Name, Type: p.Type, Healthy: p.Healthy, State: p.State})
+	}
 	if !ok {
-		a.write(w, http.StatusServiceUnavailable, apitypes.Ready{Status: "unavailable", Providers: ps})
+		body.Status = "unavailable"
+		a.write(w, http.StatusServiceUnavailable, body)
 		return
 	}
-	a.write(w, http.StatusOK, apitypes.Ready{Status: "ok", Providers: ps})
+	a.write(w, http.StatusOK, body)
 }
 
 func (a *API) listProviders(w http.ResponseWriter, r *http.Request) {
-	a.write(w, http.StatusOK, a.svc.Providers(r.Context()))
+	ps := a.svc.Providers(r.Context())
+	out := apitypes.ProviderList{Providers: make([]apitypes.ProviderInfo, 0, len(ps))}
+	for _, p := range ps {
+		out.Providers = append(out.Providers, providerInfo(p))
+	}
+	a.write(w, http.StatusOK, out)
 }
 
 func (a *API) providerHealth(w http.ResponseWriter, r *http.Request) {
@@ -34,7 +44,7 @@ func (a *API) providerHealth(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
-	a.write(w, http.StatusOK, h)
+	a.write(w, http.StatusOK, providerHealth(h))
 }
 
 func (a *API) createKey(w http.ResponseWriter, r *http.Request) {
@@ -43,13 +53,13 @@ func (a *API) createKey(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
-	k, err := a.svc.CreateKey(r.Context(), req)
+	k, err := a.svc.CreateKey(r.Context(), createKeyRequest(req))
 	if err != nil {
 		a.fail(w, r, err)
 		return
 	}
 	w.Header().Set("Location", "/api/v1/keys/"+k.ID)
-	a.write(w, http.StatusCreated, k)
+	a.write(w, http.StatusCreated, keyOut(k))
 }
 
 func queryInt(r *http.Request, name string) (int, error) {
@@ -78,7 +88,11 @@ func (a *API) listKeys(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
-	a.write(w, http.StatusOK, list)
+	out := apitypes.KeyList{Keys: make([]apitypes.Key, 0, len(list.Keys)), NextPageToken: list.NextPageToken}
+	for i := range list.Keys {
+		out.Keys = append(out.Keys, *keyOut(&list.Keys[i]))
+	}
+	a.write(w, http.StatusOK, out)
 }
 
 func (a *API) getKey(w http.ResponseWriter, r *http.Request) {
@@ -87,7 +101,7 @@ func (a *API) getKey(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
-	a.write(w, http.StatusOK, k)
+	a.write(w, http.StatusOK, keyOut(k))
 }
 
 func (a *API) deleteKey(w http.ResponseWriter, r *http.Request) {
@@ -99,7 +113,7 @@ func (a *API) deleteKey(w http.ResponseWriter, r *http.Request) {
 }
 
 // keyState serves the bodiless state changes (activate, deactivate, rotate).
-func (a *API) keyState(fn func(context.Context, string) (*apitypes.Key, error)) http.HandlerFunc {
+func (a *API) keyState(fn func(context.Context, string) (*service.Key, error)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if r.ContentLength > 0 {
 			var empty struct{}
@@ -113,7 +127,7 @@ func (a *API) keyState(fn func(context.Context, string) (*apitypes.Key, error)) 
 			a.fail(w, r, err)
 			return
 		}
-		a.write(w, http.StatusOK, k)
+		a.write(w, http.StatusOK, keyOut(k))
 	}
 }
 
@@ -128,24 +142,36 @@ func (a *API) publicKey(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
-	a.write(w, http.StatusOK, pk)
+	out, err := publicKeyOut(pk)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	a.write(w, http.StatusOK, out)
 }
 
-// keyOp serves a cryptographic operation on a key: decode Req, call fn,
-// render its result.
-func keyOp[Req, Resp any](a *API, fn func(context.Context, string, Req) (Resp, error)) http.HandlerFunc {
+// keyOp serves a cryptographic operation on a key: decode the wire
+// request, translate it (in, which may refuse it), call the service,
+// translate the result back (out).
+func keyOp[Wire, Req, Res, WireRes any](a *API, in func(key string, w Wire) (Req, error),
+	fn func(context.Context, Req) (Res, error), out func(Res) WireRes) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		var req Req
-		if err := a.decode(w, r, &req); err != nil {
+		var wire Wire
+		if err := a.decode(w, r, &wire); err != nil {
 			a.fail(w, r, err)
 			return
 		}
-		resp, err := fn(r.Context(), r.PathValue("key"), req)
+		req, err := in(r.PathValue("key"), wire)
 		if err != nil {
 			a.fail(w, r, err)
 			return
 		}
-		a.write(w, http.StatusOK, resp)
+		res, err := fn(r.Context(), req)
+		if err != nil {
+			a.fail(w, r, err)
+			return
+		}
+		a.write(w, http.StatusOK, out(res))
 	}
 }
 
@@ -164,8 +190,8 @@ func (a *API) notFound(w http.ResponseWriter, r *http.Request) {
 		for _, m := range allow {
 			w.Header().Add("Allow", m)
 		}
-		a.fail(w, r, kgerr.New(apitypes.CodeMethodNotAllowed, fmt.Sprintf("%s is not allowed on %s", r.Method, r.URL.Path)))
+		a.fail(w, r, errMethodNotAllowed{fmt.Sprintf("%s is not allowed on %s", r.Method, r.URL.Path)})
 		return
 	}
-	a.fail(w, r, kgerr.New(apitypes.CodeNotFound, fmt.Sprintf("no route %s %s", r.Method, r.URL.Path)))
+	a.fail(w, r, kgerr.New(kgerr.KindNotFound, fmt.Sprintf("no route %s %s", r.Method, r.URL.Path)))
 }

@@ -82,7 +82,7 @@ func (a *API) middleware(next http.Handler) http.Handler {
 				if p == http.ErrAbortHandler {
 					panic(p)
 				}
-				a.fail(sw, r, kgerr.Wrap(kgerr.ErrInternal.Code, fmt.Errorf("panic: %v", p), "internal error"))
+				a.fail(sw, r, kgerr.Wrap(kgerr.KindInternal, fmt.Errorf("panic: %v", p), "internal error"))
 			}
 			a.metrics.HTTPRequests.WithLabelValues(route, strconv.Itoa(sw.status)).Inc()
 			level := slog.LevelDebug

@@ -12,28 +12,27 @@ import (
 	"github.com/keygrid/keygrid-hsm/internal/auth"
 	"github.com/keygrid/keygrid-hsm/internal/metrics"
 	"github.com/keygrid/keygrid-hsm/internal/service"
-	"github.com/keygrid/keygrid-hsm/pkg/apitypes"
 )
 
 // Service is what the API needs of the key service.
 type Service interface {
-	CreateKey(ctx context.Context, req apitypes.CreateKeyRequest) (*apitypes.Key, error)
-	GetKey(ctx context.Context, ref string) (*apitypes.Key, error)
-	ListKeys(ctx context.Context, o service.ListOptions) (*apitypes.KeyList, error)
+	CreateKey(ctx context.Context, req service.CreateKeyRequest) (*service.Key, error)
+	GetKey(ctx context.Context, ref string) (*service.Key, error)
+	ListKeys(ctx context.Context, o service.ListOptions) (*service.KeyList, error)
 	DeleteKey(ctx context.Context, ref string) error
-	ActivateKey(ctx context.Context, ref string) (*apitypes.Key, error)
-	DeactivateKey(ctx context.Context, ref string) (*apitypes.Key, error)
-	RotateKey(ctx context.Context, ref string) (*apitypes.Key, error)
-	PublicKey(ctx context.Context, ref string, version int) (*apitypes.PublicKey, error)
-	Sign(ctx context.Context, ref string, req apitypes.SignRequest) (*apitypes.SignResponse, error)
-	Verify(ctx context.Context, ref string, req apitypes.VerifyRequest) (*apitypes.VerifyResponse, error)
-	Encrypt(ctx context.Context, ref string, req apitypes.EncryptRequest) (*apitypes.EncryptResponse, error)
-	Decrypt(ctx context.Context, ref string, req apitypes.DecryptRequest) (*apitypes.DecryptResponse, error)
-	Wrap(ctx context.Context, ref string, req apitypes.WrapRequest) (*apitypes.WrapResponse, error)
-	Unwrap(ctx context.Context, ref string, req apitypes.UnwrapRequest) (*apitypes.UnwrapResponse, error)
-	Providers(ctx context.Context) *apitypes.ProviderList
-	ProviderHealth(ctx context.Context, name string) (*apitypes.ProviderHealth, error)
-	Ready(ctx context.Context) (bool, []apitypes.ProviderStatus)
+	ActivateKey(ctx context.Context, ref string) (*service.Key, error)
+	DeactivateKey(ctx context.Context, ref string) (*service.Key, error)
+	RotateKey(ctx context.Context, ref string) (*service.Key, error)
+	PublicKey(ctx context.Context, ref string, version int) (*service.PublicKeyInfo, error)
+	Sign(ctx context.Context, req service.SignRequest) (*service.SignResult, error)
+	Verify(ctx context.Context, req service.VerifyRequest) (*service.VerifyResult, error)
+	Encrypt(ctx context.Context, req service.EncryptRequest) (*service.EncryptResult, error)
+	Decrypt(ctx context.Context, req service.DecryptRequest) (*service.DecryptResult, error)
+	Wrap(ctx context.Context, req service.WrapRequest) (*service.WrapResult, error)
+	Unwrap(ctx context.Context, req service.UnwrapRequest) (*service.UnwrapResult, error)
+	Providers(ctx context.Context) []service.ProviderInfo
+	ProviderHealth(ctx context.Context, name string) (*service.ProviderHealth, error)
+	Ready(ctx context.Context) (bool, []service.ProviderStatus)
 	// AuthenticationFailed audits a request refused with 401.
 	AuthenticationFailed(ctx context.Context, detail string)
 }
@@ -121,12 +120,12 @@ func (a *API) routes() {
 	m.HandleFunc("POST /api/v1/keys/{key}/deactivate", a.keyState(a.svc.DeactivateKey))
 	m.HandleFunc("POST /api/v1/keys/{key}/rotate", a.keyState(a.svc.RotateKey))
 	m.HandleFunc("GET /api/v1/keys/{key}/public", a.publicKey)
-	m.HandleFunc("POST /api/v1/keys/{key}/sign", keyOp(a, a.svc.Sign))
-	m.HandleFunc("POST /api/v1/keys/{key}/verify", keyOp(a, a.svc.Verify))
-	m.HandleFunc("POST /api/v1/keys/{key}/encrypt", keyOp(a, a.svc.Encrypt))
-	m.HandleFunc("POST /api/v1/keys/{key}/decrypt", keyOp(a, a.svc.Decrypt))
-	m.HandleFunc("POST /api/v1/keys/{key}/wrap", keyOp(a, a.svc.Wrap))
-	m.HandleFunc("POST /api/v1/keys/{key}/unwrap", keyOp(a, a.svc.Unwrap))
+	m.HandleFunc("POST /api/v1/keys/{key}/sign", keyOp(a, signRequest, a.svc.Sign, signOut))
+	m.HandleFunc("POST /api/v1/keys/{key}/verify", keyOp(a, verifyRequest, a.svc.Verify, verifyOut))
+	m.HandleFunc("POST /api/v1/keys/{key}/encrypt", keyOp(a, encryptRequest, a.svc.Encrypt, encryptOut))
+	m.HandleFunc("POST /api/v1/keys/{key}/decrypt", keyOp(a, decryptRequest, a.svc.Decrypt, decryptOut))
+	m.HandleFunc("POST /api/v1/keys/{key}/wrap", keyOp(a, wrapRequest, a.svc.Wrap, wrapOut))
+	m.HandleFunc("POST /api/v1/keys/{key}/unwrap", keyOp(a, unwrapRequest, a.svc.Unwrap, unwrapOut))
 
 	m.HandleFunc("/", a.notFound)
 }

@@ -1,94 +1,146 @@
-// Package kgerr is the typed error of KeyGrid HSM. Every error that reaches
-// the API boundary carries a code from the KeyGrid vocabulary
-// (pkg/apitypes), a public message safe to show a client, and an optional
-// private cause that only goes to the server log.
+// Package kgerr is the one error vocabulary of KeyGrid HSM's domain. An
+// error has a Kind (what went wrong, in the domain's terms), a public
+// message safe to show a client, and an optional private cause that only
+// goes to the server log. Each front end maps kinds to its own protocol in
+// one table (the REST API to HTTP statuses and its error codes, the XKS
+// front end to the XKS error names); the domain knows no wire format.
 //
 // Callers match errors with errors.Is against the sentinels below (which
-// compare codes) or errors.As to *Error; never by text.
+// compare kinds) or errors.As to *Error; never by text. Classify is the one
+// classifier of errors that are not yet an *Error (context deadlines,
+// cancellations, anything else).
 package kgerr
 
 import (
+	"context"
 	"errors"
 	"time"
-
-	"github.com/keygrid/keygrid-hsm/pkg/apitypes"
 )
 
-// Code is an error code from the KeyGrid vocabulary.
-type Code = apitypes.ErrorCode
+// Kind is what went wrong. Its value is KeyGrid's name for it, the word the
+// audit log records (and, as it happens, the REST API's error code).
+type Kind string
+
+// The kinds.
+const (
+	// The caller's fault.
+	KindInvalidInput         Kind = "INVALID_INPUT"
+	KindUnsupportedAlgorithm Kind = "UNSUPPORTED_ALGORITHM"
+	KindUsageNotPermitted    Kind = "USAGE_NOT_PERMITTED"
+	KindDecryptionFailed     Kind = "DECRYPTION_FAILED"
+	KindTooLarge             Kind = "PAYLOAD_TOO_LARGE"
+	// Who the caller is and what it may do.
+	KindUnauthenticated  Kind = "AUTHENTICATION_FAILED"
+	KindPermissionDenied Kind = "AUTHORIZATION_FAILED"
+	KindRateLimited      Kind = "RATE_LIMITED"
+	// What the caller named does not exist.
+	KindKeyNotFound      Kind = "KEY_NOT_FOUND"
+	KindProviderNotFound Kind = "PROVIDER_NOT_FOUND"
+	KindNotFound         Kind = "NOT_FOUND"
+	// The key's state does not allow it.
+	KindAlreadyExists Kind = "KEY_ALREADY_EXISTS"
+	KindKeyInactive   Kind = "KEY_INACTIVE"
+	KindKeyExpired    Kind = "KEY_EXPIRED"
+	KindConflict      Kind = "CONFLICT"
+	// Ours, or a dependency's.
+	KindUnavailable Kind = "SERVICE_UNAVAILABLE"
+	KindTimeout     Kind = "HSM_TIMEOUT"
+	KindInternal    Kind = "INTERNAL_ERROR"
+)
+
+// Kinds lists every kind (front ends' tables are checked against it).
+var Kinds = []Kind{
+	KindInvalidInput, KindUnsupportedAlgorithm, KindUsageNotPermitted, KindDecryptionFailed, KindTooLarge,
+	KindUnauthenticated, KindPermissionDenied, KindRateLimited,
+	KindKeyNotFound, KindProviderNotFound, KindNotFound,
+	KindAlreadyExists, KindKeyInactive, KindKeyExpired, KindConflict,
+	KindUnavailable, KindTimeout, KindInternal,
+}
 
 // Error is a KeyGrid error.
 type Error struct {
-	Code    Code
+	Kind    Kind
 	Message string // public: never a PIN, token, key byte or plaintext
 	Cause   error  // private: logged, never sent to a client
-	// RetryAfter, when set, is sent as the Retry-After header.
+	// RetryAfter, when set, tells the client when to try again.
 	RetryAfter time.Duration
 }
 
 func (e *Error) Error() string {
 	if e.Cause != nil {
-		return string(e.Code) + ": " + e.Message + ": " + e.Cause.Error()
+		return string(e.Kind) + ": " + e.Message + ": " + e.Cause.Error()
 	}
-	return string(e.Code) + ": " + e.Message
+	return string(e.Kind) + ": " + e.Message
 }
 
 // Unwrap returns the private cause.
 func (e *Error) Unwrap() error { return e.Cause }
 
-// Is reports whether target is a *Error with the same code, so that
+// Is reports whether target is a *Error of the same kind, so that
 // errors.Is(err, kgerr.ErrKeyNotFound) matches any KEY_NOT_FOUND error.
 func (e *Error) Is(target error) bool {
 	t, ok := target.(*Error)
-	return ok && t.Code == e.Code
+	return ok && t.Kind == e.Kind
 }
 
 // Sentinels for errors.Is. Their messages are defaults; New gives specific ones.
 var (
-	ErrInvalidInput         = &Error{Code: apitypes.CodeInvalidInput, Message: "invalid input"}
-	ErrUnsupportedAlgorithm = &Error{Code: apitypes.CodeUnsupportedAlgorithm, Message: "unsupported algorithm"}
-	ErrKeyNotFound          = &Error{Code: apitypes.CodeKeyNotFound, Message: "key not found"}
-	ErrProviderNotFound     = &Error{Code: apitypes.CodeProviderNotFound, Message: "provider not found"}
-	ErrNotFound             = &Error{Code: apitypes.CodeNotFound, Message: "not found"}
-	ErrKeyAlreadyExists     = &Error{Code: apitypes.CodeKeyAlreadyExists, Message: "a key with this name already exists"}
-	ErrKeyInactive          = &Error{Code: apitypes.CodeKeyInactive, Message: "key is not active"}
-	ErrKeyExpired           = &Error{Code: apitypes.CodeKeyExpired, Message: "key has expired"}
-	ErrUsageNotPermitted    = &Error{Code: apitypes.CodeUsageNotPermitted, Message: "the key's usage does not permit this operation"}
-	ErrConflict             = &Error{Code: apitypes.CodeConflict, Message: "the key was changed concurrently"}
-	ErrDecryptionFailed     = &Error{Code: apitypes.CodeDecryptionFailed, Message: "decryption failed"}
-	ErrAuthenticationFailed = &Error{Code: apitypes.CodeAuthenticationFailed, Message: "authentication failed"}
-	ErrAuthorizationFailed  = &Error{Code: apitypes.CodeAuthorizationFailed, Message: "not allowed"}
-	ErrPayloadTooLarge      = &Error{Code: apitypes.CodePayloadTooLarge, Message: "request too large"}
-	ErrRateLimited          = &Error{Code: apitypes.CodeRateLimited, Message: "rate limit exceeded"}
-	ErrServiceUnavailable   = &Error{Code: apitypes.CodeServiceUnavailable, Message: "service unavailable"}
-	ErrHSMTimeout           = &Error{Code: apitypes.CodeHSMTimeout, Message: "the HSM did not answer in time"}
-	ErrInternal             = &Error{Code: apitypes.CodeInternal, Message: "internal error"}
+	ErrInvalidInput         = &Error{Kind: KindInvalidInput, Message: "invalid input"}
+	ErrUnsupportedAlgorithm = &Error{Kind: KindUnsupportedAlgorithm, Message: "unsupported algorithm"}
+	ErrKeyNotFound          = &Error{Kind: KindKeyNotFound, Message: "key not found"}
+	ErrProviderNotFound     = &Error{Kind: KindProviderNotFound, Message: "provider not found"}
+	ErrNotFound             = &Error{Kind: KindNotFound, Message: "not found"}
+	ErrKeyAlreadyExists     = &Error{Kind: KindAlreadyExists, Message: "a key with this name already exists"}
+	ErrKeyInactive          = &Error{Kind: KindKeyInactive, Message: "key is not active"}
+	ErrKeyExpired           = &Error{Kind: KindKeyExpired, Message: "key has expired"}
+	ErrUsageNotPermitted    = &Error{Kind: KindUsageNotPermitted, Message: "the key's usage does not permit this operation"}
+	ErrConflict             = &Error{Kind: KindConflict, Message: "the key was changed concurrently"}
+	ErrDecryptionFailed     = &Error{Kind: KindDecryptionFailed, Message: "decryption failed"}
+	ErrAuthenticationFailed = &Error{Kind: KindUnauthenticated, Message: "authentication failed"}
+	ErrAuthorizationFailed  = &Error{Kind: KindPermissionDenied, Message: "not allowed"}
+	ErrPayloadTooLarge      = &Error{Kind: KindTooLarge, Message: "request too large"}
+	ErrRateLimited          = &Error{Kind: KindRateLimited, Message: "rate limit exceeded"}
+	ErrServiceUnavailable   = &Error{Kind: KindUnavailable, Message: "service unavailable"}
+	ErrTimeout              = &Error{Kind: KindTimeout, Message: "the request did not finish before its deadline"}
+	ErrInternal             = &Error{Kind: KindInternal, Message: "internal error"}
 )
 
-// New returns an error with a code and a public message.
-func New(code Code, msg string) *Error { return &Error{Code: code, Message: msg} }
+// New returns an error of a kind with a public message.
+func New(kind Kind, msg string) *Error { return &Error{Kind: kind, Message: msg} }
 
-// Wrap returns an error with a code, a public message and a private cause.
-func Wrap(code Code, cause error, msg string) *Error {
-	return &Error{Code: code, Message: msg, Cause: cause}
+// Wrap returns an error of a kind with a public message and a private cause.
+func Wrap(kind Kind, cause error, msg string) *Error {
+	return &Error{Kind: kind, Message: msg, Cause: cause}
 }
 
 // Invalid is shorthand for an INVALID_INPUT error.
-func Invalid(msg string) *Error { return New(apitypes.CodeInvalidInput, msg) }
+func Invalid(msg string) *Error { return New(KindInvalidInput, msg) }
 
-// As returns the *Error in err's chain, or an INTERNAL_ERROR wrapping err.
-func As(err error) *Error {
-	var e *Error
-	if errors.As(err, &e) {
-		return e
+// Classify returns the *Error in err's chain; an error that is none is
+// classified here, once for every front end and the audit log: a passed
+// deadline (wherever it passed: HSM, store, audit) is a timeout, a
+// cancelled request unavailable, anything else internal. Classify(nil) is
+// nil.
+func Classify(err error) *Error {
+	if err == nil {
+		return nil
 	}
-	return &Error{Code: apitypes.CodeInternal, Message: "internal error", Cause: err}
+	var e *Error
+	switch {
+	case errors.As(err, &e):
+		return e
+	case errors.Is(err, context.DeadlineExceeded):
+		return Wrap(KindTimeout, err, "the request did not finish before its deadline")
+	case errors.Is(err, context.Canceled):
+		return Wrap(KindUnavailable, err, "the request was cancelled")
+	}
+	return Wrap(KindInternal, err, "internal error")
 }
 
-// CodeOf returns the code of err ("" for nil).
-func CodeOf(err error) Code {
+// KindOf returns the kind of err as Classify sees it ("" for nil).
+func KindOf(err error) Kind {
 	if err == nil {
 		return ""
 	}
-	return As(err).Code
+	return Classify(err).Kind
 }

@@ -213,7 +213,7 @@ func (c Capabilities) CheckSpec(s alg.Spec) error {
 			return nil
 		}
 	}
-	return kgerr.New(kgerr.ErrUnsupportedAlgorithm.Code, fmt.Sprintf("this provider cannot make %s keys", s))
+	return kgerr.New(kgerr.KindUnsupportedAlgorithm, fmt.Sprintf("this provider cannot make %s keys", s))
 }
 
 // CheckAlgorithm returns UNSUPPORTED_ALGORITHM unless the provider supports
@@ -223,9 +223,9 @@ func (c Capabilities) CheckAlgorithm(a alg.Algorithm) error {
 		return nil
 	}
 	if why, ok := c.Missing[a]; ok {
-		return kgerr.New(kgerr.ErrUnsupportedAlgorithm.Code, fmt.Sprintf("this provider does not support %s: %s", a, why))
+		return kgerr.New(kgerr.KindUnsupportedAlgorithm, fmt.Sprintf("this provider does not support %s: %s", a, why))
 	}
-	return kgerr.New(kgerr.ErrUnsupportedAlgorithm.Code, fmt.Sprintf("this provider does not support %s", a))
+	return kgerr.New(kgerr.KindUnsupportedAlgorithm, fmt.Sprintf("this provider does not support %s", a))
 }
 
 // Strings lists the capabilities as words for the API: operations, key specs

@@ -19,7 +19,7 @@ func (s *Service) auditReady(ctx context.Context) error {
 	}
 	if err := p.Ready(); err != nil {
 		s.log.Error("audit log cannot take records; refusing a state change", "request_id", CallerFrom(ctx).RequestID, "err", err)
-		return kgerr.Wrap(kgerr.ErrServiceUnavailable.Code, err, "the audit log cannot be written; the operation is refused")
+		return kgerr.Wrap(kgerr.KindUnavailable, err, "the audit log cannot be written; the operation is refused")
 	}
 	return nil
 }

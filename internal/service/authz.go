@@ -10,7 +10,6 @@ import (
 	"github.com/keygrid/keygrid-hsm/internal/kgerr"
 	"github.com/keygrid/keygrid-hsm/internal/provider"
 	"github.com/keygrid/keygrid-hsm/internal/store"
-	"github.com/keygrid/keygrid-hsm/pkg/apitypes"
 )
 
 // Authorization happens here, where key names and providers are known: the
@@ -24,8 +23,8 @@ import (
 // it existed. Listing returns only the keys in scope.
 
 func outcomeOf(err error) string {
-	switch kgerr.CodeOf(err) {
-	case apitypes.CodeAuthorizationFailed, apitypes.CodeAuthenticationFailed:
+	switch kgerr.KindOf(err) {
+	case kgerr.KindPermissionDenied, kgerr.KindUnauthenticated:
 		return audit.OutcomeDenied
 	}
 	return audit.OutcomeFailure
@@ -33,9 +32,9 @@ func outcomeOf(err error) string {
 
 func denied(p *auth.Principal, a auth.Action) error {
 	if p == nil {
-		return kgerr.New(apitypes.CodeAuthorizationFailed, "no principal: the request is not authenticated")
+		return kgerr.New(kgerr.KindPermissionDenied, "no principal: the request is not authenticated")
 	}
-	return kgerr.New(apitypes.CodeAuthorizationFailed, fmt.Sprintf("principal %q (%s) may not %s this key", p.Name, p.Role, a))
+	return kgerr.New(kgerr.KindPermissionDenied, fmt.Sprintf("principal %q (%s) may not %s this key", p.Name, p.Role, a))
 }
 
 // allow checks the role alone (operations that touch no key).
@@ -45,7 +44,7 @@ func allow(ctx context.Context, a auth.Action) error {
 		if p == nil {
 			return denied(nil, a)
 		}
-		return kgerr.New(apitypes.CodeAuthorizationFailed, fmt.Sprintf("principal %q (%s) may not %s", p.Name, p.Role, a))
+		return kgerr.New(kgerr.KindPermissionDenied, fmt.Sprintf("principal %q (%s) may not %s", p.Name, p.Role, a))
 	}
 	return nil
 }
@@ -77,11 +76,11 @@ func (s *Service) getKey(ctx context.Context, ref string, a auth.Action) (*store
 
 // auditDenied records a denial of an action that is not otherwise audited
 // (reading metadata). The request is refused whatever the audit log does.
-func (s *Service) auditDenied(ctx context.Context, a auth.Action, k *store.Key, err error) {
-	if kgerr.CodeOf(err) != apitypes.CodeAuthorizationFailed {
+func (s *Service) auditDenied(ctx context.Context, op operation, k *store.Key, err error) {
+	if kgerr.KindOf(err) != kgerr.KindPermissionDenied {
 		return
 	}
-	o := s.begin(string(a))
+	o := s.begin(op)
 	o.key = k
 	s.finish(ctx, o, &err)
 }
@@ -148,7 +147,7 @@ func (s *Service) listScoped(ctx context.Context, p *auth.Principal, o store.Lis
 		// The store changed between the two reads (a concurrent create or
 		// delete before the cut): read this batch again.
 		if retries++; retries > 20 {
-			return nil, "", kgerr.New(kgerr.ErrConflict.Code, "keys changed too fast to list; retry")
+			return nil, "", kgerr.New(kgerr.KindConflict, "keys changed too fast to list; retry")
 		}
 	}
 }
@@ -158,7 +157,7 @@ func (s *Service) listScoped(ctx context.Context, p *auth.Principal, o store.Lis
 func (s *Service) AuthenticationFailed(ctx context.Context, detail string) {
 	c := CallerFrom(ctx)
 	e := audit.Event{Time: s.now().UTC(), RequestID: c.RequestID, ClientAddr: c.ClientAddr, Operation: "authenticate",
-		Outcome: audit.OutcomeDenied, ErrorCode: string(apitypes.CodeAuthenticationFailed), Detail: clip(detail, 200)}
+		Outcome: audit.OutcomeDenied, ErrorCode: string(kgerr.KindUnauthenticated), Detail: clip(detail, 200)}
 	if err := s.audit.Record(ctx, e); err != nil {
 		s.metrics.AuditFailures.Inc()
 		s.log.Error("audit record of an authentication failure not written", "request_id", c.RequestID, "err", err)
@@ -175,7 +174,7 @@ func (s *Service) ProviderEvent(name string, ev provider.Event) {
 		e.Time = s.now().UTC()
 	}
 	if ev.Err != nil {
-		e.Outcome, e.ErrorCode = audit.OutcomeFailure, string(kgerr.CodeOf(ev.Err))
+		e.Outcome, e.ErrorCode = audit.OutcomeFailure, string(kgerr.KindOf(ev.Err))
 	}
 	if err := s.audit.Record(context.Background(), e); err != nil {
 		s.metrics.AuditFailures.Inc()

@@ -14,7 +14,6 @@ import (
 	"github.com/keygrid/keygrid-hsm/internal/provider/software"
 	"github.com/keygrid/keygrid-hsm/internal/service"
 	"github.com/keygrid/keygrid-hsm/internal/store"
-	"github.com/keygrid/keygrid-hsm/pkg/apitypes"
 )
 
 // BenchmarkSignES256 is the service's cost around a software ES256
@@ -51,16 +50,16 @@ func benchSign(b *testing.B, cacheTTL time.Duration) {
 		b.Fatal(err)
 	}
 	ctx = service.WithCaller(ctx, service.Caller{Principal: "bench", Auth: &auth.Principal{Name: "bench", Role: auth.RoleAdmin}})
-	if _, err := svc.CreateKey(ctx, apitypes.CreateKeyRequest{Name: "ec", KeySpec: apitypes.KeySpec{KeyType: "EC", Curve: "P-256"}}); err != nil {
+	if _, err := svc.CreateKey(ctx, service.CreateKeyRequest{Name: "ec", Spec: service.KeySpec{KeyType: "EC", Curve: "P-256"}}); err != nil {
 		b.Fatal(err)
 	}
-	req := apitypes.SignRequest{Data: []byte("benchmark payload of 32 bytes..")}
+	req := service.SignRequest{Key: "ec", Data: []byte("benchmark payload of 32 bytes..")}
 	b.ReportAllocs()
 	b.SetParallelism(1)
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			if _, err := svc.Sign(ctx, "ec", req); err != nil {
+			if _, err := svc.Sign(ctx, req); err != nil {
 				b.Fatal(err)
 			}
 		}

@@ -3,17 +3,14 @@ package service
 import (
 	"context"
 	"crypto"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"slices"
 
 	"github.com/keygrid/keygrid-hsm/internal/alg"
-	"github.com/keygrid/keygrid-hsm/internal/auth"
 	"github.com/keygrid/keygrid-hsm/internal/kgerr"
 	"github.com/keygrid/keygrid-hsm/internal/provider"
 	"github.com/keygrid/keygrid-hsm/internal/store"
-	"github.com/keygrid/keygrid-hsm/pkg/apitypes"
 )
 
 // Limits on operation inputs.
@@ -47,7 +44,7 @@ var (
 // the algorithm (requested, or the key's own). It returns the key, the
 // algorithm and the provider.
 func (s *Service) prepare(ctx context.Context, o *op, ref string, u use, algorithm string) (*store.Key, alg.Info, provider.Provider, error) {
-	k, err := s.getKey(ctx, ref, auth.Action(o.name))
+	k, err := s.getKey(ctx, ref, o.op.action)
 	o.key = k
 	if err != nil {
 		return nil, alg.Info{}, nil, err
@@ -56,16 +53,16 @@ func (s *Service) prepare(ctx context.Context, o *op, ref string, u use, algorit
 	switch k.State {
 	case store.StateActive:
 	case store.StateInactive:
-		return nil, alg.Info{}, nil, kgerr.New(kgerr.ErrKeyInactive.Code, fmt.Sprintf("key %q is inactive", k.Name))
+		return nil, alg.Info{}, nil, kgerr.New(kgerr.KindKeyInactive, fmt.Sprintf("key %q is inactive", k.Name))
 	default:
-		return nil, alg.Info{}, nil, kgerr.New(kgerr.ErrKeyInactive.Code, fmt.Sprintf("key %q is %s", k.Name, k.State))
+		return nil, alg.Info{}, nil, kgerr.New(kgerr.KindKeyInactive, fmt.Sprintf("key %q is %s", k.Name, k.State))
 	}
 	if !slices.Contains(k.Usage, string(u.usage)) {
-		return nil, alg.Info{}, nil, kgerr.New(kgerr.ErrUsageNotPermitted.Code,
+		return nil, alg.Info{}, nil, kgerr.New(kgerr.KindUsageNotPermitted,
 			fmt.Sprintf("key %q may not %s (usage: %v)", k.Name, u.usage, k.Usage))
 	}
 	if u.creates && expired(k, s.now()) {
-		return nil, alg.Info{}, nil, kgerr.New(kgerr.ErrKeyExpired.Code,
+		return nil, alg.Info{}, nil, kgerr.New(kgerr.KindKeyExpired,
 			fmt.Sprintf("key %q expired at %s; it may still verify, decrypt and unwrap", k.Name, k.ExpiresAt.Format("2006-01-02T15:04:05Z07:00")))
 	}
 	if algorithm == "" {
@@ -85,7 +82,7 @@ func (s *Service) prepare(ctx context.Context, o *op, ref string, u use, algorit
 		return nil, alg.Info{}, nil, err
 	}
 	if a.Kind != u.kind {
-		return nil, alg.Info{}, nil, kgerr.New(kgerr.ErrUnsupportedAlgorithm.Code, fmt.Sprintf("algorithm %s cannot %s", a.Name, u.usage))
+		return nil, alg.Info{}, nil, kgerr.New(kgerr.KindUnsupportedAlgorithm, fmt.Sprintf("algorithm %s cannot %s", a.Name, u.usage))
 	}
 	p, err := s.providerFor(k)
 	if err != nil {
@@ -103,11 +100,11 @@ func version(k *store.Key, n int) (*store.Version, error) {
 		if v := k.Current(); v != nil {
 			return v, nil
 		}
-		return nil, kgerr.New(kgerr.ErrKeyInactive.Code, fmt.Sprintf("key %q has no active version", k.Name))
+		return nil, kgerr.New(kgerr.KindKeyInactive, fmt.Sprintf("key %q has no active version", k.Name))
 	}
 	v := k.Version(n)
 	if v == nil || v.State != store.StateActive {
-		return nil, kgerr.New(kgerr.ErrKeyNotFound.Code, fmt.Sprintf("key %q has no version %d", k.Name, n))
+		return nil, kgerr.New(kgerr.KindKeyNotFound, fmt.Sprintf("key %q has no version %d", k.Name, n))
 	}
 	return v, nil
 }
@@ -121,7 +118,7 @@ func signInput(a alg.Info, data, digest []byte) ([]byte, error) {
 	case data == nil && digest == nil:
 		return nil, kgerr.Invalid("data or digest is required")
 	case len(data) > MaxDataBytes:
-		return nil, kgerr.New(kgerr.ErrPayloadTooLarge.Code, fmt.Sprintf("data is larger than %d bytes; send a digest instead", MaxDataBytes))
+		return nil, kgerr.New(kgerr.KindTooLarge, fmt.Sprintf("data is larger than %d bytes; send a digest instead", MaxDataBytes))
 	case digest != nil:
 		if err := alg.CheckDigest(a, digest); err != nil {
 			return nil, err
@@ -133,23 +130,23 @@ func signInput(a alg.Info, data, digest []byte) ([]byte, error) {
 	return alg.Digest(a, data), nil
 }
 
-func checkSignatureFormat(f string) error {
+func checkSignatureFormat(f SignatureFormat) error {
 	switch f {
-	case "", "der", "raw":
+	case SignatureDefault, SignatureDER, SignatureRaw:
 		return nil
 	}
 	return kgerr.Invalid(fmt.Sprintf("signature_format %q is not der or raw", f))
 }
 
 // Sign signs data or a digest with the current version of a key.
-func (s *Service) Sign(ctx context.Context, ref string, req apitypes.SignRequest) (_ *apitypes.SignResponse, err error) {
-	o := s.begin("sign")
+func (s *Service) Sign(ctx context.Context, req SignRequest) (_ *SignResult, err error) {
+	o := s.begin(opSign)
 	defer s.finish(ctx, o, &err)
-	k, a, p, err := s.prepare(ctx, o, ref, useSign, req.Algorithm)
+	k, a, p, err := s.prepare(ctx, o, req.Key, useSign, req.Algorithm)
 	if err != nil {
 		return nil, err
 	}
-	if err := checkSignatureFormat(req.SignatureFormat); err != nil {
+	if err := checkSignatureFormat(req.Format); err != nil {
 		return nil, err
 	}
 	in, err := signInput(a, req.Data, req.Digest)
@@ -165,24 +162,25 @@ func (s *Service) Sign(ctx context.Context, ref string, req apitypes.SignRequest
 	if err != nil {
 		return nil, err
 	}
-	if a.KeyType == alg.EC && req.SignatureFormat != "raw" {
+	if a.KeyType == alg.EC && req.Format != SignatureRaw {
 		if sig, err = alg.ECDSARawToDER(sig); err != nil {
 			return nil, err
 		}
 	}
-	return &apitypes.SignResponse{Signature: sig, Algorithm: string(a.Name), KeyID: k.ID, KeyVersion: v.Version}, nil
+	return &SignResult{Signature: sig, Algorithm: string(a.Name), KeyID: k.ID, KeyVersion: v.Version}, nil
 }
 
 // Verify checks a signature with the public key of a version (default:
-// current). A signature that does not verify is a result, not an error.
-func (s *Service) Verify(ctx context.Context, ref string, req apitypes.VerifyRequest) (_ *apitypes.VerifyResponse, err error) {
-	o := s.begin("verify")
+// every active one, newest first). A signature that does not verify is a
+// result, not an error.
+func (s *Service) Verify(ctx context.Context, req VerifyRequest) (_ *VerifyResult, err error) {
+	o := s.begin(opVerify)
 	defer s.finish(ctx, o, &err)
-	k, a, _, err := s.prepare(ctx, o, ref, useVerify, req.Algorithm)
+	k, a, _, err := s.prepare(ctx, o, req.Key, useVerify, req.Algorithm)
 	if err != nil {
 		return nil, err
 	}
-	if err := checkSignatureFormat(req.SignatureFormat); err != nil {
+	if err := checkSignatureFormat(req.Format); err != nil {
 		return nil, err
 	}
 	if len(req.Signature) == 0 {
@@ -208,7 +206,7 @@ func (s *Service) Verify(ctx context.Context, ref string, req apitypes.VerifyReq
 			}
 		}
 		if len(candidates) == 0 {
-			return nil, kgerr.New(kgerr.ErrKeyInactive.Code, fmt.Sprintf("key %q has no active version", k.Name))
+			return nil, kgerr.New(kgerr.KindKeyInactive, fmt.Sprintf("key %q has no active version", k.Name))
 		}
 	}
 	for _, v := range candidates {
@@ -216,29 +214,29 @@ func (s *Service) Verify(ctx context.Context, ref string, req apitypes.VerifyReq
 		if err != nil {
 			return nil, err
 		}
-		ok, err := verifySignature(pub, a, k.Curve, in, req.Signature, req.SignatureFormat)
+		ok, err := verifySignature(pub, a, k.Curve, in, req.Signature, req.Format)
 		if err != nil {
 			return nil, err
 		}
 		if ok {
 			o.version = v.Version
-			return &apitypes.VerifyResponse{Valid: true, KeyID: k.ID, KeyVersion: v.Version}, nil
+			return &VerifyResult{Valid: true, KeyID: k.ID, KeyVersion: v.Version}, nil
 		}
 	}
 	o.version = candidates[0].Version
-	return &apitypes.VerifyResponse{Valid: false, KeyID: k.ID, KeyVersion: candidates[0].Version}, nil
+	return &VerifyResult{Valid: false, KeyID: k.ID, KeyVersion: candidates[0].Version}, nil
 }
 
 // verifySignature checks sig. ECDSA signatures are DER, or raw r‖s when
 // format is "raw"; with no format, a signature that is not valid DER and has
 // the raw length is tried as raw.
-func verifySignature(pub crypto.PublicKey, a alg.Info, curve string, in, sig []byte, format string) (bool, error) {
+func verifySignature(pub crypto.PublicKey, a alg.Info, curve string, in, sig []byte, format SignatureFormat) (bool, error) {
 	if a.KeyType != alg.EC {
 		return alg.Verify(pub, a, in, sig)
 	}
 	n := alg.CurveByteLen(curve)
-	if format != "raw" {
-		if ok, err := alg.Verify(pub, a, in, sig); ok || err != nil || format == "der" || len(sig) != 2*n {
+	if format != SignatureRaw {
+		if ok, err := alg.Verify(pub, a, in, sig); ok || err != nil || format == SignatureDER || len(sig) != 2*n {
 			return ok, err
 		}
 	}
@@ -252,70 +250,31 @@ func verifySignature(pub crypto.PublicKey, a alg.Info, curve string, in, sig []b
 	return alg.Verify(pub, a, in, der)
 }
 
-// The AES-GCM ciphertext envelope:
-//
-//	'K' 'G' 0x01 | key version (uint32 BE) | nonce length (1 byte) | nonce | ciphertext ‖ tag
-//
-// The first 7 bytes are bound into the GCM additional data before the
-// caller's AAD, so the recorded version cannot be changed.
-const (
-	envelopeMagic0, envelopeMagic1, envelopeFormat = 'K', 'G', 1
-	envelopePrefixLen                              = 7
-)
+// gcmTagLen is the length of the AES-GCM tags the service makes and takes.
+const gcmTagLen = 16
 
-func envelopePrefix(version int) []byte {
-	b := []byte{envelopeMagic0, envelopeMagic1, envelopeFormat, 0, 0, 0, 0}
-	binary.BigEndian.PutUint32(b[3:], uint32(version))
-	return b
-}
-
-// ParseEnvelope splits an AES-GCM envelope into version, nonce and
-// ciphertext.
-func ParseEnvelope(b []byte) (version int, nonce, ct []byte, err error) {
-	if len(b) < envelopePrefixLen+1 || b[0] != envelopeMagic0 || b[1] != envelopeMagic1 || b[2] != envelopeFormat {
-		return 0, nil, nil, kgerr.New(kgerr.ErrDecryptionFailed.Code, "ciphertext is not a KeyGrid AES-GCM envelope")
-	}
-	version = int(binary.BigEndian.Uint32(b[3:7]))
-	n := int(b[7])
-	rest := b[envelopePrefixLen+1:]
-	if version < 1 || n < 12 || n > 16 || len(rest) < n+16 {
-		return 0, nil, nil, kgerr.New(kgerr.ErrDecryptionFailed.Code, "ciphertext envelope is malformed")
-	}
-	return version, rest[:n], rest[n:], nil
-}
-
-func envelopeAAD(version int, aad []byte) []byte {
-	return append(envelopePrefix(version), aad...)
-}
-
-// Encrypt encrypts with the current version: AES-GCM in the provider (into
-// an envelope), RSA-OAEP with the public key.
-func (s *Service) Encrypt(ctx context.Context, ref string, req apitypes.EncryptRequest) (_ *apitypes.EncryptResponse, err error) {
-	o := s.begin("encrypt")
+// Encrypt encrypts with the current version: AES-GCM in the provider,
+// RSA-OAEP with the public key.
+func (s *Service) Encrypt(ctx context.Context, req EncryptRequest) (_ *EncryptResult, err error) {
+	o := s.begin(opEncrypt)
 	defer s.finish(ctx, o, &err)
-	k, a, p, err := s.prepare(ctx, o, ref, useEncrypt, req.Algorithm)
+	k, a, p, err := s.prepare(ctx, o, req.Key, useEncrypt, req.Algorithm)
 	if err != nil {
 		return nil, err
 	}
 	pt := req.Plaintext
-	switch {
-	case pt != nil && req.Data != nil:
-		return nil, kgerr.Invalid("send plaintext or data (its alias), not both")
-	case pt == nil:
-		pt = req.Data
-	}
 	if pt == nil {
 		return nil, kgerr.Invalid("plaintext is required")
 	}
 	if len(pt) > MaxDataBytes {
-		return nil, kgerr.New(kgerr.ErrPayloadTooLarge.Code, fmt.Sprintf("plaintext is larger than %d bytes", MaxDataBytes))
+		return nil, kgerr.New(kgerr.KindTooLarge, fmt.Sprintf("plaintext is larger than %d bytes", MaxDataBytes))
 	}
 	v, err := version(k, 0)
 	if err != nil {
 		return nil, err
 	}
 	o.version = v.Version
-	resp := &apitypes.EncryptResponse{Algorithm: string(a.Name), KeyID: k.ID, KeyVersion: v.Version}
+	res := &EncryptResult{Algorithm: string(a.Name), KeyID: k.ID, KeyVersion: v.Version}
 	if a.KeyType == alg.RSA {
 		if req.AAD != nil {
 			return nil, kgerr.Invalid("RSA-OAEP takes no aad")
@@ -324,28 +283,33 @@ func (s *Service) Encrypt(ctx context.Context, ref string, req apitypes.EncryptR
 		if err != nil {
 			return nil, err
 		}
-		if resp.Ciphertext, err = alg.EncryptOAEP(pub, a, pt); err != nil {
+		if res.Ciphertext, err = alg.EncryptOAEP(pub, a, pt); err != nil {
 			return nil, err
 		}
-		return resp, nil
+		return res, nil
 	}
-	r, err := p.Encrypt(ctx, provider.EncryptRequest{Ref: v.ProviderRef, Spec: specOf(k), Algorithm: a,
-		Plaintext: pt, AAD: envelopeAAD(v.Version, req.AAD)})
+	aad := req.AAD
+	if req.Format != nil {
+		aad = req.Format.AAD(v.Version, req.AAD)
+	}
+	r, err := p.Encrypt(ctx, provider.EncryptRequest{Ref: v.ProviderRef, Spec: specOf(k), Algorithm: a, Plaintext: pt, AAD: aad})
 	if err != nil {
 		return nil, err
 	}
-	env := make([]byte, 0, envelopePrefixLen+1+len(r.Nonce)+len(r.Ciphertext))
-	env = append(append(env, envelopePrefix(v.Version)...), byte(len(r.Nonce)))
-	resp.Ciphertext = append(append(env, r.Nonce...), r.Ciphertext...)
-	return resp, nil
+	if len(r.Ciphertext) < gcmTagLen {
+		return nil, kgerr.New(kgerr.KindInternal, "the provider returned a ciphertext without a tag")
+	}
+	cut := len(r.Ciphertext) - gcmTagLen
+	res.Ciphertext, res.Tag, res.Nonce = r.Ciphertext[:cut:cut], r.Ciphertext[cut:], r.Nonce
+	return res, nil
 }
 
-// Decrypt decrypts an AES-GCM envelope (with the version it records) or an
-// RSA-OAEP ciphertext (with key_version, default current).
-func (s *Service) Decrypt(ctx context.Context, ref string, req apitypes.DecryptRequest) (_ *apitypes.DecryptResponse, err error) {
-	o := s.begin("decrypt")
+// Decrypt decrypts AES-GCM (with the version the request or its format
+// names) or RSA-OAEP (with KeyVersion, default current).
+func (s *Service) Decrypt(ctx context.Context, req DecryptRequest) (_ *DecryptResult, err error) {
+	o := s.begin(opDecrypt)
 	defer s.finish(ctx, o, &err)
-	k, a, p, err := s.prepare(ctx, o, ref, useDecrypt, req.Algorithm)
+	k, a, p, err := s.prepare(ctx, o, req.Key, useDecrypt, req.Algorithm)
 	if err != nil {
 		return nil, err
 	}
@@ -355,23 +319,18 @@ func (s *Service) Decrypt(ctx context.Context, ref string, req apitypes.DecryptR
 	dr := provider.DecryptRequest{Spec: specOf(k), Algorithm: a, Ciphertext: req.Ciphertext}
 	n := req.KeyVersion
 	if a.KeyType == alg.AES {
-		var ev int
-		if ev, dr.Nonce, dr.Ciphertext, err = ParseEnvelope(req.Ciphertext); err != nil {
+		if n, dr, err = gcmInput(req, dr); err != nil {
 			return nil, err
 		}
-		if n != 0 && n != ev {
-			return nil, kgerr.Invalid(fmt.Sprintf("key_version %d does not match the ciphertext's version %d", n, ev))
-		}
-		n, dr.AAD = ev, envelopeAAD(ev, req.AAD)
 	} else if req.AAD != nil {
 		return nil, kgerr.Invalid("RSA-OAEP takes no aad")
 	}
 	v, err := version(k, n)
 	if err != nil {
 		if a.KeyType == alg.AES && errors.Is(err, kgerr.ErrKeyNotFound) {
-			// The version came from the envelope: a version the key does
-			// not have means the ciphertext is not one of this key's.
-			return nil, kgerr.Wrap(kgerr.ErrDecryptionFailed.Code, err, "ciphertext names a key version this key does not have")
+			// A version the key does not have: the ciphertext is not one
+			// of this key's.
+			return nil, kgerr.Wrap(kgerr.KindDecryptionFailed, err, "ciphertext names a key version this key does not have")
 		}
 		return nil, err
 	}
@@ -380,15 +339,40 @@ func (s *Service) Decrypt(ctx context.Context, ref string, req apitypes.DecryptR
 	if err != nil {
 		return nil, err
 	}
-	return &apitypes.DecryptResponse{Plaintext: pt, KeyID: k.ID, KeyVersion: v.Version}, nil
+	return &DecryptResult{Plaintext: pt, KeyID: k.ID, KeyVersion: v.Version}, nil
+}
+
+// gcmInput fills the provider's AES-GCM input from a request: nonce, tag
+// and version given apart, or taken from the front end's format.
+func gcmInput(req DecryptRequest, dr provider.DecryptRequest) (int, provider.DecryptRequest, error) {
+	n, nonce, ct, tag, aad := req.KeyVersion, req.Nonce, req.Ciphertext, req.Tag, req.AAD
+	if req.Format != nil {
+		ev, fn, fct, ftag, err := req.Format.Parse(req.Ciphertext)
+		if err != nil {
+			return 0, dr, err
+		}
+		if n != 0 && n != ev {
+			return 0, dr, kgerr.Invalid(fmt.Sprintf("key_version %d does not match the ciphertext's version %d", n, ev))
+		}
+		n, nonce, ct, tag, aad = ev, fn, fct, ftag, req.Format.AAD(ev, req.AAD)
+	}
+	if len(nonce) < 12 || len(nonce) > 16 {
+		return 0, dr, kgerr.Invalid("the AES-GCM nonce must be 12 to 16 bytes")
+	}
+	if len(tag) != gcmTagLen {
+		return 0, dr, kgerr.Invalid(fmt.Sprintf("the AES-GCM tag must be %d bytes", gcmTagLen))
+	}
+	dr.Nonce, dr.AAD = nonce, aad
+	dr.Ciphertext = append(append(make([]byte, 0, len(ct)+len(tag)), ct...), tag...)
+	return n, dr, nil
 }
 
 // Wrap wraps key material under the current version of a key-encryption
 // key (RFC 5649, AES key wrap with padding).
-func (s *Service) Wrap(ctx context.Context, ref string, req apitypes.WrapRequest) (_ *apitypes.WrapResponse, err error) {
-	o := s.begin("wrap")
+func (s *Service) Wrap(ctx context.Context, req WrapRequest) (_ *WrapResult, err error) {
+	o := s.begin(opWrap)
 	defer s.finish(ctx, o, &err)
-	k, a, p, err := s.prepare(ctx, o, ref, useWrap, req.Algorithm)
+	k, a, p, err := s.prepare(ctx, o, req.Key, useWrap, req.Algorithm)
 	if err != nil {
 		return nil, err
 	}
@@ -396,7 +380,7 @@ func (s *Service) Wrap(ctx context.Context, ref string, req apitypes.WrapRequest
 		return nil, kgerr.Invalid("key_material is required")
 	}
 	if len(req.KeyMaterial) > MaxKeyMaterialBytes {
-		return nil, kgerr.New(kgerr.ErrPayloadTooLarge.Code, fmt.Sprintf("key_material is larger than %d bytes", MaxKeyMaterialBytes))
+		return nil, kgerr.New(kgerr.KindTooLarge, fmt.Sprintf("key_material is larger than %d bytes", MaxKeyMaterialBytes))
 	}
 	v, err := version(k, 0)
 	if err != nil {
@@ -407,15 +391,15 @@ func (s *Service) Wrap(ctx context.Context, ref string, req apitypes.WrapRequest
 	if err != nil {
 		return nil, err
 	}
-	return &apitypes.WrapResponse{WrappedKey: w, Algorithm: string(a.Name), KeyID: k.ID, KeyVersion: v.Version}, nil
+	return &WrapResult{WrappedKey: w, Algorithm: string(a.Name), KeyID: k.ID, KeyVersion: v.Version}, nil
 }
 
 // Unwrap unwraps key material with a version (default current) of a
 // key-encryption key.
-func (s *Service) Unwrap(ctx context.Context, ref string, req apitypes.UnwrapRequest) (_ *apitypes.UnwrapResponse, err error) {
-	o := s.begin("unwrap")
+func (s *Service) Unwrap(ctx context.Context, req UnwrapRequest) (_ *UnwrapResult, err error) {
+	o := s.begin(opUnwrap)
 	defer s.finish(ctx, o, &err)
-	k, _, p, err := s.prepare(ctx, o, ref, useUnwrap, req.Algorithm)
+	k, _, p, err := s.prepare(ctx, o, req.Key, useUnwrap, req.Algorithm)
 	if err != nil {
 		return nil, err
 	}
@@ -431,15 +415,15 @@ func (s *Service) Unwrap(ctx context.Context, ref string, req apitypes.UnwrapReq
 	if err != nil {
 		return nil, err
 	}
-	return &apitypes.UnwrapResponse{KeyMaterial: m, KeyID: k.ID, KeyVersion: v.Version}, nil
+	return &UnwrapResult{KeyMaterial: m, KeyID: k.ID, KeyVersion: v.Version}, nil
 }
 
-// PublicKey returns the public key of a version (default current) as PEM
-// and JWK. It needs no usage: public keys are public.
-func (s *Service) PublicKey(ctx context.Context, ref string, n int) (_ *apitypes.PublicKey, err error) {
-	o := s.begin("public_key")
+// PublicKey returns the public key of a version (default current). It
+// needs no usage: public keys are public.
+func (s *Service) PublicKey(ctx context.Context, ref string, n int) (_ *PublicKeyInfo, err error) {
+	o := s.begin(opPublicKey)
 	defer s.finish(ctx, o, &err)
-	k, err := s.getKey(ctx, ref, auth.ActionPublicKey)
+	k, err := s.getKey(ctx, ref, opPublicKey.action)
 	o.key = k
 	if err != nil {
 		return nil, err
@@ -456,10 +440,6 @@ func (s *Service) PublicKey(ctx context.Context, ref string, n int) (_ *apitypes
 	if err != nil {
 		return nil, err
 	}
-	jwk, err := alg.JWK(pub, fmt.Sprintf("%s.%d", k.ID, v.Version), alg.Algorithm(k.Algorithm))
-	if err != nil {
-		return nil, err
-	}
-	return &apitypes.PublicKey{KeyID: k.ID, KeyVersion: v.Version, PublicKey: alg.PublicKeyPEM(v.PublicKey), JWK: jwk,
+	return &PublicKeyInfo{KeyID: k.ID, KeyVersion: v.Version, DER: v.PublicKey, Key: pub,
 		KeyType: k.KeyType, Algorithm: k.Algorithm, KeySize: k.KeySize}, nil
 }

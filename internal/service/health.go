@@ -9,7 +9,6 @@ import (
 
 	"github.com/keygrid/keygrid-hsm/internal/kgerr"
 	"github.com/keygrid/keygrid-hsm/internal/provider"
-	"github.com/keygrid/keygrid-hsm/pkg/apitypes"
 )
 
 // Health states of a provider.
@@ -65,9 +64,9 @@ func (h *providerHealth) record(p provider.Provider, d, timeout time.Duration, e
 // view renders the cached health. A provider that reports itself down
 // (it lost its HSM during a request) is unavailable at once, without
 // waiting for the next check.
-func (h *providerHealth) view(p provider.Provider) *apitypes.ProviderHealth {
+func (h *providerHealth) view(p provider.Provider) *ProviderHealth {
 	h.mu.Lock()
-	out := &apitypes.ProviderHealth{Name: h.name, Type: h.typ, State: h.state, LatencyMS: float64(h.latency.Microseconds()) / 1000}
+	out := &ProviderHealth{Name: h.name, Type: h.typ, State: h.state, Latency: h.latency}
 	if !h.lastCheck.IsZero() {
 		t := h.lastCheck.UTC()
 		out.LastCheck = &t
@@ -77,8 +76,8 @@ func (h *providerHealth) view(p provider.Provider) *apitypes.ProviderHealth {
 		out.LastSuccess = &t
 	}
 	if h.lastErr != nil {
-		e := kgerr.As(h.lastErr)
-		out.LastErrorCode, out.LastError = string(e.Code), e.Message
+		e := kgerr.Classify(h.lastErr)
+		out.LastErrorKind, out.LastError = e.Kind, e.Message
 	}
 	h.mu.Unlock()
 	if r, ok := p.(provider.StatsReporter); ok {
@@ -114,7 +113,7 @@ func (s *Service) check(ctx context.Context, p provider.Provider) {
 	select {
 	case err = <-done:
 	case <-ctx.Done():
-		err = kgerr.Wrap(kgerr.ErrHSMTimeout.Code, ctx.Err(), "the health check did not finish before its deadline")
+		err = kgerr.Wrap(kgerr.KindTimeout, ctx.Err(), "the health check did not finish before its deadline")
 	}
 	s.health[p.Name()].record(p, time.Since(start), s.healthTO, err)
 }

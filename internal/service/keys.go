@@ -13,11 +13,9 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/keygrid/keygrid-hsm/internal/alg"
-	"github.com/keygrid/keygrid-hsm/internal/auth"
 	"github.com/keygrid/keygrid-hsm/internal/kgerr"
 	"github.com/keygrid/keygrid-hsm/internal/provider"
 	"github.com/keygrid/keygrid-hsm/internal/store"
-	"github.com/keygrid/keygrid-hsm/pkg/apitypes"
 )
 
 var namePattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
@@ -53,12 +51,12 @@ func validateMetadata(m map[string]string) error {
 }
 
 // CreateKey creates a key and its first version.
-func (s *Service) CreateKey(ctx context.Context, req apitypes.CreateKeyRequest) (_ *apitypes.Key, err error) {
-	o := s.begin("create")
-	o.algorithm = req.KeySpec.Algorithm
+func (s *Service) CreateKey(ctx context.Context, req CreateKeyRequest) (_ *Key, err error) {
+	o := s.begin(opCreate)
+	o.algorithm = req.Spec.Algorithm
 	defer s.finish(ctx, o, &err)
 
-	if err := allow(ctx, auth.ActionCreate); err != nil {
+	if err := allow(ctx, opCreate.action); err != nil {
 		return nil, err
 	}
 	if !namePattern.MatchString(req.Name) {
@@ -75,9 +73,9 @@ func (s *Service) CreateKey(ctx context.Context, req apitypes.CreateKeyRequest) 
 	o.provider = provName
 	if pr := CallerFrom(ctx).Auth; !pr.InScope(req.Name, provName) {
 		o.key = &store.Key{Name: req.Name, Provider: provName}
-		return nil, denied(pr, auth.ActionCreate)
+		return nil, denied(pr, opCreate.action)
 	}
-	spec, err := alg.NewSpec(req.KeySpec.KeyType, req.KeySpec.KeySize, req.KeySpec.Curve)
+	spec, err := alg.NewSpec(req.Spec.KeyType, req.Spec.KeySize, req.Spec.Curve)
 	if err != nil {
 		return nil, err
 	}
@@ -85,13 +83,13 @@ func (s *Service) CreateKey(ctx context.Context, req apitypes.CreateKeyRequest) 
 	if err := caps.CheckSpec(spec); err != nil {
 		return nil, err
 	}
-	usage, err := alg.ParseUsage(spec.Type, req.KeySpec.Usage)
+	usage, err := alg.ParseUsage(spec.Type, req.Spec.Usage)
 	if err != nil {
 		return nil, err
 	}
 	var a alg.Info
-	if req.KeySpec.Algorithm != "" {
-		if a, err = alg.Lookup(req.KeySpec.Algorithm); err != nil {
+	if req.Spec.Algorithm != "" {
+		if a, err = alg.Lookup(req.Spec.Algorithm); err != nil {
 			return nil, err
 		}
 		if err := alg.Compatible(spec, a); err != nil {
@@ -123,7 +121,7 @@ func (s *Service) CreateKey(ctx context.Context, req apitypes.CreateKeyRequest) 
 	}
 	k := &store.Key{
 		ID: id.String(), Name: req.Name, Provider: provName, KeyType: string(spec.Type), KeySize: spec.Size,
-		Curve: spec.Curve, Algorithm: string(a.Name), Extractable: req.KeySpec.Extractable,
+		Curve: spec.Curve, Algorithm: string(a.Name), Extractable: req.Spec.Extractable,
 		State: store.StatePending, Metadata: req.Metadata, CreatedAt: now, UpdatedAt: now,
 		Versions: []store.Version{{Version: 1, ObjectID: newObjectID(), State: store.StatePending, CreatedAt: now}},
 	}
@@ -155,7 +153,7 @@ func (s *Service) CreateKey(ctx context.Context, req apitypes.CreateKeyRequest) 
 	if err != nil {
 		return nil, err
 	}
-	return s.toAPI(k), nil
+	return s.view(k), nil
 }
 
 // makeMaterial asks the provider for a version's key material. If the call
@@ -262,7 +260,7 @@ func (s *Service) completeVersion(ctx context.Context, p provider.Provider, id s
 	err := s.mutate(ctx, id, func(k *store.Key) (bool, error) {
 		v := k.Version(version)
 		if v == nil || k.State == store.StateDeleting {
-			return false, kgerr.New(kgerr.ErrConflict.Code, "the key was deleted while its material was being made")
+			return false, kgerr.New(kgerr.KindConflict, "the key was deleted while its material was being made")
 		}
 		v.ProviderRef, v.PublicKey, v.State = created.Ref, created.PublicKey, store.StateActive
 		if k.State == store.StatePending {
@@ -280,32 +278,24 @@ func (s *Service) completeVersion(ctx context.Context, p provider.Provider, id s
 }
 
 // GetKey returns one key by id or name.
-func (s *Service) GetKey(ctx context.Context, ref string) (*apitypes.Key, error) {
-	k, err := s.getKey(ctx, ref, auth.ActionGet)
+func (s *Service) GetKey(ctx context.Context, ref string) (*Key, error) {
+	k, err := s.getKey(ctx, ref, opGet.action)
 	if err != nil {
-		s.auditDenied(ctx, auth.ActionGet, k, err)
+		s.auditDenied(ctx, opGet, k, err)
 		return nil, err
 	}
-	return s.toAPI(k), nil
-}
-
-// ListOptions filter a listing.
-type ListOptions struct {
-	Provider  string
-	State     string
-	Limit     int
-	PageToken string
+	return s.view(k), nil
 }
 
 // ListKeys lists keys.
-func (s *Service) ListKeys(ctx context.Context, o ListOptions) (*apitypes.KeyList, error) {
+func (s *Service) ListKeys(ctx context.Context, o ListOptions) (*KeyList, error) {
 	switch store.State(o.State) {
 	case "", store.StatePending, store.StateActive, store.StateInactive, store.StateDeleting:
 	default:
 		return nil, kgerr.Invalid(fmt.Sprintf("state %q is not one of pending, active, inactive, deleting", o.State))
 	}
-	if err := allow(ctx, auth.ActionList); err != nil {
-		s.auditDenied(ctx, auth.ActionList, nil, err)
+	if err := allow(ctx, opList.action); err != nil {
+		s.auditDenied(ctx, opList, nil, err)
 		return nil, err
 	}
 	so := store.ListOptions{Provider: o.Provider, State: store.State(o.State), Limit: o.Limit, PageToken: o.PageToken}
@@ -322,29 +312,29 @@ func (s *Service) ListKeys(ctx context.Context, o ListOptions) (*apitypes.KeyLis
 	if err != nil {
 		return nil, err
 	}
-	out := &apitypes.KeyList{Keys: make([]apitypes.Key, 0, len(keys)), NextPageToken: next}
+	out := &KeyList{Keys: make([]Key, 0, len(keys)), NextPageToken: next}
 	for _, k := range keys {
-		out.Keys = append(out.Keys, *s.toAPI(k))
+		out.Keys = append(out.Keys, *s.view(k))
 	}
 	return out, nil
 }
 
 // setState moves a key between active and inactive with one compare-and-
 // swap: of two racing changes, the loser gets 409 CONFLICT.
-func (s *Service) setState(ctx context.Context, ref, opName string, to store.State) (_ *apitypes.Key, err error) {
-	o := s.begin(opName)
+func (s *Service) setState(ctx context.Context, ref string, op operation, to store.State) (_ *Key, err error) {
+	o := s.begin(op)
 	defer s.finish(ctx, o, &err)
-	k, err := s.getKey(ctx, ref, auth.Action(opName))
+	k, err := s.getKey(ctx, ref, op.action)
 	o.key = k
 	if err != nil {
 		return nil, err
 	}
 	switch k.State {
 	case to:
-		return s.toAPI(k), nil
+		return s.view(k), nil
 	case store.StateActive, store.StateInactive:
 	default:
-		return nil, kgerr.New(kgerr.ErrKeyInactive.Code, fmt.Sprintf("key %q is %s", k.Name, k.State))
+		return nil, kgerr.New(kgerr.KindKeyInactive, fmt.Sprintf("key %q is %s", k.Name, k.State))
 	}
 	if err := s.auditReady(ctx); err != nil {
 		return nil, err
@@ -353,32 +343,32 @@ func (s *Service) setState(ctx context.Context, ref, opName string, to store.Sta
 	if err := s.store.UpdateKey(ctx, k); err != nil {
 		return nil, err
 	}
-	return s.toAPI(k), nil
+	return s.view(k), nil
 }
 
 // ActivateKey makes an inactive key usable again.
-func (s *Service) ActivateKey(ctx context.Context, ref string) (*apitypes.Key, error) {
-	return s.setState(ctx, ref, "activate", store.StateActive)
+func (s *Service) ActivateKey(ctx context.Context, ref string) (*Key, error) {
+	return s.setState(ctx, ref, opActivate, store.StateActive)
 }
 
 // DeactivateKey makes a key refuse every operation until activated.
-func (s *Service) DeactivateKey(ctx context.Context, ref string) (*apitypes.Key, error) {
-	return s.setState(ctx, ref, "deactivate", store.StateInactive)
+func (s *Service) DeactivateKey(ctx context.Context, ref string) (*Key, error) {
+	return s.setState(ctx, ref, opDeactivate, store.StateInactive)
 }
 
 // RotateKey adds a new version, which becomes current. Older versions still
 // verify, decrypt and unwrap what they made.
-func (s *Service) RotateKey(ctx context.Context, ref string) (_ *apitypes.Key, err error) {
-	o := s.begin("rotate")
+func (s *Service) RotateKey(ctx context.Context, ref string) (_ *Key, err error) {
+	o := s.begin(opRotate)
 	defer s.finish(ctx, o, &err)
-	k, err := s.getKey(ctx, ref, auth.ActionRotate)
+	k, err := s.getKey(ctx, ref, opRotate.action)
 	o.key = k
 	if err != nil {
 		return nil, err
 	}
 	o.algorithm = k.Algorithm
 	if k.State != store.StateActive {
-		return nil, kgerr.New(kgerr.ErrKeyInactive.Code, fmt.Sprintf("key %q is %s; only active keys rotate", k.Name, k.State))
+		return nil, kgerr.New(kgerr.KindKeyInactive, fmt.Sprintf("key %q is %s; only active keys rotate", k.Name, k.State))
 	}
 	p, err := s.providerFor(k)
 	if err != nil {
@@ -403,16 +393,16 @@ func (s *Service) RotateKey(ctx context.Context, ref string) (_ *apitypes.Key, e
 	if k, err = s.completeVersion(ctx, p, k.ID, n, created); err != nil {
 		return nil, err
 	}
-	return s.toAPI(k), nil
+	return s.view(k), nil
 }
 
 // DeleteKey destroys a key's material and removes its record. The record is
 // first marked deleting (so no operation uses it meanwhile); if the process
 // dies before the material is gone, the reconciler finishes the deletion.
 func (s *Service) DeleteKey(ctx context.Context, ref string) (err error) {
-	o := s.begin("delete")
+	o := s.begin(opDelete)
 	defer s.finish(ctx, o, &err)
-	k, err := s.getKey(ctx, ref, auth.ActionDelete)
+	k, err := s.getKey(ctx, ref, opDelete.action)
 	o.key = k
 	if err != nil {
 		return err
@@ -461,8 +451,9 @@ func (s *Service) destroy(ctx context.Context, k *store.Key) error {
 	return err
 }
 
-func (s *Service) toAPI(k *store.Key) *apitypes.Key {
-	out := &apitypes.Key{
+// view is the service's view of a stored key: its active versions only.
+func (s *Service) view(k *store.Key) *Key {
+	out := &Key{
 		ID: k.ID, Name: k.Name, Provider: k.Provider, KeyType: k.KeyType, KeySize: k.KeySize, Curve: k.Curve,
 		Algorithm: k.Algorithm, Usage: append([]string{}, k.Usage...), Extractable: k.Extractable,
 		State: string(k.State), Metadata: k.Metadata, CreatedAt: k.CreatedAt, UpdatedAt: k.UpdatedAt,
@@ -473,7 +464,7 @@ func (s *Service) toAPI(k *store.Key) *apitypes.Key {
 	}
 	for _, v := range k.Versions {
 		if v.State == store.StateActive {
-			out.Versions = append(out.Versions, apitypes.KeyVersion{Version: v.Version, CreatedAt: v.CreatedAt, ProviderRef: v.ProviderRef})
+			out.Versions = append(out.Versions, KeyVersion{Version: v.Version, CreatedAt: v.CreatedAt, ProviderRef: v.ProviderRef})
 		}
 	}
 	return out

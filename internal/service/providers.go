@@ -6,63 +6,47 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/keygrid/keygrid-hsm/internal/alg"
 	"github.com/keygrid/keygrid-hsm/internal/kgerr"
 	"github.com/keygrid/keygrid-hsm/internal/provider"
 	"github.com/keygrid/keygrid-hsm/internal/store"
-	"github.com/keygrid/keygrid-hsm/pkg/apitypes"
 )
 
 // Providers lists the providers with their capabilities and cached health.
-func (s *Service) Providers(ctx context.Context) *apitypes.ProviderList {
-	out := &apitypes.ProviderList{Providers: []apitypes.ProviderInfo{}}
+func (s *Service) Providers(ctx context.Context) []ProviderInfo {
+	out := make([]ProviderInfo, 0, len(s.names))
 	for _, n := range s.names {
 		p := s.providers[n]
-		caps := p.Capabilities()
-		info := apitypes.ProviderInfo{Name: n, Type: p.Type(), Healthy: s.health[n].view(p).Healthy, Capabilities: caps.Strings()}
-		if caps.WrapMultipleOf8 {
-			info.Details = map[string]any{"wrap_multiple_of_8": true}
-		}
-		for _, kt := range caps.KeyTypes {
-			ki := apitypes.KeyTypeInfo{KeyType: string(kt.Type), Sizes: kt.Sizes, Curves: kt.Curves, Algorithms: []string{}}
-			for _, a := range caps.Algorithms {
-				if i, err := alg.Lookup(string(a)); err == nil && i.KeyType == kt.Type {
-					ki.Algorithms = append(ki.Algorithms, string(a))
-				}
-			}
-			info.KeyTypes = append(info.KeyTypes, ki)
-		}
-		out.Providers = append(out.Providers, info)
+		out = append(out, ProviderInfo{Name: n, Type: p.Type(), Healthy: s.health[n].view(p).Healthy, Capabilities: p.Capabilities()})
 	}
 	return out
 }
 
 // ProviderHealth returns one provider's health as the background checker
 // last saw it, with its pool and recovery numbers.
-func (s *Service) ProviderHealth(ctx context.Context, name string) (*apitypes.ProviderHealth, error) {
+func (s *Service) ProviderHealth(ctx context.Context, name string) (*ProviderHealth, error) {
 	p, ok := s.providers[name]
 	if !ok {
-		return nil, kgerr.New(kgerr.ErrProviderNotFound.Code, fmt.Sprintf("provider %q is not configured", name))
+		return nil, kgerr.New(kgerr.KindProviderNotFound, fmt.Sprintf("provider %q is not configured", name))
 	}
 	return s.health[name].view(p), nil
 }
 
 // Ready reports each provider's cached health and pings the store; ready is
 // false when a provider is unavailable or the store does not answer.
-func (s *Service) Ready(ctx context.Context) (bool, []apitypes.ProviderStatus) {
+func (s *Service) Ready(ctx context.Context) (bool, []ProviderStatus) {
 	ready := true
-	out := make([]apitypes.ProviderStatus, 0, len(s.names)+1)
+	out := make([]ProviderStatus, 0, len(s.names)+1)
 	for _, n := range s.names {
 		p := s.providers[n]
 		h := s.health[n].view(p)
-		out = append(out, apitypes.ProviderStatus{Name: n, Type: p.Type(), Healthy: h.Healthy, State: h.State})
+		out = append(out, ProviderStatus{Name: n, Type: p.Type(), Healthy: h.Healthy, State: h.State})
 		ready = ready && h.Healthy
 	}
 	sctx, cancel := context.WithTimeout(ctx, s.healthTO)
 	defer cancel()
 	if err := s.store.Ping(sctx); err != nil {
 		ready = false
-		out = append(out, apitypes.ProviderStatus{Name: "metadata-store", Type: "store", State: "unavailable"})
+		out = append(out, ProviderStatus{Name: "metadata-store", Type: "store", State: "unavailable"})
 	}
 	return ready, out
 }

@@ -160,7 +160,7 @@ func CallerFrom(ctx context.Context) Caller {
 
 // op is one operation in flight: it feeds the audit record and metrics.
 type op struct {
-	name      string
+	op        operation
 	start     time.Time
 	key       *store.Key
 	version   int
@@ -168,7 +168,7 @@ type op struct {
 	algorithm string
 }
 
-func (s *Service) begin(name string) *op { return &op{name: name, start: s.now()} }
+func (s *Service) begin(o operation) *op { return &op{op: o, start: s.now()} }
 
 // finish records the audit event and metrics of o. When the audit record
 // cannot be written, a successful operation is turned into a 503: nothing is
@@ -185,7 +185,7 @@ func (s *Service) finish(ctx context.Context, o *op, errp *error) {
 	}
 	e := audit.Event{
 		Time: o.start.UTC(), RequestID: c.RequestID, Principal: c.Principal, ClientAddr: c.ClientAddr,
-		Operation: o.name, KeyVersion: o.version, Provider: o.provider, Algorithm: o.algorithm,
+		Operation: o.op.name, KeyVersion: o.version, Provider: o.provider, Algorithm: o.algorithm,
 		Outcome: audit.OutcomeSuccess, DurationMS: float64(d.Microseconds()) / 1000,
 	}
 	if o.key != nil {
@@ -195,30 +195,30 @@ func (s *Service) finish(ctx context.Context, o *op, errp *error) {
 		}
 	}
 	if *errp != nil {
-		e.Outcome, e.ErrorCode = outcomeOf(*errp), string(kgerr.CodeOf(*errp))
+		e.Outcome, e.ErrorCode = outcomeOf(*errp), string(kgerr.KindOf(*errp))
 	}
 	if err := s.audit.Record(ctx, e); err != nil {
 		s.metrics.AuditFailures.Inc()
-		s.log.Error("audit record not written; refusing the operation", "operation", o.name, "request_id", c.RequestID, "err", err)
+		s.log.Error("audit record not written; refusing the operation", "operation", o.op.name, "request_id", c.RequestID, "err", err)
 		if *errp == nil {
-			*errp = kgerr.Wrap(kgerr.ErrServiceUnavailable.Code, err, "the audit log cannot be written; the operation is refused")
+			*errp = kgerr.Wrap(kgerr.KindUnavailable, err, "the audit log cannot be written; the operation is refused")
 		}
-		e.Outcome, e.ErrorCode = audit.OutcomeFailure, string(kgerr.CodeOf(*errp))
+		e.Outcome, e.ErrorCode = audit.OutcomeFailure, string(kgerr.KindOf(*errp))
 	}
 	outcome := "success"
 	if *errp != nil {
 		outcome = "failure"
-		s.metrics.Errors.WithLabelValues(o.name, e.Provider, o.algorithm, e.ErrorCode).Inc()
+		s.metrics.Errors.WithLabelValues(o.op.name, e.Provider, o.algorithm, e.ErrorCode).Inc()
 	}
-	s.metrics.Operations.WithLabelValues(o.name, e.Provider, o.algorithm, outcome).Inc()
-	s.metrics.Duration.WithLabelValues(o.name, e.Provider, o.algorithm).Observe(d.Seconds())
+	s.metrics.Operations.WithLabelValues(o.op.name, e.Provider, o.algorithm, outcome).Inc()
+	s.metrics.Duration.WithLabelValues(o.op.name, e.Provider, o.algorithm).Observe(d.Seconds())
 }
 
 // providerFor returns the provider of a key.
 func (s *Service) providerFor(k *store.Key) (provider.Provider, error) {
 	p, ok := s.providers[k.Provider]
 	if !ok {
-		return nil, kgerr.New(kgerr.ErrServiceUnavailable.Code, fmt.Sprintf("provider %q of key %q is not configured on this gateway", k.Provider, k.Name))
+		return nil, kgerr.New(kgerr.KindUnavailable, fmt.Sprintf("provider %q of key %q is not configured on this gateway", k.Provider, k.Name))
 	}
 	return p, nil
 }
@@ -232,7 +232,7 @@ func (s *Service) publicKey(v *store.Version) (crypto.PublicKey, error) {
 		return pub, nil
 	}
 	if len(v.PublicKey) == 0 {
-		return nil, kgerr.New(kgerr.ErrUnsupportedAlgorithm.Code, "a secret key has no public key")
+		return nil, kgerr.New(kgerr.KindUnsupportedAlgorithm, "a secret key has no public key")
 	}
 	pub, err := alg.ParsePublicKey(v.PublicKey)
 	if err != nil {

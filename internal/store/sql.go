@@ -138,7 +138,7 @@ func (s *sqlStore) LatestSchemaVersion() int { return len(s.d.migrations) }
 // SERVICE_UNAVAILABLE; a context's error stays matchable as it is.
 func (s *sqlStore) fail(what string, err error) error {
 	if s.d.unavailable != nil && s.d.unavailable(err) && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
-		return kgerr.Wrap(kgerr.ErrServiceUnavailable.Code, fmt.Errorf("%s store: %s: %w", s.d.name, what, err), "the metadata store is unavailable")
+		return kgerr.Wrap(kgerr.KindUnavailable, fmt.Errorf("%s store: %s: %w", s.d.name, what, err), "the metadata store is unavailable")
 	}
 	return fmt.Errorf("%s store: %s: %w", s.d.name, what, err)
 }
@@ -199,7 +199,7 @@ func (s *sqlStore) insertKey(ctx context.Context, tx *sql.Tx, k *Key) error {
 		string(k.State), encodeJSON(k.Metadata), nanos(k.CreatedAt), nanos(k.UpdatedAt), exp, k.Revision)
 	if err != nil {
 		if s.d.isUnique(err) {
-			return kgerr.New(kgerr.ErrKeyAlreadyExists.Code, fmt.Sprintf("a key named %q already exists", k.Name))
+			return kgerr.New(kgerr.KindAlreadyExists, fmt.Sprintf("a key named %q already exists", k.Name))
 		}
 		return s.fail("insert key", err)
 	}
@@ -229,7 +229,7 @@ func (s *sqlStore) writeVersions(ctx context.Context, tx *sql.Tx, k *Key) error 
 			k.ID, v.Version, v.ObjectID, v.ProviderRef, v.PublicKey, string(v.State), nanos(v.CreatedAt))
 		if err != nil {
 			if s.d.isUnique(err) {
-				return kgerr.New(kgerr.ErrConflict.Code, fmt.Sprintf("object id %s of version %d is already in use", v.ObjectID, v.Version))
+				return kgerr.New(kgerr.KindConflict, fmt.Sprintf("object id %s of version %d is already in use", v.ObjectID, v.Version))
 			}
 			return s.fail("write key version", err)
 		}
@@ -362,7 +362,7 @@ func (s *sqlStore) GetKey(ctx context.Context, idOrName string) (*Key, error) {
 		return nil, s.fail("get key", err)
 	}
 	if k == nil {
-		return nil, kgerr.New(kgerr.ErrKeyNotFound.Code, fmt.Sprintf("key %q not found", idOrName))
+		return nil, kgerr.New(kgerr.KindKeyNotFound, fmt.Sprintf("key %q not found", idOrName))
 	}
 	return k, nil
 }
@@ -451,9 +451,9 @@ func (s *sqlStore) notFoundOrConflict(ctx context.Context, tx *sql.Tx, id string
 		return s.fail("compare", err)
 	}
 	if n == 0 {
-		return kgerr.New(kgerr.ErrKeyNotFound.Code, fmt.Sprintf("key %q not found", id))
+		return kgerr.New(kgerr.KindKeyNotFound, fmt.Sprintf("key %q not found", id))
 	}
-	return kgerr.New(kgerr.ErrConflict.Code, "the key was changed by another request; retry")
+	return kgerr.New(kgerr.KindConflict, "the key was changed by another request; retry")
 }
 
 func (s *sqlStore) UpdateKey(ctx context.Context, k *Key) error {

@@ -83,7 +83,7 @@ func Doctor(name, typ string, c Config, out io.Writer) bool {
 	defer pc.CloseSession(sh)
 	if err := pc.Login(sh, pkcs11.CKU_USER, cfg.pin); err != nil {
 		if code, _ := ckrCode(err); code != pkcs11.CKR_USER_ALREADY_LOGGED_IN {
-			line(false, "login", "C_Login: %s", kgerr.As(toError(err, opOther)).Message)
+			line(false, "login", "C_Login: %s", kgerr.Classify(toError(err, opOther)).Message)
 			return false
 		}
 	}

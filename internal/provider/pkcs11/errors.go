@@ -1,7 +1,6 @@
 package pkcs11
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"strings"
@@ -9,7 +8,6 @@ import (
 	"github.com/miekg/pkcs11"
 
 	"github.com/keygrid/keygrid-hsm/internal/kgerr"
-	"github.com/keygrid/keygrid-hsm/pkg/apitypes"
 )
 
 // class is what a failure means for the session and the module.
@@ -86,49 +84,40 @@ func toError(err error, kind opKind) error {
 		return nil
 	}
 	var ke *kgerr.Error
-	if errors.As(err, &ke) {
-		return err
-	}
-	if errors.Is(err, context.DeadlineExceeded) {
-		return kgerr.Wrap(apitypes.CodeHSMTimeout, err, "the HSM did not answer before the request's deadline")
-	}
-	if errors.Is(err, context.Canceled) {
-		return kgerr.Wrap(apitypes.CodeServiceUnavailable, err, "the request was cancelled")
-	}
 	code, ok := ckrCode(err)
-	if !ok {
-		return kgerr.Wrap(apitypes.CodeInternal, err, "internal error")
+	if !ok || errors.As(err, &ke) {
+		return kgerr.Classify(err) // already ours, a deadline, a cancellation, …
 	}
 	name := ckrName(code)
 	switch code {
 	case pkcs11.CKR_PIN_INCORRECT, pkcs11.CKR_PIN_INVALID, pkcs11.CKR_PIN_LEN_RANGE, pkcs11.CKR_PIN_EXPIRED, pkcs11.CKR_PIN_LOCKED:
-		return kgerr.Wrap(apitypes.CodeAuthenticationFailed, err, "the HSM refused the configured PIN ("+name+")")
+		return kgerr.Wrap(kgerr.KindUnauthenticated, err, "the HSM refused the configured PIN ("+name+")")
 	case pkcs11.CKR_DEVICE_ERROR, pkcs11.CKR_DEVICE_REMOVED, pkcs11.CKR_TOKEN_NOT_PRESENT, pkcs11.CKR_TOKEN_NOT_RECOGNIZED,
 		pkcs11.CKR_CRYPTOKI_NOT_INITIALIZED, pkcs11.CKR_USER_NOT_LOGGED_IN, pkcs11.CKR_SESSION_HANDLE_INVALID,
 		pkcs11.CKR_SESSION_CLOSED, pkcs11.CKR_SLOT_ID_INVALID, pkcs11.CKR_DEVICE_MEMORY, pkcs11.CKR_SESSION_COUNT:
-		return kgerr.Wrap(apitypes.CodeServiceUnavailable, err, "the HSM is unavailable ("+name+")")
+		return kgerr.Wrap(kgerr.KindUnavailable, err, "the HSM is unavailable ("+name+")")
 	case pkcs11.CKR_FUNCTION_FAILED:
-		return kgerr.Wrap(apitypes.CodeServiceUnavailable, err, "the HSM could not complete the operation ("+name+")")
+		return kgerr.Wrap(kgerr.KindUnavailable, err, "the HSM could not complete the operation ("+name+")")
 	case pkcs11.CKR_KEY_HANDLE_INVALID, pkcs11.CKR_OBJECT_HANDLE_INVALID:
-		return kgerr.Wrap(apitypes.CodeKeyNotFound, err, "the key's objects are not on the token")
+		return kgerr.Wrap(kgerr.KindKeyNotFound, err, "the key's objects are not on the token")
 	case pkcs11.CKR_MECHANISM_INVALID, pkcs11.CKR_MECHANISM_PARAM_INVALID, pkcs11.CKR_KEY_TYPE_INCONSISTENT,
 		pkcs11.CKR_KEY_FUNCTION_NOT_PERMITTED, pkcs11.CKR_KEY_SIZE_RANGE, pkcs11.CKR_TEMPLATE_INCONSISTENT,
 		pkcs11.CKR_FUNCTION_NOT_SUPPORTED, pkcs11.CKR_KEY_UNEXTRACTABLE, pkcs11.CKR_KEY_NOT_WRAPPABLE:
-		return kgerr.Wrap(apitypes.CodeUnsupportedAlgorithm, err, "the token does not support this ("+name+")")
+		return kgerr.Wrap(kgerr.KindUnsupportedAlgorithm, err, "the token does not support this ("+name+")")
 	case pkcs11.CKR_ENCRYPTED_DATA_INVALID, pkcs11.CKR_ENCRYPTED_DATA_LEN_RANGE, pkcs11.CKR_WRAPPED_KEY_INVALID,
 		pkcs11.CKR_WRAPPED_KEY_LEN_RANGE, pkcs11.CKR_UNWRAPPING_KEY_HANDLE_INVALID:
-		return kgerr.Wrap(apitypes.CodeDecryptionFailed, err, "decryption failed: the ciphertext does not authenticate under this key")
+		return kgerr.Wrap(kgerr.KindDecryptionFailed, err, "decryption failed: the ciphertext does not authenticate under this key")
 	case pkcs11.CKR_DATA_LEN_RANGE, pkcs11.CKR_DATA_INVALID, pkcs11.CKR_ARGUMENTS_BAD, pkcs11.CKR_ATTRIBUTE_VALUE_INVALID:
 		if kind == opDecrypt || kind == opUnwrap {
-			return kgerr.Wrap(apitypes.CodeDecryptionFailed, err, "decryption failed ("+name+")")
+			return kgerr.Wrap(kgerr.KindDecryptionFailed, err, "decryption failed ("+name+")")
 		}
-		return kgerr.Wrap(apitypes.CodeInvalidInput, err, "the token refused the input ("+name+")")
+		return kgerr.Wrap(kgerr.KindInvalidInput, err, "the token refused the input ("+name+")")
 	case pkcs11.CKR_GENERAL_ERROR:
 		if kind == opDecrypt || kind == opUnwrap {
 			// SoftHSM2 reports a GCM tag mismatch, an OAEP padding error and
 			// a failed unwrap integrity check this way.
-			return kgerr.Wrap(apitypes.CodeDecryptionFailed, err, "decryption failed: the ciphertext does not authenticate under this key")
+			return kgerr.Wrap(kgerr.KindDecryptionFailed, err, "decryption failed: the ciphertext does not authenticate under this key")
 		}
 	}
-	return kgerr.Wrap(apitypes.CodeInternal, err, fmt.Sprintf("the HSM failed (%s)", name))
+	return kgerr.Wrap(kgerr.KindInternal, err, fmt.Sprintf("the HSM failed (%s)", name))
 }

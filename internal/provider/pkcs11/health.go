@@ -14,7 +14,6 @@ import (
 	"github.com/keygrid/keygrid-hsm/internal/alg"
 	"github.com/keygrid/keygrid-hsm/internal/kgerr"
 	"github.com/keygrid/keygrid-hsm/internal/provider"
-	"github.com/keygrid/keygrid-hsm/pkg/apitypes"
 )
 
 // health is the up/down state of a provider instance.
@@ -45,7 +44,7 @@ func (h *health) downErr() error {
 	if !h.isDown.Load() {
 		return nil
 	}
-	return &kgerr.Error{Code: apitypes.CodeServiceUnavailable, RetryAfter: 2 * time.Second,
+	return &kgerr.Error{Kind: kgerr.KindUnavailable, RetryAfter: 2 * time.Second,
 		Message: "the HSM is unavailable; the gateway is reconnecting"}
 }
 
@@ -204,7 +203,7 @@ func (p *Provider) checkCanary(ctx context.Context) error {
 		return err
 	}
 	if !valid {
-		return kgerr.New(apitypes.CodeServiceUnavailable, "the HSM's canary signature does not verify")
+		return kgerr.New(kgerr.KindUnavailable, "the HSM's canary signature does not verify")
 	}
 	return nil
 }

@@ -19,7 +19,6 @@ import (
 	"github.com/keygrid/keygrid-hsm/internal/alg"
 	"github.com/keygrid/keygrid-hsm/internal/kgerr"
 	"github.com/keygrid/keygrid-hsm/internal/provider"
-	"github.com/keygrid/keygrid-hsm/pkg/apitypes"
 )
 
 // DER OIDs of the curves, the CKA_EC_PARAMS of EC keys.
@@ -40,7 +39,7 @@ const (
 func objectID(ref string) ([]byte, error) {
 	u, err := ParseURI(ref)
 	if err != nil {
-		return nil, kgerr.New(apitypes.CodeKeyNotFound, "the key reference is not a PKCS#11 URI of this provider")
+		return nil, kgerr.New(kgerr.KindKeyNotFound, "the key reference is not a PKCS#11 URI of this provider")
 	}
 	return u.ID, nil
 }
@@ -128,7 +127,7 @@ func templates(req provider.CreateKeyRequest, id []byte) (mech uint, pub, priv [
 			pkcs11.NewAttribute(pkcs11.CKA_VERIFY, false),
 			pkcs11.NewAttribute(pkcs11.CKA_DERIVE, false))
 	default:
-		return 0, nil, nil, kgerr.New(apitypes.CodeUnsupportedAlgorithm, fmt.Sprintf("cannot make %s keys", req.Spec))
+		return 0, nil, nil, kgerr.New(kgerr.KindUnsupportedAlgorithm, fmt.Sprintf("cannot make %s keys", req.Spec))
 	}
 	return mech, pub, priv, nil
 }
@@ -238,7 +237,7 @@ func (p *Provider) handle(sh pkcs11.SessionHandle, id []byte, class uint) (pkcs1
 		return 0, err
 	}
 	if len(found) == 0 {
-		return 0, kgerr.Wrap(apitypes.CodeKeyNotFound, errObjectsMissing, "the key's objects are not on the token")
+		return 0, kgerr.Wrap(kgerr.KindKeyNotFound, errObjectsMissing, "the key's objects are not on the token")
 	}
 	p.hmu.Lock()
 	h = p.handles[string(id)]

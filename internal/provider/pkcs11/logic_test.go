@@ -162,27 +162,27 @@ func TestFailureClasses(t *testing.T) {
 		cloud    bool
 		class    class
 		kind     opKind
-		wantCode kgerr.Code
+		wantCode kgerr.Kind
 	}{
-		{pkcs11.CKR_SESSION_HANDLE_INVALID, false, classSession, opOther, kgerr.ErrServiceUnavailable.Code},
-		{pkcs11.CKR_SESSION_CLOSED, false, classSession, opOther, kgerr.ErrServiceUnavailable.Code},
-		{pkcs11.CKR_DEVICE_ERROR, false, classReset, opOther, kgerr.ErrServiceUnavailable.Code},
-		{pkcs11.CKR_DEVICE_REMOVED, false, classReset, opOther, kgerr.ErrServiceUnavailable.Code},
-		{pkcs11.CKR_TOKEN_NOT_PRESENT, false, classReset, opOther, kgerr.ErrServiceUnavailable.Code},
-		{pkcs11.CKR_CRYPTOKI_NOT_INITIALIZED, false, classReset, opOther, kgerr.ErrServiceUnavailable.Code},
-		{pkcs11.CKR_USER_NOT_LOGGED_IN, false, classReset, opOther, kgerr.ErrServiceUnavailable.Code},
-		{pkcs11.CKR_FUNCTION_FAILED, true, classBusy, opOther, kgerr.ErrServiceUnavailable.Code},
-		{pkcs11.CKR_FUNCTION_FAILED, false, classOp, opOther, kgerr.ErrServiceUnavailable.Code},
-		{pkcs11.CKR_PIN_INCORRECT, false, classOp, opOther, kgerr.ErrAuthenticationFailed.Code},
-		{pkcs11.CKR_KEY_HANDLE_INVALID, false, classOp, opOther, kgerr.ErrKeyNotFound.Code},
-		{pkcs11.CKR_OBJECT_HANDLE_INVALID, false, classOp, opOther, kgerr.ErrKeyNotFound.Code},
-		{pkcs11.CKR_MECHANISM_INVALID, false, classOp, opOther, kgerr.ErrUnsupportedAlgorithm.Code},
-		{pkcs11.CKR_MECHANISM_PARAM_INVALID, false, classOp, opOther, kgerr.ErrUnsupportedAlgorithm.Code},
-		{pkcs11.CKR_ENCRYPTED_DATA_INVALID, false, classOp, opDecrypt, kgerr.ErrDecryptionFailed.Code},
-		{pkcs11.CKR_GENERAL_ERROR, false, classOp, opDecrypt, kgerr.ErrDecryptionFailed.Code},
-		{pkcs11.CKR_GENERAL_ERROR, false, classOp, opOther, kgerr.ErrInternal.Code},
-		{pkcs11.CKR_DATA_LEN_RANGE, false, classOp, opOther, kgerr.ErrInvalidInput.Code},
-		{pkcs11.CKR_WRAPPED_KEY_INVALID, false, classOp, opUnwrap, kgerr.ErrDecryptionFailed.Code},
+		{pkcs11.CKR_SESSION_HANDLE_INVALID, false, classSession, opOther, kgerr.KindUnavailable},
+		{pkcs11.CKR_SESSION_CLOSED, false, classSession, opOther, kgerr.KindUnavailable},
+		{pkcs11.CKR_DEVICE_ERROR, false, classReset, opOther, kgerr.KindUnavailable},
+		{pkcs11.CKR_DEVICE_REMOVED, false, classReset, opOther, kgerr.KindUnavailable},
+		{pkcs11.CKR_TOKEN_NOT_PRESENT, false, classReset, opOther, kgerr.KindUnavailable},
+		{pkcs11.CKR_CRYPTOKI_NOT_INITIALIZED, false, classReset, opOther, kgerr.KindUnavailable},
+		{pkcs11.CKR_USER_NOT_LOGGED_IN, false, classReset, opOther, kgerr.KindUnavailable},
+		{pkcs11.CKR_FUNCTION_FAILED, true, classBusy, opOther, kgerr.KindUnavailable},
+		{pkcs11.CKR_FUNCTION_FAILED, false, classOp, opOther, kgerr.KindUnavailable},
+		{pkcs11.CKR_PIN_INCORRECT, false, classOp, opOther, kgerr.KindUnauthenticated},
+		{pkcs11.CKR_KEY_HANDLE_INVALID, false, classOp, opOther, kgerr.KindKeyNotFound},
+		{pkcs11.CKR_OBJECT_HANDLE_INVALID, false, classOp, opOther, kgerr.KindKeyNotFound},
+		{pkcs11.CKR_MECHANISM_INVALID, false, classOp, opOther, kgerr.KindUnsupportedAlgorithm},
+		{pkcs11.CKR_MECHANISM_PARAM_INVALID, false, classOp, opOther, kgerr.KindUnsupportedAlgorithm},
+		{pkcs11.CKR_ENCRYPTED_DATA_INVALID, false, classOp, opDecrypt, kgerr.KindDecryptionFailed},
+		{pkcs11.CKR_GENERAL_ERROR, false, classOp, opDecrypt, kgerr.KindDecryptionFailed},
+		{pkcs11.CKR_GENERAL_ERROR, false, classOp, opOther, kgerr.KindInternal},
+		{pkcs11.CKR_DATA_LEN_RANGE, false, classOp, opOther, kgerr.KindInvalidInput},
+		{pkcs11.CKR_WRAPPED_KEY_INVALID, false, classOp, opUnwrap, kgerr.KindDecryptionFailed},
 	}
 	for _, c := range cases {
 		err := pkcs11.Error(c.code)
@@ -191,8 +191,8 @@ func TestFailureClasses(t *testing.T) {
 			t.Errorf("%s (cloud %v): class %d, want %d", name, c.cloud, got, c.class)
 		}
 		mapped := toError(err, c.kind)
-		if kgerr.CodeOf(mapped) != c.wantCode {
-			t.Errorf("%s: code %s, want %s", name, kgerr.CodeOf(mapped), c.wantCode)
+		if kgerr.KindOf(mapped) != c.wantCode {
+			t.Errorf("%s: code %s, want %s", name, kgerr.KindOf(mapped), c.wantCode)
 		}
 		if code, ok := ckrCode(mapped); !ok || code != c.code {
 			t.Errorf("%s: the CKR code is not kept as the cause", name)

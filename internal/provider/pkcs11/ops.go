@@ -12,7 +12,6 @@ import (
 	"github.com/keygrid/keygrid-hsm/internal/alg"
 	"github.com/keygrid/keygrid-hsm/internal/kgerr"
 	"github.com/keygrid/keygrid-hsm/internal/provider"
-	"github.com/keygrid/keygrid-hsm/pkg/apitypes"
 )
 
 var (
@@ -52,7 +51,7 @@ func signMechanism(a alg.Info, input []byte) (*pkcs11.Mechanism, []byte, error) 
 	case a.Name == alg.EdDSA:
 		return pkcs11.NewMechanism(ckmEdDSA, nil), input, nil
 	}
-	return nil, nil, kgerr.New(apitypes.CodeUnsupportedAlgorithm, fmt.Sprintf("algorithm %s cannot sign", a.Name))
+	return nil, nil, kgerr.New(kgerr.KindUnsupportedAlgorithm, fmt.Sprintf("algorithm %s cannot sign", a.Name))
 }
 
 // Sign implements provider.Provider. CKM_ECDSA returns raw r‖s, as the
@@ -93,7 +92,7 @@ const gcmTagBits = 128
 func (p *Provider) Encrypt(ctx context.Context, req provider.EncryptRequest) (provider.EncryptResult, error) {
 	a := req.Algorithm
 	if a.KeyType != alg.AES || a.Kind != alg.KindEncrypt {
-		return provider.EncryptResult{}, kgerr.New(apitypes.CodeUnsupportedAlgorithm, fmt.Sprintf("algorithm %s does not encrypt here", a.Name))
+		return provider.EncryptResult{}, kgerr.New(kgerr.KindUnsupportedAlgorithm, fmt.Sprintf("algorithm %s does not encrypt here", a.Name))
 	}
 	if err := p.check(req.Spec, a); err != nil {
 		return provider.EncryptResult{}, err
@@ -135,7 +134,7 @@ func gcmNonce(sent, after []byte) []byte {
 // checkGCMSize refuses AES-GCM input the module cannot take in one call.
 func (p *Provider) checkGCMSize(n int) error {
 	if p.cfg.maxGCMBytes > 0 && n > p.cfg.maxGCMBytes {
-		return kgerr.New(apitypes.CodePayloadTooLarge, fmt.Sprintf("this HSM takes at most %d bytes per AES-GCM call", p.cfg.maxGCMBytes))
+		return kgerr.New(kgerr.KindTooLarge, fmt.Sprintf("this HSM takes at most %d bytes per AES-GCM call", p.cfg.maxGCMBytes))
 	}
 	return nil
 }
@@ -175,7 +174,7 @@ func (p *Provider) Decrypt(ctx context.Context, req provider.DecryptRequest) ([]
 		})
 		return pt, err
 	}
-	return nil, kgerr.New(apitypes.CodeUnsupportedAlgorithm, fmt.Sprintf("algorithm %s does not decrypt here", a.Name))
+	return nil, kgerr.New(kgerr.KindUnsupportedAlgorithm, fmt.Sprintf("algorithm %s does not decrypt here", a.Name))
 }
 
 var kwpInfo, _ = alg.Lookup(string(alg.AESKWP))
@@ -203,7 +202,7 @@ func (p *Provider) wrapBytes(sh pkcs11.SessionHandle, kek pkcs11.ObjectHandle, m
 }
 
 // errKWPLength refuses what SoftHSM2's broken AES-KWP cannot do exactly.
-var errKWPLength = kgerr.New(apitypes.CodeUnsupportedAlgorithm,
+var errKWPLength = kgerr.New(kgerr.KindUnsupportedAlgorithm,
 	"this token's AES-KWP (CKM_AES_KEY_WRAP_PAD) is exact only for key material whose length is a multiple of 8 bytes")
 
 // WrapKey implements provider.Provider.

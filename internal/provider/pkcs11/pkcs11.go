@@ -39,7 +39,6 @@ import (
 
 	"github.com/keygrid/keygrid-hsm/internal/kgerr"
 	"github.com/keygrid/keygrid-hsm/internal/provider"
-	"github.com/keygrid/keygrid-hsm/pkg/apitypes"
 )
 
 // Provider is a PKCS#11 provider instance.
@@ -199,7 +198,7 @@ func (p *Provider) resync(g uint64) error {
 	}
 	tok, err := selectSlot(tokens, p.cfg.Settings, p.cfg.firstSlotDefault)
 	if err != nil {
-		return kgerr.Wrap(apitypes.CodeServiceUnavailable, err, "the configured token is not present")
+		return kgerr.Wrap(kgerr.KindUnavailable, err, "the configured token is not present")
 	}
 	sh, err := c.OpenSession(tok.slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
 	if err != nil {
@@ -229,7 +228,7 @@ var errStale = errors.New("module generation changed")
 // session belonged to with fn's error.
 func (p *Provider) withSession(ctx context.Context, fn func(pkcs11.SessionHandle) error) (uint64, error) {
 	if p.closed.Load() {
-		return 0, kgerr.New(apitypes.CodeServiceUnavailable, "the provider is closed")
+		return 0, kgerr.New(kgerr.KindUnavailable, "the provider is closed")
 	}
 	if err := p.state.downErr(); err != nil {
 		return 0, err
@@ -264,12 +263,12 @@ func (p *Provider) withSession(ctx context.Context, fn func(pkcs11.SessionHandle
 		return r.gen, r.err
 	case <-ctx.Done():
 		if !errors.Is(ctx.Err(), context.DeadlineExceeded) {
-			return p.gen.Load(), kgerr.Wrap(apitypes.CodeServiceUnavailable, ctx.Err(), "the request was cancelled")
+			return p.gen.Load(), kgerr.Wrap(kgerr.KindUnavailable, ctx.Err(), "the request was cancelled")
 		}
 		p.state.hung.Add(1)
 		gen := p.gen.Load()
-		p.markDown(kgerr.Wrap(apitypes.CodeHSMTimeout, errHung, "the HSM did not answer in time"), gen)
-		return gen, &kgerr.Error{Code: apitypes.CodeHSMTimeout, Cause: ctx.Err(), RetryAfter: 2 * time.Second,
+		p.markDown(kgerr.Wrap(kgerr.KindTimeout, errHung, "the HSM did not answer in time"), gen)
+		return gen, &kgerr.Error{Kind: kgerr.KindTimeout, Cause: ctx.Err(), RetryAfter: 2 * time.Second,
 			Message: "the HSM did not answer before the operation's deadline"}
 	}
 }
@@ -322,7 +321,7 @@ func (p *Provider) catchUp() error {
 	}
 	if err := p.resync(g); err != nil {
 		p.markDown(err, p.gen.Load())
-		return kgerr.Wrap(apitypes.CodeServiceUnavailable, err, "the HSM is unavailable")
+		return kgerr.Wrap(kgerr.KindUnavailable, err, "the HSM is unavailable")
 	}
 	return nil
 }

@@ -9,7 +9,6 @@ import (
 	"github.com/miekg/pkcs11"
 
 	"github.com/keygrid/keygrid-hsm/internal/kgerr"
-	"github.com/keygrid/keygrid-hsm/pkg/apitypes"
 )
 
 // session is a PKCS#11 session of one module generation.
@@ -59,7 +58,7 @@ func (p *pool) acquire(ctx context.Context) error {
 		return nil
 	case <-ctx.Done():
 		p.timeouts.Add(1)
-		return &kgerr.Error{Code: apitypes.CodeServiceUnavailable, Message: "no HSM session became free before the request's deadline",
+		return &kgerr.Error{Kind: kgerr.KindUnavailable, Message: "no HSM session became free before the request's deadline",
 			Cause: ctx.Err(), RetryAfter: time.Second}
 	}
 }

@@ -187,7 +187,7 @@ func TestHungCallIsBoundedByTheDeadline(t *testing.T) {
 		<-release
 		return nil
 	})
-	if !errors.Is(err, kgerr.ErrHSMTimeout) || time.Since(start) > time.Second {
+	if !errors.Is(err, kgerr.ErrTimeout) || time.Since(start) > time.Second {
 		t.Fatalf("hung call: %v after %s; want HSM_TIMEOUT at the deadline", err, time.Since(start))
 	}
 	if p.Stats().Up {

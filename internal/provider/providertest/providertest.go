@@ -394,9 +394,9 @@ func wantErr(t *testing.T, what string, err error, targets ...error) {
 	}
 	var codes []string
 	for _, target := range targets {
-		codes = append(codes, string(kgerr.CodeOf(target)))
+		codes = append(codes, string(kgerr.KindOf(target)))
 	}
-	t.Errorf("%s: error %v (code %q), want one of %v", what, err, kgerr.CodeOf(err), codes)
+	t.Errorf("%s: error %v (code %q), want one of %v", what, err, kgerr.KindOf(err), codes)
 }
 
 // notApplicable are the errors a provider returns for an algorithm, spec or

@@ -259,7 +259,7 @@ func (p *Provider) open(sealed, aad []byte) ([]byte, error) {
 
 func (p *Provider) checkOpen() error {
 	if p.closed {
-		return kgerr.New(kgerr.ErrServiceUnavailable.Code, "provider is closed")
+		return kgerr.New(kgerr.KindUnavailable, "provider is closed")
 	}
 	return nil
 }
@@ -319,7 +319,7 @@ func (p *Provider) CreateKey(ctx context.Context, req provider.CreateKeyRequest)
 	}
 	if err := writeFileExclusive(p.path(req.ObjectID), b); err != nil {
 		if errors.Is(err, fs.ErrExist) {
-			return provider.CreatedKey{}, kgerr.New(kgerr.ErrKeyAlreadyExists.Code, "key material for this object id exists already")
+			return provider.CreatedKey{}, kgerr.New(kgerr.KindAlreadyExists, "key material for this object id exists already")
 		}
 		return provider.CreatedKey{}, fmt.Errorf("software provider %q: write key: %w", p.name, err)
 	}
@@ -380,7 +380,7 @@ func (p *Provider) readKeyFile(ref string) (keyFile, error) {
 	}
 	b, err := os.ReadFile(p.path(ref))
 	if errors.Is(err, fs.ErrNotExist) {
-		return f, kgerr.New(kgerr.ErrKeyNotFound.Code, "key material not found in the software keystore")
+		return f, kgerr.New(kgerr.KindKeyNotFound, "key material not found in the software keystore")
 	}
 	if err != nil {
 		return f, err
@@ -443,14 +443,14 @@ func (p *Provider) load(ref string, spec alg.Spec) (any, error) {
 		return nil, err
 	}
 	if _, err := os.Stat(p.path(ref)); errors.Is(err, fs.ErrNotExist) {
-		return nil, kgerr.New(kgerr.ErrKeyNotFound.Code, "key material not found in the software keystore")
+		return nil, kgerr.New(kgerr.KindKeyNotFound, "key material not found in the software keystore")
 	}
 	p.cache[ref] = k
 	return k, nil
 }
 
 func wrongKey(a alg.Algorithm) error {
-	return kgerr.New(kgerr.ErrUnsupportedAlgorithm.Code, fmt.Sprintf("algorithm %s does not apply to this key", a))
+	return kgerr.New(kgerr.KindUnsupportedAlgorithm, fmt.Sprintf("algorithm %s does not apply to this key", a))
 }
 
 // PublicKey implements provider.Provider.
@@ -608,7 +608,7 @@ func (p *Provider) UnwrapKey(_ context.Context, req provider.UnwrapRequest) ([]b
 	}
 	out, err := alg.UnwrapKWP(k.raw, req.Wrapped)
 	if err != nil {
-		return nil, kgerr.Wrap(kgerr.ErrDecryptionFailed.Code, err, "unwrap failed: the wrapped key does not authenticate under this key")
+		return nil, kgerr.Wrap(kgerr.KindDecryptionFailed, err, "unwrap failed: the wrapped key does not authenticate under this key")
 	}
 	return out, nil
 }

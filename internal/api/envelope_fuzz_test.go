@@ -1,4 +1,4 @@
-package service
+package api
 
 import (
 	"bytes"
@@ -22,19 +22,19 @@ func FuzzParseEnvelope(f *testing.F) {
 	f.Add(append(append(envelopePrefix(0), 12), make([]byte, 28)...))
 	f.Add(append(append(envelopePrefix(1<<31), 255), make([]byte, 40)...))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		v, nonce, ct, err := ParseEnvelope(b)
+		v, nonce, ct, err := parseEnvelope(b)
 		if err != nil {
 			if !errors.Is(err, kgerr.ErrDecryptionFailed) || nonce != nil || ct != nil {
-				t.Fatalf("ParseEnvelope(%x): %v (nonce %x, ct %x)", b, err, nonce, ct)
+				t.Fatalf("parseEnvelope(%x): %v (nonce %x, ct %x)", b, err, nonce, ct)
 			}
 			return
 		}
 		if v < 1 || len(nonce) < 12 || len(nonce) > 16 || len(ct) < 16 {
-			t.Fatalf("ParseEnvelope(%x) accepted version %d, nonce %d bytes, ciphertext %d bytes", b, v, len(nonce), len(ct))
+			t.Fatalf("parseEnvelope(%x) accepted version %d, nonce %d bytes, ciphertext %d bytes", b, v, len(nonce), len(ct))
 		}
 		again := append(append(append(envelopePrefix(v), byte(len(nonce))), nonce...), ct...)
 		if !bytes.Equal(again, b) {
-			t.Fatalf("ParseEnvelope(%x) does not rebuild: %x", b, again)
+			t.Fatalf("parseEnvelope(%x) does not rebuild: %x", b, again)
 		}
 	})
 }

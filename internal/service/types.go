@@ -1,0 +1,283 @@
+package service
+
+import (
+	"crypto"
+	"time"
+
+	"github.com/keygrid/keygrid-hsm/internal/auth"
+	"github.com/keygrid/keygrid-hsm/internal/kgerr"
+	"github.com/keygrid/keygrid-hsm/internal/provider"
+)
+
+// The service's own request and result types. Front ends (the REST API,
+// the XKS proxy, …) translate their wire formats into these and back; the
+// service knows no wire type, no base64 and no HTTP.
+
+// operation is one thing the service does: its name in the audit log and
+// the metrics, and the authorization action it needs.
+type operation struct {
+	name   string
+	action auth.Action
+}
+
+// The operations, each with its action.
+var (
+	opCreate     = operation{"create", auth.ActionCreate}
+	opGet        = operation{"get", auth.ActionGet}
+	opList       = operation{"list", auth.ActionList}
+	opPublicKey  = operation{"public_key", auth.ActionPublicKey}
+	opActivate   = operation{"activate", auth.ActionActivate}
+	opDeactivate = operation{"deactivate", auth.ActionDeactivate}
+	opRotate     = operation{"rotate", auth.ActionRotate}
+	opDelete     = operation{"delete", auth.ActionDelete}
+	opSign       = operation{"sign", auth.ActionSign}
+	opVerify     = operation{"verify", auth.ActionVerify}
+	opEncrypt    = operation{"encrypt", auth.ActionEncrypt}
+	opDecrypt    = operation{"decrypt", auth.ActionDecrypt}
+	opWrap       = operation{"wrap", auth.ActionWrap}
+	opUnwrap     = operation{"unwrap", auth.ActionUnwrap}
+)
+
+// KeySpec describes the key to create. Sizes and curves follow alg.NewSpec;
+// an empty Algorithm is the key type's default.
+type KeySpec struct {
+	KeyType     string
+	KeySize     int
+	Curve       string
+	Algorithm   string
+	Usage       []string
+	Extractable bool
+}
+
+// CreateKeyRequest asks for a new key. An empty Provider is the default.
+type CreateKeyRequest struct {
+	Provider  string
+	Name      string
+	Spec      KeySpec
+	Metadata  map[string]string
+	ExpiresAt *time.Time
+}
+
+// Key is the service's view of a managed key.
+type Key struct {
+	ID          string
+	Name        string
+	Provider    string
+	KeyType     string
+	KeySize     int
+	Curve       string
+	Algorithm   string
+	Usage       []string
+	Extractable bool
+	State       string
+	// Version is the current version (0 while none is active).
+	Version int
+	// Versions are the active versions, oldest first.
+	Versions  []KeyVersion
+	Metadata  map[string]string
+	CreatedAt time.Time
+	UpdatedAt time.Time
+	ExpiresAt *time.Time
+}
+
+// KeyVersion is one version of a key. ProviderRef names its material in
+// the provider (for PKCS#11 an RFC 7512 URI).
+type KeyVersion struct {
+	Version     int
+	CreatedAt   time.Time
+	ProviderRef string
+}
+
+// ListOptions filter a listing.
+type ListOptions struct {
+	Provider  string
+	State     string
+	Limit     int
+	PageToken string
+}
+
+// KeyList is a page of keys.
+type KeyList struct {
+	Keys          []Key
+	NextPageToken string
+}
+
+// PublicKeyInfo is the public key of one version.
+type PublicKeyInfo struct {
+	KeyID      string
+	KeyVersion int
+	// DER is the SubjectPublicKeyInfo; Key the same, parsed.
+	DER       []byte
+	Key       crypto.PublicKey
+	KeyType   string
+	Algorithm string
+	KeySize   int
+}
+
+// SignatureFormat is how an ECDSA signature is encoded: DER (the default,
+// X.509's) or raw r‖s (JWS's). Other key types ignore it.
+type SignatureFormat string
+
+// Signature formats.
+const (
+	SignatureDefault SignatureFormat = ""
+	SignatureDER     SignatureFormat = "der"
+	SignatureRaw     SignatureFormat = "raw"
+)
+
+// SignRequest signs Data, or a Digest of it, with the current version.
+// Exactly one of Data and Digest is set (non-nil).
+type SignRequest struct {
+	Key       string
+	Algorithm string
+	Data      []byte
+	Digest    []byte
+	Format    SignatureFormat
+}
+
+// SignResult is a signature and what made it.
+type SignResult struct {
+	Signature  []byte
+	Algorithm  string
+	KeyID      string
+	KeyVersion int
+}
+
+// VerifyRequest checks a signature. KeyVersion 0 tries every active
+// version, newest first.
+type VerifyRequest struct {
+	Key        string
+	Algorithm  string
+	Data       []byte
+	Digest     []byte
+	Signature  []byte
+	Format     SignatureFormat
+	KeyVersion int
+}
+
+// VerifyResult tells whether the signature is valid, and under which
+// version (the current one when it is not).
+type VerifyResult struct {
+	Valid      bool
+	KeyID      string
+	KeyVersion int
+}
+
+// CiphertextFormat is how a front end packs an AES-GCM result into one
+// ciphertext of its own (the REST API's envelope records the key version
+// and the nonce, and binds the version into the additional data). The
+// service calls it after the key has been checked, so that a malformed
+// ciphertext is refused and audited like any other failed decrypt.
+type CiphertextFormat interface {
+	// AAD returns the additional data to authenticate under version,
+	// given the caller's.
+	AAD(version int, aad []byte) []byte
+	// Parse takes a ciphertext apart. Its errors are the caller's fault
+	// (kgerr.KindDecryptionFailed).
+	Parse(b []byte) (version int, nonce, ciphertext, tag []byte, err error)
+}
+
+// EncryptRequest encrypts Plaintext with the current version: AES-GCM in
+// the provider (with AAD, or Format.AAD when Format is set), RSA-OAEP with
+// the public key (no AAD).
+type EncryptRequest struct {
+	Key       string
+	Algorithm string
+	Plaintext []byte
+	AAD       []byte
+	Format    CiphertextFormat
+}
+
+// EncryptResult is the ciphertext. For AES-GCM, Nonce and Tag are set
+// apart from Ciphertext; for RSA-OAEP only Ciphertext is.
+type EncryptResult struct {
+	Ciphertext []byte
+	Nonce      []byte
+	Tag        []byte
+	Algorithm  string
+	KeyID      string
+	KeyVersion int
+}
+
+// DecryptRequest decrypts with KeyVersion (0: current). For AES-GCM the
+// Nonce and Tag are given apart from the Ciphertext, or Format takes the
+// Ciphertext apart (and names the version).
+type DecryptRequest struct {
+	Key        string
+	Algorithm  string
+	KeyVersion int
+	Ciphertext []byte
+	Nonce      []byte
+	Tag        []byte
+	AAD        []byte
+	Format     CiphertextFormat
+}
+
+// DecryptResult is the plaintext.
+type DecryptResult struct {
+	Plaintext  []byte
+	KeyID      string
+	KeyVersion int
+}
+
+// WrapRequest wraps key material under the current version of a
+// key-encryption key.
+type WrapRequest struct {
+	Key         string
+	Algorithm   string
+	KeyMaterial []byte
+}
+
+// WrapResult is the wrapped key.
+type WrapResult struct {
+	WrappedKey []byte
+	Algorithm  string
+	KeyID      string
+	KeyVersion int
+}
+
+// UnwrapRequest unwraps with KeyVersion (0: current).
+type UnwrapRequest struct {
+	Key        string
+	Algorithm  string
+	KeyVersion int
+	WrappedKey []byte
+}
+
+// UnwrapResult is the key material.
+type UnwrapResult struct {
+	KeyMaterial []byte
+	KeyID       string
+	KeyVersion  int
+}
+
+// ProviderInfo is a provider with what it can do and its cached health.
+type ProviderInfo struct {
+	Name         string
+	Type         string
+	Healthy      bool
+	Capabilities provider.Capabilities
+}
+
+// ProviderHealth is a provider's health as the background checker last saw
+// it, with the provider's own numbers (pool, recovery) in Details.
+type ProviderHealth struct {
+	Name          string
+	Type          string
+	State         string
+	Healthy       bool
+	LastErrorKind kgerr.Kind
+	LastError     string
+	LastSuccess   *time.Time
+	LastCheck     *time.Time
+	Latency       time.Duration
+	Details       map[string]any
+}
+
+// ProviderStatus is one line of readiness.
+type ProviderStatus struct {
+	Name    string
+	Type    string
+	Healthy bool
+	State   string
+}
