@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/keygrid/keygrid-hsm/internal/kgerr"
+	"github.com/keygrid/keygrid-hsm/internal/service"
 )
 
 // FuzzParseEnvelope feeds arbitrary ciphertext to the AES-GCM envelope
@@ -35,6 +36,15 @@ func FuzzParseEnvelope(f *testing.F) {
 		again := append(append(append(envelopePrefix(v), byte(len(nonce))), nonce...), ct...)
 		if !bytes.Equal(again, b) {
 			t.Fatalf("parseEnvelope(%x) does not rebuild: %x", b, again)
+		}
+		// The service's view of it: ciphertext and tag apart, sealed again
+		// to the same bytes.
+		pv, pn, pct, tag, err := envelope{}.Parse(b)
+		if err != nil || pv != v || len(tag) != gcmTagLen {
+			t.Fatalf("Parse(%x): %v", b, err)
+		}
+		if sealed := sealEnvelope(&service.EncryptResult{KeyVersion: pv, Nonce: pn, Ciphertext: pct, Tag: tag}); !bytes.Equal(sealed, b) {
+			t.Fatalf("sealEnvelope(Parse(%x)) = %x", b, sealed)
 		}
 	})
 }
