@@ -139,8 +139,9 @@ func checkSignatureFormat(f SignatureFormat) error {
 }
 
 // Sign signs data or a digest with the current version of a key.
-func (s *Service) Sign(ctx context.Context, req SignRequest) (_ *SignResult, err error) {
+func (s *Service) Sign(ctx context.Context, req SignRequest) (out *SignResult, err error) {
 	o := s.begin(opSign)
+	defer withhold(&out, &err)
 	defer s.finish(ctx, o, &err)
 	k, a, p, err := s.prepare(ctx, o, req.Key, useSign, req.Algorithm)
 	if err != nil {
@@ -173,8 +174,9 @@ func (s *Service) Sign(ctx context.Context, req SignRequest) (_ *SignResult, err
 // Verify checks a signature with the public key of a version (default:
 // every active one, newest first). A signature that does not verify is a
 // result, not an error.
-func (s *Service) Verify(ctx context.Context, req VerifyRequest) (_ *VerifyResult, err error) {
+func (s *Service) Verify(ctx context.Context, req VerifyRequest) (out *VerifyResult, err error) {
 	o := s.begin(opVerify)
+	defer withhold(&out, &err)
 	defer s.finish(ctx, o, &err)
 	k, a, _, err := s.prepare(ctx, o, req.Key, useVerify, req.Algorithm)
 	if err != nil {
@@ -255,8 +257,9 @@ const gcmTagLen = 16
 
 // Encrypt encrypts with the current version: AES-GCM in the provider,
 // RSA-OAEP with the public key.
-func (s *Service) Encrypt(ctx context.Context, req EncryptRequest) (_ *EncryptResult, err error) {
+func (s *Service) Encrypt(ctx context.Context, req EncryptRequest) (out *EncryptResult, err error) {
 	o := s.begin(opEncrypt)
+	defer withhold(&out, &err)
 	defer s.finish(ctx, o, &err)
 	k, a, p, err := s.prepare(ctx, o, req.Key, useEncrypt, req.Algorithm)
 	if err != nil {
@@ -306,14 +309,17 @@ func (s *Service) Encrypt(ctx context.Context, req EncryptRequest) (_ *EncryptRe
 
 // Decrypt decrypts AES-GCM (with the version the request or its format
 // names) or RSA-OAEP (with KeyVersion, default current).
-func (s *Service) Decrypt(ctx context.Context, req DecryptRequest) (_ *DecryptResult, err error) {
+func (s *Service) Decrypt(ctx context.Context, req DecryptRequest) (out *DecryptResult, err error) {
 	o := s.begin(opDecrypt)
+	defer withhold(&out, &err)
 	defer s.finish(ctx, o, &err)
 	k, a, p, err := s.prepare(ctx, o, req.Key, useDecrypt, req.Algorithm)
 	if err != nil {
 		return nil, err
 	}
-	if len(req.Ciphertext) == 0 {
+	// AES-GCM given apart may have an empty ciphertext (an empty plaintext):
+	// the tag authenticates it.
+	if len(req.Ciphertext) == 0 && (a.KeyType != alg.AES || req.Format != nil) {
 		return nil, kgerr.Invalid("ciphertext is required")
 	}
 	dr := provider.DecryptRequest{Spec: specOf(k), Algorithm: a, Ciphertext: req.Ciphertext}
@@ -369,8 +375,9 @@ func gcmInput(req DecryptRequest, dr provider.DecryptRequest) (int, provider.Dec
 
 // Wrap wraps key material under the current version of a key-encryption
 // key (RFC 5649, AES key wrap with padding).
-func (s *Service) Wrap(ctx context.Context, req WrapRequest) (_ *WrapResult, err error) {
+func (s *Service) Wrap(ctx context.Context, req WrapRequest) (out *WrapResult, err error) {
 	o := s.begin(opWrap)
+	defer withhold(&out, &err)
 	defer s.finish(ctx, o, &err)
 	k, a, p, err := s.prepare(ctx, o, req.Key, useWrap, req.Algorithm)
 	if err != nil {
@@ -396,8 +403,9 @@ func (s *Service) Wrap(ctx context.Context, req WrapRequest) (_ *WrapResult, err
 
 // Unwrap unwraps key material with a version (default current) of a
 // key-encryption key.
-func (s *Service) Unwrap(ctx context.Context, req UnwrapRequest) (_ *UnwrapResult, err error) {
+func (s *Service) Unwrap(ctx context.Context, req UnwrapRequest) (out *UnwrapResult, err error) {
 	o := s.begin(opUnwrap)
+	defer withhold(&out, &err)
 	defer s.finish(ctx, o, &err)
 	k, _, p, err := s.prepare(ctx, o, req.Key, useUnwrap, req.Algorithm)
 	if err != nil {
@@ -420,8 +428,9 @@ func (s *Service) Unwrap(ctx context.Context, req UnwrapRequest) (_ *UnwrapResul
 
 // PublicKey returns the public key of a version (default current). It
 // needs no usage: public keys are public.
-func (s *Service) PublicKey(ctx context.Context, ref string, n int) (_ *PublicKeyInfo, err error) {
+func (s *Service) PublicKey(ctx context.Context, ref string, n int) (out *PublicKeyInfo, err error) {
 	o := s.begin(opPublicKey)
+	defer withhold(&out, &err)
 	defer s.finish(ctx, o, &err)
 	k, err := s.getKey(ctx, ref, opPublicKey.action)
 	o.key = k

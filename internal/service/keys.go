@@ -51,9 +51,10 @@ func validateMetadata(m map[string]string) error {
 }
 
 // CreateKey creates a key and its first version.
-func (s *Service) CreateKey(ctx context.Context, req CreateKeyRequest) (_ *Key, err error) {
+func (s *Service) CreateKey(ctx context.Context, req CreateKeyRequest) (out *Key, err error) {
 	o := s.begin(opCreate)
 	o.algorithm = req.Spec.Algorithm
+	defer withhold(&out, &err)
 	defer s.finish(ctx, o, &err)
 
 	if err := allow(ctx, opCreate.action); err != nil {
@@ -321,8 +322,9 @@ func (s *Service) ListKeys(ctx context.Context, o ListOptions) (*KeyList, error)
 
 // setState moves a key between active and inactive with one compare-and-
 // swap: of two racing changes, the loser gets 409 CONFLICT.
-func (s *Service) setState(ctx context.Context, ref string, op operation, to store.State) (_ *Key, err error) {
+func (s *Service) setState(ctx context.Context, ref string, op operation, to store.State) (out *Key, err error) {
 	o := s.begin(op)
+	defer withhold(&out, &err)
 	defer s.finish(ctx, o, &err)
 	k, err := s.getKey(ctx, ref, op.action)
 	o.key = k
@@ -358,8 +360,9 @@ func (s *Service) DeactivateKey(ctx context.Context, ref string) (*Key, error) {
 
 // RotateKey adds a new version, which becomes current. Older versions still
 // verify, decrypt and unwrap what they made.
-func (s *Service) RotateKey(ctx context.Context, ref string) (_ *Key, err error) {
+func (s *Service) RotateKey(ctx context.Context, ref string) (out *Key, err error) {
 	o := s.begin(opRotate)
+	defer withhold(&out, &err)
 	defer s.finish(ctx, o, &err)
 	k, err := s.getKey(ctx, ref, opRotate.action)
 	o.key = k

@@ -214,6 +214,15 @@ func (s *Service) finish(ctx context.Context, o *op, errp *error) {
 	s.metrics.Duration.WithLabelValues(o.op.name, e.Provider, o.algorithm).Observe(d.Seconds())
 }
 
+// withhold drops an operation's result when it ends in an error: finish
+// may refuse a done operation (its audit record failed), and then no part
+// of it reaches the caller. It is deferred before finish, so it runs after.
+func withhold[T any](out **T, errp *error) {
+	if *errp != nil {
+		*out = nil
+	}
+}
+
 // providerFor returns the provider of a key.
 func (s *Service) providerFor(k *store.Key) (provider.Provider, error) {
 	p, ok := s.providers[k.Provider]
