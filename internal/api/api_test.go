@@ -10,15 +10,12 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/keygrid/keygrid-hsm/internal/audit"
 	"github.com/keygrid/keygrid-hsm/internal/auth"
-	"github.com/keygrid/keygrid-hsm/internal/kgerr"
 	"github.com/keygrid/keygrid-hsm/internal/metrics"
 	"github.com/keygrid/keygrid-hsm/internal/provider"
 	"github.com/keygrid/keygrid-hsm/internal/provider/software"
@@ -154,75 +151,5 @@ func TestAuditFailureRefusesThenServes(t *testing.T) {
 	raw, _ := os.ReadFile(path)
 	if n, _, err := audit.Verify(bytes.NewReader(raw), audit.ZeroHash); err != nil || n != 5 {
 		t.Fatalf("audit log: %d lines, %v\n%s", n, err, raw)
-	}
-}
-
-func TestDecodeErrors(t *testing.T) {
-	type req struct {
-		A string            `json:"a"`
-		M map[string]string `json:"m"`
-		B []byte            `json:"b"`
-	}
-	for _, tc := range []struct {
-		name, body, msg string
-	}{
-		{"empty", "", "empty"},
-		{"spaces", "  \n", "empty"},
-		{"not an object", `[1]`, "JSON object"},
-		{"trailing data", `{"a":"x"} {}`, "after the JSON object"},
-		{"trailing garbage", `{"a":"x"}x`, "after the JSON object"},
-		{"unknown field", `{"z":1}`, "unknown field"},
-		{"wrong type", `{"a":1}`, `"a" must be a string`},
-		{"bad base64", `{"b":"!!"}`, "base64"},
-		{"too deep", `{"m":{"x":` + strings.Repeat("[", 20) + strings.Repeat("]", 20) + `}}`, "deeper than 16"},
-		{"syntax", `{"a":`, "invalid request body"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			var v req
-			err := decodeJSON([]byte(tc.body), 16, &v)
-			if !errors.Is(err, kgerr.ErrInvalidInput) || !strings.Contains(kgerr.Classify(err).Message, tc.msg) {
-				t.Fatalf("got %v, want INVALID_INPUT mentioning %q", err, tc.msg)
-			}
-		})
-	}
-	for body, want := range map[string]int{`{"a":"[[[["}`: 1, `{"a":"\"{{"}`: 1, `[[[]]]`: 3, `{}`: 1, `"x"`: 0} {
-		if got := jsonDepth([]byte(body)); got != want {
-			t.Errorf("jsonDepth(%s) = %d, want %d", body, got, want)
-		}
-	}
-}
-
-// TestLimiter checks the token bucket: burst, refill, wait, first refusal.
-func TestLimiter(t *testing.T) {
-	l := newLimiter(2)
-	now := l.now()
-	l.now = func() time.Time { return now }
-	for i := range 3 {
-		if ok, _, _ := l.take("a", 2, 3); !ok {
-			t.Fatalf("take %d within the burst refused", i)
-		}
-	}
-	ok, wait, first := l.take("a", 2, 3)
-	if ok || !first || wait != 500*time.Millisecond {
-		t.Fatalf("past the burst: %v %v %v", ok, wait, first)
-	}
-	if _, _, first := l.take("a", 2, 3); first {
-		t.Fatal("second refusal reported as first")
-	}
-	now = now.Add(500 * time.Millisecond)
-	if ok, _, _ := l.take("a", 2, 3); !ok {
-		t.Fatal("no token after the wait")
-	}
-	if ok, _, _ := l.take("b", 2, 3); !ok {
-		t.Fatal("another key is limited")
-	}
-	// Beyond max entries, idle (refilled) buckets are dropped.
-	now = now.Add(time.Hour)
-	l.take("c", 2, 3)
-	if len(l.buckets) > 2 {
-		t.Fatalf("%d buckets kept", len(l.buckets))
-	}
-	if ok, _, _ := l.take("x", -1, 0); !ok {
-		t.Fatal("a negative rate limits")
 	}
 }

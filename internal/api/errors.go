@@ -1,15 +1,11 @@
 package api
 
 import (
-	"bytes"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
-	"fmt"
-	"io"
 	"net/http"
-	"strconv"
 
+	"github.com/keygrid/keygrid-hsm/internal/httpstack"
 	"github.com/keygrid/keygrid-hsm/internal/kgerr"
 	"github.com/keygrid/keygrid-hsm/pkg/apitypes"
 )
@@ -78,7 +74,7 @@ func (a *API) fail(w http.ResponseWriter, r *http.Request, err error) {
 	if errors.As(err, &mna) {
 		e, re = kgerr.New(kgerr.KindInvalidInput, mna.msg), restError{http.StatusMethodNotAllowed, apitypes.CodeMethodNotAllowed}
 	}
-	rid := requestID(r.Context())
+	rid := httpstack.RequestID(r.Context())
 	switch {
 	case re.status == http.StatusServiceUnavailable:
 		// Expected while an HSM is away (every request fails fast): the
@@ -91,12 +87,7 @@ func (a *API) fail(w http.ResponseWriter, r *http.Request, err error) {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="keygrid"`)
 	}
 	if re.status == http.StatusServiceUnavailable || re.status == http.StatusTooManyRequests {
-		ra := e.RetryAfter
-		secs := int(ra.Seconds() + 0.999)
-		if secs < 1 {
-			secs = 1
-		}
-		w.Header().Set("Retry-After", strconv.Itoa(secs))
+		httpstack.SetRetryAfter(w, e.RetryAfter)
 	}
 	a.write(w, re.status, apitypes.ErrorBody{Error: apitypes.ErrorDetail{Code: re.code, Message: e.Message, RequestID: rid}})
 }
@@ -113,110 +104,8 @@ func (a *API) write(w http.ResponseWriter, status int, v any) {
 	}
 }
 
-// decode reads one JSON object into v: body capped, unknown fields and
-// trailing data refused, each failure a clear 4xx.
-func (a *API) decode(w http.ResponseWriter, r *http.Request, v any) error {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, a.maxBody))
-	if err != nil {
-		return decodeError(err)
-	}
-	return decodeJSON(body, a.maxDepth, v)
-}
-
-// decodeJSON decodes one JSON object from body into v: nesting capped at
-// maxDepth, unknown fields and trailing data refused, each failure a clear
-// 400.
-func decodeJSON(body []byte, maxDepth int, v any) error {
-	if len(bytes.TrimSpace(body)) == 0 {
-		return kgerr.Invalid("request body is empty; a JSON object is required")
-	}
-	if d := jsonDepth(body); d > maxDepth {
-		return kgerr.Invalid(fmt.Sprintf("request body nests deeper than %d levels", maxDepth))
-	}
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return decodeError(err)
-	}
-	if dec.More() {
-		return kgerr.Invalid("request body has data after the JSON object")
-	}
-	var extra json.RawMessage
-	if err := dec.Decode(&extra); err == nil {
-		return kgerr.Invalid("request body has data after the JSON object")
-	}
-	return nil
-}
-
-// jsonDepth returns the deepest nesting of objects and arrays in b (which
-// need not be valid JSON: the decoder judges that).
-func jsonDepth(b []byte) int {
-	depth, deepest, inString, escaped := 0, 0, false, false
-	for _, c := range b {
-		switch {
-		case inString:
-			switch {
-			case escaped:
-				escaped = false
-			case c == '\\':
-				escaped = true
-			case c == '"':
-				inString = false
-			}
-		case c == '"':
-			inString = true
-		case c == '{' || c == '[':
-			depth++
-			deepest = max(deepest, depth)
-		case c == '}' || c == ']':
-			depth--
-		}
-	}
-	return deepest
-}
-
-func decodeError(err error) error {
-	var (
-		syn *json.SyntaxError
-		typ *json.UnmarshalTypeError
-		b64 base64.CorruptInputError
-		mb  *http.MaxBytesError
-	)
-	switch {
-	case errors.As(err, &mb):
-		return kgerr.New(kgerr.KindTooLarge, fmt.Sprintf("request body is larger than %d bytes", mb.Limit))
-	case errors.As(err, &syn):
-		return kgerr.Invalid(fmt.Sprintf("malformed JSON at byte %d", syn.Offset))
-	case errors.As(err, &typ):
-		if typ.Field != "" {
-			return kgerr.Invalid(fmt.Sprintf("field %q must be %s", typ.Field, jsonKind(typ)))
-		}
-		return kgerr.Invalid("request body must be a JSON object")
-	case errors.As(err, &b64):
-		return kgerr.Invalid(fmt.Sprintf("a binary field is not valid standard base64 (bad byte at offset %d)", int64(b64)))
-	case errors.Is(err, io.EOF):
-		return kgerr.Invalid("request body is empty; a JSON object is required")
-	}
-	// encoding/json reports unknown fields and a few other problems with
-	// untyped errors whose text names the field: pass it on as the message.
-	return kgerr.Wrap(kgerr.KindInvalidInput, err, "invalid request body: "+err.Error())
-}
-
-func jsonKind(t *json.UnmarshalTypeError) string {
-	switch t.Type.Kind().String() {
-	case "slice":
-		if t.Type.Elem().Kind().String() == "uint8" {
-			return "a base64 string"
-		}
-		return "an array"
-	case "string":
-		return "a string"
-	case "int", "int64":
-		return "an integer"
-	case "bool":
-		return "true or false"
-	case "map", "struct":
-		return "an object"
-	}
-	return "of type " + t.Type.String()
+// decode reads the request body into v (the stack's strict JSON decode:
+// body capped, depth capped, unknown fields and trailing data refused).
+func (a *API) decode(_ http.ResponseWriter, r *http.Request, v any) error {
+	return a.stack.DecodeJSON(r, v)
 }

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/keygrid/keygrid-hsm/internal/audit"
+	"github.com/keygrid/keygrid-hsm/internal/httpstack"
 	"github.com/keygrid/keygrid-hsm/internal/kgerr"
 	"github.com/keygrid/keygrid-hsm/pkg/apitypes"
 )
@@ -54,7 +55,7 @@ func FuzzDecodeRequest(f *testing.F) {
 	f.Fuzz(func(t *testing.T, body []byte) {
 		for name, mk := range requestTypes {
 			v := mk()
-			err := decodeJSON(body, 16, v)
+			err := httpstack.Decode(body, 16, v)
 			if err != nil {
 				var ke *kgerr.Error
 				if !errors.As(err, &ke) || ke.Kind != kgerr.KindInvalidInput || ke.Message == "" {
@@ -62,15 +63,15 @@ func FuzzDecodeRequest(f *testing.F) {
 				}
 				continue
 			}
-			if jsonDepth(body) > 16 {
-				t.Fatalf("%s: accepted a body nested %d deep", name, jsonDepth(body))
+			if httpstack.JSONDepth(body) > 16 {
+				t.Fatalf("%s: accepted a body nested %d deep", name, httpstack.JSONDepth(body))
 			}
 			again, err := json.Marshal(v)
 			if err != nil {
 				t.Fatalf("%s: re-encode: %v", name, err)
 			}
 			w := mk()
-			if err := decodeJSON(again, 16, w); err != nil {
+			if err := httpstack.Decode(again, 16, w); err != nil {
 				t.Fatalf("%s: decoding %s again: %v", name, again, err)
 			}
 			if third, _ := json.Marshal(w); !bytes.Equal(third, again) {

@@ -7,9 +7,9 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
-	"time"
 
 	"github.com/keygrid/keygrid-hsm/internal/auth"
+	"github.com/keygrid/keygrid-hsm/internal/httpstack"
 	"github.com/keygrid/keygrid-hsm/internal/metrics"
 	"github.com/keygrid/keygrid-hsm/internal/service"
 )
@@ -43,63 +43,45 @@ type Options struct {
 	Metrics *metrics.Metrics
 	Logger  *slog.Logger
 	Version string
-	// MaxBodyBytes caps request bodies (413 beyond).
-	MaxBodyBytes int64
-	// RequestTimeout bounds each request's work.
-	RequestTimeout time.Duration
-	// MaxJSONDepth caps the nesting of request bodies (default 16).
-	MaxJSONDepth int
+	// Stack is the HTTP machinery the API runs in (request ids, deadline,
+	// body and JSON caps, rate limits, access log, metrics), shared with the
+	// server's other front ends. nil: a stack of its own with the defaults,
+	// Logger and Metrics.
+	Stack *httpstack.Stack
 
 	// Auth authenticates callers; nil refuses every protected route.
 	Auth *auth.Authenticator
 	// ProtectReady and ProtectMetrics require a credential on /ready and
 	// /metrics; /health is always open.
 	ProtectReady, ProtectMetrics bool
-	// RatePerPrincipal and Burst are the default token bucket of a
-	// principal (rate <= 0: no limit).
-	RatePerPrincipal float64
-	Burst            int
-	// AuthFailureRate and AuthFailureBurst bound failed authentications
-	// per client address (rate <= 0: no limit).
-	AuthFailureRate  float64
-	AuthFailureBurst int
 }
 
 // API is the HTTP handler.
 type API struct {
-	svc      Service
-	metrics  *metrics.Metrics
-	log      *slog.Logger
-	version  string
-	maxBody  int64
-	maxDepth int
-	timeout  time.Duration
-	mux      *http.ServeMux
+	svc     Service
+	metrics *metrics.Metrics
+	log     *slog.Logger
+	version string
+	stack   *httpstack.Stack
+	mux     *http.ServeMux
+	handler http.Handler // the routes inside the stack
 
 	auth                         *auth.Authenticator
 	protectReady, protectMetrics bool
-	rate, failRate               float64
-	burst, failBurst             int
-	principals, failures         *limiter
 }
 
 // New builds the handler.
 func New(o Options) *API {
-	a := &API{svc: o.Service, metrics: o.Metrics, log: o.Logger, version: o.Version,
-		maxBody: o.MaxBodyBytes, maxDepth: o.MaxJSONDepth, timeout: o.RequestTimeout, mux: http.NewServeMux(),
-		auth: o.Auth, protectReady: o.ProtectReady, protectMetrics: o.ProtectMetrics,
-		rate: o.RatePerPrincipal, burst: o.Burst, failRate: o.AuthFailureRate, failBurst: o.AuthFailureBurst,
-		principals: newLimiter(1 << 16), failures: newLimiter(1 << 14)}
+	a := &API{svc: o.Service, metrics: o.Metrics, log: o.Logger, version: o.Version, stack: o.Stack, mux: http.NewServeMux(),
+		auth: o.Auth, protectReady: o.ProtectReady, protectMetrics: o.ProtectMetrics}
 	if a.log == nil {
 		a.log = slog.Default()
 	}
-	if a.maxBody == 0 {
-		a.maxBody = 1 << 20
-	}
-	if a.maxDepth == 0 {
-		a.maxDepth = 16
+	if a.stack == nil {
+		a.stack = httpstack.New(httpstack.Options{Logger: a.log, Metrics: a.metrics})
 	}
 	a.routes()
+	a.handler = a.stack.Wrap(a.frontEnd(), a.mux)
 	return a
 }
 
@@ -130,7 +112,7 @@ func (a *API) routes() {
 	m.HandleFunc("/", a.notFound)
 }
 
-// ServeHTTP implements http.Handler with the middleware around the routes.
+// ServeHTTP implements http.Handler: the routes inside the HTTP stack.
 func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	a.middleware(a.mux).ServeHTTP(w, r)
+	a.handler.ServeHTTP(w, r)
 }

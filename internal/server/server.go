@@ -1,6 +1,7 @@
 // Package server assembles a KeyGrid HSM server from its configuration:
-// metadata store, audit log, providers, key service and HTTP API, and runs
-// it until its context ends, then shuts down gracefully.
+// metadata store, audit log, providers, key service and its front ends (the
+// REST API, and any other mounted beside it on the same listener and TLS),
+// and runs it until its context ends, then shuts down gracefully.
 package server
 
 import (
@@ -11,12 +12,16 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
+	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/keygrid/keygrid-hsm/internal/api"
 	"github.com/keygrid/keygrid-hsm/internal/audit"
 	"github.com/keygrid/keygrid-hsm/internal/config"
+	"github.com/keygrid/keygrid-hsm/internal/httpstack"
 	"github.com/keygrid/keygrid-hsm/internal/metrics"
 	"github.com/keygrid/keygrid-hsm/internal/provider"
 	"github.com/keygrid/keygrid-hsm/internal/service"
@@ -25,13 +30,16 @@ import (
 
 // Server is an assembled gateway.
 type Server struct {
-	cfg     *config.Config
-	log     *slog.Logger
-	store   store.Store
-	audit   *audit.Log
-	svc     *service.Service
-	handler http.Handler
-	tls     *tls.Config // nil: plain HTTP
+	cfg   *config.Config
+	log   *slog.Logger
+	store store.Store
+	audit *audit.Log
+	svc   *service.Service
+	// stack is the HTTP machinery of every front end; frontEnds dispatches
+	// requests to them.
+	stack     *httpstack.Stack
+	frontEnds *frontEnds
+	tls       *tls.Config // nil: plain HTTP
 	// stop ends the background work (health checks, reconciler); done
 	// closes when it has ended.
 	stop func()
@@ -109,19 +117,107 @@ func New(ctx context.Context, cfg *config.Config, reg provider.Registry, log *sl
 		go func() { defer wg.Done(); s.svc.RunHealthChecks(bctx, cfg.Health.Interval.D()) }()
 		wg.Wait()
 	}()
-	s.handler = api.New(api.Options{
-		Service: s.svc, Metrics: m, Logger: log, Version: version,
-		MaxBodyBytes: cfg.Server.MaxBodyBytes, RequestTimeout: cfg.Server.RequestTimeout.D(),
-		MaxJSONDepth: cfg.Limits.MaxJSONDepth, Auth: authn,
-		ProtectReady: cfg.Auth.ProtectReady, ProtectMetrics: cfg.Auth.ProtectMetrics,
+	s.stack = httpstack.New(httpstack.Options{
+		Logger: log, Metrics: m, Timeout: cfg.Server.RequestTimeout.D(),
+		MaxBody: cfg.Server.MaxBodyBytes, MaxJSONDepth: cfg.Limits.MaxJSONDepth,
 		RatePerPrincipal: cfg.Limits.RatePerPrincipal, Burst: cfg.Limits.Burst,
 		AuthFailureRate: cfg.Limits.AuthFailuresPerClient, AuthFailureBurst: cfg.Limits.AuthFailureBurst,
 	})
+	s.frontEnds = &frontEnds{rest: api.New(api.Options{
+		Service: s.svc, Metrics: m, Logger: log, Version: version, Stack: s.stack, Auth: authn,
+		ProtectReady: cfg.Auth.ProtectReady, ProtectMetrics: cfg.Auth.ProtectMetrics,
+	})}
 	return s, nil
 }
 
-// Handler is the HTTP handler (for tests with httptest).
-func (s *Server) Handler() http.Handler { return s.handler }
+// Handler is the HTTP handler of the listener, every front end behind it
+// (for tests with httptest).
+func (s *Server) Handler() http.Handler { return s.frontEnds }
+
+// HTTPStack is the HTTP machinery the front ends share (request ids,
+// deadline, body and JSON caps, rate limits, access log, metrics): a front
+// end mounted with Mount wraps itself in it.
+func (s *Server) HTTPStack() *httpstack.Stack { return s.stack }
+
+// FrontEnd is a protocol front end served on the server's listener (and
+// its TLS) beside the REST API: the requests it claims go to its handler.
+type FrontEnd struct {
+	Name string
+	// Claims reports whether a request is in the front end's path space.
+	// It sees the raw path (PathContains, PathPrefix); no cleaning or
+	// redirect happens before it.
+	Claims func(r *http.Request) bool
+	// Handler serves the front end's requests, normally wrapped in
+	// HTTPStack.
+	Handler http.Handler
+}
+
+// restPaths are paths of the REST API's own space, which no other front end
+// may claim.
+var restPaths = []string{"/health", "/ready", "/metrics", "/api/v1/keys", "/api/v1/providers", "/api/v1/keys/k/sign"}
+
+// Mount adds a front end. Requests go to the first mounted front end that
+// claims them; the REST API answers every other request (its /health,
+// /ready, /metrics and /api/v1/..., and its 404 for the rest). Mount
+// refuses a front end that claims a path of the REST API.
+func (s *Server) Mount(fe FrontEnd) error {
+	if fe.Claims == nil || fe.Handler == nil {
+		return fmt.Errorf("front end %q: Claims and Handler are required", fe.Name)
+	}
+	for _, p := range restPaths {
+		for _, m := range []string{http.MethodGet, http.MethodPost} {
+			if fe.Claims(&http.Request{Method: m, URL: &url.URL{Path: p}, Header: http.Header{}}) {
+				return fmt.Errorf("front end %q claims %s %s, which is the REST API's", fe.Name, m, p)
+			}
+		}
+	}
+	s.frontEnds.mount(fe)
+	return nil
+}
+
+// frontEnds dispatches each request to the front end whose path space it
+// is in, on the raw path: no http.ServeMux cleaning, which would redirect
+// "//kms/xks/v1/health" (an XKS route with an empty URI prefix).
+type frontEnds struct {
+	mu      sync.Mutex                 // serializes mounts
+	mounted atomic.Pointer[[]FrontEnd] // replaced, never changed, by a mount
+	rest    http.Handler
+}
+
+func (f *frontEnds) mount(fe FrontEnd) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var next []FrontEnd
+	if cur := f.mounted.Load(); cur != nil {
+		next = append(next, *cur...)
+	}
+	next = append(next, fe)
+	f.mounted.Store(&next)
+}
+
+func (f *frontEnds) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if m := f.mounted.Load(); m != nil {
+		for i := range *m {
+			if (*m)[i].Claims(r) {
+				(*m)[i].Handler.ServeHTTP(w, r)
+				return
+			}
+		}
+	}
+	f.rest.ServeHTTP(w, r)
+}
+
+// PathContains claims the requests whose raw (escaped) path contains sub,
+// such as "/kms/xks/v1/" for XKS routes under any URI prefix.
+func PathContains(sub string) func(*http.Request) bool {
+	return func(r *http.Request) bool { return strings.Contains(r.URL.EscapedPath(), sub) }
+}
+
+// PathPrefix claims the requests whose raw (escaped) path starts with
+// prefix.
+func PathPrefix(prefix string) func(*http.Request) bool {
+	return func(r *http.Request) bool { return strings.HasPrefix(r.URL.EscapedPath(), prefix) }
+}
 
 // Store is the metadata store.
 func (s *Server) Store() store.Store { return s.store }
@@ -148,7 +244,7 @@ func (s *Server) Serve(ctx context.Context, ready func(addr net.Addr)) error {
 	ln = s.secureListener(ln)
 	c := s.cfg.Server
 	hs := &http.Server{
-		Handler:           s.handler,
+		Handler:           s.frontEnds,
 		ReadHeaderTimeout: c.ReadHeaderTimeout.D(),
 		ReadTimeout:       c.ReadTimeout.D(),
 		WriteTimeout:      c.WriteTimeout.D(),

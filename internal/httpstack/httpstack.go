@@ -1,0 +1,228 @@
+// Package httpstack is the HTTP machinery every front end of KeyGrid HSM
+// shares: request ids, the request deadline, the body cap and strict JSON
+// decoding, the access log line, HTTP metrics, panic recovery,
+// per-principal rate limits, per-address limits on failed authentications,
+// and the TLS client-certificate chains a principal is found by.
+//
+// It is protocol-neutral: it knows no wire error body. A front end (the
+// REST API, the XKS proxy API, ...) plugs in its own pieces with a
+// FrontEnd: how it renders an error, how it authenticates a request, which
+// requests need a credential, and the route label of a request. Errors the
+// stack makes itself are kgerr errors (RATE_LIMITED with RetryAfter,
+// PAYLOAD_TOO_LARGE, INVALID_INPUT, INTERNAL_ERROR), which each front end
+// maps with its own table.
+//
+// One Stack serves every front end of a server, so a principal has one rate
+// limit and an address one budget of failed authentications whichever front
+// end it calls.
+package httpstack
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"regexp"
+	"strconv"
+	"time"
+
+	"github.com/keygrid/keygrid-hsm/internal/auth"
+	"github.com/keygrid/keygrid-hsm/internal/kgerr"
+	"github.com/keygrid/keygrid-hsm/internal/metrics"
+	"github.com/keygrid/keygrid-hsm/internal/service"
+)
+
+// Options configure a Stack. Zero values take the defaults noted.
+type Options struct {
+	Logger *slog.Logger // default slog.Default()
+	// Metrics counts requests (keygrid_http_requests_total{route,status});
+	// nil: not counted.
+	Metrics *metrics.Metrics
+	// Timeout bounds each request's work (0: no deadline of the stack's).
+	Timeout time.Duration
+	// MaxBody caps request bodies, 413 beyond (default 1 MiB).
+	MaxBody int64
+	// MaxJSONDepth caps the nesting of JSON bodies (default 16).
+	MaxJSONDepth int
+	// RatePerPrincipal and Burst are a principal's default token bucket
+	// (rate <= 0: no limit); a principal's own RatePerSecond and Burst
+	// override them.
+	RatePerPrincipal float64
+	Burst            int
+	// AuthFailureRate and AuthFailureBurst bound failed authentications per
+	// client address (rate <= 0: no limit).
+	AuthFailureRate  float64
+	AuthFailureBurst int
+}
+
+// Stack is the shared machinery; Wrap puts it around a front end.
+type Stack struct {
+	o                    Options
+	principals, failures *Limiter
+}
+
+// New returns a stack.
+func New(o Options) *Stack {
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.MaxBody <= 0 {
+		o.MaxBody = 1 << 20
+	}
+	if o.MaxJSONDepth <= 0 {
+		o.MaxJSONDepth = 16
+	}
+	return &Stack{o: o, principals: NewLimiter(1 << 16), failures: NewLimiter(1 << 14)}
+}
+
+// FrontEnd is what a front end plugs into the stack.
+type FrontEnd struct {
+	// Name names the front end in the access log ("rest", "xks").
+	Name string
+	// Fail writes err in the front end's error format. Required.
+	Fail func(w http.ResponseWriter, r *http.Request, err error)
+	// Route labels a request for metrics, logs and audit details: the
+	// route pattern it matches, "" when none ("unmatched"). nil: every
+	// request is "unmatched".
+	Route func(r *http.Request) string
+	// Protected reports whether a request needs a credential. nil: every
+	// request does.
+	Protected func(r *http.Request) bool
+	// Authenticate finds the principal of a protected request by the front
+	// end's own scheme. A refused credential is a KindUnauthenticated
+	// *kgerr.Error whose Cause says why (audited, never the credential) and
+	// whose Message is public; only those count against the client
+	// address's budget of failures. Any other error is passed to Fail as
+	// is. It may read the body (capped) if it leaves r.Body readable for
+	// the handler. nil: protected requests are refused.
+	Authenticate func(r *http.Request) (*auth.Principal, error)
+	// AuthFailed audits a refused credential; detail is the route and why.
+	// nil: not audited.
+	AuthFailed func(ctx context.Context, detail string)
+}
+
+// Wrap returns h with the stack around it, in this order: the request id
+// (X-Request-Id taken when it is 1-128 of [A-Za-z0-9._:-], else made, and
+// echoed), the caller (request id, client address) in the context for the
+// service, panic recovery (fe.Fail with INTERNAL_ERROR), metrics and an
+// access log line, the deadline, the body cap, then for protected
+// requests authentication, the per-address failure limit and the
+// per-principal rate limit, after which the caller carries the principal.
+func (s *Stack) Wrap(fe FrontEnd, h http.Handler) http.Handler {
+	if fe.Fail == nil {
+		panic("httpstack: front end " + fe.Name + " has no Fail")
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		rid := r.Header.Get("X-Request-Id")
+		if !validRequestID.MatchString(rid) {
+			rid = newRequestID()
+		}
+		w.Header().Set("X-Request-Id", rid)
+		ctx := r.Context()
+		if s.o.Timeout > 0 {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, s.o.Timeout)
+			defer cancel()
+		}
+		caller := service.Caller{RequestID: rid, ClientAddr: r.RemoteAddr}
+		r = r.WithContext(service.WithCaller(ctx, caller))
+		route := "unmatched"
+		if fe.Route != nil {
+			if l := fe.Route(r); l != "" {
+				route = l
+			}
+		}
+		sw := &statusWriter{ResponseWriter: w}
+		if r.Body != nil {
+			r.Body = http.MaxBytesReader(sw, r.Body, s.o.MaxBody)
+		}
+		defer func() {
+			if p := recover(); p != nil {
+				if p == http.ErrAbortHandler {
+					panic(p)
+				}
+				fe.Fail(sw, r, kgerr.Wrap(kgerr.KindInternal, fmt.Errorf("panic: %v", p), "internal error"))
+			}
+			s.logRequest(r, fe.Name, route, caller.Principal, sw.status, start)
+		}()
+		if fe.Protected == nil || fe.Protected(r) {
+			p, err := s.authenticate(fe, r, route)
+			if err == nil {
+				err = s.rateLimit(p)
+			}
+			if err != nil {
+				fe.Fail(sw, r, err)
+				return
+			}
+			caller.Principal, caller.Auth = p.Name, p
+			r = r.WithContext(service.WithCaller(ctx, caller))
+		}
+		h.ServeHTTP(sw, r)
+	})
+}
+
+// logRequest counts the request and writes its access line: debug when it
+// succeeded, info for a 4xx, warn for a 5xx.
+func (s *Stack) logRequest(r *http.Request, frontEnd, route, principal string, status int, start time.Time) {
+	if s.o.Metrics != nil {
+		s.o.Metrics.HTTPRequests.WithLabelValues(route, strconv.Itoa(status)).Inc()
+	}
+	level := slog.LevelDebug
+	switch {
+	case status >= 500:
+		level = slog.LevelWarn
+	case status >= 400:
+		level = slog.LevelInfo
+	}
+	if s.o.Logger.Enabled(r.Context(), level) { // the access line allocates: build it only when it is kept
+		s.o.Logger.Log(r.Context(), level, "request", "request_id", RequestID(r.Context()), "front_end", frontEnd,
+			"method", r.Method, "route", route, "principal", principal, "status", status,
+			"duration_ms", float64(time.Since(start).Microseconds())/1000)
+	}
+}
+
+// RequestID returns the request id Wrap gave the request of ctx.
+func RequestID(ctx context.Context) string { return service.CallerFrom(ctx).RequestID }
+
+var validRequestID = regexp.MustCompile(`^[A-Za-z0-9._:-]{1,128}$`)
+
+func newRequestID() string {
+	b := make([]byte, 12)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// SetRetryAfter sets the Retry-After header to d in whole seconds, rounded
+// up, at least 1.
+func SetRetryAfter(w http.ResponseWriter, d time.Duration) {
+	secs := int(d.Seconds() + 0.999)
+	if secs < 1 {
+		secs = 1
+	}
+	w.Header().Set("Retry-After", strconv.Itoa(secs))
+}
+
+// statusWriter remembers the status for logs and metrics.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (s *statusWriter) WriteHeader(code int) {
+	if s.status == 0 {
+		s.status = code
+	}
+	s.ResponseWriter.WriteHeader(code)
+}
+
+func (s *statusWriter) Write(b []byte) (int, error) {
+	if s.status == 0 {
+		s.status = http.StatusOK
+	}
+	return s.ResponseWriter.Write(b)
+}
+
+func (s *statusWriter) Unwrap() http.ResponseWriter { return s.ResponseWriter }
