@@ -32,6 +32,8 @@ var restErrors = map[kgerr.Kind]restError{
 	kgerr.KindAlreadyExists:        {http.StatusConflict, apitypes.CodeKeyAlreadyExists},
 	kgerr.KindKeyInactive:          {http.StatusConflict, apitypes.CodeKeyInactive},
 	kgerr.KindKeyExpired:           {http.StatusConflict, apitypes.CodeKeyExpired},
+	kgerr.KindKeyPendingDeletion:   {http.StatusConflict, apitypes.CodeKeyPendingDeletion},
+	kgerr.KindKeyVersionDisabled:   {http.StatusConflict, apitypes.CodeKeyVersionDisabled},
 	kgerr.KindConflict:             {http.StatusConflict, apitypes.CodeConflict},
 	kgerr.KindUnavailable:          {http.StatusServiceUnavailable, apitypes.CodeServiceUnavailable},
 	kgerr.KindTimeout:              {http.StatusGatewayTimeout, apitypes.CodeHSMTimeout},

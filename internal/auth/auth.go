@@ -59,13 +59,18 @@ const (
 	ActionDeactivate Action = "deactivate"
 	ActionRotate     Action = "rotate"
 	ActionDelete     Action = "delete"
-	ActionSign       Action = "sign"
-	ActionVerify     Action = "verify"
-	ActionEncrypt    Action = "encrypt"
-	ActionDecrypt    Action = "decrypt"
-	ActionWrap       Action = "wrap"
-	ActionUnwrap     Action = "unwrap"
-	ActionProviders  Action = "providers"
+	// ActionCancelDeletion takes a key out of pending deletion.
+	ActionCancelDeletion Action = "cancel_deletion"
+	// ActionUpdate changes a key's metadata, description, expiry, rotation
+	// period or min_decrypt_version.
+	ActionUpdate    Action = "update"
+	ActionSign      Action = "sign"
+	ActionVerify    Action = "verify"
+	ActionEncrypt   Action = "encrypt"
+	ActionDecrypt   Action = "decrypt"
+	ActionWrap      Action = "wrap"
+	ActionUnwrap    Action = "unwrap"
+	ActionProviders Action = "providers"
 )
 
 var (

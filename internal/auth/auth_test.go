@@ -14,7 +14,7 @@ import (
 
 func TestRoles(t *testing.T) {
 	all := []Action{ActionCreate, ActionGet, ActionList, ActionPublicKey, ActionActivate, ActionDeactivate, ActionRotate,
-		ActionDelete, ActionSign, ActionVerify, ActionEncrypt, ActionDecrypt, ActionWrap, ActionUnwrap, ActionProviders}
+		ActionDelete, ActionCancelDeletion, ActionUpdate, ActionSign, ActionVerify, ActionEncrypt, ActionDecrypt, ActionWrap, ActionUnwrap, ActionProviders}
 	allowed := map[Role][]Action{
 		RoleAdmin:    all,
 		RoleOperator: {ActionGet, ActionList, ActionPublicKey, ActionProviders, ActionSign, ActionVerify, ActionEncrypt, ActionDecrypt, ActionWrap, ActionUnwrap},

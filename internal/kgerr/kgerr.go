@@ -41,7 +41,14 @@ const (
 	KindAlreadyExists Kind = "KEY_ALREADY_EXISTS"
 	KindKeyInactive   Kind = "KEY_INACTIVE"
 	KindKeyExpired    Kind = "KEY_EXPIRED"
-	KindConflict      Kind = "CONFLICT"
+	// KindKeyPendingDeletion: the key is scheduled for deletion (or being
+	// destroyed); it refuses every operation until the deletion is
+	// cancelled.
+	KindKeyPendingDeletion Kind = "KEY_PENDING_DELETION"
+	// KindKeyVersionDisabled: the version asked for is below the key's
+	// min_decrypt_version.
+	KindKeyVersionDisabled Kind = "KEY_VERSION_DISABLED"
+	KindConflict           Kind = "CONFLICT"
 	// Ours, or a dependency's.
 	KindUnavailable Kind = "SERVICE_UNAVAILABLE"
 	KindTimeout     Kind = "HSM_TIMEOUT"
@@ -53,7 +60,7 @@ var Kinds = []Kind{
 	KindInvalidInput, KindUnsupportedAlgorithm, KindUsageNotPermitted, KindDecryptionFailed, KindTooLarge,
 	KindUnauthenticated, KindPermissionDenied, KindRateLimited,
 	KindKeyNotFound, KindProviderNotFound, KindNotFound,
-	KindAlreadyExists, KindKeyInactive, KindKeyExpired, KindConflict,
+	KindAlreadyExists, KindKeyInactive, KindKeyExpired, KindKeyPendingDeletion, KindKeyVersionDisabled, KindConflict,
 	KindUnavailable, KindTimeout, KindInternal,
 }
 
@@ -93,6 +100,8 @@ var (
 	ErrKeyAlreadyExists     = &Error{Kind: KindAlreadyExists, Message: "a key with this name already exists"}
 	ErrKeyInactive          = &Error{Kind: KindKeyInactive, Message: "key is not active"}
 	ErrKeyExpired           = &Error{Kind: KindKeyExpired, Message: "key has expired"}
+	ErrKeyPendingDeletion   = &Error{Kind: KindKeyPendingDeletion, Message: "the key is pending deletion"}
+	ErrKeyVersionDisabled   = &Error{Kind: KindKeyVersionDisabled, Message: "the key version is below the key's min_decrypt_version"}
 	ErrUsageNotPermitted    = &Error{Kind: KindUsageNotPermitted, Message: "the key's usage does not permit this operation"}
 	ErrConflict             = &Error{Kind: KindConflict, Message: "the key was changed concurrently"}
 	ErrDecryptionFailed     = &Error{Kind: KindDecryptionFailed, Message: "decryption failed"}

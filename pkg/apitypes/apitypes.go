@@ -19,6 +19,8 @@ const (
 	CodeKeyAlreadyExists     ErrorCode = "KEY_ALREADY_EXISTS"
 	CodeKeyInactive          ErrorCode = "KEY_INACTIVE"
 	CodeKeyExpired           ErrorCode = "KEY_EXPIRED"
+	CodeKeyPendingDeletion   ErrorCode = "KEY_PENDING_DELETION"
+	CodeKeyVersionDisabled   ErrorCode = "KEY_VERSION_DISABLED"
 	CodeUsageNotPermitted    ErrorCode = "USAGE_NOT_PERMITTED"
 	CodeConflict             ErrorCode = "CONFLICT"
 	CodeDecryptionFailed     ErrorCode = "DECRYPTION_FAILED"

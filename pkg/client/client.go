@@ -153,6 +153,8 @@ var (
 	ErrKeyAlreadyExists     = &Error{Code: apitypes.CodeKeyAlreadyExists}
 	ErrKeyInactive          = &Error{Code: apitypes.CodeKeyInactive}
 	ErrKeyExpired           = &Error{Code: apitypes.CodeKeyExpired}
+	ErrKeyPendingDeletion   = &Error{Code: apitypes.CodeKeyPendingDeletion}
+	ErrKeyVersionDisabled   = &Error{Code: apitypes.CodeKeyVersionDisabled}
 	ErrConflict             = &Error{Code: apitypes.CodeConflict}
 	ErrDecryptionFailed     = &Error{Code: apitypes.CodeDecryptionFailed}
 	ErrAuthenticationFailed = &Error{Code: apitypes.CodeAuthenticationFailed}
