@@ -55,10 +55,10 @@ func TestMigrateBackupRestore(t *testing.T) {
 	ctx := context.Background()
 	src := gatewayConfig(t)
 	code, out, errOut := runCmd(t, "migrate", "--config", src)
-	if code != 0 || !strings.HasPrefix(out, "schema version 1 (sqlite ") {
+	if code != 0 || !strings.HasPrefix(out, "schema version 2 (sqlite ") {
 		t.Fatalf("migrate: %d %q %q", code, out, errOut)
 	}
-	if code, out, _ := runCmd(t, "migrate", "--config", src); code != 0 || !strings.HasPrefix(out, "schema version 1 ") {
+	if code, out, _ := runCmd(t, "migrate", "--config", src); code != 0 || !strings.HasPrefix(out, "schema version 2 ") {
 		t.Fatalf("second migrate: %d %q", code, out)
 	}
 	st := openStoreOf(t, src)
@@ -92,7 +92,7 @@ func TestMigrateBackupRestore(t *testing.T) {
 		Header *store.BackupHeader `json:"header"`
 	}
 	if err := json.Unmarshal(sc.Bytes(), &first); err != nil || first.Header == nil || first.Header.Format != store.BackupFormat ||
-		first.Header.Driver != "sqlite" || first.Header.SchemaVersion != 1 {
+		first.Header.Driver != "sqlite" || first.Header.SchemaVersion != 2 {
 		t.Fatalf("backup header: %s (%v)", sc.Bytes(), err)
 	}
 	f.Close()

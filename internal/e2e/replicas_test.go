@@ -760,7 +760,7 @@ func testReplicasBackupRestore(t *testing.T, b *replicaBed) {
 	fresh := b.pg.NewDatabase(t)
 	cfg := b.writeConfig(t)
 	out, err = b.run(t, cfg, fresh, "migrate")
-	if err != nil || !strings.HasPrefix(out, "schema version 1 (postgres postgres://keygrid@127.0.0.1:") || strings.Contains(out, dsnPassword(fresh)) {
+	if err != nil || !strings.HasPrefix(out, "schema version 2 (postgres postgres://keygrid@127.0.0.1:") || strings.Contains(out, dsnPassword(fresh)) {
 		t.Fatalf("migrate: %v %q", err, out)
 	}
 	out, err = b.run(t, cfg, fresh, "restore", "--in", file)

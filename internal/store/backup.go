@@ -26,9 +26,11 @@ import (
 // BackupFormat names the backup file format.
 const BackupFormat = "keygrid-hsm-metadata-backup"
 
-// BackupFormatVersion is the version of the format this binary writes and
-// reads.
-const BackupFormatVersion = 1
+// BackupFormatVersion is the version of the format this binary writes; it
+// reads this one and every older one. Version 2 added the lifecycle fields
+// of a key (description, deletion date, rotation, min_decrypt_version);
+// a version 1 file has none of them.
+const BackupFormatVersion = 2
 
 // ErrBadBackup: the backup file is not one, is of a newer format, or is
 // truncated or altered. Match with errors.Is.
@@ -78,6 +80,12 @@ type backupKey struct {
 	ExpiresAt   *time.Time        `json:"expires_at,omitempty"`
 	Revision    int64             `json:"revision"`
 	Versions    []backupVersion   `json:"versions"`
+	// Since format version 2.
+	Description       string        `json:"description,omitempty"`
+	DeletionDate      *time.Time    `json:"deletion_date,omitempty"`
+	RotationPeriod    time.Duration `json:"rotation_period_ns,omitempty"`
+	NextRotationAt    *time.Time    `json:"next_rotation_at,omitempty"`
+	MinDecryptVersion int           `json:"min_decrypt_version,omitempty"`
 }
 
 type backupVersion struct {
@@ -92,7 +100,9 @@ type backupVersion struct {
 func toBackup(k *Key) *backupKey {
 	b := &backupKey{ID: k.ID, Name: k.Name, Provider: k.Provider, KeyType: k.KeyType, KeySize: k.KeySize, Curve: k.Curve,
 		Algorithm: k.Algorithm, Usage: k.Usage, Extractable: k.Extractable, State: k.State, Metadata: k.Metadata,
-		CreatedAt: k.CreatedAt, UpdatedAt: k.UpdatedAt, ExpiresAt: k.ExpiresAt, Revision: k.Revision}
+		CreatedAt: k.CreatedAt, UpdatedAt: k.UpdatedAt, ExpiresAt: k.ExpiresAt, Revision: k.Revision,
+		Description: k.Description, DeletionDate: k.DeletionDate, RotationPeriod: k.RotationPeriod,
+		NextRotationAt: k.NextRotationAt, MinDecryptVersion: k.MinDecryptVersion}
 	for _, v := range k.Versions {
 		b.Versions = append(b.Versions, backupVersion{Version: v.Version, ObjectID: v.ObjectID, ProviderRef: v.ProviderRef,
 			PublicKey: v.PublicKey, State: v.State, CreatedAt: v.CreatedAt})
@@ -103,7 +113,9 @@ func toBackup(k *Key) *backupKey {
 func (b *backupKey) toKey() *Key {
 	k := &Key{ID: b.ID, Name: b.Name, Provider: b.Provider, KeyType: b.KeyType, KeySize: b.KeySize, Curve: b.Curve,
 		Algorithm: b.Algorithm, Usage: b.Usage, Extractable: b.Extractable, State: b.State, Metadata: b.Metadata,
-		CreatedAt: b.CreatedAt, UpdatedAt: b.UpdatedAt, ExpiresAt: b.ExpiresAt, Revision: b.Revision}
+		CreatedAt: b.CreatedAt, UpdatedAt: b.UpdatedAt, ExpiresAt: b.ExpiresAt, Revision: b.Revision,
+		Description: b.Description, DeletionDate: b.DeletionDate, RotationPeriod: b.RotationPeriod,
+		NextRotationAt: b.NextRotationAt, MinDecryptVersion: b.MinDecryptVersion}
 	if k.Usage == nil {
 		k.Usage = []string{}
 	}

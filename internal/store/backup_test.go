@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -30,6 +31,9 @@ func backupOf(t *testing.T) (store.Store, []byte) {
 	s := openSQLiteT(t)
 	for _, name := range []string{"bk-a", "bk-b", "bk-c"} {
 		k := storetest.NewKey(name, "hsm")
+		if name == "bk-c" {
+			storetest.WithLifecycle(k)
+		}
 		if err := s.CreateKey(ctx, k); err != nil {
 			t.Fatal(err)
 		}
@@ -72,6 +76,9 @@ func TestBackupRestoreRoundTrip(t *testing.T) {
 			got.Versions[len(got.Versions)-1].ProviderRef != want.Versions[len(want.Versions)-1].ProviderRef {
 			t.Fatalf("restored %+v, want %+v", got, want)
 		}
+		if !storetest.SameLifecycle(got, want) {
+			t.Fatalf("restored lifecycle fields %+v, want %+v", got, want)
+		}
 	}
 	// A second restore into the now full store is refused; --force replaces.
 	_, _, err = store.ReadBackup(ctx, dst.(store.Snapshotter), bytes.NewReader(b), store.ImportOptions{})
@@ -96,7 +103,7 @@ func TestRestoreRefusesDamagedBackups(t *testing.T) {
 		"dropped key":     lines[0] + lines[1] + lines[3] + lines[4],
 		"extra after end": string(b) + lines[1],
 		"unknown field":   strings.Replace(string(b), `"name":"bk-a"`, `"name":"bk-a","private_key":"AAAA"`, 1),
-		"newer format":    strings.Replace(string(b), `"format_version":1`, `"format_version":99`, 1),
+		"newer format":    strings.Replace(string(b), fmt.Sprintf(`"format_version":%d`, store.BackupFormatVersion), `"format_version":99`, 1),
 		"not a backup":    "{\"hello\":1}\n",
 		"empty":           "",
 	}
@@ -111,5 +118,33 @@ func TestRestoreRefusesDamagedBackups(t *testing.T) {
 				t.Fatalf("a refused restore left %d keys", len(keys))
 			}
 		})
+	}
+}
+
+// A backup of format version 1 (before the lifecycle fields) restores: its
+// keys have no description, deletion date, rotation or version floor.
+func TestRestoreFormatVersion1(t *testing.T) {
+	ctx := context.Background()
+	k := storetest.NewKey("old", "hsm")
+	src := openSQLiteT(t)
+	if err := src.CreateKey(ctx, k); err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	if _, err := store.WriteBackup(ctx, src.(store.Snapshotter), &buf, store.BackupHeader{}); err != nil {
+		t.Fatal(err)
+	}
+	// The key line of this key is the same in both versions (no lifecycle
+	// field is set); only the header differs, and the trailer's hash
+	// covers key lines only.
+	v1 := strings.Replace(buf.String(), fmt.Sprintf(`"format_version":%d`, store.BackupFormatVersion), `"format_version":1`, 1)
+	dst := openSQLiteT(t)
+	h, n, err := store.ReadBackup(ctx, dst.(store.Snapshotter), strings.NewReader(v1), store.ImportOptions{})
+	if err != nil || n != 1 || h.FormatVersion != 1 {
+		t.Fatalf("restore of a version 1 backup: %+v %d %v", h, n, err)
+	}
+	got, err := dst.GetKey(ctx, "old")
+	if err != nil || got.DeletionDate != nil || got.RotationPeriod != 0 || got.NextRotationAt != nil || got.MinDecryptVersion != 0 || got.Description != "" {
+		t.Fatalf("restored %+v, %v", got, err)
 	}
 }

@@ -52,6 +52,7 @@ var postgresMigrations = []string{
 		created_at   BIGINT NOT NULL,
 		PRIMARY KEY (key_id, version)
 	);`,
+	lifecycleMigration,
 }
 
 // Advisory lock ids (pg_advisory_xact_lock): any constant shared by every

@@ -143,7 +143,7 @@ func (s *sqlStore) fail(what string, err error) error {
 	return fmt.Errorf("%s store: %s: %w", s.d.name, what, err)
 }
 
-const keyColumns = `id, name, provider, key_type, key_size, curve, algorithm, usage, extractable, state, metadata, created_at, updated_at, expires_at, revision`
+const keyColumns = `id, name, provider, key_type, key_size, curve, algorithm, usage, extractable, state, metadata, created_at, updated_at, expires_at, revision, description, deletion_date, rotation_period, next_rotation_at, min_decrypt_version`
 
 const versionColumns = `version, object_id, provider_ref, public_key, state, created_at`
 
@@ -157,6 +157,23 @@ func prefixed(alias, cols string) string {
 }
 
 func nanos(t time.Time) int64 { return t.UnixNano() }
+
+// nullNanos is a nullable time column's value.
+func nullNanos(t *time.Time) sql.NullInt64 {
+	if t == nil {
+		return sql.NullInt64{}
+	}
+	return sql.NullInt64{Int64: nanos(*t), Valid: true}
+}
+
+// fromNullNanos reads a nullable time column.
+func fromNullNanos(n sql.NullInt64) *time.Time {
+	if !n.Valid {
+		return nil
+	}
+	t := fromNanos(n.Int64)
+	return &t
+}
 
 func fromNanos(n int64) time.Time { return time.Unix(0, n).UTC() }
 
@@ -190,13 +207,10 @@ func (s *sqlStore) CreateKey(ctx context.Context, k *Key) error {
 
 // insertKey inserts the row and the versions of k, with k.Revision.
 func (s *sqlStore) insertKey(ctx context.Context, tx *sql.Tx, k *Key) error {
-	var exp sql.NullInt64
-	if k.ExpiresAt != nil {
-		exp = sql.NullInt64{Int64: nanos(*k.ExpiresAt), Valid: true}
-	}
-	_, err := tx.ExecContext(ctx, s.q(`INSERT INTO keys (`+keyColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
+	_, err := tx.ExecContext(ctx, s.q(`INSERT INTO keys (`+keyColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
 		k.ID, k.Name, k.Provider, k.KeyType, k.KeySize, k.Curve, k.Algorithm, encodeJSON(k.Usage), k.Extractable,
-		string(k.State), encodeJSON(k.Metadata), nanos(k.CreatedAt), nanos(k.UpdatedAt), exp, k.Revision)
+		string(k.State), encodeJSON(k.Metadata), nanos(k.CreatedAt), nanos(k.UpdatedAt), nullNanos(k.ExpiresAt), k.Revision,
+		k.Description, nullNanos(k.DeletionDate), int64(k.RotationPeriod), nullNanos(k.NextRotationAt), k.MinDecryptVersion)
 	if err != nil {
 		if s.d.isUnique(err) {
 			return kgerr.New(kgerr.KindAlreadyExists, fmt.Sprintf("a key named %q already exists", k.Name))
@@ -242,24 +256,23 @@ type rowScanner interface{ Scan(...any) error }
 // scanKey scans the key columns and then extra.
 func scanKey(r rowScanner, extra ...any) (*Key, error) {
 	var (
-		k                  Key
-		usage, meta, state string
-		created, updated   int64
-		exp                sql.NullInt64
-		curve, algorithm   sql.NullString
-		extractable        bool
+		k                       Key
+		usage, meta, state      string
+		created, updated        int64
+		exp, deletion, rotation sql.NullInt64
+		curve, algorithm        sql.NullString
+		extractable             bool
+		period                  int64
 	)
 	dest := append([]any{&k.ID, &k.Name, &k.Provider, &k.KeyType, &k.KeySize, &curve, &algorithm, &usage, &extractable,
-		&state, &meta, &created, &updated, &exp, &k.Revision}, extra...)
+		&state, &meta, &created, &updated, &exp, &k.Revision, &k.Description, &deletion, &period, &rotation, &k.MinDecryptVersion}, extra...)
 	if err := r.Scan(dest...); err != nil {
 		return nil, err
 	}
 	k.Curve, k.Algorithm, k.Extractable, k.State = curve.String, algorithm.String, extractable, State(state)
 	k.CreatedAt, k.UpdatedAt = fromNanos(created), fromNanos(updated)
-	if exp.Valid {
-		t := fromNanos(exp.Int64)
-		k.ExpiresAt = &t
-	}
+	k.ExpiresAt, k.DeletionDate, k.NextRotationAt = fromNullNanos(exp), fromNullNanos(deletion), fromNullNanos(rotation)
+	k.RotationPeriod = time.Duration(period)
 	if err := json.Unmarshal([]byte(usage), &k.Usage); err != nil {
 		return nil, fmt.Errorf("key %s: usage column: %w", k.ID, err)
 	}
@@ -403,6 +416,12 @@ func (s *sqlStore) listKeys(ctx context.Context, q querier, o ListOptions) ([]*K
 	if o.State != "" {
 		where, args = append(where, "state = ?"), append(args, string(o.State))
 	}
+	if !o.DeletionDue.IsZero() {
+		where, args = append(where, "deletion_date <= ?"), append(args, nanos(o.DeletionDue))
+	}
+	if !o.RotationDue.IsZero() {
+		where, args = append(where, "next_rotation_at <= ?"), append(args, nanos(o.RotationDue))
+	}
 	if o.PageToken != "" {
 		after, err := decodePageToken(o.PageToken)
 		if err != nil {
@@ -462,17 +481,16 @@ func (s *sqlStore) UpdateKey(ctx context.Context, k *Key) error {
 		return s.fail("begin", err)
 	}
 	defer tx.Rollback()
-	var exp sql.NullInt64
-	if k.ExpiresAt != nil {
-		exp = sql.NullInt64{Int64: nanos(*k.ExpiresAt), Valid: true}
-	}
 	// The compare-and-swap: the row is written only if its revision is
 	// still the one k was read at. A concurrent writer holds the row lock
 	// until it commits; then this statement sees its new revision and
 	// matches nothing.
 	res, err := tx.ExecContext(ctx, s.q(`UPDATE keys SET algorithm = ?, usage = ?, state = ?, metadata = ?,
-		updated_at = ?, expires_at = ?, revision = revision + 1 WHERE id = ? AND revision = ?`),
-		k.Algorithm, encodeJSON(k.Usage), string(k.State), encodeJSON(k.Metadata), nanos(k.UpdatedAt), exp, k.ID, k.Revision)
+		updated_at = ?, expires_at = ?, description = ?, deletion_date = ?, rotation_period = ?, next_rotation_at = ?,
+		min_decrypt_version = ?, revision = revision + 1 WHERE id = ? AND revision = ?`),
+		k.Algorithm, encodeJSON(k.Usage), string(k.State), encodeJSON(k.Metadata), nanos(k.UpdatedAt), nullNanos(k.ExpiresAt),
+		k.Description, nullNanos(k.DeletionDate), int64(k.RotationPeriod), nullNanos(k.NextRotationAt), k.MinDecryptVersion,
+		k.ID, k.Revision)
 	if err != nil {
 		return s.fail("update key", err)
 	}

@@ -42,7 +42,18 @@ var sqliteMigrations = []string{
 		created_at   BIGINT NOT NULL,
 		PRIMARY KEY (key_id, version)
 	);`,
+	lifecycleMigration,
 }
+
+// lifecycleMigration (2) adds what scheduled deletion, automatic rotation
+// and updates need; it is the same on both databases.
+const lifecycleMigration = `ALTER TABLE keys ADD COLUMN description TEXT NOT NULL DEFAULT '';
+	ALTER TABLE keys ADD COLUMN deletion_date BIGINT;
+	ALTER TABLE keys ADD COLUMN rotation_period BIGINT NOT NULL DEFAULT 0;
+	ALTER TABLE keys ADD COLUMN next_rotation_at BIGINT;
+	ALTER TABLE keys ADD COLUMN min_decrypt_version INTEGER NOT NULL DEFAULT 0;
+	CREATE INDEX keys_deletion_date ON keys (deletion_date);
+	CREATE INDEX keys_next_rotation_at ON keys (next_rotation_at);`
 
 // OpenSQLite opens (creating and migrating) the SQLite store at path. The
 // database runs in WAL mode with synchronous=FULL, so a committed key

@@ -27,8 +27,14 @@ const (
 	StateActive  State = "active"
 	// StateInactive: deactivated; refuses every operation until activated.
 	StateInactive State = "inactive"
+	// StatePendingDeletion: deletion is scheduled for DeletionDate; the key
+	// refuses every operation until the deletion is cancelled (back to
+	// inactive) or the date passes and the sweeper destroys it.
+	StatePendingDeletion State = "pending_deletion"
 	// StateDeleting: the provider's material is being destroyed; the record
-	// goes when that is done.
+	// goes when that is done. Whoever moves a key here (with the
+	// compare-and-swap of UpdateKey) owns the destruction: of several
+	// gateways sweeping one store, exactly one does.
 	StateDeleting State = "deleting"
 )
 
@@ -48,6 +54,18 @@ type Key struct {
 	CreatedAt   time.Time
 	UpdatedAt   time.Time
 	ExpiresAt   *time.Time
+	// Description is free text for people.
+	Description string
+	// DeletionDate is when a key pending deletion is destroyed (nil
+	// otherwise).
+	DeletionDate *time.Time
+	// RotationPeriod is how often the key rotates by itself (0: never);
+	// NextRotationAt is when it next does.
+	RotationPeriod time.Duration
+	NextRotationAt *time.Time
+	// MinDecryptVersion is the oldest version that may still decrypt,
+	// unwrap and verify (0: every version).
+	MinDecryptVersion int
 	// Revision grows by one with every update; updates compare it.
 	Revision int64
 	// Versions in ascending order; the last active one is current.
@@ -98,11 +116,16 @@ func (k *Key) Clone() *Key {
 			c.Metadata[a] = b
 		}
 	}
-	if k.ExpiresAt != nil {
-		t := *k.ExpiresAt
-		c.ExpiresAt = &t
-	}
+	c.ExpiresAt, c.DeletionDate, c.NextRotationAt = cloneTime(k.ExpiresAt), cloneTime(k.DeletionDate), cloneTime(k.NextRotationAt)
 	c.Versions = append([]Version(nil), k.Versions...)
+	return &c
+}
+
+func cloneTime(t *time.Time) *time.Time {
+	if t == nil {
+		return nil
+	}
+	c := *t
 	return &c
 }
 
@@ -110,6 +133,12 @@ func (k *Key) Clone() *Key {
 type ListOptions struct {
 	Provider string
 	State    State
+	// DeletionDue, when set, keeps the keys whose DeletionDate is not after
+	// it (the sweeper's query).
+	DeletionDue time.Time
+	// RotationDue, when set, keeps the keys whose NextRotationAt is not
+	// after it (the rotator's query).
+	RotationDue time.Time
 	// Limit is the page size: 100 when 0, at most 1000.
 	Limit     int
 	PageToken string
@@ -199,7 +228,7 @@ func validateImported(k *Key) error {
 
 func validState(s State) bool {
 	switch s {
-	case StatePending, StateActive, StateInactive, StateDeleting:
+	case StatePending, StateActive, StateInactive, StatePendingDeletion, StateDeleting:
 		return true
 	}
 	return false

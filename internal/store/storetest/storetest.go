@@ -31,6 +31,9 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 	t.Run("import refuses a non-empty store", func(t *testing.T) { testImportNotEmpty(t, open(t)) })
 	t.Run("import is all or nothing", func(t *testing.T) { testImportAtomic(t, open(t)) })
 	t.Run("export is one snapshot", func(t *testing.T) { testExportSnapshot(t, open(t)) })
+	t.Run("lifecycle columns round trip", func(t *testing.T) { testLifecycleColumns(t, open(t)) })
+	t.Run("list due for deletion and rotation", func(t *testing.T) { testListDue(t, open(t)) })
+	t.Run("concurrent claims of due keys", func(t *testing.T) { testClaims(t, open(t), nil) })
 }
 
 // RunShared runs the cases that need two store instances on one database,
@@ -41,6 +44,10 @@ func RunShared(t *testing.T, open func(t *testing.T) (a, b store.Store)) {
 	t.Run("shared updates one winner", func(t *testing.T) { testSharedUpdate(t, open) })
 	t.Run("shared rotate against delete", func(t *testing.T) { testSharedRotateDelete(t, open) })
 	t.Run("shared change visible at once", func(t *testing.T) { testSharedVisible(t, open) })
+	t.Run("shared claims of due keys once", func(t *testing.T) {
+		a, b := open(t)
+		testClaims(t, a, b)
+	})
 }
 
 // NewKey returns a valid key record for tests.
@@ -355,6 +362,7 @@ func sample(t *testing.T, s store.Store) []*store.Key {
 	c := NewKey("exp-c", "hsm")
 	c.KeyType, c.KeySize, c.Curve, c.Algorithm, c.Usage = "AES", 256, "", "A256GCM", []string{"encrypt", "decrypt"}
 	c.Versions[0].PublicKey = nil
+	WithLifecycle(c)
 	for _, k := range []*store.Key{a, b, c} {
 		if err := s.CreateKey(ctx, k); err != nil {
 			t.Fatal(err)
@@ -692,5 +700,223 @@ func testSharedVisible(t *testing.T, open func(t *testing.T) (a, b store.Store))
 		if got.State != want || got.Revision != cur.Revision {
 			t.Fatalf("change %d: the other instance reads %s rev %d right after the write of %s rev %d", i, got.State, got.Revision, want, cur.Revision)
 		}
+	}
+}
+
+// WithLifecycle sets every lifecycle field of k (description, a deletion
+// date in the state that has one, a rotation period with its next date, a
+// version floor) and returns it.
+func WithLifecycle(k *store.Key) *store.Key {
+	now := time.Now().UTC()
+	del, next := now.Add(7*24*time.Hour+123456789), now.Add(90*24*time.Hour+987654321)
+	k.State, k.DeletionDate = store.StatePendingDeletion, &del
+	k.Description = "the payments team's signing key: ünïcode, \"quotes\" and 'apostrophes'"
+	k.RotationPeriod, k.NextRotationAt = 2160*time.Hour+1, &next
+	k.MinDecryptVersion = 1
+	return k
+}
+
+// SameLifecycle reports whether a and b have equal lifecycle fields.
+func SameLifecycle(a, b *store.Key) bool {
+	same := func(x, y *time.Time) bool { return (x == nil) == (y == nil) && (x == nil || x.Equal(*y)) }
+	return a.Description == b.Description && same(a.DeletionDate, b.DeletionDate) && a.RotationPeriod == b.RotationPeriod &&
+		same(a.NextRotationAt, b.NextRotationAt) && a.MinDecryptVersion == b.MinDecryptVersion
+}
+
+// testLifecycleColumns writes every lifecycle field, reads it back by id, by
+// name and in a listing, changes each, and clears each.
+func testLifecycleColumns(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	k := WithLifecycle(NewKey("life", "software"))
+	want := k.Clone()
+	if err := s.CreateKey(ctx, k); err != nil {
+		t.Fatal(err)
+	}
+	check := func(what string, want *store.Key) {
+		t.Helper()
+		for _, ref := range []string{want.ID, want.Name} {
+			got, err := s.GetKey(ctx, ref)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.State != want.State || !SameLifecycle(got, want) {
+				t.Fatalf("%s: get %s = %+v, want %+v", what, ref, got, want)
+			}
+		}
+		keys, _, err := s.ListKeys(ctx, store.ListOptions{})
+		if err != nil || len(keys) != 1 || !SameLifecycle(keys[0], want) {
+			t.Fatalf("%s: list = %+v, %v", what, keys, err)
+		}
+	}
+	check("created", want)
+
+	later := time.Now().UTC().Add(time.Hour + 42)
+	k.State, k.DeletionDate = store.StateInactive, nil
+	k.Description, k.RotationPeriod, k.NextRotationAt, k.MinDecryptVersion = "changed", time.Hour, &later, 3
+	if err := s.UpdateKey(ctx, k); err != nil {
+		t.Fatal(err)
+	}
+	check("changed", k)
+
+	k.Description, k.RotationPeriod, k.NextRotationAt, k.MinDecryptVersion = "", 0, nil, 0
+	if err := s.UpdateKey(ctx, k); err != nil {
+		t.Fatal(err)
+	}
+	check("cleared", k)
+	if got, _ := s.GetKey(ctx, k.ID); got.ExpiresAt == nil || !got.ExpiresAt.Equal(*want.ExpiresAt) {
+		t.Fatalf("expiry lost in the lifecycle updates: %+v", got.ExpiresAt)
+	}
+}
+
+// testListDue lists keys whose deletion date or next rotation has come,
+// with the state filter and across pages.
+func testListDue(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	now := time.Now().UTC()
+	at := func(d time.Duration) *time.Time { x := now.Add(d); return &x }
+	var dueDel, dueRot []string
+	for i := 0; i < 12; i++ {
+		k := NewKey(fmt.Sprintf("due-%02d", i), "software")
+		switch i % 4 {
+		case 0: // deletion due (exactly now counts)
+			k.State, k.DeletionDate = store.StatePendingDeletion, at(-time.Duration(i)*time.Second)
+			dueDel = append(dueDel, k.Name)
+		case 1: // deletion not yet due
+			k.State, k.DeletionDate = store.StatePendingDeletion, at(time.Minute)
+		case 2: // rotation due
+			k.RotationPeriod, k.NextRotationAt = time.Hour, at(-time.Duration(i)*time.Second)
+			dueRot = append(dueRot, k.Name)
+		case 3: // rotation not yet due; another state
+			k.RotationPeriod, k.NextRotationAt = time.Hour, at(time.Minute)
+		}
+		if err := s.CreateKey(ctx, k); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// An inactive key whose rotation is due: the state filter leaves it out.
+	idle := NewKey("due-idle", "software")
+	idle.State, idle.RotationPeriod, idle.NextRotationAt = store.StateInactive, time.Hour, at(-time.Hour)
+	if err := s.CreateKey(ctx, idle); err != nil {
+		t.Fatal(err)
+	}
+	list := func(o store.ListOptions) []string {
+		t.Helper()
+		var names []string
+		o.Limit = 2
+		for {
+			keys, next, err := s.ListKeys(ctx, o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, k := range keys {
+				names = append(names, k.Name)
+			}
+			if next == "" {
+				return names
+			}
+			o.PageToken = next
+		}
+	}
+	if got := list(store.ListOptions{State: store.StatePendingDeletion, DeletionDue: now}); fmt.Sprint(got) != fmt.Sprint(dueDel) {
+		t.Fatalf("deletion due: %v, want %v", got, dueDel)
+	}
+	if got := list(store.ListOptions{State: store.StateActive, RotationDue: now}); fmt.Sprint(got) != fmt.Sprint(dueRot) {
+		t.Fatalf("rotation due: %v, want %v", got, dueRot)
+	}
+	if got := list(store.ListOptions{RotationDue: now}); len(got) != len(dueRot)+1 {
+		t.Fatalf("rotation due in any state: %v, want %v and due-idle", got, dueRot)
+	}
+}
+
+// testClaims races sweepers for keys due for deletion and rotators for
+// keys due for rotation, on one store instance or (b not nil) on two, as
+// two gateways: each lists what is due and claims it with a compare-and-
+// swap (deletion: pending_deletion → deleting; rotation: a new pending
+// version and the next date). Every due key is claimed exactly once.
+func testClaims(t *testing.T, a, b store.Store) {
+	ctx := context.Background()
+	if b == nil {
+		b = a
+	}
+	now := time.Now().UTC()
+	past := now.Add(-time.Second)
+	const n = 8
+	for i := 0; i < n; i++ {
+		d := NewKey(fmt.Sprintf("claim-del-%d", i), "software")
+		d.State, d.DeletionDate = store.StatePendingDeletion, &past
+		r := NewKey(fmt.Sprintf("claim-rot-%d", i), "software")
+		r.RotationPeriod, r.NextRotationAt = time.Hour, &past
+		for _, k := range []*store.Key{d, r} {
+			if err := a.CreateKey(ctx, k); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	var (
+		mu      sync.Mutex
+		claimed = map[string]int{}
+		wg      sync.WaitGroup
+	)
+	worker := func(s store.Store, w int) {
+		defer wg.Done()
+		due, _, err := s.ListKeys(ctx, store.ListOptions{State: store.StatePendingDeletion, DeletionDue: now})
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		rot, _, err := s.ListKeys(ctx, store.ListOptions{State: store.StateActive, RotationDue: now})
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		for _, k := range append(due, rot...) {
+			if k.State == store.StatePendingDeletion {
+				k.State = store.StateDeleting
+			} else {
+				next := now.Add(k.RotationPeriod)
+				k.NextRotationAt = &next
+				k.Versions = append(k.Versions, store.Version{Version: 2, ObjectID: fmt.Sprintf("%x-w%d", k.Name, w), State: store.StatePending, CreatedAt: now})
+			}
+			switch err := s.UpdateKey(ctx, k); {
+			case err == nil:
+				mu.Lock()
+				claimed[k.Name]++
+				mu.Unlock()
+			case errors.Is(err, kgerr.ErrConflict):
+			default:
+				t.Errorf("claim %s: %v", k.Name, err)
+			}
+		}
+	}
+	const workers = 6
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		s := a
+		if w%2 == 1 {
+			s = b
+		}
+		go worker(s, w)
+	}
+	wg.Wait()
+	if len(claimed) != 2*n {
+		t.Fatalf("%d keys claimed, want %d", len(claimed), 2*n)
+	}
+	for name, c := range claimed {
+		if c != 1 {
+			t.Fatalf("%s claimed %d times", name, c)
+		}
+	}
+	for i := 0; i < n; i++ {
+		d, err := b.GetKey(ctx, fmt.Sprintf("claim-del-%d", i))
+		if err != nil || d.State != store.StateDeleting {
+			t.Fatalf("deletion claim stored as %+v, %v", d, err)
+		}
+		r, err := b.GetKey(ctx, fmt.Sprintf("claim-rot-%d", i))
+		if err != nil || len(r.Versions) != 2 || r.NextRotationAt == nil || !r.NextRotationAt.After(now) {
+			t.Fatalf("rotation claim stored as %+v, %v", r, err)
+		}
+	}
+	if due, _, _ := a.ListKeys(ctx, store.ListOptions{RotationDue: now}); len(due) != 0 {
+		t.Fatalf("%d keys still due for rotation after the claims", len(due))
 	}
 }
