@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/keygrid/keygrid-hsm/internal/audit"
 	"github.com/keygrid/keygrid-hsm/internal/kgerr"
@@ -162,6 +163,15 @@ func TestAuditPreflight(t *testing.T) {
 	if _, err := f.svc.DeactivateKey(f.admin(), "inactive"); err != nil {
 		t.Fatal(err)
 	}
+	f.create("doomed", specP256)
+	if _, err := f.svc.DeleteKey(f.admin(), DeleteKeyRequest{Key: "doomed"}); err != nil {
+		t.Fatal(err)
+	}
+	f.create("rotating", specP256)
+	if _, err := f.svc.UpdateKey(f.admin(), UpdateKeyRequest{Key: "rotating", RotationPeriod: Set(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	f.clock.Advance(MaxDeletionWindow + time.Hour) // doomed is due, and rotating
 	fr.set(nil, audit.ErrUnavailable)
 	before, files := f.storedKeys(), f.keyFiles()
 	cases := []struct {
@@ -175,7 +185,12 @@ func TestAuditPreflight(t *testing.T) {
 		{"deactivate", func() error { _, err := f.svc.DeactivateKey(f.admin(), "ec"); return err }},
 		{"activate", func() error { _, err := f.svc.ActivateKey(f.admin(), "inactive"); return err }},
 		{"rotate", func() error { _, err := f.svc.RotateKey(f.admin(), "ec"); return err }},
-		{"delete", func() error { return f.svc.DeleteKey(f.admin(), "ec") }},
+		{"deletion_scheduled", func() error { _, err := f.svc.DeleteKey(f.admin(), DeleteKeyRequest{Key: "ec"}); return err }},
+		{"deletion_cancelled", func() error { _, err := f.svc.CancelDeletion(f.admin(), "doomed"); return err }},
+		{"update", func() error {
+			_, err := f.svc.UpdateKey(f.admin(), UpdateKeyRequest{Key: "ec", Metadata: Set(map[string]string{"a": "b"})})
+			return err
+		}},
 	}
 	for _, c := range cases {
 		t.Run(c.op, func(t *testing.T) {
@@ -192,6 +207,20 @@ func TestAuditPreflight(t *testing.T) {
 			wantRecord(t, f.last(), audit.Event{Operation: c.op, Outcome: audit.OutcomeFailure, ErrorCode: string(kgerr.KindUnavailable)})
 		})
 	}
+	t.Run("background jobs wait", func(t *testing.T) {
+		mark := f.mark()
+		wantErr(t, f.svc.Sweep(context.Background()), kgerr.ErrServiceUnavailable)
+		wantErr(t, f.svc.RotateDue(context.Background()), kgerr.ErrServiceUnavailable)
+		if s := f.stored("doomed"); s.State != store.StatePendingDeletion || !f.material(s.Versions[0].ObjectID) {
+			t.Fatalf("the sweeper acted without an audit log: %+v", s)
+		}
+		if s := f.stored("rotating"); len(s.Versions) != 1 {
+			t.Fatalf("the rotator acted without an audit log: %+v", s)
+		}
+		if n := len(f.since(mark)); n != 0 {
+			t.Fatalf("%d audit records of jobs that did nothing", n)
+		}
+	})
 	t.Run("operations that change nothing go on", func(t *testing.T) {
 		if _, err := f.svc.Sign(as(operatorP), SignRequest{Key: "ec", Data: []byte("d")}); err != nil {
 			t.Fatal(err)
@@ -206,11 +235,12 @@ func TestAuditPreflight(t *testing.T) {
 	t.Run("the real log, closed", func(t *testing.T) {
 		fr.set(nil, nil)
 		f.audit.Close() // Ready and Record both fail now
-		wantErr(t, f.svc.DeleteKey(f.admin(), "ec"), kgerr.ErrServiceUnavailable)
+		_, err := f.svc.DeleteKey(f.admin(), DeleteKeyRequest{Key: "ec"})
+		wantErr(t, err, kgerr.ErrServiceUnavailable)
 		if s := f.stored("ec"); s.State != store.StateActive || s.Revision != before[0].Revision {
 			t.Fatalf("ec: %+v", s)
 		}
-		_, err := f.svc.Sign(as(operatorP), SignRequest{Key: "ec", Data: []byte("d")})
+		_, err = f.svc.Sign(as(operatorP), SignRequest{Key: "ec", Data: []byte("d")})
 		wantErr(t, err, kgerr.ErrServiceUnavailable)
 	})
 }

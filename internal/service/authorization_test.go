@@ -15,7 +15,7 @@ import (
 // roleOps are the operations of the role table, in an order that keeps
 // the keys usable: destructive ones last.
 var roleOps = []string{"get", "list", "public_key", "sign", "verify", "encrypt", "decrypt", "wrap", "unwrap",
-	"deactivate", "activate", "rotate", "create", "delete"}
+	"deactivate", "activate", "rotate", "update", "create", "deletion_scheduled", "deletion_cancelled"}
 
 // runOp performs one operation as ctx on the keys "ec", "aes" and "kek"
 // (inputs in in) and returns its error and the key it touched.
@@ -55,8 +55,12 @@ func runOp(f *fixture, ctx context.Context, op string, in *cryptoOps) (string, e
 	case "create":
 		key = "" // refused before the request is read
 		_, err = f.svc.CreateKey(ctx, CreateKeyRequest{Name: "new", Spec: specP256})
-	case "delete":
-		err = f.svc.DeleteKey(ctx, "ec")
+	case "update":
+		_, err = f.svc.UpdateKey(ctx, UpdateKeyRequest{Key: "ec", Description: Set("by " + CallerFrom(ctx).Principal)})
+	case "deletion_scheduled":
+		_, err = f.svc.DeleteKey(ctx, DeleteKeyRequest{Key: "ec"})
+	case "deletion_cancelled":
+		_, err = f.svc.CancelDeletion(ctx, "ec")
 	}
 	return key, err
 }
@@ -169,7 +173,14 @@ func TestScopes(t *testing.T) {
 			_, err := f.svc.CreateKey(as(admin), CreateKeyRequest{Name: "team-new", Spec: specP256})
 			return err
 		}, nil, nil},
-		{"fail scoped admin deletes out of scope", func() error { return f.svc.DeleteKey(as(admin), "app-sign") }, kgerr.ErrAuthorizationFailed, appKey},
+		{"fail scoped admin deletes out of scope", func() error {
+			_, err := f.svc.DeleteKey(as(admin), DeleteKeyRequest{Key: "app-sign"})
+			return err
+		}, kgerr.ErrAuthorizationFailed, appKey},
+		{"fail scoped admin updates out of scope", func() error {
+			_, err := f.svc.UpdateKey(as(admin), UpdateKeyRequest{Key: "app-sign", Description: Set("x")})
+			return err
+		}, kgerr.ErrAuthorizationFailed, appKey},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

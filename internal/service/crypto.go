@@ -50,12 +50,8 @@ func (s *Service) prepare(ctx context.Context, o *op, ref string, u use, algorit
 		return nil, alg.Info{}, nil, err
 	}
 	o.algorithm = algorithm
-	switch k.State {
-	case store.StateActive:
-	case store.StateInactive:
-		return nil, alg.Info{}, nil, kgerr.New(kgerr.KindKeyInactive, fmt.Sprintf("key %q is inactive", k.Name))
-	default:
-		return nil, alg.Info{}, nil, kgerr.New(kgerr.KindKeyInactive, fmt.Sprintf("key %q is %s", k.Name, k.State))
+	if k.State != store.StateActive {
+		return nil, alg.Info{}, nil, refuseUnusable(k, "use")
 	}
 	if !slices.Contains(k.Usage, string(u.usage)) {
 		return nil, alg.Info{}, nil, kgerr.New(kgerr.KindUsageNotPermitted,
@@ -92,6 +88,16 @@ func (s *Service) prepare(ctx context.Context, o *op, ref string, u use, algorit
 		return nil, alg.Info{}, nil, err
 	}
 	return k, a, p, nil
+}
+
+// enabled refuses a version below the key's min_decrypt_version: decrypt,
+// unwrap and verify with it are disabled (its material stays).
+func enabled(k *store.Key, v *store.Version) error {
+	if v.Version < k.MinDecryptVersion {
+		return kgerr.New(kgerr.KindKeyVersionDisabled, fmt.Sprintf("version %d of key %q is below its min_decrypt_version %d",
+			v.Version, k.Name, k.MinDecryptVersion))
+	}
+	return nil
 }
 
 // version picks version n of k (0: current) for an operation.
@@ -193,25 +199,59 @@ func (s *Service) Verify(ctx context.Context, req VerifyRequest) (out *VerifyRes
 		return nil, err
 	}
 	// With a key_version, that version; without one, every active version,
-	// newest first, so that signatures made before a rotation still verify.
-	candidates := []*store.Version{}
+	// newest first, so that signatures made before a rotation still verify
+	// (down to min_decrypt_version).
+	candidates, disabled := []*store.Version{}, []*store.Version{}
 	if req.KeyVersion != 0 {
 		v, err := version(k, req.KeyVersion)
 		if err != nil {
 			return nil, err
 		}
+		if err := enabled(k, v); err != nil {
+			o.version = v.Version
+			return nil, err
+		}
 		candidates = append(candidates, v)
 	} else {
 		for i := len(k.Versions) - 1; i >= 0; i-- {
-			if k.Versions[i].State == store.StateActive {
-				candidates = append(candidates, &k.Versions[i])
+			v := &k.Versions[i]
+			switch {
+			case v.State != store.StateActive:
+			case enabled(k, v) != nil:
+				disabled = append(disabled, v)
+			default:
+				candidates = append(candidates, v)
 			}
 		}
 		if len(candidates) == 0 {
 			return nil, kgerr.New(kgerr.KindKeyInactive, fmt.Sprintf("key %q has no active version", k.Name))
 		}
 	}
-	for _, v := range candidates {
+	res := &VerifyResult{Algorithm: string(a.Name), KeyID: k.ID}
+	v, err := s.verifiedBy(k, a, in, req, candidates)
+	if err != nil {
+		return nil, err
+	}
+	if v != nil {
+		o.version, res.Valid, res.KeyVersion = v.Version, true, v.Version
+		return res, nil
+	}
+	// Not valid under an enabled version: a signature of a disabled one is
+	// refused as such rather than reported invalid.
+	if v, err := s.verifiedBy(k, a, in, req, disabled); err != nil || v != nil {
+		if err == nil {
+			o.version, err = v.Version, enabled(k, v)
+		}
+		return nil, err
+	}
+	o.version, res.KeyVersion = candidates[0].Version, candidates[0].Version
+	return res, nil
+}
+
+// verifiedBy returns the first of versions whose public key verifies the
+// signature, or nil.
+func (s *Service) verifiedBy(k *store.Key, a alg.Info, in []byte, req VerifyRequest, versions []*store.Version) (*store.Version, error) {
+	for _, v := range versions {
 		pub, err := s.publicKey(v)
 		if err != nil {
 			return nil, err
@@ -221,12 +261,10 @@ func (s *Service) Verify(ctx context.Context, req VerifyRequest) (out *VerifyRes
 			return nil, err
 		}
 		if ok {
-			o.version = v.Version
-			return &VerifyResult{Valid: true, KeyID: k.ID, KeyVersion: v.Version}, nil
+			return v, nil
 		}
 	}
-	o.version = candidates[0].Version
-	return &VerifyResult{Valid: false, KeyID: k.ID, KeyVersion: candidates[0].Version}, nil
+	return nil, nil
 }
 
 // verifySignature checks sig. ECDSA signatures are DER, or raw r‖s when
@@ -341,11 +379,14 @@ func (s *Service) Decrypt(ctx context.Context, req DecryptRequest) (out *Decrypt
 		return nil, err
 	}
 	o.version, dr.Ref = v.Version, v.ProviderRef
+	if err := enabled(k, v); err != nil {
+		return nil, err
+	}
 	pt, err := p.Decrypt(ctx, dr)
 	if err != nil {
 		return nil, err
 	}
-	return &DecryptResult{Plaintext: pt, KeyID: k.ID, KeyVersion: v.Version}, nil
+	return &DecryptResult{Plaintext: pt, Algorithm: string(a.Name), KeyID: k.ID, KeyVersion: v.Version}, nil
 }
 
 // gcmInput fills the provider's AES-GCM input from a request: nonce, tag
@@ -419,6 +460,9 @@ func (s *Service) Unwrap(ctx context.Context, req UnwrapRequest) (out *UnwrapRes
 		return nil, err
 	}
 	o.version = v.Version
+	if err := enabled(k, v); err != nil {
+		return nil, err
+	}
 	m, err := p.UnwrapKey(ctx, provider.UnwrapRequest{Ref: v.ProviderRef, Spec: specOf(k), Wrapped: req.WrappedKey})
 	if err != nil {
 		return nil, err

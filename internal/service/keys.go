@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"slices"
 	"time"
+	"unicode/utf8"
 
 	"github.com/google/uuid"
 
@@ -33,6 +34,32 @@ func newObjectID() string {
 		panic(err) // crypto/rand never fails on Linux
 	}
 	return hex.EncodeToString(b)
+}
+
+// validateName checks a new key's name. A name may never have the form of
+// a key id (a UUID, with or without its dashes): keys are addressed by id
+// or name, and a name that is some key's id would be ambiguous.
+func validateName(name string) error {
+	if !namePattern.MatchString(name) {
+		return kgerr.Invalid("name must be 1 to 128 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit")
+	}
+	if _, err := uuid.Parse(name); err == nil {
+		return kgerr.Invalid(fmt.Sprintf("name %q has the form of a key id (a UUID); key names must not look like ids", name))
+	}
+	return nil
+}
+
+// maxDescription caps a key's description.
+const maxDescription = 1024
+
+func validateDescription(d string) error {
+	if len(d) > maxDescription {
+		return kgerr.Invalid(fmt.Sprintf("description is longer than %d bytes", maxDescription))
+	}
+	if !utf8.ValidString(d) {
+		return kgerr.Invalid("description is not valid UTF-8")
+	}
+	return nil
 }
 
 func validateMetadata(m map[string]string) error {
@@ -60,8 +87,8 @@ func (s *Service) CreateKey(ctx context.Context, req CreateKeyRequest) (out *Key
 	if err := allow(ctx, opCreate.action); err != nil {
 		return nil, err
 	}
-	if !namePattern.MatchString(req.Name) {
-		return nil, kgerr.Invalid("name must be 1 to 128 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit")
+	if err := validateName(req.Name); err != nil {
+		return nil, err
 	}
 	provName := req.Provider
 	if provName == "" {
@@ -112,6 +139,9 @@ func (s *Service) CreateKey(ctx context.Context, req CreateKeyRequest) (out *Key
 	if err := validateMetadata(req.Metadata); err != nil {
 		return nil, err
 	}
+	if err := validateDescription(req.Description); err != nil {
+		return nil, err
+	}
 	now := s.now().UTC()
 	if req.ExpiresAt != nil && !req.ExpiresAt.After(now) {
 		return nil, kgerr.Invalid("expires_at must be in the future")
@@ -123,7 +153,7 @@ func (s *Service) CreateKey(ctx context.Context, req CreateKeyRequest) (out *Key
 	k := &store.Key{
 		ID: id.String(), Name: req.Name, Provider: provName, KeyType: string(spec.Type), KeySize: spec.Size,
 		Curve: spec.Curve, Algorithm: string(a.Name), Extractable: req.Spec.Extractable,
-		State: store.StatePending, Metadata: req.Metadata, CreatedAt: now, UpdatedAt: now,
+		State: store.StatePending, Metadata: req.Metadata, Description: req.Description, CreatedAt: now, UpdatedAt: now,
 		Versions: []store.Version{{Version: 1, ObjectID: newObjectID(), State: store.StatePending, CreatedAt: now}},
 	}
 	for _, u := range usage {
@@ -291,24 +321,35 @@ func (s *Service) GetKey(ctx context.Context, ref string) (*Key, error) {
 // ListKeys lists keys.
 func (s *Service) ListKeys(ctx context.Context, o ListOptions) (*KeyList, error) {
 	switch store.State(o.State) {
-	case "", store.StatePending, store.StateActive, store.StateInactive, store.StateDeleting:
+	case "", store.StatePending, store.StateActive, store.StateInactive, store.StatePendingDeletion, store.StateDeleting:
 	default:
-		return nil, kgerr.Invalid(fmt.Sprintf("state %q is not one of pending, active, inactive, deleting", o.State))
+		return nil, kgerr.Invalid(fmt.Sprintf("state %q is not one of pending, active, inactive, pending_deletion, deleting", o.State))
+	}
+	switch {
+	case o.Offset < 0:
+		return nil, kgerr.Invalid("offset must not be negative")
+	case o.Offset > 0 && o.PageToken != "":
+		return nil, kgerr.Invalid("send offset or page_token, not both")
 	}
 	if err := allow(ctx, opList.action); err != nil {
 		s.auditDenied(ctx, opList, nil, err)
 		return nil, err
 	}
 	so := store.ListOptions{Provider: o.Provider, State: store.State(o.State), Limit: o.Limit, PageToken: o.PageToken}
+	list := s.store.ListKeys
+	if p := CallerFrom(ctx).Auth; p.Scoped() {
+		list = func(ctx context.Context, o store.ListOptions) ([]*store.Key, string, error) { return s.listScoped(ctx, p, o) }
+	}
 	var (
 		keys []*store.Key
 		next string
 		err  error
 	)
-	if p := CallerFrom(ctx).Auth; p.Scoped() {
-		keys, next, err = s.listScoped(ctx, p, so)
-	} else {
-		keys, next, err = s.store.ListKeys(ctx, so)
+	if so.PageToken, err = skip(ctx, list, so, o.Offset); err == nil {
+		if so.PageToken == "" && o.Offset > 0 {
+			return &KeyList{Keys: []Key{}}, nil // fewer keys than the offset
+		}
+		keys, next, err = list(ctx, so)
 	}
 	if err != nil {
 		return nil, err
@@ -318,6 +359,37 @@ func (s *Service) ListKeys(ctx context.Context, o ListOptions) (*KeyList, error)
 		out.Keys = append(out.Keys, *s.view(k))
 	}
 	return out, nil
+}
+
+// skip pages past the first n keys of a listing and returns the token of
+// the page after them ("" when n is 0, or when there are no more keys).
+func skip(ctx context.Context, list func(context.Context, store.ListOptions) ([]*store.Key, string, error), o store.ListOptions, n int) (string, error) {
+	token := o.PageToken
+	for n > 0 {
+		o.PageToken, o.Limit = token, min(n, store.MaxPageSize)
+		keys, next, err := list(ctx, o)
+		if err != nil {
+			return "", err
+		}
+		n -= len(keys)
+		if token = next; token == "" {
+			return "", nil
+		}
+	}
+	return token, nil
+}
+
+// refuseUnusable returns the error of an operation on a key that is not
+// active: pending deletion (or being destroyed), or otherwise not usable.
+func refuseUnusable(k *store.Key, what string) error {
+	switch k.State {
+	case store.StatePendingDeletion:
+		return kgerr.New(kgerr.KindKeyPendingDeletion, fmt.Sprintf("key %q is pending deletion (on %s); cancel the deletion to %s it",
+			k.Name, k.DeletionDate.Format(time.RFC3339), what))
+	case store.StateDeleting:
+		return kgerr.New(kgerr.KindKeyPendingDeletion, fmt.Sprintf("key %q is being destroyed", k.Name))
+	}
+	return kgerr.New(kgerr.KindKeyInactive, fmt.Sprintf("key %q is %s", k.Name, k.State))
 }
 
 // setState moves a key between active and inactive with one compare-and-
@@ -336,7 +408,7 @@ func (s *Service) setState(ctx context.Context, ref string, op operation, to sto
 		return s.view(k), nil
 	case store.StateActive, store.StateInactive:
 	default:
-		return nil, kgerr.New(kgerr.KindKeyInactive, fmt.Sprintf("key %q is %s", k.Name, k.State))
+		return nil, refuseUnusable(k, op.name)
 	}
 	if err := s.auditReady(ctx); err != nil {
 		return nil, err
@@ -359,7 +431,9 @@ func (s *Service) DeactivateKey(ctx context.Context, ref string) (*Key, error) {
 }
 
 // RotateKey adds a new version, which becomes current. Older versions still
-// verify, decrypt and unwrap what they made.
+// verify, decrypt and unwrap what they made (down to min_decrypt_version).
+// With a rotation period, the next automatic rotation is a period after
+// this one.
 func (s *Service) RotateKey(ctx context.Context, ref string) (out *Key, err error) {
 	o := s.begin(opRotate)
 	defer withhold(&out, &err)
@@ -371,7 +445,10 @@ func (s *Service) RotateKey(ctx context.Context, ref string) (out *Key, err erro
 	}
 	o.algorithm = k.Algorithm
 	if k.State != store.StateActive {
-		return nil, kgerr.New(kgerr.KindKeyInactive, fmt.Sprintf("key %q is %s; only active keys rotate", k.Name, k.State))
+		if k.State == store.StateInactive || k.State == store.StatePending {
+			return nil, kgerr.New(kgerr.KindKeyInactive, fmt.Sprintf("key %q is %s; only active keys rotate", k.Name, k.State))
+		}
+		return nil, refuseUnusable(k, "rotate")
 	}
 	p, err := s.providerFor(k)
 	if err != nil {
@@ -380,60 +457,61 @@ func (s *Service) RotateKey(ctx context.Context, ref string) (out *Key, err erro
 	if err := s.auditReady(ctx); err != nil {
 		return nil, err
 	}
-	n := k.Versions[len(k.Versions)-1].Version + 1
-	o.version = n
-	now := s.now().UTC()
-	k.Versions = append(k.Versions, store.Version{Version: n, ObjectID: newObjectID(), State: store.StatePending, CreatedAt: now})
-	k.UpdatedAt = now
-	if err := s.store.UpdateKey(ctx, k); err != nil {
+	if o.version, err = s.startRotation(ctx, k); err != nil {
 		return nil, err
 	}
-	created, err := s.makeMaterial(ctx, p, k, k.Version(n))
-	if err != nil {
-		s.abandonPending(ctx, p, k, n)
-		return nil, err
-	}
-	if k, err = s.completeVersion(ctx, p, k.ID, n, created); err != nil {
+	if k, err = s.finishRotation(ctx, p, k, o.version); err != nil {
 		return nil, err
 	}
 	return s.view(k), nil
 }
 
-// DeleteKey destroys a key's material and removes its record. The record is
-// first marked deleting (so no operation uses it meanwhile); if the process
-// dies before the material is gone, the reconciler finishes the deletion.
-func (s *Service) DeleteKey(ctx context.Context, ref string) (err error) {
-	o := s.begin(opDelete)
-	defer s.finish(ctx, o, &err)
-	k, err := s.getKey(ctx, ref, opDelete.action)
-	o.key = k
-	if err != nil {
-		return err
+// startRotation adds a pending version to k and moves its next automatic
+// rotation a period on, with one compare-and-swap: of two rotations of one
+// revision (a request and the rotator, or the rotators of two gateways),
+// exactly one starts. It returns the new version's number.
+func (s *Service) startRotation(ctx context.Context, k *store.Key) (int, error) {
+	n := k.Versions[len(k.Versions)-1].Version + 1
+	now := s.now().UTC()
+	k.Versions = append(k.Versions, store.Version{Version: n, ObjectID: newObjectID(), State: store.StatePending, CreatedAt: now})
+	if k.RotationPeriod > 0 {
+		next := now.Add(k.RotationPeriod)
+		k.NextRotationAt = &next
 	}
-	if err := s.auditReady(ctx); err != nil {
-		return err
+	k.UpdatedAt = now
+	if err := s.store.UpdateKey(ctx, k); err != nil {
+		return 0, err
 	}
-	if k.State != store.StateDeleting {
-		k.State, k.UpdatedAt = store.StateDeleting, s.now().UTC()
-		if err := s.store.UpdateKey(ctx, k); err != nil {
-			return err
-		}
-	}
-	return s.destroy(ctx, k)
+	return n, nil
 }
 
-// destroy deletes the provider material of every version, then the record.
-func (s *Service) destroy(ctx context.Context, k *store.Key) error {
+// finishRotation makes the material of pending version n and activates it,
+// or undoes the version when the material cannot be made.
+func (s *Service) finishRotation(ctx context.Context, p provider.Provider, k *store.Key, n int) (*store.Key, error) {
+	created, err := s.makeMaterial(ctx, p, k, k.Version(n))
+	if err != nil {
+		s.abandonPending(ctx, p, k, n)
+		return nil, err
+	}
+	return s.completeVersion(ctx, p, k.ID, n, created)
+}
+
+// destroy deletes the provider material of every version, then the record
+// (at k's revision). It reports whether this call removed the record: false
+// with no error when another gateway finished the destruction first. The
+// provider's delete of what is already gone succeeds, so a destruction cut
+// short between the two steps is finished by calling destroy again.
+func (s *Service) destroy(ctx context.Context, k *store.Key) (bool, error) {
 	p, err := s.providerFor(k)
 	if err != nil {
-		return err
+		return false, err
 	}
 	for _, v := range k.Versions {
 		ref := v.ProviderRef
 		if ref == "" { // pending: look for material made before a crash
 			r, found, err := findRemains(ctx, p, v.ObjectID)
 			if err != nil {
-				return err
+				return false, err
 			}
 			if !found {
 				continue
@@ -441,17 +519,17 @@ func (s *Service) destroy(ctx context.Context, k *store.Key) error {
 			ref = r
 		}
 		if err := p.DeleteKey(ctx, ref); err != nil {
-			return err
+			return false, err
 		}
 	}
 	s.forgetPublicKeys(k)
-	// A conflict here leaves the record deleting: the reconciler or a
-	// repeated delete finishes it.
+	// A conflict here leaves the record deleting: the reconciler finishes
+	// it.
 	err = s.store.DeleteKey(ctx, k.ID, k.Revision)
 	if errors.Is(err, kgerr.ErrKeyNotFound) {
-		return nil // a concurrent delete finished first
+		return false, nil // a concurrent destruction finished first
 	}
-	return err
+	return err == nil, err
 }
 
 // view is the service's view of a stored key: its active versions only.
@@ -459,8 +537,9 @@ func (s *Service) view(k *store.Key) *Key {
 	out := &Key{
 		ID: k.ID, Name: k.Name, Provider: k.Provider, KeyType: k.KeyType, KeySize: k.KeySize, Curve: k.Curve,
 		Algorithm: k.Algorithm, Usage: append([]string{}, k.Usage...), Extractable: k.Extractable,
-		State: string(k.State), Metadata: k.Metadata, CreatedAt: k.CreatedAt, UpdatedAt: k.UpdatedAt,
-		ExpiresAt: k.ExpiresAt,
+		State: string(k.State), Metadata: k.Metadata, Description: k.Description, CreatedAt: k.CreatedAt, UpdatedAt: k.UpdatedAt,
+		ExpiresAt: k.ExpiresAt, DeletionDate: k.DeletionDate, RotationPeriod: k.RotationPeriod, NextRotationAt: k.NextRotationAt,
+		MinDecryptVersion: k.MinDecryptVersion, Revision: k.Revision,
 	}
 	if c := k.Current(); c != nil {
 		out.Version = c.Version

@@ -136,18 +136,20 @@ func TestPendingAndDeletingKeys(t *testing.T) {
 	if err := f.store.UpdateKey(context.Background(), sk); err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range []string{p.Name, "ec"} {
+	// A pending key is not active yet; a key being destroyed is pending
+	// deletion, past the point of cancelling.
+	for name, want := range map[string]error{p.Name: kgerr.ErrKeyInactive, "ec": kgerr.ErrKeyPendingDeletion} {
 		ctx := as(operatorP)
 		_, err := f.svc.Sign(ctx, SignRequest{Key: name, Data: []byte("d")})
-		wantErr(t, err, kgerr.ErrKeyInactive)
+		wantErr(t, err, want)
 		_, err = f.svc.Verify(ctx, VerifyRequest{Key: name, Data: []byte("d"), Signature: []byte{1}})
-		wantErr(t, err, kgerr.ErrKeyInactive)
+		wantErr(t, err, want)
 		_, err = f.svc.ActivateKey(f.admin(), name)
-		wantErr(t, err, kgerr.ErrKeyInactive)
+		wantErr(t, err, want)
 		_, err = f.svc.DeactivateKey(f.admin(), name)
-		wantErr(t, err, kgerr.ErrKeyInactive)
+		wantErr(t, err, want)
 		_, err = f.svc.RotateKey(f.admin(), name)
-		wantErr(t, err, kgerr.ErrKeyInactive)
+		wantErr(t, err, want)
 	}
 	// A pending key has no version to show.
 	_, err := f.svc.PublicKey(f.admin(), p.Name, 0)
@@ -335,8 +337,11 @@ func TestRotateAndPublicKeys(t *testing.T) {
 	})
 }
 
-// TestDeleteKey checks that a delete destroys every version's material and
-// the record, and that a key of a provider this gateway lacks is refused.
+// TestDeleteKey checks the scheduled deletion end to end: the delete marks
+// the key pending deletion with the default window; once the date has
+// passed the sweeper destroys every version's material and the record; a
+// key being created cannot be scheduled; a key of a provider this gateway
+// lacks waits for a gateway that has it.
 func TestDeleteKey(t *testing.T) {
 	f := newFixture(t)
 	k := f.create("doomed", specP256)
@@ -346,29 +351,49 @@ func TestDeleteKey(t *testing.T) {
 	sk := f.stored(k.ID)
 	sig, err := f.svc.Sign(as(operatorP), SignRequest{Key: k.Name, Data: []byte("d")})
 	wantErr(t, err, nil)
-	wantErr(t, f.svc.DeleteKey(f.admin(), k.Name), nil)
+	d, err := f.svc.DeleteKey(f.admin(), DeleteKeyRequest{Key: k.Name})
+	wantErr(t, err, nil)
+	if d.State != "pending_deletion" || d.DeletionDate == nil || !d.DeletionDate.Equal(f.clock.Now().Add(MaxDeletionWindow)) {
+		t.Fatalf("scheduled %+v, want pending_deletion 30 days out", d)
+	}
+	wantRecord(t, f.last(), audit.Event{Operation: "deletion_scheduled", Outcome: audit.OutcomeSuccess, KeyID: k.ID, KeyName: "doomed", Principal: adminP.Name})
+	_, err = f.svc.Verify(as(operatorP), VerifyRequest{Key: k.ID, Data: []byte("d"), Signature: sig.Signature})
+	wantErr(t, err, kgerr.ErrKeyPendingDeletion)
+	wantErr(t, f.svc.Sweep(context.Background()), nil)
+	if s := f.stored(k.ID); s.State != store.StatePendingDeletion {
+		t.Fatalf("swept before its date: %+v", s)
+	}
+	f.clock.Advance(MaxDeletionWindow)
+	mark := f.mark()
+	wantErr(t, f.svc.Sweep(context.Background()), nil)
 	f.gone(k.ID)
 	for _, v := range sk.Versions {
 		if f.material(v.ObjectID) {
-			t.Fatalf("version %d's material survived the delete", v.Version)
+			t.Fatalf("version %d's material survived the deletion", v.Version)
 		}
 	}
-	wantRecord(t, f.last(), audit.Event{Operation: "delete", Outcome: audit.OutcomeSuccess, KeyID: k.ID, KeyName: "doomed", Principal: adminP.Name})
+	recs := f.since(mark)
+	if len(recs) != 1 {
+		t.Fatalf("sweep audited %+v, want one key_destroyed", recs)
+	}
+	wantRecord(t, recs[0], audit.Event{Operation: "key_destroyed", Outcome: audit.OutcomeSuccess, KeyID: k.ID, KeyName: "doomed", Principal: "system:deletion"})
 	_, err = f.svc.Verify(as(operatorP), VerifyRequest{Key: k.ID, Data: []byte("d"), Signature: sig.Signature})
 	wantErr(t, err, kgerr.ErrKeyNotFound)
-	wantErr(t, f.svc.DeleteKey(f.admin(), k.Name), kgerr.ErrKeyNotFound)
-	wantErr(t, f.svc.DeleteKey(f.admin(), ""), kgerr.ErrInvalidInput)
+	_, err = f.svc.DeleteKey(f.admin(), DeleteKeyRequest{Key: k.Name})
+	wantErr(t, err, kgerr.ErrKeyNotFound)
+	_, err = f.svc.DeleteKey(f.admin(), DeleteKeyRequest{Key: ""})
+	wantErr(t, err, kgerr.ErrInvalidInput)
 	// The name is free again.
 	if k2 := f.create("doomed", specP256); k2.ID == k.ID {
 		t.Fatal("a new key got the deleted key's id")
 	}
 
-	t.Run("a pending key with material", func(t *testing.T) {
+	t.Run("a key being created", func(t *testing.T) {
 		p, c := f.pending("pend-del", algSpec(t, specP256), true, 0)
-		wantErr(t, f.svc.DeleteKey(f.admin(), p.ID), nil)
-		f.gone(p.ID)
-		if f.material(c.Ref) {
-			t.Fatal("the pending key's material survived")
+		_, err := f.svc.DeleteKey(f.admin(), DeleteKeyRequest{Key: p.ID})
+		wantErr(t, err, kgerr.ErrConflict)
+		if s := f.stored(p.ID); s.State != store.StatePending || s.Revision != p.Revision || !f.material(c.Ref) {
+			t.Fatalf("a refused delete changed %+v", s)
 		}
 	})
 
@@ -384,14 +409,16 @@ func TestDeleteKey(t *testing.T) {
 		wantErr(t, err, kgerr.ErrServiceUnavailable)
 		_, err = f.svc.RotateKey(f.admin(), p.ID)
 		wantErr(t, err, kgerr.ErrServiceUnavailable)
-		// The delete cannot reach the material: the record stays, marked
-		// deleting, for a gateway that has the provider.
-		wantErr(t, f.svc.DeleteKey(f.admin(), p.ID), kgerr.ErrServiceUnavailable)
-		if st := f.stored(p.ID).State; st != store.StateDeleting {
+		// The schedule is metadata only; the destruction cannot reach the
+		// material: the sweeper leaves the record for a gateway that has
+		// the provider.
+		_, err = f.svc.DeleteKey(f.admin(), DeleteKeyRequest{Key: p.ID})
+		wantErr(t, err, nil)
+		f.clock.Advance(MaxDeletionWindow)
+		wantErr(t, f.svc.Sweep(context.Background()), nil)
+		if st := f.stored(p.ID).State; st != store.StatePendingDeletion {
 			t.Fatalf("state %s", st)
 		}
-		// A second delete goes straight to the destroy.
-		wantErr(t, f.svc.DeleteKey(f.admin(), p.ID), kgerr.ErrServiceUnavailable)
 	})
 }
 

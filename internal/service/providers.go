@@ -86,8 +86,17 @@ func (s *Service) reconcileKey(ctx context.Context, k *store.Key) error {
 		return nil // another gateway's provider
 	}
 	if k.State == store.StateDeleting {
-		s.log.Info("reconcile: finishing an interrupted delete", "key_id", k.ID)
-		return s.destroy(ctx, k)
+		// A destruction cut short (the sweeper's gateway died after its
+		// claim): claim it again, so that of several reconcilers one
+		// finishes it, and finish it.
+		k.UpdatedAt = s.now().UTC()
+		if err := s.store.UpdateKey(ctx, k); errors.Is(err, kgerr.ErrConflict) || errors.Is(err, kgerr.ErrKeyNotFound) {
+			return nil // another gateway has it
+		} else if err != nil {
+			return err
+		}
+		s.log.Info("reconcile: finishing an interrupted destruction", "key_id", k.ID)
+		return s.destroyRecorded(ctx, k)
 	}
 	for _, v := range k.Versions {
 		if v.State != store.StatePending {

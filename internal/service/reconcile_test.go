@@ -196,11 +196,12 @@ func TestReconcileIncompleteAndErrors(t *testing.T) {
 	}
 	fp.set(func(p *faultProvider) { p.incomplete = false })
 
-	// A delete of a key whose pending version is incomplete destroys the
-	// remains too.
+	// The destruction of a key whose pending version is incomplete
+	// destroys the remains too.
 	k2, c2 := f.pending("half-deleted", algSpec(t, specP256), true, 0)
+	dueForDeletion(t, f, k2.ID)
 	fp.set(func(p *faultProvider) { p.incomplete = true })
-	wantErr(t, f.svc.DeleteKey(f.admin(), k2.Name), nil)
+	wantErr(t, f.svc.Sweep(ctx), nil)
 	fp.set(func(p *faultProvider) { p.incomplete = false })
 	f.gone(k2.ID)
 	if f.material(c2.Ref) {
@@ -221,11 +222,31 @@ func TestReconcileIncompleteAndErrors(t *testing.T) {
 			t.Fatalf("%s: %+v", k.Name, s)
 		}
 	}
-	// A delete that cannot look for a pending version's material fails
-	// and leaves the record, marked deleting.
-	wantErr(t, f.svc.DeleteKey(f.admin(), k3.Name), kgerr.ErrServiceUnavailable)
+	// A destruction that cannot look for a pending version's material
+	// fails, is audited as failed, and leaves the record marked deleting
+	// (for the reconciler).
+	dueForDeletion(t, f, k3.ID)
+	mark := f.mark()
+	wantErr(t, f.svc.Sweep(ctx), kgerr.ErrServiceUnavailable)
 	if s := f.stored(k3.ID); s.State != store.StateDeleting {
 		t.Fatalf("state %s", s.State)
+	}
+	recs := f.since(mark)
+	if len(recs) != 1 {
+		t.Fatalf("audit records %+v, want one failed key_destroyed", recs)
+	}
+	wantRecord(t, recs[0], audit.Event{Operation: "key_destroyed", Outcome: audit.OutcomeFailure, ErrorCode: string(kgerr.KindUnavailable), KeyID: k3.ID})
+}
+
+// dueForDeletion marks a stored key pending deletion with a date that has
+// passed (what a DELETE and the window's passing leave).
+func dueForDeletion(t *testing.T, f *fixture, id string) {
+	t.Helper()
+	k := f.stored(id)
+	past := f.clock.Now().Add(-time.Second)
+	k.State, k.DeletionDate = store.StatePendingDeletion, &past
+	if err := f.store.UpdateKey(context.Background(), k); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -46,6 +46,15 @@ type Options struct {
 	ReconcileGrace time.Duration
 	// HealthTimeout bounds one provider health check (default 3 s).
 	HealthTimeout time.Duration
+	// DeletionWindow is how long a deleted key waits before it is destroyed
+	// when the request names no window (default 30 days);
+	// MinDeletionWindow is the shortest window allowed (default 7 days;
+	// lowered for development and tests).
+	DeletionWindow    time.Duration
+	MinDeletionWindow time.Duration
+	// MinRotationPeriod is the shortest automatic rotation period allowed
+	// (default 1 hour).
+	MinRotationPeriod time.Duration
 	// Now is the clock (tests); default time.Now.
 	Now func() time.Time
 }
@@ -63,6 +72,8 @@ type Service struct {
 	healthTO  time.Duration
 	now       func() time.Time
 
+	deletionWindow, minDeletionWindow, minRotationPeriod time.Duration
+
 	health map[string]*providerHealth
 
 	pubMu   sync.RWMutex
@@ -78,6 +89,10 @@ func New(o Options) (*Service, error) {
 		store: o.Store, providers: map[string]provider.Provider{}, audit: o.Audit, metrics: o.Metrics,
 		log: o.Logger, grace: o.ReconcileGrace, healthTO: o.HealthTimeout, now: o.Now,
 		pubKeys: map[string]crypto.PublicKey{}, health: map[string]*providerHealth{},
+		deletionWindow: o.DeletionWindow, minDeletionWindow: o.MinDeletionWindow, minRotationPeriod: o.MinRotationPeriod,
+	}
+	if err := s.lifecycleDefaults(); err != nil {
+		return nil, err
 	}
 	if s.log == nil {
 		s.log = slog.Default()

@@ -29,13 +29,18 @@ var (
 	opActivate   = operation{"activate", auth.ActionActivate}
 	opDeactivate = operation{"deactivate", auth.ActionDeactivate}
 	opRotate     = operation{"rotate", auth.ActionRotate}
-	opDelete     = operation{"delete", auth.ActionDelete}
-	opSign       = operation{"sign", auth.ActionSign}
-	opVerify     = operation{"verify", auth.ActionVerify}
-	opEncrypt    = operation{"encrypt", auth.ActionEncrypt}
-	opDecrypt    = operation{"decrypt", auth.ActionDecrypt}
-	opWrap       = operation{"wrap", auth.ActionWrap}
-	opUnwrap     = operation{"unwrap", auth.ActionUnwrap}
+	// A DELETE schedules the deletion; the sweeper destroys the key when its
+	// date has passed.
+	opScheduleDeletion = operation{"deletion_scheduled", auth.ActionDelete}
+	opCancelDeletion   = operation{"deletion_cancelled", auth.ActionCancelDeletion}
+	opDestroy          = operation{"key_destroyed", auth.ActionDelete}
+	opUpdate           = operation{"update", auth.ActionUpdate}
+	opSign             = operation{"sign", auth.ActionSign}
+	opVerify           = operation{"verify", auth.ActionVerify}
+	opEncrypt          = operation{"encrypt", auth.ActionEncrypt}
+	opDecrypt          = operation{"decrypt", auth.ActionDecrypt}
+	opWrap             = operation{"wrap", auth.ActionWrap}
+	opUnwrap           = operation{"unwrap", auth.ActionUnwrap}
 )
 
 // KeySpec describes the key to create. Sizes and curves follow alg.NewSpec;
@@ -51,11 +56,12 @@ type KeySpec struct {
 
 // CreateKeyRequest asks for a new key. An empty Provider is the default.
 type CreateKeyRequest struct {
-	Provider  string
-	Name      string
-	Spec      KeySpec
-	Metadata  map[string]string
-	ExpiresAt *time.Time
+	Provider    string
+	Name        string
+	Spec        KeySpec
+	Metadata    map[string]string
+	ExpiresAt   *time.Time
+	Description string
 }
 
 // Key is the service's view of a managed key.
@@ -73,11 +79,24 @@ type Key struct {
 	// Version is the current version (0 while none is active).
 	Version int
 	// Versions are the active versions, oldest first.
-	Versions  []KeyVersion
-	Metadata  map[string]string
-	CreatedAt time.Time
-	UpdatedAt time.Time
-	ExpiresAt *time.Time
+	Versions    []KeyVersion
+	Metadata    map[string]string
+	Description string
+	CreatedAt   time.Time
+	UpdatedAt   time.Time
+	ExpiresAt   *time.Time
+	// DeletionDate is when a key pending deletion is destroyed.
+	DeletionDate *time.Time
+	// RotationPeriod is how often the key rotates by itself (0: never),
+	// NextRotationAt when it next does.
+	RotationPeriod time.Duration
+	NextRotationAt *time.Time
+	// MinDecryptVersion is the oldest version that still decrypts, unwraps
+	// and verifies (0: all).
+	MinDecryptVersion int
+	// Revision is the record's revision: UpdateKeyRequest.Revision compares
+	// it.
+	Revision int64
 }
 
 // KeyVersion is one version of a key. ProviderRef names its material in
@@ -88,12 +107,47 @@ type KeyVersion struct {
 	ProviderRef string
 }
 
-// ListOptions filter a listing.
+// ListOptions filter a listing. Offset skips that many keys first (the
+// original KeyGrid API's paging); it does not go with a PageToken.
 type ListOptions struct {
 	Provider  string
 	State     string
 	Limit     int
 	PageToken string
+	Offset    int
+}
+
+// DeleteKeyRequest schedules the deletion of a key. PendingWindow is how
+// long the key waits, refusing every operation, before it is destroyed (0:
+// the configured default); it must lie between the configured floor and
+// MaxDeletionWindow.
+type DeleteKeyRequest struct {
+	Key           string
+	PendingWindow time.Duration
+}
+
+// Optional is a field of an update: changed only when Set.
+type Optional[T any] struct {
+	Set   bool
+	Value T
+}
+
+// Set returns an Optional holding v.
+func Set[T any](v T) Optional[T] { return Optional[T]{Set: true, Value: v} }
+
+// UpdateKeyRequest changes what may change of a key after its creation.
+// Metadata replaces the whole map; ExpiresAt nil removes the expiry;
+// RotationPeriod 0 turns automatic rotation off; MinDecryptVersion 0 lets
+// every version decrypt again. Revision, when not 0, is the revision the
+// caller read: the update is refused (CONFLICT) if the key changed since.
+type UpdateKeyRequest struct {
+	Key               string
+	Metadata          Optional[map[string]string]
+	Description       Optional[string]
+	ExpiresAt         Optional[*time.Time]
+	RotationPeriod    Optional[time.Duration]
+	MinDecryptVersion Optional[int]
+	Revision          int64
 }
 
 // KeyList is a page of keys.
@@ -159,6 +213,7 @@ type VerifyRequest struct {
 // version (the current one when it is not).
 type VerifyResult struct {
 	Valid      bool
+	Algorithm  string
 	KeyID      string
 	KeyVersion int
 }
@@ -216,6 +271,7 @@ type DecryptRequest struct {
 // DecryptResult is the plaintext.
 type DecryptResult struct {
 	Plaintext  []byte
+	Algorithm  string
 	KeyID      string
 	KeyVersion int
 }
