@@ -338,7 +338,9 @@ func (s *Service) ListKeys(ctx context.Context, o ListOptions) (*KeyList, error)
 	so := store.ListOptions{Provider: o.Provider, State: store.State(o.State), Limit: o.Limit, PageToken: o.PageToken}
 	list := s.store.ListKeys
 	if p := CallerFrom(ctx).Auth; p.Scoped() {
-		list = func(ctx context.Context, o store.ListOptions) ([]*store.Key, string, error) { return s.listScoped(ctx, p, o) }
+		list = func(ctx context.Context, o store.ListOptions) ([]*store.Key, string, error) {
+			return s.listScoped(ctx, p, o)
+		}
 	}
 	var (
 		keys []*store.Key
