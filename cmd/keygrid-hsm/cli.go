@@ -158,7 +158,7 @@ func dispatchClient(ctx context.Context, args []string, stdin io.Reader, stdout,
 	switch args[0] {
 	case "keys":
 		if len(args) < 2 {
-			return errors.New("keys: give a subcommand: create, list, get, delete, activate, deactivate, rotate, public")
+			return errors.New("keys: give a subcommand: create, list, get, update, delete, cancel-deletion, activate, deactivate, rotate, public")
 		}
 		return cmdKeys(ctx, args[1], args[2:], stdin, stdout, stderr)
 	case "sign", "verify", "encrypt", "decrypt", "wrap", "unwrap":
@@ -177,7 +177,8 @@ func cmdKeys(ctx context.Context, sub string, args []string, stdin io.Reader, st
 	c := newCLI("keys "+sub, stdin, stdout, stderr)
 	var (
 		name, prov, keyType, curve, algorithm, usage, expires, metadata, state, pageToken, format string
-		size, limit, version                                                                      int
+		description, rotation, window                                                             string
+		size, limit, version, days, minDecrypt                                                    int
 		extractable, all                                                                          bool
 	)
 	switch sub {
@@ -192,16 +193,27 @@ func cmdKeys(ctx context.Context, sub string, args []string, stdin io.Reader, st
 		c.fs.BoolVar(&extractable, "extractable", false, "record the key as extractable (no route exports managed keys yet)")
 		c.fs.StringVar(&expires, "expires-at", "", "expiry time, RFC 3339")
 		c.fs.StringVar(&metadata, "metadata", "", "comma-separated k=v pairs")
+		c.fs.StringVar(&description, "description", "", "free text")
+	case "update":
+		c.fs.StringVar(&metadata, "metadata", "", "comma-separated k=v pairs: replaces all metadata (\"\" with --clear-metadata empties it)")
+		c.fs.StringVar(&description, "description", "", "free text")
+		c.fs.StringVar(&expires, "expires-at", "", "expiry time, RFC 3339, or none to remove the expiry")
+		c.fs.StringVar(&rotation, "rotation-period", "", "automatic rotation period, e.g. 2160h (0s: off)")
+		c.fs.IntVar(&minDecrypt, "min-decrypt-version", -1, "oldest version that may still decrypt, unwrap and verify (0: all)")
+		c.fs.BoolVar(&all, "clear-metadata", false, "remove all metadata")
+	case "delete":
+		c.fs.IntVar(&days, "pending-window-days", 0, "days before the key is destroyed (default: the server's, 30 days)")
+		c.fs.StringVar(&window, "pending-window", "", "time before the key is destroyed, e.g. 168h (when the server's floor allows)")
 	case "list":
 		c.fs.StringVar(&prov, "provider", "", "only keys of this provider")
-		c.fs.StringVar(&state, "state", "", "only keys in this state (active, inactive, pending, deleting)")
+		c.fs.StringVar(&state, "state", "", "only keys in this state (active, inactive, pending, pending_deletion, deleting)")
 		c.fs.IntVar(&limit, "limit", 0, "page size")
 		c.fs.StringVar(&pageToken, "page-token", "", "continue after this page token")
 		c.fs.BoolVar(&all, "all", false, "follow page tokens to the end")
 	case "public":
 		c.fs.IntVar(&version, "version", 0, "key version (default: current)")
 		c.fs.StringVar(&format, "format", "pem", "pem or jwk (--output json prints the whole answer)")
-	case "get", "delete", "activate", "deactivate", "rotate":
+	case "get", "cancel-deletion", "activate", "deactivate", "rotate":
 	default:
 		return fmt.Errorf("keys: unknown subcommand %q", sub)
 	}
@@ -214,7 +226,7 @@ func cmdKeys(ctx context.Context, sub string, args []string, stdin io.Reader, st
 	}
 	switch sub {
 	case "create":
-		req := apitypes.CreateKeyRequest{Provider: prov, Name: name, KeySpec: apitypes.KeySpec{
+		req := apitypes.CreateKeyRequest{Provider: prov, Name: name, Description: description, KeySpec: apitypes.KeySpec{
 			KeyType: keyType, KeySize: size, Curve: curve, Algorithm: algorithm, Extractable: extractable}}
 		if usage != "" {
 			req.KeySpec.Usage = strings.Split(usage, ",")
@@ -227,13 +239,8 @@ func cmdKeys(ctx context.Context, sub string, args []string, stdin io.Reader, st
 			req.ExpiresAt = &t
 		}
 		if metadata != "" {
-			req.Metadata = map[string]string{}
-			for _, kv := range strings.Split(metadata, ",") {
-				k, v, ok := strings.Cut(kv, "=")
-				if !ok {
-					return fmt.Errorf("--metadata: %q is not k=v", kv)
-				}
-				req.Metadata[k] = v
+			if req.Metadata, err = parseMetadata(metadata); err != nil {
+				return err
 			}
 		}
 		k, err := cl.CreateKey(ctx, req)
@@ -279,11 +286,31 @@ func cmdKeys(ctx context.Context, sub string, args []string, stdin io.Reader, st
 		k, err = cl.DeactivateKey(ctx, key)
 	case "rotate":
 		k, err = cl.RotateKey(ctx, key)
+	case "update":
+		req, rerr := updateRequest(c, metadata, description, expires, rotation, minDecrypt, all)
+		if rerr != nil {
+			return rerr
+		}
+		k, err = cl.UpdateKey(ctx, key, req)
+	case "cancel-deletion":
+		k, err = cl.CancelKeyDeletion(ctx, key)
 	case "delete":
-		if err := cl.DeleteKey(ctx, key); err != nil {
+		o := client.DeleteOptions{PendingWindowDays: days}
+		if window != "" {
+			if o.PendingWindow, err = time.ParseDuration(window); err != nil {
+				return fmt.Errorf("--pending-window: %w", err)
+			}
+		}
+		k, err := cl.DeleteKey(ctx, key, o)
+		if err != nil {
 			return err
 		}
-		fmt.Fprintf(c.stdout, "deleted %s\n", key)
+		if *c.output == "json" {
+			return c.json(k)
+		}
+		fmt.Fprintf(c.stdout, "key %s (%s) is scheduled for deletion on %s; it refuses every operation until then.\n",
+			k.Name, k.ID, k.DeletionDate.Format(time.RFC3339))
+		fmt.Fprintf(c.stdout, "to keep it: keygrid-hsm keys cancel-deletion %s\n", k.ID)
 		return nil
 	case "public":
 		pk, err := cl.PublicKey(ctx, key, version)
@@ -305,6 +332,60 @@ func cmdKeys(ctx context.Context, sub string, args []string, stdin io.Reader, st
 	return c.printKeys([]apitypes.Key{*k})
 }
 
+func parseMetadata(s string) (map[string]string, error) {
+	m := map[string]string{}
+	for _, kv := range strings.Split(s, ",") {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok {
+			return nil, fmt.Errorf("--metadata: %q is not k=v", kv)
+		}
+		m[k] = v
+	}
+	return m, nil
+}
+
+// updateRequest builds a PATCH from the flags given: only those are sent.
+func updateRequest(c *cli, metadata, description, expires, rotation string, minDecrypt int, clearMetadata bool) (apitypes.UpdateKeyRequest, error) {
+	set := map[string]bool{}
+	c.fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	var req apitypes.UpdateKeyRequest
+	switch {
+	case clearMetadata && set["metadata"]:
+		return req, errors.New("--metadata and --clear-metadata: give one")
+	case clearMetadata:
+		req.Metadata = &map[string]string{}
+	case set["metadata"]:
+		m, err := parseMetadata(metadata)
+		if err != nil {
+			return req, err
+		}
+		req.Metadata = &m
+	}
+	if set["description"] {
+		req.Description = &description
+	}
+	switch {
+	case expires == "none":
+		req.ExpiresAt = apitypes.Null[time.Time]()
+	case set["expires-at"]:
+		t, err := time.Parse(time.RFC3339, expires)
+		if err != nil {
+			return req, fmt.Errorf("--expires-at: %w", err)
+		}
+		req.ExpiresAt = apitypes.Value(t)
+	}
+	if set["rotation-period"] {
+		if _, err := time.ParseDuration(rotation); err != nil {
+			return req, fmt.Errorf("--rotation-period: %w", err)
+		}
+		req.RotationPeriod = apitypes.Value(rotation)
+	}
+	if set["min-decrypt-version"] {
+		req.MinDecryptVersion = &minDecrypt
+	}
+	return req, nil
+}
+
 func (c *cli) printKeys(keys []apitypes.Key) error {
 	if *c.output == "json" {
 		if len(keys) == 1 {
@@ -313,7 +394,7 @@ func (c *cli) printKeys(keys []apitypes.Key) error {
 		return c.json(keys)
 	}
 	tw := tabwriter.NewWriter(c.stdout, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tNAME\tPROVIDER\tTYPE\tALGORITHM\tUSAGE\tSTATE\tVERSION\tCREATED")
+	fmt.Fprintln(tw, "ID\tNAME\tPROVIDER\tTYPE\tALGORITHM\tUSAGE\tSTATE\tVERSION\tCREATED\tDELETION")
 	for _, k := range keys {
 		spec := fmt.Sprintf("%s-%d", k.KeyType, k.KeySize)
 		switch {
@@ -322,8 +403,12 @@ func (c *cli) printKeys(keys []apitypes.Key) error {
 		case k.KeyType == "Ed25519":
 			spec = k.KeyType
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", k.ID, k.Name, k.Provider, spec, k.Algorithm,
-			strings.Join(k.Usage, ","), k.State, k.Version, k.CreatedAt.Format(time.RFC3339))
+		deletion := "-"
+		if k.DeletionDate != nil {
+			deletion = k.DeletionDate.Format(time.RFC3339)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", k.ID, k.Name, k.Provider, spec, k.Algorithm,
+			strings.Join(k.Usage, ","), k.State, k.Version, k.CreatedAt.Format(time.RFC3339), deletion)
 	}
 	return tw.Flush()
 }

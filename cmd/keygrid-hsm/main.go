@@ -4,7 +4,7 @@
 //	keygrid-hsm doctor --config FILE
 //	keygrid-hsm audit verify [--anchor HASH] FILE…
 //	keygrid-hsm migrate|backup|restore --config FILE …
-//	keygrid-hsm keys create|list|get|delete|activate|deactivate|rotate|public …
+//	keygrid-hsm keys create|list|get|update|delete|cancel-deletion|activate|deactivate|rotate|public …
 //	keygrid-hsm sign|verify|encrypt|decrypt|wrap|unwrap …
 //	keygrid-hsm providers
 //	keygrid-hsm version
@@ -36,7 +36,7 @@ Server:
   version      print the version
 
 Client (talks to a running server: --server URL or KEYGRID_ADDR):
-  keys create|list|get|delete|activate|deactivate|rotate|public
+  keys create|list|get|update|delete|cancel-deletion|activate|deactivate|rotate|public
   sign | verify | encrypt | decrypt | wrap | unwrap
   providers    list providers and what they can do
   health       check the server's liveness and readiness

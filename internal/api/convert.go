@@ -1,7 +1,10 @@
 package api
 
 import (
+	"encoding/json"
 	"fmt"
+	"slices"
+	"time"
 
 	"github.com/keygrid/keygrid-hsm/internal/alg"
 	"github.com/keygrid/keygrid-hsm/internal/kgerr"
@@ -12,25 +15,125 @@ import (
 // The translation between the REST wire types (pkg/apitypes) and the
 // service's own: the only place that knows both.
 
-func createKeyRequest(r apitypes.CreateKeyRequest) service.CreateKeyRequest {
+// createKeyRequest takes key_spec.usage or its original KeyGrid name
+// key_usage; the request's config (the original API's provider settings)
+// is ignored: providers are configured on the server only.
+func createKeyRequest(r apitypes.CreateKeyRequest) (service.CreateKeyRequest, error) {
+	usage := r.KeySpec.Usage
+	switch {
+	case usage == nil:
+		usage = r.KeySpec.KeyUsage
+	case r.KeySpec.KeyUsage != nil && !slices.Equal(usage, r.KeySpec.KeyUsage):
+		return service.CreateKeyRequest{}, kgerr.Invalid("key_spec.usage and key_spec.key_usage (its alias) differ: send one")
+	}
 	return service.CreateKeyRequest{Provider: r.Provider, Name: r.Name, Metadata: r.Metadata, ExpiresAt: r.ExpiresAt,
+		Description: r.Description,
 		Spec: service.KeySpec{KeyType: r.KeySpec.KeyType, KeySize: r.KeySpec.KeySize, Curve: r.KeySpec.Curve,
-			Algorithm: r.KeySpec.Algorithm, Usage: r.KeySpec.Usage, Extractable: r.KeySpec.Extractable}}
+			Algorithm: r.KeySpec.Algorithm, Usage: usage, Extractable: r.KeySpec.Extractable}}, nil
 }
 
 func keyOut(k *service.Key) *apitypes.Key {
 	out := &apitypes.Key{
-		ID: k.ID, Name: k.Name, Provider: k.Provider, KeyType: k.KeyType, KeySize: k.KeySize, Curve: k.Curve,
-		Algorithm: k.Algorithm, Usage: k.Usage, Extractable: k.Extractable, State: k.State, Version: k.Version,
-		Metadata: k.Metadata, CreatedAt: k.CreatedAt, UpdatedAt: k.UpdatedAt, ExpiresAt: k.ExpiresAt,
+		ID: k.ID, Name: k.Name, Provider: k.Provider, ProviderID: k.Provider, KeyType: k.KeyType, KeySize: k.KeySize, Curve: k.Curve,
+		Algorithm: k.Algorithm, Usage: k.Usage, Extractable: k.Extractable, State: k.State, Status: k.State, Version: k.Version,
+		Metadata: k.Metadata, Description: k.Description, CreatedAt: k.CreatedAt, UpdatedAt: k.UpdatedAt, ExpiresAt: k.ExpiresAt,
+		DeletionDate: k.DeletionDate, NextRotationAt: k.NextRotationAt, MinDecryptVersion: k.MinDecryptVersion, Revision: k.Revision,
 	}
 	if out.Usage == nil {
 		out.Usage = []string{}
 	}
+	if k.RotationPeriod > 0 {
+		out.RotationPeriod = k.RotationPeriod.String()
+	}
+	out.KeySpec = &apitypes.KeySpec{KeyType: k.KeyType, KeySize: k.KeySize, Curve: k.Curve, Algorithm: k.Algorithm,
+		Usage: out.Usage, KeyUsage: out.Usage, Extractable: k.Extractable}
 	for _, v := range k.Versions {
 		out.Versions = append(out.Versions, apitypes.KeyVersion{Version: v.Version, CreatedAt: v.CreatedAt, ProviderRef: v.ProviderRef})
+		if v.Version == k.Version {
+			out.ProviderKeyID = v.ProviderRef
+		}
 	}
 	return out
+}
+
+// keyOperation is a key with the original API's operation fields.
+func keyOperation(k *service.Key, at time.Time, msg string) apitypes.KeyOperation {
+	return apitypes.KeyOperation{Key: *keyOut(k), KeyID: k.ID, Timestamp: at.UTC(), Message: msg}
+}
+
+// updateKeyBody is the PATCH body as decoded: the request, and the fields
+// of a key that never change after its creation, present only to be
+// refused by name.
+type updateKeyBody struct {
+	apitypes.UpdateKeyRequest
+	Name        json.RawMessage `json:"name"`
+	Provider    json.RawMessage `json:"provider"`
+	KeySpec     json.RawMessage `json:"key_spec"`
+	KeyType     json.RawMessage `json:"key_type"`
+	KeySize     json.RawMessage `json:"key_size"`
+	Curve       json.RawMessage `json:"curve"`
+	Algorithm   json.RawMessage `json:"algorithm"`
+	Usage       json.RawMessage `json:"usage"`
+	KeyUsage    json.RawMessage `json:"key_usage"`
+	Extractable json.RawMessage `json:"extractable"`
+	State       json.RawMessage `json:"state"`
+	Status      json.RawMessage `json:"status"`
+}
+
+func updateKeyRequest(key string, b updateKeyBody) (service.UpdateKeyRequest, error) {
+	for _, f := range []struct {
+		name string
+		raw  json.RawMessage
+	}{{"name", b.Name}, {"provider", b.Provider}, {"key_spec", b.KeySpec}, {"key_type", b.KeyType}, {"key_size", b.KeySize},
+		{"curve", b.Curve}, {"algorithm", b.Algorithm}, {"usage", b.Usage}, {"key_usage", b.KeyUsage}, {"extractable", b.Extractable}} {
+		if f.raw != nil {
+			return service.UpdateKeyRequest{}, kgerr.Invalid(fmt.Sprintf("%s cannot be changed after the key is created", f.name))
+		}
+	}
+	if b.State != nil || b.Status != nil {
+		return service.UpdateKeyRequest{}, kgerr.Invalid("state is changed with activate, deactivate, DELETE and cancel-deletion, not PATCH")
+	}
+	r := b.UpdateKeyRequest
+	out := service.UpdateKeyRequest{Key: key, Revision: r.Revision}
+	if r.Metadata != nil {
+		m := *r.Metadata
+		if m == nil {
+			m = map[string]string{}
+		}
+		out.Metadata = service.Set(m)
+	}
+	if r.Description != nil {
+		out.Description = service.Set(*r.Description)
+	}
+	if r.ExpiresAt.Set {
+		var t *time.Time
+		if r.ExpiresAt.Valid {
+			t = &r.ExpiresAt.Value
+		}
+		out.ExpiresAt = service.Set(t)
+	}
+	if r.RotationPeriod.Set {
+		var d time.Duration
+		if r.RotationPeriod.Valid {
+			var err error
+			if d, err = time.ParseDuration(r.RotationPeriod.Value); err != nil {
+				return service.UpdateKeyRequest{}, kgerr.Invalid(fmt.Sprintf("rotation_period %q is not a duration like 2160h or 0s", clip(r.RotationPeriod.Value)))
+			}
+		}
+		out.RotationPeriod = service.Set(d)
+	}
+	if r.MinDecryptVersion != nil {
+		out.MinDecryptVersion = service.Set(*r.MinDecryptVersion)
+	}
+	return out, nil
+}
+
+// clip shortens a client's string for an error message.
+func clip(s string) string {
+	if len(s) > 40 {
+		return s[:40] + "…"
+	}
+	return s
 }
 
 func publicKeyOut(p *service.PublicKeyInfo) (*apitypes.PublicKey, error) {
@@ -57,7 +160,7 @@ func verifyRequest(key string, r apitypes.VerifyRequest) (service.VerifyRequest,
 }
 
 func verifyOut(r *service.VerifyResult) apitypes.VerifyResponse {
-	return apitypes.VerifyResponse{Valid: r.Valid, KeyID: r.KeyID, KeyVersion: r.KeyVersion}
+	return apitypes.VerifyResponse{Valid: r.Valid, Algorithm: r.Algorithm, KeyID: r.KeyID, KeyVersion: r.KeyVersion}
 }
 
 // encryptRequest takes plaintext or its alias data; AES-GCM results are
@@ -87,7 +190,7 @@ func decryptRequest(key string, r apitypes.DecryptRequest) (service.DecryptReque
 }
 
 func decryptOut(r *service.DecryptResult) apitypes.DecryptResponse {
-	return apitypes.DecryptResponse{Plaintext: r.Plaintext, KeyID: r.KeyID, KeyVersion: r.KeyVersion}
+	return apitypes.DecryptResponse{Plaintext: r.Plaintext, Algorithm: r.Algorithm, KeyID: r.KeyID, KeyVersion: r.KeyVersion}
 }
 
 func wrapRequest(key string, r apitypes.WrapRequest) (service.WrapRequest, error) {
@@ -109,7 +212,10 @@ func unwrapOut(r *service.UnwrapResult) apitypes.UnwrapResponse {
 // providerInfo renders a provider's capabilities as the REST API lists them.
 func providerInfo(p service.ProviderInfo) apitypes.ProviderInfo {
 	caps := p.Capabilities
-	info := apitypes.ProviderInfo{Name: p.Name, Type: p.Type, Healthy: p.Healthy, Capabilities: caps.Strings()}
+	info := apitypes.ProviderInfo{Name: p.Name, Provider: p.Name, Type: p.Type, Healthy: p.Healthy, Status: "active", Capabilities: caps.Strings()}
+	if !p.Healthy {
+		info.Status = "error"
+	}
 	if caps.WrapMultipleOf8 {
 		info.Details = map[string]any{"wrap_multiple_of_8": true}
 	}
@@ -126,9 +232,13 @@ func providerInfo(p service.ProviderInfo) apitypes.ProviderInfo {
 }
 
 func providerHealth(h *service.ProviderHealth) apitypes.ProviderHealth {
-	out := apitypes.ProviderHealth{Name: h.Name, Type: h.Type, State: h.State, Healthy: h.Healthy,
+	out := apitypes.ProviderHealth{Name: h.Name, Provider: h.Name, Type: h.Type, State: h.State, Healthy: h.Healthy,
+		Status: "healthy", ResponseTime: h.Latency.Round(time.Microsecond).String(), Error: h.LastError,
 		LastError: h.LastError, LastSuccess: h.LastSuccess, LastCheck: h.LastCheck,
 		LatencyMS: float64(h.Latency.Microseconds()) / 1000, Details: h.Details}
+	if !h.Healthy {
+		out.Status = "unhealthy"
+	}
 	if h.LastErrorKind != "" {
 		out.LastErrorCode = string(rest(h.LastErrorKind).code)
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"time"
 
 	"github.com/keygrid/keygrid-hsm/internal/kgerr"
 	"github.com/keygrid/keygrid-hsm/internal/service"
@@ -12,12 +13,12 @@ import (
 )
 
 func (a *API) health(w http.ResponseWriter, _ *http.Request) {
-	a.write(w, http.StatusOK, apitypes.Health{Status: "ok", Version: a.version})
+	a.write(w, http.StatusOK, apitypes.Health{Status: "ok", Version: a.version, Timestamp: time.Now().UTC()})
 }
 
 func (a *API) ready(w http.ResponseWriter, r *http.Request) {
 	ok, ps := a.svc.Ready(r.Context())
-	body := apitypes.Ready{Status: "ok", Providers: make([]apitypes.ProviderStatus, 0, len(ps))}
+	body := apitypes.Ready{Status: "ok", Timestamp: time.Now().UTC(), Providers: make([]apitypes.ProviderStatus, 0, len(ps))}
 	for _, p := range ps {
 		body.Providers = append(body.Providers, apitypes.ProviderStatus{Name: p.Name, Type: p.Type, Healthy: p.Healthy, State: p.State})
 	}
@@ -35,7 +36,21 @@ func (a *API) listProviders(w http.ResponseWriter, r *http.Request) {
 	for _, p := range ps {
 		out.Providers = append(out.Providers, providerInfo(p))
 	}
+	out.Count = len(out.Providers)
 	a.write(w, http.StatusOK, out)
+}
+
+// providerInfo serves GET /api/v1/providers/{name}/info (the original
+// KeyGrid API's): one provider as the list shows it.
+func (a *API) providerInfo(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	for _, p := range a.svc.Providers(r.Context()) {
+		if p.Name == name {
+			a.write(w, http.StatusOK, providerInfo(p))
+			return
+		}
+	}
+	a.fail(w, r, kgerr.New(kgerr.KindProviderNotFound, fmt.Sprintf("provider %q is not configured", name)))
 }
 
 func (a *API) providerHealth(w http.ResponseWriter, r *http.Request) {
@@ -53,7 +68,12 @@ func (a *API) createKey(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
-	k, err := a.svc.CreateKey(r.Context(), createKeyRequest(req))
+	in, err := createKeyRequest(req)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	k, err := a.svc.CreateKey(r.Context(), in)
 	if err != nil {
 		a.fail(w, r, err)
 		return
@@ -74,25 +94,54 @@ func queryInt(r *http.Request, name string) (int, error) {
 	return n, nil
 }
 
+// listKeys takes state or status (the original KeyGrid API's name; its
+// "deleted" is pending_deletion here), page_token or offset.
 func (a *API) listKeys(w http.ResponseWriter, r *http.Request) {
-	limit, err := queryInt(r, "limit")
+	o, err := listOptions(r)
 	if err != nil {
 		a.fail(w, r, err)
 		return
 	}
-	q := r.URL.Query()
-	list, err := a.svc.ListKeys(r.Context(), service.ListOptions{
-		Provider: q.Get("provider"), State: q.Get("state"), Limit: limit, PageToken: q.Get("page_token"),
-	})
+	list, err := a.svc.ListKeys(r.Context(), o)
 	if err != nil {
 		a.fail(w, r, err)
 		return
 	}
-	out := apitypes.KeyList{Keys: make([]apitypes.Key, 0, len(list.Keys)), NextPageToken: list.NextPageToken}
+	out := apitypes.KeyList{Keys: make([]apitypes.Key, 0, len(list.Keys)), NextPageToken: list.NextPageToken,
+		Count: len(list.Keys), Limit: o.Limit, Offset: o.Offset}
+	if out.Limit == 0 {
+		out.Limit = defaultListLimit
+	}
 	for i := range list.Keys {
 		out.Keys = append(out.Keys, *keyOut(&list.Keys[i]))
 	}
 	a.write(w, http.StatusOK, out)
+}
+
+// defaultListLimit is the page size when a listing names none.
+const defaultListLimit = 100
+
+func listOptions(r *http.Request) (service.ListOptions, error) {
+	limit, err := queryInt(r, "limit")
+	if err != nil {
+		return service.ListOptions{}, err
+	}
+	offset, err := queryInt(r, "offset")
+	if err != nil {
+		return service.ListOptions{}, err
+	}
+	q := r.URL.Query()
+	state, status := q.Get("state"), q.Get("status")
+	if status == "deleted" {
+		status = "pending_deletion"
+	}
+	switch {
+	case state == "":
+		state = status
+	case status != "" && status != state:
+		return service.ListOptions{}, kgerr.Invalid("state and status (its alias) differ: send one")
+	}
+	return service.ListOptions{Provider: q.Get("provider"), State: state, Limit: limit, Offset: offset, PageToken: q.Get("page_token")}, nil
 }
 
 func (a *API) getKey(w http.ResponseWriter, r *http.Request) {
@@ -104,31 +153,110 @@ func (a *API) getKey(w http.ResponseWriter, r *http.Request) {
 	a.write(w, http.StatusOK, keyOut(k))
 }
 
+// deleteKey schedules the deletion: ?pending_window_days=N (whole days) or
+// ?pending_window=DURATION (any Go duration, useful when the server's floor
+// is lowered); neither: the server's default window.
 func (a *API) deleteKey(w http.ResponseWriter, r *http.Request) {
-	if err := a.svc.DeleteKey(r.Context(), r.PathValue("key")); err != nil {
+	if err := a.emptyBody(w, r); err != nil {
 		a.fail(w, r, err)
 		return
 	}
-	w.WriteHeader(http.StatusNoContent)
+	window, err := pendingWindow(r)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	k, err := a.svc.DeleteKey(r.Context(), service.DeleteKeyRequest{Key: r.PathValue("key"), PendingWindow: window})
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	msg := fmt.Sprintf("key %s is scheduled for deletion on %s; until then, POST /api/v1/keys/%s/cancel-deletion cancels it",
+		k.Name, k.DeletionDate.UTC().Format(time.RFC3339), k.ID)
+	a.write(w, http.StatusOK, keyOperation(k, time.Now(), msg))
 }
 
-// keyState serves the bodiless state changes (activate, deactivate, rotate).
-func (a *API) keyState(fn func(context.Context, string) (*service.Key, error)) http.HandlerFunc {
+func pendingWindow(r *http.Request) (time.Duration, error) {
+	q := r.URL.Query()
+	days, dur := q.Get("pending_window_days"), q.Get("pending_window")
+	switch {
+	case days != "" && dur != "":
+		return 0, kgerr.Invalid("send pending_window_days or pending_window, not both")
+	case days != "":
+		n, err := strconv.Atoi(days)
+		if err != nil || n < 1 || n > 30 {
+			return 0, kgerr.Invalid("pending_window_days must be a whole number of days from 1 to 30 (7 to 30 unless the server lowers its floor)")
+		}
+		return time.Duration(n) * 24 * time.Hour, nil
+	case dur != "":
+		d, err := time.ParseDuration(dur)
+		if err != nil || d <= 0 {
+			return 0, kgerr.Invalid(fmt.Sprintf("pending_window %q is not a positive duration like 168h", clip(dur)))
+		}
+		return d, nil
+	}
+	return 0, nil
+}
+
+// updateKey serves PATCH: the fields that may change after creation.
+func (a *API) updateKey(w http.ResponseWriter, r *http.Request) {
+	var body updateKeyBody
+	if err := a.decode(w, r, &body); err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	req, err := updateKeyRequest(r.PathValue("key"), body)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	k, err := a.svc.UpdateKey(r.Context(), req)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	a.write(w, http.StatusOK, keyOut(k))
+}
+
+// emptyBody refuses a body on a route that takes none (an empty JSON
+// object is accepted).
+func (a *API) emptyBody(w http.ResponseWriter, r *http.Request) error {
+	if r.ContentLength == 0 {
+		return nil
+	}
+	var empty struct{}
+	return a.decode(w, r, &empty)
+}
+
+// keyState serves the bodiless state changes (activate, deactivate,
+// cancel-deletion): the key with the original API's operation fields.
+func (a *API) keyState(fn func(context.Context, string) (*service.Key, error), done string) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		if r.ContentLength > 0 {
-			var empty struct{}
-			if err := a.decode(w, r, &empty); err != nil {
-				a.fail(w, r, err)
-				return
-			}
+		if err := a.emptyBody(w, r); err != nil {
+			a.fail(w, r, err)
+			return
 		}
 		k, err := fn(r.Context(), r.PathValue("key"))
 		if err != nil {
 			a.fail(w, r, err)
 			return
 		}
-		a.write(w, http.StatusOK, keyOut(k))
+		a.write(w, http.StatusOK, keyOperation(k, time.Now(), fmt.Sprintf("key %s %s; it is %s", k.Name, done, k.State)))
 	}
+}
+
+// rotateKey serves POST …/rotate: the key with its new version.
+func (a *API) rotateKey(w http.ResponseWriter, r *http.Request) {
+	if err := a.emptyBody(w, r); err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	k, err := a.svc.RotateKey(r.Context(), r.PathValue("key"))
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	a.write(w, http.StatusOK, keyOut(k))
 }
 
 func (a *API) publicKey(w http.ResponseWriter, r *http.Request) {
@@ -179,7 +307,7 @@ func keyOp[Wire, Req, Res, WireRes any](a *API, in func(key string, w Wire) (Req
 // wrong method (405 with Allow).
 func (a *API) notFound(w http.ResponseWriter, r *http.Request) {
 	var allow []string
-	for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodDelete} {
+	for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodPatch, http.MethodDelete} {
 		r2 := r.Clone(r.Context())
 		r2.Method = m
 		if _, p := a.mux.Handler(r2); p != "/" && p != "" {

@@ -57,6 +57,7 @@ type Config struct {
 	Auth            Auth                      `yaml:"auth"`
 	Limits          Limits                    `yaml:"limits"`
 	Health          Health                    `yaml:"health"`
+	Keys            Keys                      `yaml:"keys"`
 	Debug           Debug                     `yaml:"debug"`
 
 	// Embedded is true when no file was given: the zero-configuration
@@ -160,6 +161,47 @@ type Health struct {
 	Timeout  Duration `yaml:"timeout"`  // one check's deadline, default 3s
 }
 
+// Keys configures the key lifecycle: scheduled deletion and automatic
+// rotation.
+type Keys struct {
+	// DeletionWindow is how long a deleted key waits, refusing every
+	// operation, before it is destroyed, when the request names no window
+	// (default 720h, 30 days; at most 30 days, at least
+	// MinDeletionWindow).
+	DeletionWindow Duration `yaml:"deletion_window"`
+	// MinDeletionWindow is the shortest window a request may ask for
+	// (default 168h, 7 days). Lower it for development and tests only.
+	MinDeletionWindow Duration `yaml:"min_deletion_window"`
+	// DeletionSweepInterval is how often the background job destroys keys
+	// whose deletion date has passed and rotates keys whose rotation is
+	// due (default 1m).
+	DeletionSweepInterval Duration `yaml:"deletion_sweep_interval"`
+	// MinRotationPeriod is the shortest automatic rotation period a key may
+	// have (default 1h). Lower it for development and tests only.
+	MinRotationPeriod Duration `yaml:"min_rotation_period"`
+}
+
+// Limits of the key lifecycle settings.
+const (
+	maxDeletionWindow        = 30 * 24 * time.Hour
+	defaultMinDeletionWindow = 7 * 24 * time.Hour
+	maxRotationFloor         = 10 * 365 * 24 * time.Hour
+)
+
+func (k Keys) validate() error {
+	switch {
+	case k.MinDeletionWindow <= 0 || k.MinDeletionWindow.D() > maxDeletionWindow:
+		return &Error{"keys.min_deletion_window", fmt.Sprintf("%s is not between 0 (excluded) and 720h (30 days)", k.MinDeletionWindow.D())}
+	case k.DeletionWindow.D() < k.MinDeletionWindow.D() || k.DeletionWindow.D() > maxDeletionWindow:
+		return &Error{"keys.deletion_window", fmt.Sprintf("%s is not between keys.min_deletion_window (%s) and 720h (30 days)", k.DeletionWindow.D(), k.MinDeletionWindow.D())}
+	case k.DeletionSweepInterval <= 0:
+		return &Error{"keys.deletion_sweep_interval", "must be positive"}
+	case k.MinRotationPeriod <= 0 || k.MinRotationPeriod.D() > maxRotationFloor:
+		return &Error{"keys.min_rotation_period", fmt.Sprintf("%s is not between 0 (excluded) and 87600h (10 years)", k.MinRotationPeriod.D())}
+	}
+	return nil
+}
+
 // Debug configures diagnostics.
 type Debug struct {
 	// PprofListen, when set (e.g. 127.0.0.1:6060), serves Go's
@@ -256,6 +298,10 @@ func (c *Config) setDefaults() {
 	def(&c.Reconcile.Grace, 2*time.Minute)
 	def(&c.Health.Interval, 10*time.Second)
 	def(&c.Health.Timeout, 3*time.Second)
+	def(&c.Keys.MinDeletionWindow, defaultMinDeletionWindow)
+	def(&c.Keys.DeletionWindow, maxDeletionWindow)
+	def(&c.Keys.DeletionSweepInterval, time.Minute)
+	def(&c.Keys.MinRotationPeriod, time.Hour)
 }
 
 // ProviderType returns the type of a provider instance.
@@ -314,6 +360,9 @@ func (c *Config) Validate(knownTypes []string) error {
 		}
 	}
 	if err := c.Storage.validate(); err != nil {
+		return err
+	}
+	if err := c.Keys.validate(); err != nil {
 		return err
 	}
 	switch c.Log.Level {

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 )
 
 // The seed's CloudHSM block (DESIGN.md §4) must load as written.
@@ -110,13 +111,19 @@ func TestEnvOverrides(t *testing.T) {
 
 func TestValidateNamesTheField(t *testing.T) {
 	for name, tc := range map[string]struct{ yaml, field string }{
-		"unknown field":   {"server:\n  lisen: x\n", ""},
-		"bad listen":      {"server:\n  listen: nope\nproviders:\n  software: {}\n", "server.listen"},
-		"bad driver":      {"storage:\n  driver: mysql\nproviders:\n  software: {}\n", "storage.driver"},
-		"postgres no dsn": {"storage:\n  driver: postgres\nproviders:\n  software: {}\n", "storage.dsn"},
-		"no providers":    {"server:\n  listen: 127.0.0.1:1\n", "providers"},
-		"bad default":     {"default_provider: hsm\nproviders:\n  software: {}\n", "default_provider"},
-		"bad log level":   {"log:\n  level: loud\nproviders:\n  software: {}\n", "log.level"},
+		"unknown field":                   {"server:\n  lisen: x\n", ""},
+		"bad listen":                      {"server:\n  listen: nope\nproviders:\n  software: {}\n", "server.listen"},
+		"bad driver":                      {"storage:\n  driver: mysql\nproviders:\n  software: {}\n", "storage.driver"},
+		"postgres no dsn":                 {"storage:\n  driver: postgres\nproviders:\n  software: {}\n", "storage.dsn"},
+		"no providers":                    {"server:\n  listen: 127.0.0.1:1\n", "providers"},
+		"bad default":                     {"default_provider: hsm\nproviders:\n  software: {}\n", "default_provider"},
+		"bad log level":                   {"log:\n  level: loud\nproviders:\n  software: {}\n", "log.level"},
+		"deletion window below the floor": {"keys:\n  deletion_window: 48h\nproviders:\n  software: {}\n", "keys.deletion_window"},
+		"deletion window over 30 days":    {"keys:\n  deletion_window: 721h\nproviders:\n  software: {}\n", "keys.deletion_window"},
+		"negative deletion floor":         {"keys:\n  min_deletion_window: -1s\nproviders:\n  software: {}\n", "keys.min_deletion_window"},
+		"deletion floor over 30 days":     {"keys:\n  min_deletion_window: 800h\n  deletion_window: 720h\nproviders:\n  software: {}\n", "keys.min_deletion_window"},
+		"negative sweep interval":         {"keys:\n  deletion_sweep_interval: -1m\nproviders:\n  software: {}\n", "keys.deletion_sweep_interval"},
+		"negative rotation floor":         {"keys:\n  min_rotation_period: -1h\nproviders:\n  software: {}\n", "keys.min_rotation_period"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			c, err := Load(write(t, tc.yaml), Flags{})
@@ -168,5 +175,35 @@ func TestPprofAndCacheTTLValidation(t *testing.T) {
 	c, err := Load(write(t, "debug:\n  pprof_listen: 127.0.0.1:6060\nproviders:\n  software: {}\n"), Flags{})
 	if err != nil || c.Validate([]string{"software"}) != nil {
 		t.Fatalf("loopback pprof refused: %v", err)
+	}
+}
+
+// The key lifecycle settings: defaults, lowered floors from the file and
+// the environment.
+func TestKeysLifecycle(t *testing.T) {
+	c, err := Load("", Flags{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := c.Keys
+	if k.DeletionWindow.D() != 720*time.Hour || k.MinDeletionWindow.D() != 168*time.Hour ||
+		k.DeletionSweepInterval.D() != time.Minute || k.MinRotationPeriod.D() != time.Hour {
+		t.Fatalf("defaults %+v", k)
+	}
+	if err := c.Validate([]string{"software"}); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("KEYGRID_KEYS_MIN_ROTATION_PERIOD", "2s")
+	c, err = Load(write(t, "keys:\n  min_deletion_window: 1s\n  deletion_window: 10s\n  deletion_sweep_interval: 200ms\nproviders:\n  software: {}\n"), Flags{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k = c.Keys
+	if k.MinDeletionWindow.D() != time.Second || k.DeletionWindow.D() != 10*time.Second ||
+		k.DeletionSweepInterval.D() != 200*time.Millisecond || k.MinRotationPeriod.D() != 2*time.Second {
+		t.Fatalf("lowered %+v", k)
+	}
+	if err := c.Validate([]string{"software"}); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -523,9 +523,28 @@ func TestLifecycle(t *testing.T) {
 		}
 	})
 	t.Run("delete", func(t *testing.T) {
-		r := e.send(t, http.MethodDelete, keyPath("my-key", ""), nil)
-		if r.status != http.StatusNoContent || len(r.body) != 0 {
-			t.Fatalf("DELETE: status %d body %q, want 204 and no body", r.status, r.body)
+		// DELETE schedules: 200 with the key pending deletion and its date.
+		var del apitypes.KeyOperation
+		before := time.Now()
+		e.ok(t, http.MethodDelete, keyPath("my-key", "")+"?pending_window=2s", nil, http.StatusOK, &del)
+		if del.ID != k.ID || del.KeyID != k.ID || del.State != "pending_deletion" || del.Status != "pending_deletion" || del.DeletionDate == nil ||
+			del.DeletionDate.Before(before.Add(2*time.Second).Truncate(time.Second)) || del.DeletionDate.After(time.Now().Add(2*time.Second)) ||
+			!strings.Contains(del.Message, "/api/v1/keys/"+k.ID+"/cancel-deletion") {
+			t.Fatalf("DELETE answered %+v", del)
+		}
+		e.fails(t, http.MethodPost, keyPath("my-key", "/sign"), map[string]any{"data": b64(data)}, http.StatusConflict, apitypes.CodeKeyPendingDeletion)
+		var got apitypes.Key
+		e.ok(t, http.MethodGet, keyPath("my-key", ""), nil, http.StatusOK, &got)
+		if got.State != "pending_deletion" {
+			t.Fatalf("GET while pending: %+v", got)
+		}
+		// The sweeper destroys it once the date has passed.
+		deadline := time.Now().Add(30 * time.Second)
+		for e.send(t, http.MethodGet, keyPath(k.ID, ""), nil).status != http.StatusNotFound {
+			if time.Now().After(deadline) {
+				t.Fatal("the key was not destroyed within 30s of its 2s window")
+			}
+			time.Sleep(100 * time.Millisecond)
 		}
 		for _, ref := range []string{k.ID, "my-key"} {
 			e.fails(t, http.MethodGet, keyPath(ref, ""), nil, http.StatusNotFound, apitypes.CodeKeyNotFound)
@@ -534,7 +553,7 @@ func TestLifecycle(t *testing.T) {
 		}
 		e.fails(t, http.MethodDelete, keyPath("my-key", ""), nil, http.StatusNotFound, apitypes.CodeKeyNotFound)
 		if n := e.keystoreFiles(t); n != filesBefore {
-			t.Errorf("keystore holds %d key files after delete, want %d: material of a deleted key remains", n, filesBefore)
+			t.Errorf("keystore holds %d key files after the deletion, want %d: material of a deleted key remains", n, filesBefore)
 		}
 		if l := e.listKeys(t); len(l) != 0 {
 			t.Errorf("list after delete = %+v, want none", l)
@@ -663,7 +682,7 @@ func TestBadInput(t *testing.T) {
 			method, path string
 			allow        []string
 		}{
-			{http.MethodPut, "/api/v1/keys/rsa", []string{"GET", "DELETE"}},
+			{http.MethodPut, "/api/v1/keys/rsa", []string{"GET", "PATCH", "DELETE"}},
 			{http.MethodGet, "/api/v1/keys/rsa/sign", []string{"POST"}},
 			{http.MethodDelete, "/health", []string{"GET"}},
 			{http.MethodPatch, "/api/v1/keys", []string{"GET", "POST"}},
@@ -1448,7 +1467,7 @@ func TestGoSDK(t *testing.T) {
 		if _, err := c.Signer(ctx, "does-not-exist"); !errors.Is(err, client.ErrKeyNotFound) {
 			t.Errorf("Signer of a missing key: %v, want ErrKeyNotFound", err)
 		}
-		if err := c.DeleteKey(ctx, "does-not-exist"); !errors.Is(err, client.ErrKeyNotFound) {
+		if _, err := c.DeleteKey(ctx, "does-not-exist", client.DeleteOptions{}); !errors.Is(err, client.ErrKeyNotFound) {
 			t.Errorf("DeleteKey of a missing key: %v, want ErrKeyNotFound", err)
 		}
 		_, err = c.CreateKey(ctx, apitypes.CreateKeyRequest{Name: "sdk-ed", KeySpec: apitypes.KeySpec{KeyType: "Ed25519"}})

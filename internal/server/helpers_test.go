@@ -24,6 +24,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/keygrid/keygrid-hsm/internal/config"
 	"github.com/keygrid/keygrid-hsm/internal/provider"
@@ -62,6 +63,10 @@ func startEnv(t *testing.T, dataDir string) *env {
 	if err != nil {
 		t.Fatalf("config.Load: %v", err)
 	}
+	// The lifecycle's floors lowered, to keep deletion and rotation tests
+	// to seconds (keys.min_deletion_window, keys.min_rotation_period).
+	cfg.Keys.MinDeletionWindow, cfg.Keys.MinRotationPeriod = config.Duration(time.Second), config.Duration(time.Second)
+	cfg.Keys.DeletionSweepInterval = config.Duration(100 * time.Millisecond)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	srv, err := server.New(context.Background(), cfg, provider.Registry{"software": software.New}, log, "test")
 	if err != nil {

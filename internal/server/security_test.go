@@ -378,6 +378,8 @@ func TestAuthorizationByRoleAndScope(t *testing.T) {
 		aud.fails(t, http.MethodPost, keyPath("payments-0", "/verify"), map[string]any{"data": b64([]byte("x")), "signature": b64([]byte("x"))}, http.StatusForbidden, apitypes.CodeAuthorizationFailed)
 		aud.fails(t, http.MethodPost, "/api/v1/keys", apitypes.CreateKeyRequest{Name: "a1", KeySpec: apitypes.KeySpec{KeyType: "AES", KeySize: 128}}, http.StatusForbidden, apitypes.CodeAuthorizationFailed)
 		aud.fails(t, http.MethodDelete, keyPath("billing-0-0", ""), nil, http.StatusForbidden, apitypes.CodeAuthorizationFailed)
+		aud.fails(t, http.MethodPatch, keyPath("billing-0-0", ""), map[string]any{"description": "x"}, http.StatusForbidden, apitypes.CodeAuthorizationFailed)
+		aud.fails(t, http.MethodPost, keyPath("billing-0-0", "/cancel-deletion"), nil, http.StatusForbidden, apitypes.CodeAuthorizationFailed)
 	})
 
 	t.Run("admin does everything", func(t *testing.T) {
@@ -387,7 +389,13 @@ func TestAuthorizationByRoleAndScope(t *testing.T) {
 		e.ok(t, http.MethodPost, keyPath("admin-ec", "/rotate"), nil, http.StatusOK, nil)
 		e.ok(t, http.MethodPost, keyPath("admin-ec", "/deactivate"), nil, http.StatusOK, nil)
 		e.ok(t, http.MethodPost, keyPath("admin-ec", "/activate"), nil, http.StatusOK, nil)
-		e.ok(t, http.MethodDelete, keyPath("admin-ec", ""), nil, http.StatusNoContent, nil)
+		var del apitypes.KeyOperation
+		e.ok(t, http.MethodDelete, keyPath("admin-ec", ""), nil, http.StatusOK, &del)
+		if del.State != "pending_deletion" || del.DeletionDate == nil {
+			t.Errorf("DELETE answered %+v, want the key pending deletion", del.Key)
+		}
+		e.ok(t, http.MethodPost, keyPath("admin-ec", "/cancel-deletion"), nil, http.StatusOK, nil)
+		e.ok(t, http.MethodPatch, keyPath("admin-ec", ""), map[string]any{"description": "admin's"}, http.StatusOK, nil)
 	})
 
 	raw := e.auditRaw(t)
@@ -416,7 +424,7 @@ func TestAuditChainTamperingFound(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.ok(t, http.MethodPost, keyPath("payments-ec", "/rotate"), nil, http.StatusOK, nil)
-	e.ok(t, http.MethodDelete, keyPath("billing-aes", ""), nil, http.StatusNoContent, nil)
+	e.ok(t, http.MethodDelete, keyPath("billing-aes", ""), nil, http.StatusOK, nil)
 
 	rotated, _ := filepath.Glob(filepath.Join(e.dataDir, "audit.log.2*"))
 	if len(rotated) != 1 {

@@ -40,7 +40,8 @@ type Server struct {
 	stack     *httpstack.Stack
 	frontEnds *frontEnds
 	tls       *tls.Config // nil: plain HTTP
-	// stop ends the background work (health checks, reconciler); done
+	// stop ends the background work (health checks, reconciler, deletion
+	// sweeps and automatic rotation); done
 	// closes when it has ended.
 	stop func()
 	done chan struct{}
@@ -97,6 +98,8 @@ func New(ctx context.Context, cfg *config.Config, reg provider.Registry, log *sl
 	s.svc, err = service.New(service.Options{
 		Store: s.store, Providers: providers, DefaultProvider: cfg.DefaultProvider, Audit: s.audit, Metrics: m,
 		Logger: log, ReconcileGrace: cfg.Reconcile.Grace.D(), HealthTimeout: cfg.Health.Timeout.D(),
+		DeletionWindow: cfg.Keys.DeletionWindow.D(), MinDeletionWindow: cfg.Keys.MinDeletionWindow.D(),
+		MinRotationPeriod: cfg.Keys.MinRotationPeriod.D(),
 	})
 	if err != nil {
 		return nil, err
@@ -112,9 +115,10 @@ func New(ctx context.Context, cfg *config.Config, reg provider.Registry, log *sl
 	go func() {
 		defer close(s.done)
 		var wg sync.WaitGroup
-		wg.Add(2)
+		wg.Add(3)
 		go func() { defer wg.Done(); s.svc.RunReconciler(bctx, cfg.Reconcile.Interval.D()) }()
 		go func() { defer wg.Done(); s.svc.RunHealthChecks(bctx, cfg.Health.Interval.D()) }()
+		go func() { defer wg.Done(); s.svc.RunLifecycle(bctx, cfg.Keys.DeletionSweepInterval.D()) }()
 		wg.Wait()
 	}()
 	s.stack = httpstack.New(httpstack.Options{

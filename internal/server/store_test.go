@@ -66,7 +66,7 @@ func TestMigrateOnStartFalse(t *testing.T) {
 		t.Fatalf("server.New after migrate: %v", err)
 	}
 	srv.Close()
-	if !bytes.Contains(logs.Bytes(), []byte("schema_version=1")) {
+	if !bytes.Contains(logs.Bytes(), []byte("schema_version=2")) {
 		t.Fatalf("start-up log does not give the schema version:\n%s", logs.String())
 	}
 }

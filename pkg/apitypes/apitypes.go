@@ -3,7 +3,10 @@
 // []byte, which encoding/json renders as standard base64.
 package apitypes
 
-import "time"
+import (
+	"encoding/json"
+	"time"
+)
 
 // ErrorCode is the machine-readable code of an API error.
 type ErrorCode string
@@ -47,15 +50,19 @@ type ErrorDetail struct {
 	RequestID string    `json:"request_id,omitempty"`
 }
 
-// Health is the body of GET /health.
+// Health is the body of GET /health. Timestamp is the original KeyGrid
+// API's.
 type Health struct {
-	Status  string `json:"status"`
-	Version string `json:"version"`
+	Status    string    `json:"status"`
+	Version   string    `json:"version"`
+	Timestamp time.Time `json:"timestamp"`
 }
 
-// Ready is the body of GET /ready.
+// Ready is the body of GET /ready. Timestamp is the original KeyGrid API's
+// (whose providers field was a count; this one lists them).
 type Ready struct {
 	Status    string           `json:"status"`
+	Timestamp time.Time        `json:"timestamp"`
 	Providers []ProviderStatus `json:"providers"`
 }
 
@@ -68,16 +75,23 @@ type ProviderStatus struct {
 	Capabilities []string `json:"capabilities,omitempty"`
 }
 
-// ProviderList is the body of GET /api/v1/providers.
+// ProviderList is the body of GET /api/v1/providers. Count is the original
+// KeyGrid API's.
 type ProviderList struct {
 	Providers []ProviderInfo `json:"providers"`
+	Count     int            `json:"count"`
 }
 
-// ProviderInfo describes a provider and what it can do.
+// ProviderInfo describes a provider and what it can do: an item of
+// GET /api/v1/providers and the body of GET /api/v1/providers/{name}/info.
+// Provider (the name) and Status ("active", or "error" when unhealthy) are
+// the original KeyGrid API's.
 type ProviderInfo struct {
 	Name         string         `json:"name"`
+	Provider     string         `json:"provider"`
 	Type         string         `json:"type"`
 	Healthy      bool           `json:"healthy"`
+	Status       string         `json:"status"`
 	Capabilities []string       `json:"capabilities"`
 	KeyTypes     []KeyTypeInfo  `json:"key_types,omitempty"`
 	Details      map[string]any `json:"details,omitempty"`
@@ -93,8 +107,14 @@ type KeyTypeInfo struct {
 }
 
 // ProviderHealth is the body of GET /api/v1/providers/{name}/health.
+// Provider, Status ("healthy" or "unhealthy"), ResponseTime and Error are
+// the original KeyGrid API's.
 type ProviderHealth struct {
 	Name          string         `json:"name"`
+	Provider      string         `json:"provider"`
+	Status        string         `json:"status"`
+	ResponseTime  string         `json:"response_time"`
+	Error         string         `json:"error,omitempty"`
 	Type          string         `json:"type"`
 	State         string         `json:"state"`
 	Healthy       bool           `json:"healthy"`
@@ -106,43 +126,129 @@ type ProviderHealth struct {
 	Details       map[string]any `json:"details,omitempty"`
 }
 
-// KeySpec describes the key to create.
+// KeySpec describes the key to create. KeyUsage is the original KeyGrid
+// API's name of Usage: a request may use either (not both, unless equal);
+// a key's key_spec carries both.
 type KeySpec struct {
 	KeyType     string   `json:"key_type"`
 	KeySize     int      `json:"key_size,omitempty"`
 	Curve       string   `json:"curve,omitempty"`
 	Algorithm   string   `json:"algorithm,omitempty"`
 	Usage       []string `json:"usage,omitempty"`
+	KeyUsage    []string `json:"key_usage,omitempty"`
 	Extractable bool     `json:"extractable,omitempty"`
 }
 
-// CreateKeyRequest is the body of POST /api/v1/keys.
+// CreateKeyRequest is the body of POST /api/v1/keys. Config is accepted for
+// the original KeyGrid API's requests and ignored: provider settings come
+// only from the server's configuration.
 type CreateKeyRequest struct {
-	Provider  string            `json:"provider,omitempty"`
-	Name      string            `json:"name"`
-	KeySpec   KeySpec           `json:"key_spec"`
-	Metadata  map[string]string `json:"metadata,omitempty"`
-	ExpiresAt *time.Time        `json:"expires_at,omitempty"`
+	Provider    string            `json:"provider,omitempty"`
+	Name        string            `json:"name"`
+	KeySpec     KeySpec           `json:"key_spec"`
+	Metadata    map[string]string `json:"metadata,omitempty"`
+	Description string            `json:"description,omitempty"`
+	ExpiresAt   *time.Time        `json:"expires_at,omitempty"`
+	Config      map[string]any    `json:"config,omitempty"`
 }
 
-// Key is the public view of a managed key.
+// Key is the public view of a managed key. Status, ProviderID,
+// ProviderKeyID and KeySpec repeat State, Provider, the current version's
+// ProviderRef and the spec fields under the original KeyGrid API's names.
 type Key struct {
-	ID          string            `json:"id"`
-	Name        string            `json:"name"`
-	Provider    string            `json:"provider"`
-	KeyType     string            `json:"key_type"`
-	KeySize     int               `json:"key_size"`
-	Curve       string            `json:"curve,omitempty"`
-	Algorithm   string            `json:"algorithm"`
-	Usage       []string          `json:"usage"`
-	Extractable bool              `json:"extractable"`
-	State       string            `json:"state"`
-	Version     int               `json:"version"`
-	Versions    []KeyVersion      `json:"versions,omitempty"`
-	Metadata    map[string]string `json:"metadata,omitempty"`
-	CreatedAt   time.Time         `json:"created_at"`
-	UpdatedAt   time.Time         `json:"updated_at"`
-	ExpiresAt   *time.Time        `json:"expires_at,omitempty"`
+	ID            string            `json:"id"`
+	Name          string            `json:"name"`
+	Provider      string            `json:"provider"`
+	ProviderID    string            `json:"provider_id"`
+	ProviderKeyID string            `json:"provider_key_id,omitempty"`
+	KeyType       string            `json:"key_type"`
+	KeySize       int               `json:"key_size"`
+	Curve         string            `json:"curve,omitempty"`
+	Algorithm     string            `json:"algorithm"`
+	Usage         []string          `json:"usage"`
+	Extractable   bool              `json:"extractable"`
+	KeySpec       *KeySpec          `json:"key_spec,omitempty"`
+	State         string            `json:"state"`
+	Status        string            `json:"status"`
+	Version       int               `json:"version"`
+	Versions      []KeyVersion      `json:"versions,omitempty"`
+	Metadata      map[string]string `json:"metadata,omitempty"`
+	Description   string            `json:"description,omitempty"`
+	CreatedAt     time.Time         `json:"created_at"`
+	UpdatedAt     time.Time         `json:"updated_at"`
+	ExpiresAt     *time.Time        `json:"expires_at,omitempty"`
+	// DeletionDate is when a key in state pending_deletion is destroyed.
+	DeletionDate *time.Time `json:"deletion_date,omitempty"`
+	// RotationPeriod is a Go duration ("2160h0m0s"); NextRotationAt when
+	// the key next rotates by itself.
+	RotationPeriod    string     `json:"rotation_period,omitempty"`
+	NextRotationAt    *time.Time `json:"next_rotation_at,omitempty"`
+	MinDecryptVersion int        `json:"min_decrypt_version,omitempty"`
+	// Revision grows with every change; an update may name the revision it
+	// read (UpdateKeyRequest.Revision).
+	Revision int64 `json:"revision"`
+}
+
+// KeyOperation is the body of activate, deactivate, DELETE and
+// cancel-deletion: the key, with the original KeyGrid API's operation
+// fields (key_id, timestamp, message; status is the key's).
+type KeyOperation struct {
+	Key
+	KeyID     string    `json:"key_id"`
+	Timestamp time.Time `json:"timestamp"`
+	Message   string    `json:"message"`
+}
+
+// Nullable is a field of a PATCH body that may be absent (not changed),
+// null (cleared) or a value. The zero value is absent.
+type Nullable[T any] struct {
+	Set   bool // present in the body
+	Valid bool // not null
+	Value T
+}
+
+// Value returns a Nullable holding v.
+func Value[T any](v T) Nullable[T] { return Nullable[T]{Set: true, Valid: true, Value: v} }
+
+// Null returns a Nullable that clears its field.
+func Null[T any]() Nullable[T] { return Nullable[T]{Set: true} }
+
+// IsZero reports an absent field (for omitzero).
+func (n Nullable[T]) IsZero() bool { return !n.Set }
+
+// MarshalJSON writes the value or null.
+func (n Nullable[T]) MarshalJSON() ([]byte, error) {
+	if !n.Valid {
+		return []byte("null"), nil
+	}
+	return json.Marshal(n.Value)
+}
+
+// UnmarshalJSON reads a value or null.
+func (n *Nullable[T]) UnmarshalJSON(b []byte) error {
+	n.Set, n.Valid = true, string(b) != "null"
+	if !n.Valid {
+		var zero T
+		n.Value = zero
+		return nil
+	}
+	return json.Unmarshal(b, &n.Value)
+}
+
+// UpdateKeyRequest is the body of PATCH /api/v1/keys/{key}. Absent fields
+// are left as they are. Metadata replaces the whole map ({} empties it);
+// expires_at null removes the expiry; rotation_period is a Go duration
+// ("2160h"), "0s" or null turning automatic rotation off;
+// min_decrypt_version 0 lets every version decrypt again. Revision, when
+// set, is the revision the client read: the update is refused with 409
+// CONFLICT if the key changed since.
+type UpdateKeyRequest struct {
+	Metadata          *map[string]string  `json:"metadata,omitempty"`
+	Description       *string             `json:"description,omitempty"`
+	ExpiresAt         Nullable[time.Time] `json:"expires_at,omitzero"`
+	RotationPeriod    Nullable[string]    `json:"rotation_period,omitzero"`
+	MinDecryptVersion *int                `json:"min_decrypt_version,omitempty"`
+	Revision          int64               `json:"revision,omitempty"`
 }
 
 // KeyVersion is one version of a key. ProviderRef names the key material in
@@ -154,10 +260,14 @@ type KeyVersion struct {
 	ProviderRef string    `json:"provider_ref,omitempty"`
 }
 
-// KeyList is the body of GET /api/v1/keys.
+// KeyList is the body of GET /api/v1/keys. Count (the keys on this page),
+// Limit and Offset are the original KeyGrid API's.
 type KeyList struct {
 	Keys          []Key  `json:"keys"`
 	NextPageToken string `json:"next_page_token,omitempty"`
+	Count         int    `json:"count"`
+	Limit         int    `json:"limit"`
+	Offset        int    `json:"offset"`
 }
 
 // PublicKey is the body of GET /api/v1/keys/{key}/public.
@@ -201,6 +311,7 @@ type VerifyRequest struct {
 // VerifyResponse tells whether a signature is valid.
 type VerifyResponse struct {
 	Valid      bool   `json:"valid"`
+	Algorithm  string `json:"algorithm"`
 	KeyID      string `json:"key_id"`
 	KeyVersion int    `json:"key_version"`
 }
@@ -234,6 +345,7 @@ type DecryptRequest struct {
 // DecryptResponse carries the plaintext.
 type DecryptResponse struct {
 	Plaintext  []byte `json:"plaintext"`
+	Algorithm  string `json:"algorithm"`
 	KeyID      string `json:"key_id"`
 	KeyVersion int    `json:"key_version"`
 }

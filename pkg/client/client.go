@@ -280,12 +280,14 @@ func (c *Client) GetKey(ctx context.Context, key string) (*apitypes.Key, error) 
 	return &out, c.do(ctx, http.MethodGet, keyPath(key, ""), nil, &out)
 }
 
-// ListOptions filter and page ListKeys.
+// ListOptions filter and page ListKeys. Offset skips keys (the original
+// KeyGrid API's paging); it does not go with PageToken.
 type ListOptions struct {
 	Provider  string
 	State     string
 	Limit     int
 	PageToken string
+	Offset    int
 }
 
 // ListKeys lists one page of keys.
@@ -299,6 +301,9 @@ func (c *Client) ListKeys(ctx context.Context, o ListOptions) (*apitypes.KeyList
 	if o.Limit > 0 {
 		q.Set("limit", strconv.Itoa(o.Limit))
 	}
+	if o.Offset > 0 {
+		q.Set("offset", strconv.Itoa(o.Offset))
+	}
 	path := "/api/v1/keys"
 	if len(q) > 0 {
 		path += "?" + q.Encode()
@@ -307,21 +312,70 @@ func (c *Client) ListKeys(ctx context.Context, o ListOptions) (*apitypes.KeyList
 	return &out, c.do(ctx, http.MethodGet, path, nil, &out)
 }
 
-// DeleteKey deletes a key and destroys its material.
-func (c *Client) DeleteKey(ctx context.Context, key string) error {
-	return c.do(ctx, http.MethodDelete, keyPath(key, ""), nil, nil)
+// DeleteOptions choose a deletion's pending window: whole days, or any
+// duration the server's floor allows; neither: the server's default.
+type DeleteOptions struct {
+	PendingWindowDays int
+	PendingWindow     time.Duration
+}
+
+// DeleteKey schedules the deletion of a key: it answers the key, pending
+// deletion, with its deletion date. Until then CancelKeyDeletion undoes it;
+// after it the server destroys the key's material and record.
+func (c *Client) DeleteKey(ctx context.Context, key string, o DeleteOptions) (*apitypes.Key, error) {
+	q := url.Values{}
+	if o.PendingWindowDays > 0 {
+		q.Set("pending_window_days", strconv.Itoa(o.PendingWindowDays))
+	}
+	if o.PendingWindow > 0 {
+		q.Set("pending_window", o.PendingWindow.String())
+	}
+	path := keyPath(key, "")
+	if len(q) > 0 {
+		path += "?" + q.Encode()
+	}
+	var out apitypes.KeyOperation
+	if err := c.do(ctx, http.MethodDelete, path, nil, &out); err != nil {
+		return nil, err
+	}
+	return &out.Key, nil
+}
+
+// CancelKeyDeletion takes a key out of pending deletion; it is inactive
+// afterwards.
+func (c *Client) CancelKeyDeletion(ctx context.Context, key string) (*apitypes.Key, error) {
+	return c.keyOperation(ctx, key, "/cancel-deletion")
+}
+
+// UpdateKey changes a key's metadata, description, expiry, rotation period
+// or min_decrypt_version (PATCH).
+func (c *Client) UpdateKey(ctx context.Context, key string, req apitypes.UpdateKeyRequest) (*apitypes.Key, error) {
+	var out apitypes.Key
+	return &out, c.do(ctx, http.MethodPatch, keyPath(key, ""), req, &out)
+}
+
+// ProviderInfo returns one provider as the list shows it.
+func (c *Client) ProviderInfo(ctx context.Context, name string) (*apitypes.ProviderInfo, error) {
+	var out apitypes.ProviderInfo
+	return &out, c.do(ctx, http.MethodGet, "/api/v1/providers/"+url.PathEscape(name)+"/info", nil, &out)
+}
+
+func (c *Client) keyOperation(ctx context.Context, key, suffix string) (*apitypes.Key, error) {
+	var out apitypes.KeyOperation
+	if err := c.do(ctx, http.MethodPost, keyPath(key, suffix), nil, &out); err != nil {
+		return nil, err
+	}
+	return &out.Key, nil
 }
 
 // ActivateKey activates a key.
 func (c *Client) ActivateKey(ctx context.Context, key string) (*apitypes.Key, error) {
-	var out apitypes.Key
-	return &out, c.do(ctx, http.MethodPost, keyPath(key, "/activate"), nil, &out)
+	return c.keyOperation(ctx, key, "/activate")
 }
 
 // DeactivateKey deactivates a key.
 func (c *Client) DeactivateKey(ctx context.Context, key string) (*apitypes.Key, error) {
-	var out apitypes.Key
-	return &out, c.do(ctx, http.MethodPost, keyPath(key, "/deactivate"), nil, &out)
+	return c.keyOperation(ctx, key, "/deactivate")
 }
 
 // RotateKey adds a new current version to a key.
