@@ -86,7 +86,9 @@ var postmanCollection = []postmanRequest{
 			}
 		}},
 	{folder: "Key Management", name: "Get Key Information", method: "GET", url: "{{base_url}}/api/v1/keys/{{key_id}}", status: 200,
-		checks: func(t *testing.T, r map[string]any) { has(t, r, "id", "name", "provider", "key_spec", "status", "created_at") }},
+		checks: func(t *testing.T, r map[string]any) {
+			has(t, r, "id", "name", "provider", "key_spec", "status", "created_at")
+		}},
 	{folder: "Key Management", name: "Activate Key", method: "POST", url: "{{base_url}}/api/v1/keys/{{key_id}}/activate", status: 200,
 		checks: operation("active")},
 	{folder: "Key Management", name: "Deactivate Key", method: "POST", url: "{{base_url}}/api/v1/keys/{{key_id}}/deactivate", status: 200,
