@@ -95,6 +95,10 @@ providers:
 reconcile:
   grace: 1ms
   interval: 1h
+keys:
+  min_deletion_window: 1s
+  min_rotation_period: 1s
+  deletion_sweep_interval: 200ms
 `, testbed.SoftHSMModule, hsm.Label)
 }
 

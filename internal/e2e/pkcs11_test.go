@@ -166,9 +166,10 @@ func idOf(t *testing.T, k *apitypes.Key) string {
 	return hex.EncodeToString(u.ID)
 }
 
-// Deleting destroys the key's token objects; if the process dies between
-// marking the key deleting and destroying its objects, the reconciler
-// finishes the deletion, so metadata and token agree.
+// A deletion destroys the key's token objects once its window has passed;
+// if the process dies between marking the key deleting and destroying its
+// objects, the reconciler finishes the deletion, so metadata and token
+// agree.
 func TestDeleteDestroysObjectsAndSurvivesACrash(t *testing.T) {
 	requireHSM(t)
 	testbed.Require(t, "pkcs11-tool")
@@ -183,11 +184,15 @@ func TestDeleteDestroysObjectsAndSurvivesACrash(t *testing.T) {
 	if n := listObjectIDs(t)[id]; n != 2 {
 		t.Fatalf("%d objects with the key's CKA_ID, want 2 (private and public)", n)
 	}
-	if err := g.C.DeleteKey(ctx, k.Name); err != nil {
+	if _, err := g.C.DeleteKey(ctx, k.Name, client.DeleteOptions{PendingWindow: 2 * time.Second}); err != nil {
 		t.Fatal(err)
 	}
+	if n := listObjectIDs(t)[id]; n != 2 {
+		t.Fatalf("%d objects while the deletion is pending, want the 2 still there", n)
+	}
+	waitGone(t, g.C, k.Name)
 	if n := listObjectIDs(t)[id]; n != 0 {
-		t.Fatalf("%d objects left after delete", n)
+		t.Fatalf("%d objects left after the deletion", n)
 	}
 
 	// The crash: a delete that marked the record and died before the token.
@@ -215,7 +220,7 @@ func TestDeleteDestroysObjectsAndSurvivesACrash(t *testing.T) {
 	g2 := startGateway(t, hsmConfig(), g.DataDir)
 	// The restarted gateway's reconciler may have finished the deletion
 	// already; until it has, the key refuses every operation.
-	if _, err := g2.C.Sign(ctx, k2.Name, apitypes.SignRequest{Data: []byte("x")}); !errors.Is(err, client.ErrKeyInactive) && !errors.Is(err, client.ErrKeyNotFound) {
+	if _, err := g2.C.Sign(ctx, k2.Name, apitypes.SignRequest{Data: []byte("x")}); !errors.Is(err, client.ErrKeyPendingDeletion) && !errors.Is(err, client.ErrKeyNotFound) {
 		t.Fatalf("a key being deleted must refuse operations: %v", err)
 	}
 	if err := g2.srv.Service().Reconcile(ctx); err != nil {
@@ -273,5 +278,21 @@ func TestInterruptedCreatesAreReconciled(t *testing.T) {
 	pub, _ := g.C.PublicKey(ctx, made.Name, 0)
 	if !bytes.Contains([]byte(pub.PublicKey), []byte("BEGIN PUBLIC KEY")) {
 		t.Fatalf("public key of the completed key: %+v", pub)
+	}
+}
+
+// waitGone waits (up to 30s) until the key is 404 KEY_NOT_FOUND.
+func waitGone(t *testing.T, c *client.Client, key string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		_, err := c.GetKey(context.Background(), key)
+		if errors.Is(err, client.ErrKeyNotFound) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("key %s not destroyed 30s after its window: %v", key, err)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }

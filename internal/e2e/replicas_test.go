@@ -137,6 +137,10 @@ limits:
 reconcile:
   interval: 500ms
   grace: 4s
+keys:
+  min_deletion_window: 1s
+  min_rotation_period: 1s
+  deletion_sweep_interval: 200ms
 `, dataDir, testbed.SoftHSMModule, hsm.Label)
 }
 
@@ -407,6 +411,9 @@ func TestReplicas(t *testing.T) {
 	t.Run("concurrent creates", func(t *testing.T) { testReplicasConcurrentCreates(t, b) })
 	t.Run("kill -9 mid-load", func(t *testing.T) { testReplicasKill(t, b) })
 	t.Run("backup while serving and restore", func(t *testing.T) { testReplicasBackupRestore(t, b) })
+	t.Run("scheduled deletions destroyed once", func(t *testing.T) { testReplicasDeletionOnce(t, b) })
+	t.Run("kill -9 between the token and the record", func(t *testing.T) { testReplicasDestructionKilled(t, b) })
+	t.Run("automatic rotation once", func(t *testing.T) { testReplicasRotationOnce(t, b) })
 }
 
 // A key made through A is usable through B at once; a state change through
@@ -470,13 +477,18 @@ func testReplicasOneTruth(t *testing.T, b *replicaBed) {
 	}
 	checkNoOrphans(t, a.C, b.n("rep-truth"))
 
-	// Delete on B: A no longer finds it, and the token objects of both
-	// versions are gone.
-	if err := bb.C.DeleteKey(ctx, k.Name); err != nil {
+	// Delete on B: A refuses the key at once (pending deletion); after the
+	// window A no longer finds it, and the token objects of both versions
+	// are gone.
+	if _, err := bb.C.DeleteKey(ctx, k.Name, client.DeleteOptions{PendingWindow: time.Second}); err != nil {
 		t.Fatal(err)
 	}
+	if _, err := a.C.Sign(ctx, k.Name, apitypes.SignRequest{Data: data}); !errors.Is(err, client.ErrKeyPendingDeletion) && !errors.Is(err, client.ErrKeyNotFound) {
+		t.Fatalf("sign on A right after delete on B: %v, want KEY_PENDING_DELETION", err)
+	}
+	waitGone(t, a.C, k.Name)
 	if _, err := a.C.Sign(ctx, k.Name, apitypes.SignRequest{Data: data}); !errors.Is(err, client.ErrKeyNotFound) {
-		t.Fatalf("sign on A after delete on B: %v, want KEY_NOT_FOUND", err)
+		t.Fatalf("sign on A after the deletion: %v, want KEY_NOT_FOUND", err)
 	}
 	if objs := tokenObjects(t, b.n("rep-truth")); len(objs) != 0 {
 		t.Fatalf("token objects left after delete: %+v", objs)

@@ -172,7 +172,9 @@ limits:
 	call(operatorToken, http.MethodPost, "/api/v1/keys/leak-rsa/encrypt", map[string]any{"plaintext": b64(strings.Repeat(plaintext, 10)), "algorithm": "RSA-OAEP"}, http.StatusBadRequest)
 	call(adminToken, http.MethodGet, "/api/v1/providers/hsm/health", nil, http.StatusOK)
 	call(adminToken, http.MethodPost, "/api/v1/keys/leak-aes/rotate", nil, http.StatusOK)
-	call(adminToken, http.MethodDelete, "/api/v1/keys/other-ec", nil, http.StatusNoContent)
+	call(adminToken, http.MethodDelete, "/api/v1/keys/other-ec", nil, http.StatusOK)
+	call(adminToken, http.MethodPost, "/api/v1/keys/other-ec/cancel-deletion", nil, http.StatusOK)
+	call(adminToken, http.MethodPatch, "/api/v1/keys/other-ec", map[string]any{"metadata": map[string]string{"k": "v"}}, http.StatusOK)
 	ts.Close()
 	srv.Close()
 
