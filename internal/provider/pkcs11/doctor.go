@@ -121,20 +121,19 @@ func Doctor(name, typ string, c Config, out io.Writer) bool {
 		line(true, "mechanisms", "%d of %d the gateway uses; missing: %s", len(present), len(needed), orNone(missing))
 	}
 
-	pub, priv, key, err := sessionP256(pc, sh, "keygrid-doctor")
+	priv, key, _, destroy, err := scratchEC(pc, sh, "P-256", "keygrid-doctor")
 	if err != nil {
-		line(false, "sign/verify", "a session P-256 key: %v", err)
+		line(false, "sign/verify", "a temporary P-256 key: %v", err)
 		return ok
 	}
-	defer pc.DestroyObject(sh, priv)
-	defer pc.DestroyObject(sh, pub)
+	defer destroy(sh)
 	d := sha256.Sum256([]byte("keygrid doctor"))
-	valid, err := signES256(pc, sh, priv, key, d[:])
+	valid, err := signECDSA(pc, sh, priv, key, d[:])
 	if err != nil {
 		line(false, "sign/verify", "C_SignInit/C_Sign: %v", err)
 		return ok
 	}
-	line(valid, "sign/verify", "ES256 with a temporary session key: signature %s", map[bool]string{true: "valid", false: "INVALID"}[valid])
+	line(valid, "sign/verify", "ES256 with a temporary key: signature %s", map[bool]string{true: "valid", false: "INVALID"}[valid])
 	return ok
 }
 
