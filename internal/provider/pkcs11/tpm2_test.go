@@ -358,7 +358,8 @@ func TestTPM2Doctor(t *testing.T) {
 	if !Doctor("tpm", TypePKCS11, tpmConfig(2), &out) {
 		t.Fatalf("doctor failed:\n%s", out.String())
 	}
-	for _, w := range []string{"PASS  sign/verify", "CKM_AES_GCM", "CKM_EDDSA", "CKM_AES_KEY_WRAP_PAD"} {
+	for _, w := range []string{"PASS  sign/verify", "CKM_AES_GCM", "CKM_EDDSA", "CKM_AES_KEY_WRAP_PAD", "PASS  capabilities",
+		"RSA-OAEP-256", "missing      ES512: token's P-521 keys do not work", "missing      A256GCM: token lacks CKM_AES_GCM"} {
 		if !strings.Contains(out.String(), w) {
 			t.Errorf("doctor output lacks %q:\n%s", w, out.String())
 		}
