@@ -38,6 +38,7 @@ func TestMain(m *testing.M) {
 	hsm, hsmMissing = s, missing
 	os.Setenv("KEYGRID_E2E_PIN", hsmPIN)
 	code := m.Run()
+	stopTPM2()
 	cleanup()
 	os.Exit(code)
 }

@@ -233,30 +233,42 @@ type tokenInfo struct {
 	serial string
 }
 
-// selectSlot picks the configured token among the slots that hold one.
+// selectSlot picks the configured token among the slots that hold one. A
+// label or serial (both must match when both are set) that matches exactly
+// one token decides; slot_id narrows the choice only when it matches (a
+// module's slot ids need not start at 0 or stay stable: SoftHSM2 has no
+// slot 0). CloudHSM's first-slot fallback (firstSlotDefault) applies only
+// when the module has a single token. Anything else is an error that lists
+// the tokens present: a wrong token is never picked by listing order.
 func selectSlot(tokens []tokenInfo, s Settings, firstSlotDefault bool) (tokenInfo, error) {
 	if len(tokens) == 0 {
 		return tokenInfo{}, errors.New("the module lists no slot with a token")
 	}
-	var match []tokenInfo
-	for _, t := range tokens {
-		if s.TokenLabel != "" && t.label != s.TokenLabel {
-			continue
+	byName := s.TokenLabel != "" || s.TokenSerial != ""
+	match := tokens
+	if byName {
+		match = nil
+		for _, t := range tokens {
+			if (s.TokenLabel == "" || t.label == s.TokenLabel) && (s.TokenSerial == "" || t.serial == s.TokenSerial) {
+				match = append(match, t)
+			}
 		}
-		if s.TokenSerial != "" && t.serial != s.TokenSerial {
-			continue
+	}
+	if s.SlotID != nil {
+		var inSlot []tokenInfo
+		for _, t := range match {
+			if t.slot == *s.SlotID {
+				inSlot = append(inSlot, t)
+			}
 		}
-		if s.SlotID != nil && t.slot != *s.SlotID {
-			continue
+		if len(inSlot) > 0 || !byName {
+			match = inSlot
 		}
-		match = append(match, t)
 	}
 	switch {
 	case len(match) == 1:
 		return match[0], nil
-	case len(match) > 1:
-		return tokenInfo{}, fmt.Errorf("%d tokens match; set token_label, token_serial or slot_id to choose one", len(match))
-	case firstSlotDefault:
+	case len(match) == 0 && firstSlotDefault && len(tokens) == 1:
 		// CloudHSM has one token per cluster; its label is not the
 		// partition name in every SDK version.
 		return tokens[0], nil
@@ -275,8 +287,12 @@ func selectSlot(tokens []tokenInfo, s Settings, firstSlotDefault bool) (tokenInf
 	if s.SlotID != nil {
 		want = append(want, fmt.Sprintf("slot %d", *s.SlotID))
 	}
-	if len(want) == 0 {
+	switch {
+	case len(match) > 1 && len(want) == 0:
 		return tokenInfo{}, fmt.Errorf("several tokens are present (%s); set token_label", strings.Join(have, ", "))
+	case len(match) > 1:
+		return tokenInfo{}, fmt.Errorf("%d tokens match %s; set token_serial to choose one; the module has %s",
+			len(match), strings.Join(want, ", "), strings.Join(have, ", "))
 	}
 	return tokenInfo{}, fmt.Errorf("no token with %s; the module has %s", strings.Join(want, ", "), strings.Join(have, ", "))
 }

@@ -111,11 +111,13 @@ func (p *Provider) discover(ctx context.Context) error {
 				missing("token does not make "+c.curve+" keys", c.a)
 				continue
 			}
-			kt.Curves = append(kt.Curves, c.curve)
-			if has(pkcs11.CKM_ECDSA, pkcs11.CKF_SIGN) {
-				add(c.a)
-			} else {
+			if !has(pkcs11.CKM_ECDSA, pkcs11.CKF_SIGN) {
 				missing("token lacks CKM_ECDSA", c.a)
+			} else if why := p.probeECDSA(ctx, c.curve, c.a); why != "" {
+				missing("token's "+c.curve+" keys do not work: "+why, c.a)
+			} else {
+				kt.Curves = append(kt.Curves, c.curve)
+				add(c.a)
 			}
 		}
 		caps.KeyTypes = append(caps.KeyTypes, kt)
@@ -157,6 +159,7 @@ func (p *Provider) discover(ctx context.Context) error {
 	} else {
 		missing("token lacks CKM_AES_KEY_GEN", alg.A128GCM, alg.A256GCM, alg.AESKWP)
 	}
+	caps.KeyTypes = usableKeyTypes(caps)
 	p.caps = caps
 	return nil
 }
@@ -173,16 +176,11 @@ func (p *Provider) probeOAEP(ctx context.Context, a alg.Algorithm) (bool, string
 	var why string
 	err := p.run(ctx, false, opOther, func(sh pkcs11.SessionHandle) error {
 		c := p.mod.ctx
-		pub, priv, err := c.GenerateKeyPair(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_RSA_PKCS_KEY_PAIR_GEN, nil)},
-			[]*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false), pkcs11.NewAttribute(pkcs11.CKA_ENCRYPT, true),
-				pkcs11.NewAttribute(pkcs11.CKA_MODULUS_BITS, bits), pkcs11.NewAttribute(pkcs11.CKA_PUBLIC_EXPONENT, []byte{1, 0, 1})},
-			[]*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false), pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, true),
-				pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true)})
+		pub, priv, destroy, err := p.probeKeyPair(sh, bits)
 		if err != nil {
 			return err
 		}
-		defer c.DestroyObject(sh, priv)
-		defer c.DestroyObject(sh, pub)
+		defer destroy()
 		attrs, err := c.GetAttributeValue(sh, pub, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_MODULUS, nil)})
 		if err != nil {
 			return err

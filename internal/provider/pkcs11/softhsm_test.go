@@ -42,6 +42,7 @@ func TestMain(m *testing.M) {
 	}
 	hsm, hsmMissing = s, missing
 	code := m.Run()
+	stopTPM2()
 	cleanup()
 	os.Exit(code)
 }
