@@ -72,30 +72,21 @@ func newFaultBed(t *testing.T) *faultBed {
 	}
 	t.Cleanup(func() { srv.Stop() })
 	os.Setenv("P11_KIT_SERVER_ADDRESS", srv.Address())
-	yaml := fmt.Sprintf(`
-default_provider: hsm
-providers:
-  hsm:
-    type: pkcs11
-    config:
-      library_path: %s
-      token_label: keygrid-fault
-      pin_env: KEYGRID_E2E_PIN
-      max_sessions: 4
-      operation_timeout: %s
-      # p11-kit's client (0.24) can leave a thread reading a reused socket
-      # forever when its server dies under concurrent calls.
-      serialize_calls: true
-  software:
-    config:
-      master_key_env: KEYGRID_E2E_MASTER_KEY
-health:
+	yaml := "default_provider: hsm\n" + testbed.Providers(
+		testbed.PKCS11Provider{Library: client, TokenLabel: "keygrid-fault", PinEnv: "KEYGRID_E2E_PIN", MaxSessions: 4, Settings: []string{
+			"operation_timeout: " + faultOpTimeout.String(),
+			"# p11-kit's client (0.24) can leave a thread reading a reused socket",
+			"# forever when its server dies under concurrent calls.",
+			"serialize_calls: true",
+		}},
+		testbed.SoftwareProvider{MasterKeyEnv: "KEYGRID_E2E_MASTER_KEY"},
+	) + fmt.Sprintf(`health:
   interval: %s
   timeout: 1s
 reconcile:
   grace: 1ms
   interval: 1h
-`, client, faultOpTimeout, faultHealthEvery)
+`, faultHealthEvery)
 	return &faultBed{soft: soft, p11: srv, g: startGateway(t, yaml, "")}
 }
 
@@ -226,7 +217,7 @@ func readyStatus(url string) int {
 // software provider keeps serving. Bring it back: signing resumes within
 // 10 s with the same keys, /ready is 200 again.
 func TestHSMOutageAndRecovery(t *testing.T) {
-	requireHSM(t)
+	testbed.ProcessSoftHSM(t)
 	b := newFaultBed(t)
 	ctx := context.Background()
 	g := b.g
@@ -316,7 +307,7 @@ func TestHSMOutageAndRecovery(t *testing.T) {
 // Five outages in a row: recovery every time, no goroutine or session leak,
 // no signature that fails verification.
 func TestRepeatedOutagesLeakNothing(t *testing.T) {
-	requireHSM(t)
+	testbed.ProcessSoftHSM(t)
 	b := newFaultBed(t)
 	ctx := context.Background()
 	g := b.g
@@ -386,7 +377,7 @@ func TestRepeatedOutagesLeakNothing(t *testing.T) {
 // recovery and reconciliation, every key in the store has its objects on the
 // token and every gateway object on the token belongs to a key.
 func TestCreatesDuringOutageLeaveStoreAndTokenConsistent(t *testing.T) {
-	requireHSM(t)
+	testbed.ProcessSoftHSM(t)
 	b := newFaultBed(t)
 	ctx := context.Background()
 	g := b.g
