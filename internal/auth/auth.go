@@ -27,6 +27,7 @@ import (
 	"strings"
 
 	"github.com/keygrid/keygrid-hsm/internal/config"
+	"github.com/keygrid/keygrid-hsm/internal/fsutil"
 )
 
 // Role is what a principal may do, whatever the key.
@@ -284,20 +285,10 @@ func BootstrapAdmin(path string) (p *Principal, created bool, err error) {
 			return nil, false, fmt.Errorf("admin token: %w", err)
 		}
 		tok := NewToken()
-		f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-		if err != nil {
+		// Complete on disk or absent, never a torn token; another process
+		// that made one first wins (fs.ErrExist).
+		if err := fsutil.CreateFile(path, []byte(tok+"\n"), 0o600); err != nil {
 			return nil, false, fmt.Errorf("admin token: %w", err)
-		}
-		_, werr := f.WriteString(tok + "\n")
-		serr := f.Sync()
-		if cerr := f.Close(); werr == nil && serr == nil {
-			werr = cerr
-		} else if werr == nil {
-			werr = serr
-		}
-		if werr != nil {
-			os.Remove(path)
-			return nil, false, fmt.Errorf("admin token: %w", werr)
 		}
 		b, created = []byte(tok), true
 	case err != nil:
