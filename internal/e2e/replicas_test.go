@@ -117,12 +117,7 @@ reconcile:
 
 func (b *replicaBed) writeConfig(tb testing.TB) string {
 	tb.Helper()
-	dir := tb.TempDir()
-	path := filepath.Join(dir, "keygrid.yaml")
-	if err := os.WriteFile(path, []byte(replicaConfig(filepath.Join(dir, "data"), testbed.ProcessSoftHSM(tb).Label)), 0o600); err != nil {
-		tb.Fatal(err)
-	}
-	return path
+	return testbed.WriteConfig(tb, replicaConfig(filepath.Join(tb.TempDir(), "data"), testbed.ProcessSoftHSM(tb).Label))
 }
 
 // env is the environment of a replica or a command run on its config.

@@ -619,9 +619,7 @@ func TestRequestLimits(t *testing.T) {
 // non-loopback address without TLS unless allow_insecure_http is set.
 func TestPlainHTTPBeyondLoopbackRefused(t *testing.T) {
 	t.Parallel()
-	path := filepath.Join(t.TempDir(), "keygrid.yaml")
-	os.WriteFile(path, []byte(securityYAML(t, "")), 0o600)
-	cfg, err := config.Load(path, config.Flags{DataDir: t.TempDir(), Listen: "0.0.0.0:0"})
+	cfg, err := config.Load(testbed.WriteConfig(t, securityYAML(t, "")), config.Flags{DataDir: t.TempDir(), Listen: "0.0.0.0:0"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -703,8 +701,7 @@ func newTestPKI(t *testing.T) *testPKI {
 // https URL.
 func serveTLS(t *testing.T, yaml string) (string, *env) {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "keygrid.yaml")
-	os.WriteFile(path, []byte(yaml), 0o600)
+	path := testbed.WriteConfig(t, yaml)
 	dataDir := t.TempDir()
 	cfg, err := config.Load(path, config.Flags{DataDir: dataDir, Listen: "127.0.0.1:0"})
 	if err != nil {
@@ -854,8 +851,7 @@ func TestProviderEventsAudited(t *testing.T) {
 		ep = &eventingProvider{Provider: sp}
 		return ep, nil
 	}}
-	path := filepath.Join(t.TempDir(), "keygrid.yaml")
-	os.WriteFile(path, []byte(securityYAML(t, "")), 0o600)
+	path := testbed.WriteConfig(t, securityYAML(t, ""))
 	dataDir := t.TempDir()
 	cfg, err := config.Load(path, config.Flags{DataDir: dataDir, Listen: "127.0.0.1:0"})
 	if err != nil {
