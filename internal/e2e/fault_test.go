@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/keygrid/keygrid-hsm/internal/audit"
+	"github.com/keygrid/keygrid-hsm/internal/kgerr"
 	"github.com/keygrid/keygrid-hsm/internal/provider"
 	"github.com/keygrid/keygrid-hsm/internal/testbed"
 	"github.com/keygrid/keygrid-hsm/pkg/apitypes"
@@ -419,9 +420,20 @@ func TestCreatesDuringOutageLeaveStoreAndTokenConsistent(t *testing.T) {
 	})
 	close(stop)
 	wg.Wait()
-	if err := g.srv.Service().Reconcile(ctx); err != nil {
-		t.Fatal(err)
-	}
+	// Under load the health checker may still be resetting the provider
+	// when the creates resume: the reconciler then answers
+	// SERVICE_UNAVAILABLE for the keys it reaches. Once the HSM is back it
+	// must run through; any other error fails at once.
+	waitFor(t, faultRecoverWithin, "the reconciler runs through", func() bool {
+		err := g.srv.Service().Reconcile(ctx)
+		if err != nil && !errors.Is(err, kgerr.ErrServiceUnavailable) {
+			t.Fatal(err)
+		}
+		if err != nil {
+			t.Logf("reconcile while the provider recovers: %v", err)
+		}
+		return err == nil
+	})
 
 	keys := map[string]string{} // CKA_ID hex → key name
 	token := ""
