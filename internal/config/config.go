@@ -25,24 +25,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/keygrid/keygrid-hsm/internal/duration"
 	"gopkg.in/yaml.v3"
 )
-
-// Duration is a time.Duration written as "5s" in YAML.
-type Duration time.Duration
-
-// UnmarshalYAML implements yaml.Unmarshaler.
-func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
-	v, err := time.ParseDuration(n.Value)
-	if err != nil {
-		return fmt.Errorf("line %d: %q is not a duration (like 5s or 250ms)", n.Line, n.Value)
-	}
-	*d = Duration(v)
-	return nil
-}
-
-// D returns the time.Duration.
-func (d Duration) D() time.Duration { return time.Duration(d) }
 
 // Config is the whole configuration.
 type Config struct {
@@ -66,17 +51,17 @@ type Config struct {
 
 // Server configures the HTTP listener.
 type Server struct {
-	Listen            string   `yaml:"listen"`
-	ReadHeaderTimeout Duration `yaml:"read_header_timeout"`
-	ReadTimeout       Duration `yaml:"read_timeout"`
-	WriteTimeout      Duration `yaml:"write_timeout"`
-	IdleTimeout       Duration `yaml:"idle_timeout"`
-	ShutdownTimeout   Duration `yaml:"shutdown_timeout"`
+	Listen            string            `yaml:"listen"`
+	ReadHeaderTimeout duration.Duration `yaml:"read_header_timeout"`
+	ReadTimeout       duration.Duration `yaml:"read_timeout"`
+	WriteTimeout      duration.Duration `yaml:"write_timeout"`
+	IdleTimeout       duration.Duration `yaml:"idle_timeout"`
+	ShutdownTimeout   duration.Duration `yaml:"shutdown_timeout"`
 	// RequestTimeout bounds the work of one request (provider calls
 	// included).
-	RequestTimeout Duration `yaml:"request_timeout"`
-	MaxBodyBytes   int64    `yaml:"max_body_bytes"`
-	TLS            TLS      `yaml:"tls"`
+	RequestTimeout duration.Duration `yaml:"request_timeout"`
+	MaxBodyBytes   int64             `yaml:"max_body_bytes"`
+	TLS            TLS               `yaml:"tls"`
 	// AllowInsecureHTTP lets the server listen on a non-loopback address
 	// without TLS (with a warning).
 	AllowInsecureHTTP bool `yaml:"allow_insecure_http"`
@@ -101,7 +86,7 @@ type Storage struct {
 	// by another process may be here. This process's own writes are seen at
 	// once. Default 2s on SQLite (one gateway per database file), 0 on
 	// PostgreSQL (every lookup reads the database, as replicas must).
-	CacheTTL *Duration `yaml:"cache_ttl"`
+	CacheTTL *duration.Duration `yaml:"cache_ttl"`
 }
 
 // CacheTTLOrDefault is the key cache's time to live.
@@ -137,7 +122,7 @@ type Audit struct {
 	// written to the operating system before the response (a killed
 	// process loses none) and fsynced every interval (an OS crash or power
 	// loss may lose that much). See docs/operations.md.
-	FsyncInterval Duration `yaml:"fsync_interval"`
+	FsyncInterval duration.Duration `yaml:"fsync_interval"`
 }
 
 // Log configures the server log.
@@ -149,15 +134,15 @@ type Log struct {
 // Reconcile configures the background repair of interrupted creates and
 // deletes.
 type Reconcile struct {
-	Interval Duration `yaml:"interval"`
-	Grace    Duration `yaml:"grace"`
+	Interval duration.Duration `yaml:"interval"`
+	Grace    duration.Duration `yaml:"grace"`
 }
 
 // Health configures the background provider health checks that drive
 // /ready and the provider health endpoint.
 type Health struct {
-	Interval Duration `yaml:"interval"` // default 10s
-	Timeout  Duration `yaml:"timeout"`  // one check's deadline, default 3s
+	Interval duration.Duration `yaml:"interval"` // default 10s
+	Timeout  duration.Duration `yaml:"timeout"`  // one check's deadline, default 3s
 }
 
 // Debug configures diagnostics.
@@ -223,9 +208,9 @@ func (c *Config) setDefaults() {
 	if s.Listen == "" {
 		s.Listen = "127.0.0.1:8080"
 	}
-	def := func(d *Duration, v time.Duration) {
+	def := func(d *duration.Duration, v time.Duration) {
 		if *d == 0 {
-			*d = Duration(v)
+			*d = duration.Duration(v)
 		}
 	}
 	def(&s.ReadHeaderTimeout, 5*time.Second)
@@ -301,7 +286,7 @@ func (c *Config) Validate(knownTypes []string) error {
 	if c.Server.MaxBodyBytes < 1024 {
 		return &Error{"server.max_body_bytes", "must be at least 1024"}
 	}
-	for f, d := range map[string]Duration{
+	for f, d := range map[string]duration.Duration{
 		"server.read_header_timeout": c.Server.ReadHeaderTimeout, "server.read_timeout": c.Server.ReadTimeout,
 		"server.write_timeout": c.Server.WriteTimeout, "server.idle_timeout": c.Server.IdleTimeout,
 		"server.shutdown_timeout": c.Server.ShutdownTimeout, "server.request_timeout": c.Server.RequestTimeout,
@@ -443,8 +428,8 @@ func walkEnv(v reflect.Value, path []string, lookup func(string) (string, bool))
 
 func setScalar(v reflect.Value, s, name string) error {
 	bad := func() error { return &Error{name, fmt.Sprintf("%q is not a valid %s", s, v.Kind())} }
-	if v.Type() == reflect.TypeOf(Duration(0)) {
-		d, err := time.ParseDuration(s)
+	if v.Type() == reflect.TypeOf(duration.Duration(0)) {
+		d, err := duration.Parse(s)
 		if err != nil {
 			return bad()
 		}

@@ -8,7 +8,6 @@ import (
 	"os"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/keygrid/keygrid-hsm/internal/testbed"
@@ -16,39 +15,14 @@ import (
 	"github.com/keygrid/keygrid-hsm/pkg/client"
 )
 
-// The tpm2-pkcs11 bed of this test binary: started by the first test that
-// needs it, stopped by TestMain (stopTPM2).
-var tpmBed struct {
-	once    sync.Once
-	bed     *testbed.TPM2
-	stop    func()
-	missing string
-	err     error
-}
-
 const tpmPIN = "kg-e2e-tpm-2468"
 
+// requireTPM2 returns the binary's tpm2-pkcs11 bed (testbed.WithTPM2).
 func requireTPM2(t testing.TB) *testbed.TPM2 {
 	t.Helper()
-	tpmBed.once.Do(func() {
-		tpmBed.bed, tpmBed.stop, tpmBed.missing, tpmBed.err = testbed.SetupTPM2Process("keygrid-e2e-tpm", tpmPIN)
-	})
-	switch {
-	case tpmBed.err != nil:
-		t.Fatalf("tpm2-pkcs11 bed: %v", tpmBed.err)
-	case tpmBed.bed == nil && testbed.Required():
-		t.Fatalf("tpm2-pkcs11 is required: %s", tpmBed.missing)
-	case tpmBed.bed == nil:
-		t.Skip(tpmBed.missing)
-	}
+	bed := testbed.ProcessTPM2(t)
 	os.Setenv("KEYGRID_E2E_TPM_PIN", tpmPIN)
-	return tpmBed.bed
-}
-
-func stopTPM2() {
-	if tpmBed.stop != nil {
-		tpmBed.stop()
-	}
+	return bed
 }
 
 func tpmGatewayConfig(bed *testbed.TPM2) string {

@@ -7,7 +7,7 @@ import (
 	"strings"
 	"time"
 
-	"gopkg.in/yaml.v3"
+	"github.com/keygrid/keygrid-hsm/internal/duration"
 )
 
 // Provider types.
@@ -53,7 +53,7 @@ type Config struct {
 
 	// OperationTimeout bounds one HSM operation, waiting for a session
 	// included (default 5s).
-	OperationTimeout Duration `yaml:"operation_timeout"`
+	OperationTimeout duration.Duration `yaml:"operation_timeout"`
 	// BusyRetries is how often an idempotent operation is retried when the
 	// HSM reports itself busy (CloudHSM's CKR_FUNCTION_FAILED; default 3 on
 	// aws-cloudhsm, 0 elsewhere).
@@ -77,19 +77,6 @@ type Config struct {
 	// when its own change to the token came right after (rescan.go).
 	// Default: on when the module is SoftHSM2, off otherwise.
 	RescanOnMiss *bool `yaml:"rescan_on_miss"`
-}
-
-// Duration is a time.Duration written as "5s".
-type Duration time.Duration
-
-// UnmarshalYAML implements yaml.Unmarshaler.
-func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
-	v, err := time.ParseDuration(n.Value)
-	if err != nil || v < 0 {
-		return fmt.Errorf("line %d: %q is not a duration (like 5s)", n.Line, n.Value)
-	}
-	*d = Duration(v)
-	return nil
 }
 
 // resolved is a validated configuration with the type's defaults applied.
@@ -177,7 +164,10 @@ func (c Config) resolve(typ, field string) (resolved, error) {
 	if r.MaxSessions == 0 {
 		r.MaxSessions = 16
 	}
-	r.opTimeout = time.Duration(c.OperationTimeout)
+	r.opTimeout = c.OperationTimeout.D()
+	if r.opTimeout < 0 {
+		return r, fmt.Errorf("%s.operation_timeout: must not be negative", field)
+	}
 	if r.opTimeout == 0 {
 		r.opTimeout = 5 * time.Second
 	}

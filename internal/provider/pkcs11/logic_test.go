@@ -12,6 +12,7 @@ import (
 
 	"github.com/miekg/pkcs11"
 
+	"github.com/keygrid/keygrid-hsm/internal/duration"
 	"github.com/keygrid/keygrid-hsm/internal/kgerr"
 )
 
@@ -50,6 +51,7 @@ func TestResolveDefaultsByType(t *testing.T) {
 		{name: "fail cloudhsm pin without user", typ: TypeAWSCloudHSM, cfg: Config{Settings: Settings{PinEnv: "PLAIN_PIN"}}, wantErr: "CU_user:password"},
 		{name: "fail conflicting nested value", typ: TypePKCS11, cfg: Config{Settings: Settings{LibraryPath: "/a.so"}, PKCS11: &Settings{LibraryPath: "/b.so"}}, wantErr: "both"},
 		{name: "fail pin env and file", typ: TypePKCS11, cfg: Config{Settings: Settings{LibraryPath: "/a.so", PinEnv: "PLAIN_PIN", PinFile: "/f"}}, wantErr: "not both"},
+		{name: "fail negative operation timeout", typ: TypePKCS11, cfg: Config{Settings: Settings{LibraryPath: "/a.so", PinEnv: "PLAIN_PIN"}, OperationTimeout: duration.Duration(-time.Second)}, wantErr: "operation_timeout"},
 		{name: "fail too many sessions", typ: TypePKCS11, cfg: Config{Settings: Settings{LibraryPath: "/a.so", PinEnv: "PLAIN_PIN", MaxSessions: 5000}}, wantErr: "max_sessions"},
 	}
 	for _, c := range cases {

@@ -12,7 +12,6 @@ import (
 	"log/slog"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/miekg/pkcs11"
@@ -30,46 +29,17 @@ import (
 // refused up front and what it has works, checked by openssl and
 // pkcs11-tool.
 
-// The tpm2-pkcs11 bed of this test binary: started by the first test that
-// needs it, shared by the others, stopped by TestMain (stopTPM2).
-var tpmBed struct {
-	once    sync.Once
-	bed     *testbed.TPM2
-	stop    func()
-	missing string
-	err     error
-}
-
 const tpmPIN = "kg-tpm-pin-1357"
 
-// requireTPM2 returns the bed, starting it on first use; it skips the test
-// when a part is missing, or fails it when KEYGRID_REQUIRE_SOFTHSM=1.
+// requireTPM2 returns the binary's tpm2-pkcs11 bed (testbed.WithTPM2).
 func requireTPM2(t testing.TB) *testbed.TPM2 {
 	t.Helper()
-	tpmBed.once.Do(func() {
-		tpmBed.bed, tpmBed.stop, tpmBed.missing, tpmBed.err = testbed.SetupTPM2Process("keygrid-tpm2", tpmPIN)
-	})
-	switch {
-	case tpmBed.err != nil:
-		t.Fatalf("tpm2-pkcs11 bed: %v", tpmBed.err)
-	case tpmBed.bed == nil && testbed.Required():
-		t.Fatalf("tpm2-pkcs11 is required: %s", tpmBed.missing)
-	case tpmBed.bed == nil:
-		t.Skip(tpmBed.missing)
-	}
-	return tpmBed.bed
-}
-
-// stopTPM2 stops the bed if a test started it.
-func stopTPM2() {
-	if tpmBed.stop != nil {
-		tpmBed.stop()
-	}
+	return testbed.ProcessTPM2(t)
 }
 
 func tpmConfig(maxSessions int) Config {
 	os.Setenv("KEYGRID_TPM_PIN", tpmPIN)
-	return Config{Settings: Settings{LibraryPath: tpmBed.bed.Module, TokenLabel: tpmBed.bed.Label, PinEnv: "KEYGRID_TPM_PIN", MaxSessions: maxSessions}}
+	return Config{Settings: Settings{LibraryPath: testbed.TPM2Module(), TokenLabel: "keygrid-tpm2", PinEnv: "KEYGRID_TPM_PIN", MaxSessions: maxSessions}}
 }
 
 func openTPM2(t testing.TB, maxSessions int) *Provider {
@@ -159,7 +129,7 @@ func tpmObjectIDs(t *testing.T, bed *testbed.TPM2) (map[string]int, string) {
 // extractable, the usages asked for present.
 func TestTPM2KeyAttributesWithPkcs11Tool(t *testing.T) {
 	p := openTPM2(t, 4)
-	bed := tpmBed.bed
+	bed := requireTPM2(t)
 	ec := create(t, p, specP256, signUsage, "tpm-attr-ec")
 	rsaKey := create(t, p, specRSA2048, cryptUsage, "tpm-attr-rsa")
 	if !p.mod.refusesDenials.Load() {
@@ -299,7 +269,7 @@ func TestTPM2RestartAndDelete(t *testing.T) {
 // UNSUPPORTED_ALGORITHM, and nothing is left on the token.
 func TestTPM2RefusesWhatItLacks(t *testing.T) {
 	p := openTPM2(t, 4)
-	bed := tpmBed.bed
+	bed := requireTPM2(t)
 	ctx := context.Background()
 	before, _ := tpmObjectIDs(t, bed)
 	for _, s := range []alg.Spec{{Type: alg.AES, Size: 256}, {Type: alg.Ed25519, Size: 256}, {Type: alg.RSA, Size: 4096},

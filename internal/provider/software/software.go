@@ -37,6 +37,7 @@ import (
 	"sync"
 
 	"github.com/keygrid/keygrid-hsm/internal/alg"
+	"github.com/keygrid/keygrid-hsm/internal/fsutil"
 	"github.com/keygrid/keygrid-hsm/internal/kgerr"
 	"github.com/keygrid/keygrid-hsm/internal/provider"
 )
@@ -128,7 +129,7 @@ func (p *Provider) checkMasterKey() error {
 		if err != nil {
 			return err
 		}
-		return writeFileAtomic(path, sealed)
+		return fsutil.WriteFile(path, sealed, 0o600)
 	}
 	if err != nil {
 		return fmt.Errorf("software provider %q: %w", p.name, err)
@@ -190,7 +191,7 @@ func embeddedMasterKey(path string, log *slog.Logger) ([]byte, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, err
 	}
-	if err := writeFileAtomic(path, []byte(base64.StdEncoding.EncodeToString(k)+"\n")); err != nil {
+	if err := fsutil.WriteFile(path, []byte(base64.StdEncoding.EncodeToString(k)+"\n"), 0o600); err != nil {
 		return nil, err
 	}
 	log.Warn("generated a new master key for the software keystore; it protects every software key: back it up, and in production set master_key_file or master_key_env instead",
@@ -317,7 +318,7 @@ func (p *Provider) CreateKey(ctx context.Context, req provider.CreateKeyRequest)
 	if err := ctx.Err(); err != nil {
 		return provider.CreatedKey{}, err
 	}
-	if err := writeFileExclusive(p.path(req.ObjectID), b); err != nil {
+	if err := fsutil.CreateFile(p.path(req.ObjectID), b, 0o600); err != nil {
 		if errors.Is(err, fs.ErrExist) {
 			return provider.CreatedKey{}, kgerr.New(kgerr.KindAlreadyExists, "key material for this object id exists already")
 		}
@@ -363,7 +364,7 @@ func (p *Provider) DeleteKey(_ context.Context, ref string) error {
 	if err := os.Remove(p.path(ref)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("software provider %q: delete key: %w", p.name, err)
 	}
-	return syncDir(p.dir)
+	return fsutil.SyncDir(p.dir)
 }
 
 // aesKey is a cached secret key: its bytes (for key wrap) and its GCM.
@@ -632,60 +633,4 @@ func (p *Provider) Close() error {
 	p.closed = true
 	clear(p.cache)
 	return nil
-}
-
-// writeFileAtomic writes path through a temporary file, fsyncs and renames
-// it, then fsyncs the directory.
-func writeFileAtomic(path string, b []byte) error {
-	tmp, err := writeTemp(path, b)
-	if err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	return syncDir(filepath.Dir(path))
-}
-
-// writeFileExclusive is writeFileAtomic that fails with fs.ErrExist when
-// path exists.
-func writeFileExclusive(path string, b []byte) error {
-	tmp, err := writeTemp(path, b)
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp)
-	if err := os.Link(tmp, path); err != nil {
-		return err
-	}
-	return syncDir(filepath.Dir(path))
-}
-
-func writeTemp(path string, b []byte) (string, error) {
-	f, err := os.CreateTemp(filepath.Dir(path), ".tmp-*")
-	if err != nil {
-		return "", err
-	}
-	_, err = f.Write(b)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		os.Remove(f.Name())
-		return "", err
-	}
-	return f.Name(), nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
