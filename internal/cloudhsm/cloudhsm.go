@@ -61,7 +61,10 @@ type Options struct {
 }
 
 var (
-	clusterIDPattern = regexp.MustCompile(`^cluster-[2-7a-zA-Z]{11,16}$`)
+	// AWS's own ids are cluster- and 11 to 16 base32 characters; the
+	// seed's example (cluster-123456789abcdef0) must load as written, so
+	// the check is looser and the API has the last word.
+	clusterIDPattern = regexp.MustCompile(`^cluster-[a-zA-Z0-9]{1,32}$`)
 	regionPattern    = regexp.MustCompile(`^[a-z]{2}(-[a-z]+)+-[0-9]+$`)
 )
 
@@ -75,11 +78,11 @@ func (o Options) Validate(field string) error {
 	case o.Region == "":
 		return fmt.Errorf("%s.region: required with cluster_id (the cluster's AWS region, like us-west-2)", field)
 	case o.ClusterID == "":
-		return fmt.Errorf("%s.cluster_id: required with region (the cluster's id, like cluster-1234567abcd)", field)
+		return fmt.Errorf("%s.cluster_id: required with region (the cluster's id, like cluster-jxhlf7644ne)", field)
 	case !regionPattern.MatchString(o.Region):
 		return fmt.Errorf("%s.region: %q is not an AWS region (like us-west-2)", field, o.Region)
 	case !clusterIDPattern.MatchString(o.ClusterID):
-		return fmt.Errorf("%s.cluster_id: %q is not a CloudHSM cluster id (cluster- and 11 to 16 letters or digits 2-7)", field, o.ClusterID)
+		return fmt.Errorf("%s.cluster_id: %q is not a CloudHSM cluster id (like cluster-jxhlf7644ne)", field, o.ClusterID)
 	case o.Interval != 0 && (o.Interval < MinInterval || o.Interval > MaxInterval):
 		return fmt.Errorf("%s.cluster_poll_interval: must be between %s and %s", field, MinInterval, MaxInterval)
 	}

@@ -14,9 +14,10 @@ import (
 // Doctor checks, step by step, that a provider configuration can reach its
 // HSM: it loads the module, lists slots and tokens, finds the configured
 // token, logs in, lists the mechanisms the gateway needs and which are
-// missing, and signs and verifies with a temporary session key. It prints a
-// PASS/FAIL line per check to out and reports whether all passed. The PIN
-// is never printed.
+// missing, and signs and verifies with a temporary session key; an
+// aws-cloudhsm instance watching its cluster first describes it
+// (cluster.go). It prints a PASS/FAIL (or WARN) line per check to out and
+// reports whether all passed. The PIN is never printed.
 func Doctor(name, typ string, c Config, out io.Writer) bool {
 	ok := true
 	line := func(pass bool, check, format string, args ...any) {
@@ -33,6 +34,9 @@ func Doctor(name, typ string, c Config, out io.Writer) bool {
 		return false
 	}
 	line(true, "config", "%s provider %q, library %s, PIN from %s", typ, name, cfg.LibraryPath, pinSource(cfg.PinEnv, cfg.PinFile))
+	if cfg.cluster != nil && !doctorCluster(*cfg.cluster, out) {
+		ok = false
+	}
 
 	mod, err := openModule(cfg.LibraryPath)
 	if err != nil {
