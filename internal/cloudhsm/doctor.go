@@ -19,7 +19,11 @@ func Doctor(ctx context.Context, o Options, line func(status, check, msg string)
 	defer p.Close()
 	st := p.Poll(ctx)
 	if st.ErrorCode != "" {
-		line("FAIL", "cluster", fmt.Sprintf("DescribeClusters %s in %s: %s [%s]", o.ClusterID, o.Region, st.Error, st.ErrorCode))
+		msg := fmt.Sprintf("DescribeClusters %s in %s: %s", o.ClusterID, o.Region, st.Error)
+		if !strings.Contains(st.Error, st.ErrorCode) {
+			msg += " [" + st.ErrorCode + "]"
+		}
+		line("FAIL", "cluster", msg)
 		return false
 	}
 	p.mu.Lock()
