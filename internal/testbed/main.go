@@ -28,7 +28,15 @@ var process struct {
 // that is missing from the machine is not an error here: the tests that use
 // it skip, or fail when KEYGRID_REQUIRE_SOFTHSM=1. A part that is present
 // and fails to start stops the binary.
+//
+// No test talks to AWS: an aws-cloudhsm provider that watches its cluster
+// with no endpoint of its own would call the regional management endpoint,
+// so Main points the SDK's CloudHSM endpoint at a closed loopback port and
+// turns the instance metadata service off (tests that use the fake
+// management API set their own endpoint).
 func Main(m *testing.M, parts ...Part) {
+	os.Setenv("AWS_ENDPOINT_URL_CLOUDHSM_V2", "http://127.0.0.1:9")
+	os.Setenv("AWS_EC2_METADATA_DISABLED", "true")
 	var teardowns []func()
 	down := func() {
 		for i := len(teardowns) - 1; i >= 0; i-- {

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/keygrid/keygrid-hsm/internal/cloudhsm"
 	"github.com/keygrid/keygrid-hsm/internal/duration"
 )
 
@@ -46,10 +47,22 @@ type Config struct {
 	Settings `yaml:",inline"`
 	PKCS11   *Settings `yaml:"pkcs11"`
 
-	// Region and ClusterID describe a CloudHSM cluster (informational: the
-	// client library's own configuration points it at the cluster).
+	// Region and ClusterID name the CloudHSM cluster (aws-cloudhsm only).
+	// With both set, the provider watches the cluster through the
+	// management API (cloudhsmv2 DescribeClusters) for health and metrics;
+	// the client library's own configuration still points it at the HSMs.
+	// See cluster.go.
 	Region    string `yaml:"region"`
 	ClusterID string `yaml:"cluster_id"`
+	// UseInstanceRole lets the AWS credential chain use the EC2 instance
+	// role (the instance metadata service); otherwise it is not asked.
+	UseInstanceRole bool `yaml:"use_instance_role"`
+	// ClusterPollInterval is the time between two DescribeClusters
+	// (default 60s).
+	ClusterPollInterval duration.Duration `yaml:"cluster_poll_interval"`
+	// CloudHSMEndpoint replaces the management API's regional endpoint (a
+	// VPC endpoint).
+	CloudHSMEndpoint string `yaml:"cloudhsm_endpoint"`
 
 	// OperationTimeout bounds one HSM operation, waiting for a session
 	// included (default 5s).
@@ -89,8 +102,9 @@ type resolved struct {
 	busyRetries      int
 	serializeChanges bool
 	serializeCalls   bool
-	rescanOnMiss     *bool // nil: on for SoftHSM2
-	firstSlotDefault bool  // CloudHSM: one token; take the first slot when no label matches
+	rescanOnMiss     *bool             // nil: on for SoftHSM2
+	firstSlotDefault bool              // CloudHSM: one token; take the first slot when no label matches
+	cluster          *cloudhsm.Options // nil: no cluster to watch
 }
 
 // resolve merges the nested block, applies the defaults of typ and reads the
@@ -131,6 +145,11 @@ func (c Config) resolve(typ, field string) (resolved, error) {
 			r.MaxSessions = n.MaxSessions
 		}
 	}
+	cluster, err := c.clusterOptions(typ, field)
+	if err != nil {
+		return r, err
+	}
+	r.cluster = cluster
 	cloud := typ == TypeAWSCloudHSM
 	r.serializeChanges = !cloud
 	r.serializeCalls = c.SerializeCalls

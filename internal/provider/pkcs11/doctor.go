@@ -18,11 +18,12 @@ import (
 // Doctor checks, step by step, that a provider configuration can reach its
 // HSM: it loads the module, lists slots and tokens, finds the configured
 // token, logs in, lists the mechanisms the gateway needs and which are
-// missing, and signs and verifies with a temporary key; when all that
-// passed, it opens the provider and shows what it discovered: the key specs
-// and algorithms it offers and, for each algorithm it lacks, why. It prints
-// a PASS/FAIL line per check to out and reports whether all passed. The PIN
-// is never printed.
+// missing, and signs and verifies with a temporary key; an aws-cloudhsm
+// instance watching its cluster first describes it (cluster.go). When all
+// that passed, it opens the provider and shows what it discovered: the key
+// specs and algorithms it offers and, for each algorithm it lacks, why. It
+// prints a PASS/FAIL (or WARN) line per check to out and reports whether all
+// passed. The PIN is never printed.
 func Doctor(name, typ string, c Config, out io.Writer) bool {
 	if !doctorModule(name, typ, c, out) {
 		return false
@@ -58,6 +59,9 @@ func doctorModule(name, typ string, c Config, out io.Writer) bool {
 		return false
 	}
 	line(true, "config", "%s provider %q, library %s, PIN from %s", typ, name, cfg.LibraryPath, pinSource(cfg.PinEnv, cfg.PinFile))
+	if cfg.cluster != nil && !doctorCluster(*cfg.cluster, out) {
+		ok = false
+	}
 
 	mod, err := openModule(cfg.LibraryPath)
 	if err != nil {
