@@ -118,17 +118,7 @@ func doctorModule(name, typ string, c Config, out io.Writer) bool {
 	}
 	line(true, "login", "logged in as the token user")
 
-	needed := []struct {
-		mech uint
-		name string
-	}{
-		{pkcs11.CKM_RSA_PKCS_KEY_PAIR_GEN, "CKM_RSA_PKCS_KEY_PAIR_GEN"}, {pkcs11.CKM_RSA_PKCS, "CKM_RSA_PKCS"},
-		{pkcs11.CKM_RSA_PKCS_PSS, "CKM_RSA_PKCS_PSS"}, {pkcs11.CKM_RSA_PKCS_OAEP, "CKM_RSA_PKCS_OAEP"},
-		{pkcs11.CKM_EC_KEY_PAIR_GEN, "CKM_EC_KEY_PAIR_GEN"}, {pkcs11.CKM_ECDSA, "CKM_ECDSA"},
-		{ckmECEdwardsKeyPairGen, "CKM_EC_EDWARDS_KEY_PAIR_GEN"}, {ckmEdDSA, "CKM_EDDSA"},
-		{pkcs11.CKM_AES_KEY_GEN, "CKM_AES_KEY_GEN"}, {pkcs11.CKM_AES_GCM, "CKM_AES_GCM"},
-		{pkcs11.CKM_AES_KEY_WRAP_PAD, "CKM_AES_KEY_WRAP_PAD"},
-	}
+	needed := usedMechanisms()
 	list, err := pc.GetMechanismList(tok.slot)
 	if err != nil {
 		line(false, "mechanisms", "C_GetMechanismList: %v", err)
@@ -139,7 +129,7 @@ func doctorModule(name, typ string, c Config, out io.Writer) bool {
 		}
 		var present, missing []string
 		for _, n := range needed {
-			if have[n.mech] {
+			if have[n.code] {
 				present = append(present, n.name)
 			} else {
 				missing = append(missing, n.name)

@@ -76,7 +76,7 @@ func TestTPM2Capabilities(t *testing.T) {
 		}
 	}
 	for a, why := range map[alg.Algorithm]string{alg.A256GCM: "CKM_AES_GCM", alg.A128GCM: "CKM_AES_GCM",
-		alg.AESKWP: "CKM_AES_KEY_WRAP_PAD", alg.EdDSA: "CKM_EDDSA", alg.ES512: "P-521 keys do not work: its public key (CKA_EC_POINT) does not decode"} {
+		alg.AESKWP: "CKM_AES_KEY_WRAP_PAD", alg.EdDSA: "CKM_EC_EDWARDS", alg.ES512: "P-521 keys do not work: its public key (CKA_EC_POINT) does not decode"} {
 		err := c.CheckAlgorithm(a)
 		if !errors.Is(err, kgerr.ErrUnsupportedAlgorithm) || !strings.Contains(kgerr.Classify(err).Message, why) {
 			t.Errorf("%s on tpm2-pkcs11: %v, want UNSUPPORTED_ALGORITHM naming %s", a, err, why)
