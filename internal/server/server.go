@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"sync"
+	"time"
 
 	"github.com/keygrid/keygrid-hsm/internal/api"
 	"github.com/keygrid/keygrid-hsm/internal/audit"
@@ -21,6 +22,7 @@ import (
 	"github.com/keygrid/keygrid-hsm/internal/provider"
 	"github.com/keygrid/keygrid-hsm/internal/service"
 	"github.com/keygrid/keygrid-hsm/internal/store"
+	"github.com/keygrid/keygrid-hsm/internal/xks"
 )
 
 // Server is an assembled gateway.
@@ -117,7 +119,34 @@ func New(ctx context.Context, cfg *config.Config, reg provider.Registry, log *sl
 		RatePerPrincipal: cfg.Limits.RatePerPrincipal, Burst: cfg.Limits.Burst,
 		AuthFailureRate: cfg.Limits.AuthFailuresPerClient, AuthFailureBurst: cfg.Limits.AuthFailureBurst,
 	})
+	if len(cfg.XKS.Stores) > 0 {
+		xh, err := xks.New(xks.Options{Service: s.svc, Stores: cfg.XKS.Stores, Metrics: m, Logger: log, Version: version})
+		if err != nil {
+			return nil, err
+		}
+		s.handler = xksFirst(xh, s.handler, cfg.Server.RequestTimeout.D(), cfg.Server.MaxBodyBytes)
+	}
 	return s, nil
+}
+
+// xksFirst sends XKS requests (a raw path with /kms/xks/v1/ in it) to the
+// XKS front end, with the deadline and body cap it takes from the stack in
+// front of it, and everything else to the REST API.
+func xksFirst(x, rest http.Handler, timeout time.Duration, maxBody int64) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !xks.Matches(r) {
+			rest.ServeHTTP(w, r)
+			return
+		}
+		ctx := r.Context()
+		if timeout > 0 {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, timeout)
+			defer cancel()
+		}
+		r.Body = http.MaxBytesReader(w, r.Body, maxBody)
+		x.ServeHTTP(w, r.WithContext(ctx))
+	})
 }
 
 // Handler is the HTTP handler (for tests with httptest).
