@@ -148,18 +148,27 @@ func (h *Handler) decrypt(ctx context.Context, c *call, k *service.Key) (any, er
 	return &decryptResponse{Plaintext: d.Plaintext}, nil
 }
 
-// metadataOf is a key's GetKeyMetadata answer. The status is ENABLED while
-// the key is active and not expired (an expired key still decrypts what it
-// encrypted, but encrypts no more).
+// metadataOf is a key's GetKeyMetadata answer.
 func metadataOf(k *service.Key, now time.Time) *metadataResponse {
-	m := &metadataResponse{KeySpec: fmt.Sprintf("AES_%d", k.KeySize), KeyUsage: []string{}, KeyStatus: "DISABLED"}
-	for _, u := range []string{"encrypt", "decrypt", "wrap", "unwrap"} {
-		if slices.Contains(k.Usage, u) {
-			m.KeyUsage = append(m.KeyUsage, map[string]string{"encrypt": "ENCRYPT", "decrypt": "DECRYPT", "wrap": "WRAP", "unwrap": "UNWRAP"}[u])
+	m := &metadataResponse{}
+	m.KeySpec, m.KeyUsage, m.KeyStatus = KeyMetadata(k.KeySize, k.Usage, k.State, k.ExpiresAt, now)
+	return m
+}
+
+// KeyMetadata is what GetKeyMetadata says of a gateway AES key: its spec
+// (AES_256, AES_128), its usages in XKS's words, and its status: ENABLED
+// while the key is active and not expired (an expired key still decrypts
+// what it encrypted, but encrypts no more), DISABLED otherwise.
+func KeyMetadata(size int, usage []string, state string, expiresAt *time.Time, now time.Time) (keySpec string, keyUsage []string, keyStatus string) {
+	keyUsage = []string{}
+	for _, u := range []struct{ gateway, xks string }{{"encrypt", "ENCRYPT"}, {"decrypt", "DECRYPT"}, {"wrap", "WRAP"}, {"unwrap", "UNWRAP"}} {
+		if slices.Contains(usage, u.gateway) {
+			keyUsage = append(keyUsage, u.xks)
 		}
 	}
-	if k.State == "active" && (k.ExpiresAt == nil || now.Before(*k.ExpiresAt)) {
-		m.KeyStatus = "ENABLED"
+	keyStatus = "DISABLED"
+	if state == "active" && (expiresAt == nil || now.Before(*expiresAt)) {
+		keyStatus = "ENABLED"
 	}
-	return m
+	return fmt.Sprintf("AES_%d", size), keyUsage, keyStatus
 }

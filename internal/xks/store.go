@@ -65,12 +65,16 @@ func sortStores(ss []*store) {
 var keyName = regexp.MustCompile(`^[A-Za-z0-9._-]{1,128}$`)
 
 // serves reports whether the store serves the gateway key named id.
-func (s *store) serves(id string) bool {
-	if !keyName.MatchString(id) {
+func (s *store) serves(id string) bool { return Serves(s.cfg, id) }
+
+// Serves reports whether a store serves the gateway key named name (when
+// it is an AES key): a name its keys patterns match.
+func Serves(c config.XKSStore, name string) bool {
+	if !keyName.MatchString(name) {
 		return false
 	}
-	for _, p := range s.cfg.Keys {
-		if ok, _ := path.Match(p, id); ok {
+	for _, p := range c.Keys {
+		if ok, _ := path.Match(p, name); ok {
 			return true
 		}
 	}
