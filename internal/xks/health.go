@@ -2,7 +2,6 @@ package xks
 
 import (
 	"context"
-	"fmt"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -169,7 +168,7 @@ func model(ph *service.ProviderHealth) string {
 		m += " " + filepath.Base(lib)
 	}
 	if tok, ok := ph.Details["token_label"].(string); ok && tok != "" {
-		m += fmt.Sprintf(" token %q", tok)
+		m += " token " + tok
 	}
 	if ph.Type == "software" {
 		m = "KeyGrid software keystore"
