@@ -2,11 +2,12 @@
 # Installs the system packages the test suite needs when they are missing:
 # SoftHSM2 (the PKCS#11 token), OpenSC's pkcs11-tool and OpenSSL (independent
 # checkers), p11-kit's server and client module (the network to the HSM in
-# fault tests), PostgreSQL (the shared store). As root it uses apt-get; as
+# fault tests), PostgreSQL (the shared store), curl (SigV4-signed XKS
+# requests, as AWS's XKS compliance client sends them). As root it uses apt-get; as
 # anyone else it says exactly what to install.
 set -euo pipefail
 
-packages=(softhsm2 opensc p11-kit p11-kit-modules openssl postgresql gcc)
+packages=(softhsm2 opensc p11-kit p11-kit-modules openssl postgresql gcc curl)
 missing=()
 have() { command -v "$1" >/dev/null 2>&1; }
 pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1; }
@@ -19,6 +20,7 @@ ls /usr/lib/*/pkcs11/p11-kit-client.so >/dev/null 2>&1 || missing+=(p11-kit-modu
 have openssl || missing+=(openssl)
 [ -n "$(pg_bin)" ] && [ -x "$(pg_bin)/initdb" ] || missing+=(postgresql)
 have gcc || missing+=(gcc)
+have curl || missing+=(curl)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

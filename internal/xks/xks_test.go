@@ -433,6 +433,23 @@ func TestMetadata(t *testing.T) {
 	// The key's id is not an externalKeyId: names are.
 	k, _ := g.C.GetKey(ctx, "xks-256")
 	want(t, s.call(t, "/keys/"+k.ID+"/metadata", body), 404, xks.KeyNotFoundException)
+
+	// An expired key is DISABLED and encrypts no more, but still decrypts
+	// what it encrypted.
+	exp := time.Now().Add(1500 * time.Millisecond)
+	if _, err := g.C.CreateKey(ctx, apitypes.CreateKeyRequest{Name: "xks-exp", ExpiresAt: &exp,
+		KeySpec: apitypes.KeySpec{KeyType: "AES", KeySize: 256, Usage: []string{"encrypt", "decrypt"}}}); err != nil {
+		t.Fatal(err)
+	}
+	c := s.encrypt(t, "xks-exp", []byte("before expiry"), nil)
+	time.Sleep(time.Until(exp) + 100*time.Millisecond)
+	if r := s.call(t, "/keys/xks-exp/metadata", body); r.m["keyStatus"] != "DISABLED" {
+		t.Fatalf("expired key: %s", r.raw)
+	}
+	want(t, s.call(t, "/keys/xks-exp/encrypt", encryptBody([]byte("x"), nil)), 400, xks.InvalidStateException)
+	if r := s.decrypt(t, "xks-exp", c, nil); r.status != 200 || string(r.b64(t, "plaintext")) != "before expiry" {
+		t.Fatalf("decrypt after expiry: %d %s", r.status, r.raw)
+	}
 }
 
 // TestPolicy checks the secondary authorization: principals, operations
