@@ -54,6 +54,13 @@ type Event struct {
 	ErrorCode  string    `json:"error_code,omitempty"`
 	DurationMS float64   `json:"duration_ms"`
 	Detail     string    `json:"detail,omitempty"`
+	// ErrorName is a failed request's error in the vocabulary of the
+	// front end that served it (the XKS proxy's errorName), beside
+	// ErrorCode, the domain's kind.
+	ErrorName string `json:"error_name,omitempty"`
+	// Attributes are facts a front end adds in its own protocol's terms
+	// (the XKS proxy: store, kmsRequestId, kmsOperation, …).
+	Attributes map[string]string `json:"attributes,omitempty"`
 }
 
 // Outcomes.

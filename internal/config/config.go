@@ -43,6 +43,7 @@ type Config struct {
 	Limits          Limits                    `yaml:"limits"`
 	Health          Health                    `yaml:"health"`
 	Debug           Debug                     `yaml:"debug"`
+	XKS             XKS                       `yaml:"xks"`
 
 	// Embedded is true when no file was given: the zero-configuration
 	// default (software provider, SQLite, ./data, 127.0.0.1:8080).
@@ -333,7 +334,10 @@ func (c *Config) Validate(knownTypes []string) error {
 			return &Error{"default_provider", fmt.Sprintf("%q is not an enabled provider", c.DefaultProvider)}
 		}
 	}
-	return c.validateSecurity()
+	if err := c.validateSecurity(); err != nil {
+		return err
+	}
+	return c.XKS.validate(c.Server.TLS)
 }
 
 // DecodeProviderConfig decodes provider name's config block into out,
