@@ -318,28 +318,16 @@ func (b *bed) startServer() error {
 		return err
 	}
 	b.cfg = filepath.Join(b.dir, "keygrid.yaml")
-	cfg := fmt.Sprintf(`
-server:
-  listen: %s
-default_provider: hsm
-providers:
-  hsm:
-    type: pkcs11
-    config:
-      library_path: %s
-      token_label: %s
-      pin_env: BENCH_PIN
-      max_sessions: %d
-  software:
-    config:
-      master_key_env: BENCH_MASTER_KEY
-limits:
+	cfg := fmt.Sprintf("server:\n  listen: %s\ndefault_provider: hsm\n", addr) + testbed.Providers(
+		testbed.PKCS11Provider{TokenLabel: b.soft.Label, PinEnv: "BENCH_PIN", MaxSessions: b.o.concurrency},
+		testbed.SoftwareProvider{MasterKeyEnv: "BENCH_MASTER_KEY"},
+	) + fmt.Sprintf(`limits:
   rate_per_principal: -1
 log:
   level: warn
 audit:
   fsync_interval: %s
-`, addr, testbed.SoftHSMModule, b.soft.Label, b.o.concurrency, orZero(b.auditFsync))
+`, orZero(b.auditFsync))
 	if err := os.WriteFile(b.cfg, []byte(cfg), 0o600); err != nil {
 		return err
 	}

@@ -169,6 +169,8 @@ func dispatchClient(ctx context.Context, args []string, stdin io.Reader, stdout,
 		return cmdBench(ctx, args[1:], stdin, stdout, stderr)
 	case "health":
 		return cmdHealth(ctx, args[1:], stdin, stdout, stderr)
+	case "xks":
+		return cmdXKS(ctx, args[1:], stdin, stdout, stderr)
 	}
 	return fmt.Errorf("unknown command %q (run keygrid-hsm help)", args[0])
 }

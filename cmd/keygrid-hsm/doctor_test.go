@@ -1,8 +1,6 @@
 package main
 
 import (
-	"fmt"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -23,13 +21,8 @@ func TestDoctor(t *testing.T) {
 	}
 	t.Setenv("SOFTHSM2_CONF", soft.Conf)
 	write := func(library, label, pinEnv string) string {
-		p := filepath.Join(t.TempDir(), "keygrid.yaml")
-		yaml := fmt.Sprintf("data_dir: %s\nproviders:\n  hsm:\n    type: pkcs11\n    config:\n      library_path: %s\n      token_label: %s\n      pin_env: %s\n",
-			filepath.Join(dir, "data"), library, label, pinEnv)
-		if err := os.WriteFile(p, []byte(yaml), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p
+		return testbed.WriteConfig(t, "data_dir: "+filepath.Join(dir, "data")+"\n"+
+			testbed.Providers(testbed.PKCS11Provider{Library: library, TokenLabel: label, PinEnv: pinEnv}))
 	}
 	t.Setenv("DOCTOR_PIN", pin)
 	t.Setenv("DOCTOR_WRONG_PIN", "not-"+pin)
@@ -43,7 +36,7 @@ func TestDoctor(t *testing.T) {
 		{"fail wrong library path", "/nonexistent/libpkcs11.so", "keygrid-doctor", "DOCTOR_PIN", "module"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			code, out, _ := runCmd(t, "doctor", "--config", write(c.library, c.label, c.pinEnv))
+			code, out, _ := cliRun("", "doctor", "--config", write(c.library, c.label, c.pinEnv))
 			if strings.Contains(out, pin) {
 				t.Fatalf("the PIN was printed:\n%s", out)
 			}

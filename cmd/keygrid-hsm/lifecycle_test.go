@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keygrid/keygrid-hsm/internal/testbed"
 	"github.com/keygrid/keygrid-hsm/pkg/apitypes"
 )
 
@@ -29,7 +30,7 @@ func TestKeysLifecycleCLI(t *testing.T) {
 		t.Setenv(v, "")
 		os.Unsetenv(v)
 	}
-	var logs syncBuffer
+	var logs testbed.LogBuffer
 	ctx, cancel := context.WithCancel(context.Background())
 	served := make(chan error, 1)
 	go func() { served <- cmdServe(ctx, []string{"--config", cfgPath, "--listen", "127.0.0.1:0"}, &logs) }()

@@ -7,6 +7,7 @@
 //	keygrid-hsm keys create|list|get|update|delete|cancel-deletion|activate|deactivate|rotate|public …
 //	keygrid-hsm sign|verify|encrypt|decrypt|wrap|unwrap …
 //	keygrid-hsm providers
+//	keygrid-hsm xks credentials new|keys|bench …
 //	keygrid-hsm version
 package main
 
@@ -41,6 +42,11 @@ Client (talks to a running server: --server URL or KEYGRID_ADDR):
   providers    list providers and what they can do
   health       check the server's liveness and readiness
   bench        load-test a running server (--op, --key, --concurrency, --duration)
+
+AWS KMS external key store (XKS proxy):
+  xks credentials new   a SigV4 credential and the KMS console's proxy file (--prefix PATH)
+  xks keys STORE        the keys a store serves, with their XKS metadata (--config FILE)
+  xks bench             load-test a store with requests signed like KMS's (--config, --store, --key, --rate)
 
 Run "keygrid-hsm COMMAND -h" for a command's flags.
 `

@@ -8,29 +8,12 @@ import (
 	"regexp"
 	"sort"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/keygrid/keygrid-hsm/internal/testbed"
 )
-
-// syncBuffer is a bytes.Buffer safe for the server's log goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // cliRun runs the binary's run() with args and returns its exit code,
 // stdout and stderr.
@@ -65,7 +48,7 @@ func TestEmbeddedDefaultAndCLI(t *testing.T) {
 		t.Setenv(v, "")
 		os.Unsetenv(v)
 	}
-	var logs syncBuffer
+	var logs testbed.LogBuffer
 	ctx, cancel := context.WithCancel(context.Background())
 	served := make(chan error, 1)
 	go func() { served <- cmdServe(ctx, []string{"--listen", "127.0.0.1:0"}, &logs) }()

@@ -7,9 +7,9 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 
 	"github.com/keygrid/keygrid-hsm/internal/config"
+	"github.com/keygrid/keygrid-hsm/internal/fsutil"
 	"github.com/keygrid/keygrid-hsm/internal/provider/registry"
 	"github.com/keygrid/keygrid-hsm/internal/server"
 	"github.com/keygrid/keygrid-hsm/internal/store"
@@ -102,7 +102,7 @@ func cmdBackup(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		}
 	}
 	var n int
-	err = writeFileAtomic(out, func(w io.Writer) error {
+	err = fsutil.WriteFileFunc(out, 0o600, func(w io.Writer) error {
 		n, err = store.WriteBackup(ctx, sn, w, h)
 		return err
 	})
@@ -153,42 +153,5 @@ func cmdRestore(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return fmt.Errorf("restore: nothing was restored: %w", err)
 	}
 	fmt.Fprintf(stdout, "restored %d keys from %s (backup of %s, %s)\n", n, in, h.Driver, h.CreatedAt.Format("2006-01-02T15:04:05Z07:00"))
-	return nil
-}
-
-// writeFileAtomic writes path through a temporary file in the same
-// directory (mode 0600), synced, then renamed over path: a reader sees the
-// old file or the whole new one, never a part.
-func writeFileAtomic(path string, write func(io.Writer) error) (err error) {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(f.Name())
-		}
-	}()
-	if err = f.Chmod(0o600); err != nil {
-		return err
-	}
-	if err = write(f); err != nil {
-		return err
-	}
-	if err = f.Sync(); err != nil {
-		return err
-	}
-	if err = f.Close(); err != nil {
-		return err
-	}
-	if err = os.Rename(f.Name(), path); err != nil {
-		return err
-	}
-	if d, derr := os.Open(dir); derr == nil {
-		d.Sync()
-		d.Close()
-	}
 	return nil
 }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"os"
@@ -14,6 +13,7 @@ import (
 	"github.com/keygrid/keygrid-hsm/internal/server"
 	"github.com/keygrid/keygrid-hsm/internal/store"
 	"github.com/keygrid/keygrid-hsm/internal/store/storetest"
+	"github.com/keygrid/keygrid-hsm/internal/testbed"
 )
 
 // gatewayConfig writes the configuration of a gateway on SQLite in a data
@@ -21,20 +21,8 @@ import (
 func gatewayConfig(t *testing.T) string {
 	t.Helper()
 	t.Setenv("KEYGRID_TEST_MASTER_KEY", strings.Repeat("c3", 32))
-	dir := t.TempDir()
-	path := filepath.Join(dir, "keygrid.yaml")
-	yaml := "data_dir: " + filepath.Join(dir, "data") + "\nproviders:\n  software:\n    config:\n      master_key_env: KEYGRID_TEST_MASTER_KEY\n"
-	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return path
-}
-
-func runCmd(t *testing.T, args ...string) (int, string, string) {
-	t.Helper()
-	var out, errb bytes.Buffer
-	code := run(args, strings.NewReader(""), &out, &errb)
-	return code, out.String(), errb.String()
+	return testbed.WriteConfig(t, "data_dir: "+filepath.Join(t.TempDir(), "data")+"\n"+
+		testbed.Providers(testbed.SoftwareProvider{MasterKeyEnv: "KEYGRID_TEST_MASTER_KEY"}))
 }
 
 func openStoreOf(t *testing.T, cfgPath string) store.Store {
@@ -54,11 +42,11 @@ func openStoreOf(t *testing.T, cfgPath string) store.Store {
 func TestMigrateBackupRestore(t *testing.T) {
 	ctx := context.Background()
 	src := gatewayConfig(t)
-	code, out, errOut := runCmd(t, "migrate", "--config", src)
+	code, out, errOut := cliRun("", "migrate", "--config", src)
 	if code != 0 || !strings.HasPrefix(out, "schema version 2 (sqlite ") {
 		t.Fatalf("migrate: %d %q %q", code, out, errOut)
 	}
-	if code, out, _ := runCmd(t, "migrate", "--config", src); code != 0 || !strings.HasPrefix(out, "schema version 2 ") {
+	if code, out, _ := cliRun("", "migrate", "--config", src); code != 0 || !strings.HasPrefix(out, "schema version 2 ") {
 		t.Fatalf("second migrate: %d %q", code, out)
 	}
 	st := openStoreOf(t, src)
@@ -74,7 +62,7 @@ func TestMigrateBackupRestore(t *testing.T) {
 	if err := os.WriteFile(backup, []byte("an older backup"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	code, out, errOut = runCmd(t, "backup", "--config", src, "--out", backup)
+	code, out, errOut = cliRun("", "backup", "--config", src, "--out", backup)
 	if code != 0 || !strings.Contains(out, "backed up 3 keys") {
 		t.Fatalf("backup: %d %q %q", code, out, errOut)
 	}
@@ -98,7 +86,7 @@ func TestMigrateBackupRestore(t *testing.T) {
 	f.Close()
 
 	dst := gatewayConfig(t)
-	code, out, errOut = runCmd(t, "restore", "--config", dst, "--in", backup)
+	code, out, errOut = cliRun("", "restore", "--config", dst, "--in", backup)
 	if code != 0 || !strings.Contains(out, "restored 3 keys") {
 		t.Fatalf("restore: %d %q %q", code, out, errOut)
 	}
@@ -114,13 +102,13 @@ func TestMigrateBackupRestore(t *testing.T) {
 	if err := st.CreateKey(ctx, storetest.NewKey("cmd-d", "software")); err != nil {
 		t.Fatal(err)
 	}
-	if code, out, errOut := runCmd(t, "restore", "--config", src, "--in", backup); code == 0 || !strings.Contains(errOut, "--force") {
+	if code, out, errOut := cliRun("", "restore", "--config", src, "--in", backup); code == 0 || !strings.Contains(errOut, "--force") {
 		t.Fatalf("restore over keys without --force: %d %q %q", code, out, errOut)
 	}
 	if _, err := st.GetKey(ctx, "cmd-d"); err != nil {
 		t.Fatalf("a refused restore changed the store: %v", err)
 	}
-	if code, out, errOut := runCmd(t, "restore", "--config", src, "--in", backup, "--force"); code != 0 || !strings.Contains(out, "restored 3 keys") {
+	if code, out, errOut := cliRun("", "restore", "--config", src, "--in", backup, "--force"); code != 0 || !strings.Contains(out, "restored 3 keys") {
 		t.Fatalf("restore --force: %d %q %q", code, out, errOut)
 	}
 	if _, err := st.GetKey(ctx, "cmd-d"); err == nil {
@@ -141,14 +129,14 @@ func TestStorageCommandsRefuseBadUse(t *testing.T) {
 		// Backup never migrates: an unmigrated store is refused.
 		{[]string{"backup", "--config", fresh, "--out", filepath.Join(t.TempDir(), "b")}, "run keygrid-hsm migrate"},
 	} {
-		if code, _, errOut := runCmd(t, c.args...); code == 0 || !strings.Contains(errOut, c.stderr) {
+		if code, _, errOut := cliRun("", c.args...); code == 0 || !strings.Contains(errOut, c.stderr) {
 			t.Errorf("%v: exit %d, stderr %q; want a failure saying %q", c.args, code, errOut, c.stderr)
 		}
 	}
 	// A damaged file restores nothing.
 	bad := filepath.Join(t.TempDir(), "bad.backup")
 	os.WriteFile(bad, []byte("{\"header\":{\"format\":\"keygrid-hsm-metadata-backup\",\"format_version\":1}}\n"), 0o600)
-	if code, _, errOut := runCmd(t, "restore", "--config", cfg, "--in", bad); code == 0 || !strings.Contains(errOut, "nothing was restored") {
+	if code, _, errOut := cliRun("", "restore", "--config", cfg, "--in", bad); code == 0 || !strings.Contains(errOut, "nothing was restored") {
 		t.Fatalf("restore of a truncated backup: %d %q", code, errOut)
 	}
 }

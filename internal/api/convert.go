@@ -235,12 +235,30 @@ func providerHealth(h *service.ProviderHealth) apitypes.ProviderHealth {
 	out := apitypes.ProviderHealth{Name: h.Name, Provider: h.Name, Type: h.Type, State: h.State, Healthy: h.Healthy,
 		Status: "healthy", ResponseTime: h.Latency.Round(time.Microsecond).String(), Error: h.LastError,
 		LastError: h.LastError, LastSuccess: h.LastSuccess, LastCheck: h.LastCheck,
-		LatencyMS: float64(h.Latency.Microseconds()) / 1000, Details: h.Details}
+		LatencyMS: float64(h.Latency.Microseconds()) / 1000, Details: h.Details, Reasons: h.Reasons}
 	if !h.Healthy {
 		out.Status = "unhealthy"
 	}
 	if h.LastErrorKind != "" {
 		out.LastErrorCode = string(rest(h.LastErrorKind).code)
 	}
+	if c := h.Cluster; c != nil {
+		out.Cluster = &apitypes.ClusterHealth{ID: c.ID, Region: c.Region, State: c.State, HSMType: c.HSMType, HSMs: []apitypes.ClusterHSM{},
+			Error: c.Error, ErrorCode: c.ErrorCode, ErrorSince: utcOrNil(c.ErrorSince), CheckedAt: utcOrNil(c.CheckedAt),
+			LastSuccess: utcOrNil(c.DescribedAt)}
+		for _, hsm := range c.HSMs {
+			out.Cluster.HSMs = append(out.Cluster.HSMs, apitypes.ClusterHSM{ID: hsm.ID, AvailabilityZone: hsm.AvailabilityZone,
+				State: hsm.State, ENIIP: hsm.ENIIP})
+		}
+	}
 	return out
+}
+
+// utcOrNil is t in UTC, nil for the zero time.
+func utcOrNil(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	t = t.UTC()
+	return &t
 }

@@ -33,6 +33,8 @@ import (
 	"path/filepath"
 	"sync"
 	"time"
+
+	"github.com/keygrid/keygrid-hsm/internal/fsutil"
 )
 
 // Event is one audit record. It never carries plaintext, signatures, key
@@ -52,6 +54,13 @@ type Event struct {
 	ErrorCode  string    `json:"error_code,omitempty"`
 	DurationMS float64   `json:"duration_ms"`
 	Detail     string    `json:"detail,omitempty"`
+	// ErrorName is a failed request's error in the vocabulary of the
+	// front end that served it (the XKS proxy's errorName), beside
+	// ErrorCode, the domain's kind.
+	ErrorName string `json:"error_name,omitempty"`
+	// Attributes are facts a front end adds in its own protocol's terms
+	// (the XKS proxy: store, kmsRequestId, kmsOperation, …).
+	Attributes map[string]string `json:"attributes,omitempty"`
 }
 
 // Outcomes.
@@ -202,7 +211,10 @@ func (l *Log) finishRotation() error {
 		return os.Remove(next)
 	}
 	l.opts.Logger.Warn("audit log: finishing a rotation interrupted by a crash", "path", l.path)
-	return os.Rename(next, l.path)
+	if err := os.Rename(next, l.path); err != nil {
+		return err
+	}
+	return fsutil.SyncDir(filepath.Dir(l.path))
 }
 
 // maxLine bounds one audit line (for resume and Verify).
@@ -464,22 +476,19 @@ func (l *Log) rotateLocked() (string, error) {
 		}
 		old = fmt.Sprintf("%s.%d", old, i)
 	}
-	// The new file is complete (rotate record fsynced) before the old one
-	// moves, so that a crash leaves either the old file or both.
+	// The new file is complete (rotate record and its name durable) before
+	// the old one moves, so that a crash leaves either the old file or both.
 	next := l.path + ".next"
-	nf, err := l.open(next)
-	if err != nil {
-		return "", fmt.Errorf("%w: %v", ErrUnavailable, err)
-	}
 	b, h, err := line(l.seq+1, l.lastHash, Event{Time: time.Now().UTC(), Operation: OpRotate, Outcome: OutcomeSuccess,
 		Detail: "continues " + filepath.Base(old)})
 	if err == nil {
-		if _, err = nf.Write(b); err == nil {
-			err = nf.Sync()
-		}
+		err = fsutil.WriteFile(next, b, 0o600)
+	}
+	var nf file
+	if err == nil {
+		nf, err = l.open(next)
 	}
 	if err != nil {
-		nf.Close()
 		os.Remove(next)
 		return "", fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
@@ -493,18 +502,17 @@ func (l *Log) rotateLocked() (string, error) {
 		// file takes the records under its temporary name.
 		l.opts.Logger.Error("audit log: new file left as "+next, "err", err)
 	}
-	syncDir(filepath.Dir(l.path))
+	if err := fsutil.SyncDir(filepath.Dir(l.path)); err != nil {
+		// The rotation has happened (both files are complete and the chain
+		// continues in the new one); only the two renames may not survive a
+		// power loss yet. The file fsyncs of the next records fail too when
+		// the disk is failing, and refuse them; the operator must know.
+		l.opts.Logger.Error("audit log: syncing the directory after rotation failed", "path", l.path, "err", err)
+	}
 	l.f.Close()
 	l.opts.Logger.Info("audit log rotated", "old", old, "last_seq", l.seq, "last_hash", l.lastHash)
 	l.f, l.size, l.seq, l.lastHash = nf, int64(len(b)), l.seq+1, h
 	return old, nil
-}
-
-func syncDir(dir string) {
-	if d, err := os.Open(dir); err == nil {
-		_ = d.Sync()
-		d.Close()
-	}
 }
 
 // Head returns the sequence number and hash of the last record.

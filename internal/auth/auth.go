@@ -26,7 +26,7 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/keygrid/keygrid-hsm/internal/config"
+	"github.com/keygrid/keygrid-hsm/internal/fsutil"
 )
 
 // Role is what a principal may do, whatever the key.
@@ -173,9 +173,45 @@ type Options struct {
 	Getenv func(string) string
 }
 
-// New builds an Authenticator from configured principals, reading
-// token_file and token_env. Errors name the field and never hold a token.
-func New(ps []config.Principal, o Options) (*Authenticator, error) {
+// PrincipalSpec is one configured principal (an entry of auth.principals):
+// who it is, how it proves it, and what it may reach.
+type PrincipalSpec struct {
+	Name string
+	// Role is admin, operator or auditor.
+	Role string
+	// At most one of TokenSHA256 (hex SHA-256 of the token), TokenFile (a
+	// file holding the token) and TokenEnv (an environment variable
+	// holding it).
+	TokenSHA256 string
+	TokenFile   string
+	TokenEnv    string
+	// ClientCertSubject maps a verified TLS client certificate with this
+	// subject (RFC 2253 form) to the principal.
+	ClientCertSubject string
+	// Keys are key name patterns in scope; none: all keys.
+	Keys []string
+	// Providers are the providers in scope; none: all providers.
+	Providers []string
+	// RatePerSecond and Burst override the global rate limit (0: not).
+	RatePerSecond float64
+	Burst         int
+}
+
+// PrincipalError is a principal entry that cannot be used. Field is the
+// configuration field it comes from ("auth.principals[2].token_env"), and
+// the message reads as the configuration's own errors do. It never holds a
+// token.
+type PrincipalError struct {
+	Field string
+	Msg   string
+}
+
+func (e *PrincipalError) Error() string { return "config: " + e.Field + ": " + e.Msg }
+
+// New builds an Authenticator from configured principals (ps[i] is
+// auth.principals[i]), reading token_file and token_env. Errors are
+// *PrincipalError and never hold a token.
+func New(ps []PrincipalSpec, o Options) (*Authenticator, error) {
 	if o.Getenv == nil {
 		o.Getenv = os.Getenv
 	}
@@ -192,27 +228,27 @@ func New(ps []config.Principal, o Options) (*Authenticator, error) {
 		case cp.TokenFile != "":
 			b, err := os.ReadFile(cp.TokenFile)
 			if err != nil {
-				return nil, &config.Error{Field: f + ".token_file", Msg: fmt.Sprintf("cannot read %s: %v", cp.TokenFile, errors.Unwrap(err))}
+				return nil, &PrincipalError{Field: f + ".token_file", Msg: fmt.Sprintf("cannot read %s: %v", cp.TokenFile, errors.Unwrap(err))}
 			}
 			tok := strings.TrimSpace(string(b))
 			if len(tok) < 16 {
-				return nil, &config.Error{Field: f + ".token_file", Msg: "the token in " + cp.TokenFile + " is shorter than 16 characters"}
+				return nil, &PrincipalError{Field: f + ".token_file", Msg: "the token in " + cp.TokenFile + " is shorter than 16 characters"}
 			}
 			hexHash = HashToken(tok)
 		case cp.TokenEnv != "":
 			tok := strings.TrimSpace(o.Getenv(cp.TokenEnv))
 			if len(tok) < 16 {
-				return nil, &config.Error{Field: f + ".token_env", Msg: "environment variable " + cp.TokenEnv + " is unset or shorter than 16 characters"}
+				return nil, &PrincipalError{Field: f + ".token_env", Msg: "environment variable " + cp.TokenEnv + " is unset or shorter than 16 characters"}
 			}
 			hexHash = HashToken(tok)
 		}
 		if hexHash != "" {
 			h, err := hex.DecodeString(hexHash)
 			if err != nil || len(h) != sha256.Size {
-				return nil, &config.Error{Field: f + ".token_sha256", Msg: "must be 64 hex digits"}
+				return nil, &PrincipalError{Field: f + ".token_sha256", Msg: "must be 64 hex digits"}
 			}
 			if other, dup := seen[hexHash]; dup {
-				return nil, &config.Error{Field: f, Msg: "has the same token as principal " + other}
+				return nil, &PrincipalError{Field: f, Msg: "has the same token as principal " + other}
 			}
 			seen[hexHash] = cp.Name
 			p.tokenHash = h
@@ -289,20 +325,10 @@ func BootstrapAdmin(path string) (p *Principal, created bool, err error) {
 			return nil, false, fmt.Errorf("admin token: %w", err)
 		}
 		tok := NewToken()
-		f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-		if err != nil {
+		// Complete on disk or absent, never a torn token; another process
+		// that made one first wins (fs.ErrExist).
+		if err := fsutil.CreateFile(path, []byte(tok+"\n"), 0o600); err != nil {
 			return nil, false, fmt.Errorf("admin token: %w", err)
-		}
-		_, werr := f.WriteString(tok + "\n")
-		serr := f.Sync()
-		if cerr := f.Close(); werr == nil && serr == nil {
-			werr = cerr
-		} else if werr == nil {
-			werr = serr
-		}
-		if werr != nil {
-			os.Remove(path)
-			return nil, false, fmt.Errorf("admin token: %w", werr)
 		}
 		b, created = []byte(tok), true
 	case err != nil:

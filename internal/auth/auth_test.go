@@ -8,8 +8,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-
-	"github.com/keygrid/keygrid-hsm/internal/config"
 )
 
 func TestRoles(t *testing.T) {
@@ -70,7 +68,7 @@ func TestAuthenticate(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "tok"), []byte(fileTok+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	a, err := New([]config.Principal{
+	a, err := New([]PrincipalSpec{
 		{Name: "by-hash", Role: "admin", TokenSHA256: strings.ToUpper(HashToken("hash-token-0123456789"))},
 		{Name: "by-file", Role: "operator", TokenFile: filepath.Join(dir, "tok"), ClientCertSubject: "CN=ci-signer,O=Example"},
 		{Name: "by-env", Role: "auditor", TokenEnv: "KG_TEST_TOKEN"},
@@ -130,13 +128,13 @@ func TestAuthenticate(t *testing.T) {
 func TestNewRefuses(t *testing.T) {
 	secret := "zq7Xk"
 	for name, tc := range map[string]struct {
-		ps    []config.Principal
+		ps    []PrincipalSpec
 		field string
 	}{
-		"missing file":    {[]config.Principal{{Name: "a", Role: "admin", TokenFile: "/nonexistent/tok"}}, "auth.principals[0].token_file"},
-		"unset env":       {[]config.Principal{{Name: "a", Role: "admin", TokenEnv: "KG_UNSET_FOR_TEST"}}, "auth.principals[0].token_env"},
-		"short env token": {[]config.Principal{{Name: "a", Role: "admin", TokenEnv: "KG_SHORT"}}, "auth.principals[0].token_env"},
-		"same token twice": {[]config.Principal{
+		"missing file":    {[]PrincipalSpec{{Name: "a", Role: "admin", TokenFile: "/nonexistent/tok"}}, "auth.principals[0].token_file"},
+		"unset env":       {[]PrincipalSpec{{Name: "a", Role: "admin", TokenEnv: "KG_UNSET_FOR_TEST"}}, "auth.principals[0].token_env"},
+		"short env token": {[]PrincipalSpec{{Name: "a", Role: "admin", TokenEnv: "KG_SHORT"}}, "auth.principals[0].token_env"},
+		"same token twice": {[]PrincipalSpec{
 			{Name: "a", Role: "admin", TokenSHA256: HashToken("same-token-0123456789")},
 			{Name: "b", Role: "auditor", TokenEnv: "KG_SAME"},
 		}, "auth.principals[1]"},
@@ -151,7 +149,7 @@ func TestNewRefuses(t *testing.T) {
 				}
 				return ""
 			}})
-			var ce *config.Error
+			var ce *PrincipalError
 			if !errors.As(err, &ce) || ce.Field != tc.field {
 				t.Fatalf("got %v, want field %s", err, tc.field)
 			}

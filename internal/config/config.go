@@ -25,24 +25,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/keygrid/keygrid-hsm/internal/duration"
 	"gopkg.in/yaml.v3"
 )
-
-// Duration is a time.Duration written as "5s" in YAML.
-type Duration time.Duration
-
-// UnmarshalYAML implements yaml.Unmarshaler.
-func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
-	v, err := time.ParseDuration(n.Value)
-	if err != nil {
-		return fmt.Errorf("line %d: %q is not a duration (like 5s or 250ms)", n.Line, n.Value)
-	}
-	*d = Duration(v)
-	return nil
-}
-
-// D returns the time.Duration.
-func (d Duration) D() time.Duration { return time.Duration(d) }
 
 // Config is the whole configuration.
 type Config struct {
@@ -59,6 +44,7 @@ type Config struct {
 	Health          Health                    `yaml:"health"`
 	Keys            Keys                      `yaml:"keys"`
 	Debug           Debug                     `yaml:"debug"`
+	XKS             XKS                       `yaml:"xks"`
 
 	// Embedded is true when no file was given: the zero-configuration
 	// default (software provider, SQLite, ./data, 127.0.0.1:8080).
@@ -67,17 +53,17 @@ type Config struct {
 
 // Server configures the HTTP listener.
 type Server struct {
-	Listen            string   `yaml:"listen"`
-	ReadHeaderTimeout Duration `yaml:"read_header_timeout"`
-	ReadTimeout       Duration `yaml:"read_timeout"`
-	WriteTimeout      Duration `yaml:"write_timeout"`
-	IdleTimeout       Duration `yaml:"idle_timeout"`
-	ShutdownTimeout   Duration `yaml:"shutdown_timeout"`
+	Listen            string            `yaml:"listen"`
+	ReadHeaderTimeout duration.Duration `yaml:"read_header_timeout"`
+	ReadTimeout       duration.Duration `yaml:"read_timeout"`
+	WriteTimeout      duration.Duration `yaml:"write_timeout"`
+	IdleTimeout       duration.Duration `yaml:"idle_timeout"`
+	ShutdownTimeout   duration.Duration `yaml:"shutdown_timeout"`
 	// RequestTimeout bounds the work of one request (provider calls
 	// included).
-	RequestTimeout Duration `yaml:"request_timeout"`
-	MaxBodyBytes   int64    `yaml:"max_body_bytes"`
-	TLS            TLS      `yaml:"tls"`
+	RequestTimeout duration.Duration `yaml:"request_timeout"`
+	MaxBodyBytes   int64             `yaml:"max_body_bytes"`
+	TLS            TLS               `yaml:"tls"`
 	// AllowInsecureHTTP lets the server listen on a non-loopback address
 	// without TLS (with a warning).
 	AllowInsecureHTTP bool `yaml:"allow_insecure_http"`
@@ -102,7 +88,7 @@ type Storage struct {
 	// by another process may be here. This process's own writes are seen at
 	// once. Default 2s on SQLite (one gateway per database file), 0 on
 	// PostgreSQL (every lookup reads the database, as replicas must).
-	CacheTTL *Duration `yaml:"cache_ttl"`
+	CacheTTL *duration.Duration `yaml:"cache_ttl"`
 }
 
 // CacheTTLOrDefault is the key cache's time to live.
@@ -138,7 +124,7 @@ type Audit struct {
 	// written to the operating system before the response (a killed
 	// process loses none) and fsynced every interval (an OS crash or power
 	// loss may lose that much). See docs/operations.md.
-	FsyncInterval Duration `yaml:"fsync_interval"`
+	FsyncInterval duration.Duration `yaml:"fsync_interval"`
 }
 
 // Log configures the server log.
@@ -150,15 +136,15 @@ type Log struct {
 // Reconcile configures the background repair of interrupted creates and
 // deletes.
 type Reconcile struct {
-	Interval Duration `yaml:"interval"`
-	Grace    Duration `yaml:"grace"`
+	Interval duration.Duration `yaml:"interval"`
+	Grace    duration.Duration `yaml:"grace"`
 }
 
 // Health configures the background provider health checks that drive
 // /ready and the provider health endpoint.
 type Health struct {
-	Interval Duration `yaml:"interval"` // default 10s
-	Timeout  Duration `yaml:"timeout"`  // one check's deadline, default 3s
+	Interval duration.Duration `yaml:"interval"` // default 10s
+	Timeout  duration.Duration `yaml:"timeout"`  // one check's deadline, default 3s
 }
 
 // Keys configures the key lifecycle: scheduled deletion and automatic
@@ -168,17 +154,17 @@ type Keys struct {
 	// operation, before it is destroyed, when the request names no window
 	// (default 720h, 30 days; at most 30 days, at least
 	// MinDeletionWindow).
-	DeletionWindow Duration `yaml:"deletion_window"`
+	DeletionWindow duration.Duration `yaml:"deletion_window"`
 	// MinDeletionWindow is the shortest window a request may ask for
 	// (default 168h, 7 days). Lower it for development and tests only.
-	MinDeletionWindow Duration `yaml:"min_deletion_window"`
+	MinDeletionWindow duration.Duration `yaml:"min_deletion_window"`
 	// DeletionSweepInterval is how often the background job destroys keys
 	// whose deletion date has passed and rotates keys whose rotation is
 	// due (default 1m).
-	DeletionSweepInterval Duration `yaml:"deletion_sweep_interval"`
+	DeletionSweepInterval duration.Duration `yaml:"deletion_sweep_interval"`
 	// MinRotationPeriod is the shortest automatic rotation period a key may
 	// have (default 1h). Lower it for development and tests only.
-	MinRotationPeriod Duration `yaml:"min_rotation_period"`
+	MinRotationPeriod duration.Duration `yaml:"min_rotation_period"`
 }
 
 // Limits of the key lifecycle settings.
@@ -265,9 +251,9 @@ func (c *Config) setDefaults() {
 	if s.Listen == "" {
 		s.Listen = "127.0.0.1:8080"
 	}
-	def := func(d *Duration, v time.Duration) {
+	def := func(d *duration.Duration, v time.Duration) {
 		if *d == 0 {
-			*d = Duration(v)
+			*d = duration.Duration(v)
 		}
 	}
 	def(&s.ReadHeaderTimeout, 5*time.Second)
@@ -347,7 +333,7 @@ func (c *Config) Validate(knownTypes []string) error {
 	if c.Server.MaxBodyBytes < 1024 {
 		return &Error{"server.max_body_bytes", "must be at least 1024"}
 	}
-	for f, d := range map[string]Duration{
+	for f, d := range map[string]duration.Duration{
 		"server.read_header_timeout": c.Server.ReadHeaderTimeout, "server.read_timeout": c.Server.ReadTimeout,
 		"server.write_timeout": c.Server.WriteTimeout, "server.idle_timeout": c.Server.IdleTimeout,
 		"server.shutdown_timeout": c.Server.ShutdownTimeout, "server.request_timeout": c.Server.RequestTimeout,
@@ -397,7 +383,10 @@ func (c *Config) Validate(knownTypes []string) error {
 			return &Error{"default_provider", fmt.Sprintf("%q is not an enabled provider", c.DefaultProvider)}
 		}
 	}
-	return c.validateSecurity()
+	if err := c.validateSecurity(); err != nil {
+		return err
+	}
+	return c.XKS.validate(c.Server.TLS)
 }
 
 // DecodeProviderConfig decodes provider name's config block into out,
@@ -492,8 +481,8 @@ func walkEnv(v reflect.Value, path []string, lookup func(string) (string, bool))
 
 func setScalar(v reflect.Value, s, name string) error {
 	bad := func() error { return &Error{name, fmt.Sprintf("%q is not a valid %s", s, v.Kind())} }
-	if v.Type() == reflect.TypeOf(Duration(0)) {
-		d, err := time.ParseDuration(s)
+	if v.Type() == reflect.TypeOf(duration.Duration(0)) {
+		d, err := duration.Parse(s)
 		if err != nil {
 			return bad()
 		}

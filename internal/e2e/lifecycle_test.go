@@ -25,9 +25,9 @@ import (
 // window it is still there, inactive, and once activated it signs with
 // the public key it had (checked with openssl).
 func TestScheduledDeletionOnTheToken(t *testing.T) {
-	requireHSM(t)
+	testbed.ProcessSoftHSM(t)
 	testbed.Require(t, "pkcs11-tool", "openssl")
-	g := startGateway(t, hsmConfig(), "")
+	g := startGateway(t, hsmConfig(t), "")
 	ctx := context.Background()
 	prefix := fmt.Sprintf("sched-%d-", time.Now().UnixNano())
 	ec, err := g.C.CreateKey(ctx, apitypes.CreateKeyRequest{Name: prefix + "ec", KeySpec: apitypes.KeySpec{KeyType: "EC", Curve: "P-256"}})

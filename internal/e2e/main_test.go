@@ -5,12 +5,10 @@ package e2e
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -24,32 +22,11 @@ import (
 
 const hsmPIN = "kg-cu:e2e-pin-5678"
 
-var (
-	hsm        *testbed.SoftHSM
-	hsmMissing string
-)
-
+// The tests of this binary share one SoftHSM2 token (the fault bed makes
+// tokens of its own).
 func TestMain(m *testing.M) {
-	s, cleanup, missing, err := testbed.SetupProcess("keygrid-e2e", hsmPIN)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "softhsm setup:", err)
-		os.Exit(1)
-	}
-	hsm, hsmMissing = s, missing
 	os.Setenv("KEYGRID_E2E_PIN", hsmPIN)
-	code := m.Run()
-	cleanup()
-	os.Exit(code)
-}
-
-func requireHSM(t testing.TB) {
-	t.Helper()
-	if hsm == nil {
-		if testbed.Required() {
-			t.Fatalf("SoftHSM2 is required: %s", hsmMissing)
-		}
-		t.Skip(hsmMissing)
-	}
+	testbed.Main(m, testbed.WithSoftHSM("keygrid-e2e", hsmPIN), testbed.WithTPM2("keygrid-e2e-tpm", tpmPIN))
 }
 
 // gateway is a server on a real listener.
@@ -76,30 +53,21 @@ func authorize(req *http.Request, url string) {
 	}
 }
 
-// hsmConfig is a configuration with the SoftHSM2 token as provider "hsm"
-// (the default) beside the software provider.
-func hsmConfig() string {
-	return fmt.Sprintf(`
-default_provider: hsm
-providers:
-  hsm:
-    type: pkcs11
-    config:
-      library_path: %s
-      token_label: %s
-      pin_env: KEYGRID_E2E_PIN
-      max_sessions: 4
-  software:
-    config:
-      master_key_env: KEYGRID_E2E_MASTER_KEY
-reconcile:
+// hsmConfig is a configuration with the binary's SoftHSM2 token as
+// provider "hsm" (the default) beside the software provider.
+func hsmConfig(tb testing.TB) string {
+	tb.Helper()
+	return "default_provider: hsm\n" + testbed.Providers(
+		testbed.PKCS11Provider{TokenLabel: testbed.ProcessSoftHSM(tb).Label, PinEnv: "KEYGRID_E2E_PIN", MaxSessions: 4},
+		testbed.SoftwareProvider{MasterKeyEnv: "KEYGRID_E2E_MASTER_KEY"},
+	) + `reconcile:
   grace: 1ms
   interval: 1h
 keys:
   min_deletion_window: 1s
   min_rotation_period: 1s
   deletion_sweep_interval: 200ms
-`, testbed.SoftHSMModule, hsm.Label)
+`
 }
 
 // startGateway builds a server from YAML in a fresh data directory (or
@@ -110,10 +78,7 @@ func startGateway(t testing.TB, yaml, dataDir string) *gateway {
 	if dataDir == "" {
 		dataDir = t.TempDir()
 	}
-	path := filepath.Join(t.TempDir(), "keygrid.yaml")
-	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	path := testbed.WriteConfig(t, yaml)
 	cfg, err := config.Load(path, config.Flags{DataDir: dataDir, Listen: "127.0.0.1:0"})
 	if err != nil {
 		t.Fatal(err)

@@ -25,8 +25,8 @@ import (
 // Signatures made through the API with SoftHSM2 keys verify with openssl,
 // from the PEM of /public alone, and through /verify.
 func TestHSMSignaturesVerifyWithOpenSSL(t *testing.T) {
-	requireHSM(t)
-	g := startGateway(t, hsmConfig(), "")
+	hsm := testbed.ProcessSoftHSM(t)
+	g := startGateway(t, hsmConfig(t), "")
 	ctx := context.Background()
 	cases := []struct {
 		name string
@@ -71,9 +71,9 @@ func TestHSMSignaturesVerifyWithOpenSSL(t *testing.T) {
 // A signature made by an independent PKCS#11 client (pkcs11-tool) with a
 // key the gateway made is accepted by /verify.
 func TestPkcs11ToolSignatureAcceptedByVerify(t *testing.T) {
-	requireHSM(t)
+	hsm := testbed.ProcessSoftHSM(t)
 	testbed.Require(t, "pkcs11-tool")
-	g := startGateway(t, hsmConfig(), "")
+	g := startGateway(t, hsmConfig(t), "")
 	ctx := context.Background()
 	k, err := g.C.CreateKey(ctx, apitypes.CreateKeyRequest{Name: "tool-signed", KeySpec: apitypes.KeySpec{KeyType: "EC", Curve: "P-256"}})
 	if err != nil {
@@ -105,7 +105,7 @@ func TestPkcs11ToolSignatureAcceptedByVerify(t *testing.T) {
 // The seed's aws-cloudhsm block (DESIGN.md §4), pointed at SoftHSM2's
 // library and token, starts and serves.
 func TestCloudHSMSeedBlockServes(t *testing.T) {
-	requireHSM(t)
+	hsm := testbed.ProcessSoftHSM(t)
 	yaml := fmt.Sprintf(`
 providers:
   aws-cloudhsm:
@@ -144,7 +144,7 @@ providers:
 // pkcs11-tool sees them.
 func listObjectIDs(t *testing.T) map[string]int {
 	t.Helper()
-	out, err := hsm.Tool("--list-objects").CombinedOutput()
+	out, err := testbed.ProcessSoftHSM(t).Tool("--list-objects").CombinedOutput()
 	if err != nil {
 		t.Fatalf("pkcs11-tool --list-objects: %v\n%s", err, out)
 	}
@@ -171,9 +171,9 @@ func idOf(t *testing.T, k *apitypes.Key) string {
 // objects, the reconciler finishes the deletion, so metadata and token
 // agree.
 func TestDeleteDestroysObjectsAndSurvivesACrash(t *testing.T) {
-	requireHSM(t)
+	testbed.ProcessSoftHSM(t)
 	testbed.Require(t, "pkcs11-tool")
-	g := startGateway(t, hsmConfig(), "")
+	g := startGateway(t, hsmConfig(t), "")
 	ctx := context.Background()
 
 	k, err := g.C.CreateKey(ctx, apitypes.CreateKeyRequest{Name: "to-delete", KeySpec: apitypes.KeySpec{KeyType: "RSA", KeySize: 2048}})
@@ -217,7 +217,7 @@ func TestDeleteDestroysObjectsAndSurvivesACrash(t *testing.T) {
 	if n := listObjectIDs(t)[idOf(t, k2)]; n != 1 {
 		t.Fatalf("before reconcile: %d objects, want the secret key", n)
 	}
-	g2 := startGateway(t, hsmConfig(), g.DataDir)
+	g2 := startGateway(t, hsmConfig(t), g.DataDir)
 	// The restarted gateway's reconciler may have finished the deletion
 	// already; until it has, the key refuses every operation.
 	if _, err := g2.C.Sign(ctx, k2.Name, apitypes.SignRequest{Data: []byte("x")}); !errors.Is(err, client.ErrKeyPendingDeletion) && !errors.Is(err, client.ErrKeyNotFound) {
@@ -238,8 +238,8 @@ func TestDeleteDestroysObjectsAndSurvivesACrash(t *testing.T) {
 // was activated is completed by the reconciler; one interrupted before the
 // token made anything is removed. Either way store and token agree.
 func TestInterruptedCreatesAreReconciled(t *testing.T) {
-	requireHSM(t)
-	g := startGateway(t, hsmConfig(), "")
+	testbed.ProcessSoftHSM(t)
+	g := startGateway(t, hsmConfig(t), "")
 	ctx := context.Background()
 	svc := g.srv.Service()
 	p, _ := svc.Provider("hsm")

@@ -61,7 +61,7 @@ func (b *replicaBed) n(format string, args ...any) string {
 // too and the build reuses the test build's cache).
 func newReplicaBed(tb testing.TB) *replicaBed {
 	tb.Helper()
-	requireHSM(tb)
+	testbed.ProcessSoftHSM(tb)
 	testbed.Require(tb, "pkcs11-tool", "go")
 	testbed.RequirePostgres(tb)
 	b := &replicaBed{pg: testbed.NewPostgres(tb), bin: filepath.Join(tb.TempDir(), "keygrid-hsm"), p: fmt.Sprintf("r%d-", replicaBeds.Add(1))}
@@ -83,34 +83,17 @@ type replica struct {
 	name    string
 	cfgPath string
 	cmd     *exec.Cmd
-	log     *syncBuffer
+	log     *testbed.LogBuffer
 	exited  chan struct{}
 	URL     string
 	C       *client.Client
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // replicaConfig is the configuration of a replica: the SoftHSM2 token as
 // provider "hsm", the store in PostgreSQL through dsn_env, the shared admin
 // principal, a reconciler that finishes another replica's interrupted
 // creates a few seconds after they stop moving.
-func replicaConfig(dataDir string) string {
+func replicaConfig(dataDir, tokenLabel string) string {
 	return fmt.Sprintf(`
 data_dir: %s
 server:
@@ -119,15 +102,7 @@ storage:
   driver: postgres
   dsn_env: KEYGRID_TEST_REPLICA_DSN
   max_conns: 8
-providers:
-  hsm:
-    type: pkcs11
-    config:
-      library_path: %s
-      token_label: %s
-      pin_env: KEYGRID_E2E_PIN
-      max_sessions: 8
-auth:
+`, dataDir) + testbed.Providers(testbed.PKCS11Provider{TokenLabel: tokenLabel, PinEnv: "KEYGRID_E2E_PIN", MaxSessions: 8}) + `auth:
   principals:
     - name: e2e-admin
       role: admin
@@ -141,17 +116,12 @@ keys:
   min_deletion_window: 1s
   min_rotation_period: 1s
   deletion_sweep_interval: 200ms
-`, dataDir, testbed.SoftHSMModule, hsm.Label)
+`
 }
 
 func (b *replicaBed) writeConfig(tb testing.TB) string {
 	tb.Helper()
-	dir := tb.TempDir()
-	path := filepath.Join(dir, "keygrid.yaml")
-	if err := os.WriteFile(path, []byte(replicaConfig(filepath.Join(dir, "data"))), 0o600); err != nil {
-		tb.Fatal(err)
-	}
-	return path
+	return testbed.WriteConfig(tb, replicaConfig(filepath.Join(tb.TempDir(), "data"), testbed.ProcessSoftHSM(tb).Label))
 }
 
 // env is the environment of a replica or a command run on its config.
@@ -173,7 +143,7 @@ func (b *replicaBed) start(tb testing.TB, name, dsn string) *replica {
 // launch starts a replica process without waiting for it.
 func (b *replicaBed) launch(tb testing.TB, name, dsn string) *replica {
 	tb.Helper()
-	r := &replica{name: name, cfgPath: b.writeConfig(tb), log: &syncBuffer{}, exited: make(chan struct{})}
+	r := &replica{name: name, cfgPath: b.writeConfig(tb), log: &testbed.LogBuffer{}, exited: make(chan struct{})}
 	r.cmd = exec.Command(b.bin, "serve", "--config", r.cfgPath)
 	r.cmd.Env = replicaEnv(dsn)
 	r.cmd.Stdout, r.cmd.Stderr = r.log, r.log
@@ -294,7 +264,7 @@ type tokenObject struct{ class, label, id string }
 // tokenObjects lists the token's objects whose label starts with prefix.
 func tokenObjects(t *testing.T, prefix string) []tokenObject {
 	t.Helper()
-	out, err := hsm.Tool("--list-objects").CombinedOutput()
+	out, err := testbed.ProcessSoftHSM(t).Tool("--list-objects").CombinedOutput()
 	if err != nil {
 		t.Fatalf("pkcs11-tool --list-objects: %v\n%s", err, out)
 	}
@@ -827,9 +797,9 @@ func testReplicasBackupRestore(t *testing.T, b *replicaBed) {
 // destroy the half and drop the pending record; a key being deleted with
 // half a pair is deleted all the same.
 func TestReconcileDestroysHalfAKeyPair(t *testing.T) {
-	requireHSM(t)
+	hsm := testbed.ProcessSoftHSM(t)
 	testbed.Require(t, "pkcs11-tool")
-	g := startGateway(t, hsmConfig(), "")
+	g := startGateway(t, hsmConfig(t), "")
 	ctx := context.Background()
 	st := g.srv.Store()
 	prefix := fmt.Sprintf("half-%d-", time.Now().UnixNano())

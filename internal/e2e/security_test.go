@@ -7,13 +7,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/keygrid/keygrid-hsm/internal/audit"
@@ -21,25 +19,8 @@ import (
 	"github.com/keygrid/keygrid-hsm/internal/config"
 	"github.com/keygrid/keygrid-hsm/internal/provider/registry"
 	"github.com/keygrid/keygrid-hsm/internal/server"
+	"github.com/keygrid/keygrid-hsm/internal/testbed"
 )
-
-// lockedBuffer collects the server log from many goroutines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) Bytes() []byte {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return bytes.Clone(l.b.Bytes())
-}
 
 // TestSecretsNeverLeak runs a workload with a known HSM PIN, known tokens
 // and known plaintext, key material and AAD, including failures (wrong
@@ -47,7 +28,7 @@ func (l *lockedBuffer) Bytes() []byte {
 // with the server log at debug level, and greps every log line, every audit
 // line and every error body for them.
 func TestSecretsNeverLeak(t *testing.T) {
-	requireHSM(t)
+	testbed.ProcessSoftHSM(t)
 	const (
 		adminToken    = "kgt_E2E-admin-token-7c1d9e44f0aa"
 		operatorToken = "kgt_E2E-operator-token-5e2b8a61"
@@ -62,7 +43,7 @@ func TestSecretsNeverLeak(t *testing.T) {
 	if err := os.WriteFile(opTokFile, []byte(operatorToken+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	yaml := hsmConfig() + fmt.Sprintf(`
+	yaml := hsmConfig(t) + fmt.Sprintf(`
 auth:
   principals:
     - {name: admin, role: admin, token_sha256: %s}
@@ -70,14 +51,11 @@ auth:
 limits:
   rate_per_principal: 1000
 `, auth.HashToken(adminToken), opTokFile)
-	var logs lockedBuffer
-	log := slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	var logs testbed.LogBuffer
+	log := testbed.JSONLogger(&logs)
 
 	start := func(yaml string) (*server.Server, error) {
-		path := filepath.Join(t.TempDir(), "keygrid.yaml")
-		if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
-			t.Fatal(err)
-		}
+		path := testbed.WriteConfig(t, yaml)
 		os.Setenv("KEYGRID_E2E_MASTER_KEY", strings.Repeat("ab", 32))
 		cfg, err := config.Load(path, config.Flags{DataDir: filepath.Join(dir, "data"), Listen: "127.0.0.1:0"})
 		if err != nil {

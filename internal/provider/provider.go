@@ -20,6 +20,7 @@ import (
 	"log/slog"
 	"slices"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/keygrid/keygrid-hsm/internal/alg"
@@ -186,8 +187,14 @@ type KeyTypeCaps struct {
 	Curves []string
 }
 
-// Capabilities is what a provider can do.
+// Capabilities is what a provider can do. A provider derives them from the
+// table of how it performs each algorithm (and, for an HSM, from what the
+// token reports): it lists only what it performs, and every operation refuses
+// an algorithm it does not list with UNSUPPORTED_ALGORITHM before it looks
+// at the key.
 type Capabilities struct {
+	// KeyTypes lists the key specs the provider makes; only specs some
+	// listed algorithm applies to.
 	KeyTypes   []KeyTypeCaps
 	Algorithms []alg.Algorithm
 	// Missing explains, per algorithm the provider lacks, why (for example
@@ -213,7 +220,81 @@ func (c Capabilities) CheckSpec(s alg.Spec) error {
 			return nil
 		}
 	}
-	return kgerr.New(kgerr.KindUnsupportedAlgorithm, fmt.Sprintf("this provider cannot make %s keys", s))
+	// When the provider lists no algorithm for such keys, that is why.
+	msg := fmt.Sprintf("this provider cannot make %s keys", s)
+	var whys []string
+	for _, a := range alg.All() {
+		i, _ := alg.Lookup(string(a))
+		if alg.Compatible(s, i) != nil {
+			continue
+		}
+		if slices.Contains(c.Algorithms, a) {
+			whys = nil
+			break
+		}
+		if c.Missing[a] != "" {
+			whys = append(whys, fmt.Sprintf("%s: %s", a, c.Missing[a]))
+		}
+	}
+	if len(whys) > 0 {
+		msg += ": it performs no algorithm for them (" + strings.Join(whys, "; ") + ")"
+	}
+	return kgerr.New(kgerr.KindUnsupportedAlgorithm, msg)
+}
+
+// Makes reports whether a key spec the capabilities list can be used with
+// algorithm a.
+func (c Capabilities) Makes(a alg.Info) bool {
+	for _, kt := range c.KeyTypes {
+		if kt.Type != a.KeyType {
+			continue
+		}
+		switch {
+		case a.Curve != "" && slices.Contains(kt.Curves, a.Curve):
+			return true
+		case a.Curve == "" && (a.KeySize == 0 || len(kt.Sizes) == 0 || slices.Contains(kt.Sizes, a.KeySize)):
+			return true
+		}
+	}
+	return false
+}
+
+// Prune drops from KeyTypes the sizes and curves that no algorithm in
+// Algorithms applies to, and the key types left with none: a provider does
+// not advertise keys it cannot use.
+func (c *Capabilities) Prune() {
+	var infos []alg.Info
+	for _, a := range c.Algorithms {
+		if i, err := alg.Lookup(string(a)); err == nil {
+			infos = append(infos, i)
+		}
+	}
+	applies := func(s alg.Spec) bool {
+		return slices.ContainsFunc(infos, func(a alg.Info) bool { return alg.Compatible(s, a) == nil })
+	}
+	kept := c.KeyTypes[:0]
+	for _, kt := range c.KeyTypes {
+		switch {
+		case kt.Type == alg.EC:
+			kt.Curves = slices.DeleteFunc(slices.Clone(kt.Curves), func(cv string) bool {
+				return !applies(alg.Spec{Type: alg.EC, Curve: cv})
+			})
+			if len(kt.Curves) == 0 {
+				continue
+			}
+		case len(kt.Sizes) > 0:
+			kt.Sizes = slices.DeleteFunc(slices.Clone(kt.Sizes), func(n int) bool {
+				return !applies(alg.Spec{Type: kt.Type, Size: n})
+			})
+			if len(kt.Sizes) == 0 {
+				continue
+			}
+		case !slices.ContainsFunc(infos, func(a alg.Info) bool { return a.KeyType == kt.Type }):
+			continue
+		}
+		kept = append(kept, kt)
+	}
+	c.KeyTypes = kept
 }
 
 // CheckAlgorithm returns UNSUPPORTED_ALGORITHM unless the provider supports

@@ -9,8 +9,10 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/keygrid/keygrid-hsm/internal/config"
+	"github.com/keygrid/keygrid-hsm/internal/duration"
 	"github.com/keygrid/keygrid-hsm/internal/provider"
 	"github.com/keygrid/keygrid-hsm/internal/provider/software"
 	"github.com/keygrid/keygrid-hsm/internal/server"
@@ -31,7 +33,7 @@ func BenchmarkRESTSign(b *testing.B) {
 		b.Fatal(err)
 	}
 	cfg.Limits.RatePerPrincipal = -1
-	cfg.Audit.FsyncInterval = config.Duration(10e6)
+	cfg.Audit.FsyncInterval = duration.Duration(10 * time.Millisecond)
 	srv, err := server.New(context.Background(), cfg, provider.Registry{"software": software.New}, slog.New(slog.NewTextHandler(io.Discard, nil)), "bench")
 	if err != nil {
 		b.Fatal(err)

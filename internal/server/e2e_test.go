@@ -28,6 +28,7 @@ import (
 	"time"
 
 	"github.com/keygrid/keygrid-hsm/internal/audit"
+	"github.com/keygrid/keygrid-hsm/internal/testbed"
 	"github.com/keygrid/keygrid-hsm/pkg/apitypes"
 	"github.com/keygrid/keygrid-hsm/pkg/client"
 )
@@ -47,7 +48,7 @@ type signInput struct {
 // fail all three (the API answers 200 with valid:false).
 func TestSignEveryAlgorithm(t *testing.T) {
 	t.Parallel()
-	requireOpenSSL(t)
+	testbed.Require(t, "openssl")
 	e := newEnv(t)
 
 	keys := []struct {
@@ -146,7 +147,7 @@ func TestSignEveryAlgorithm(t *testing.T) {
 						sig = rawToDER(t, sig)
 					}
 
-					if err := opensslVerify(t, tc.algorithm, pemText, data, sig); err != nil {
+					if err := testbed.OpenSSLCheck(t, pemText, tc.algorithm, data, sig); err != nil {
 						t.Errorf("openssl does not verify the signature: %v", err)
 					}
 					if err := goVerify(pub, tc.algorithm, data, sig); err != nil {
@@ -176,7 +177,7 @@ func TestSignEveryAlgorithm(t *testing.T) {
 						t.Errorf("API verify accepts a changed signature")
 					}
 					badDER := flip(sig, len(sig)/2)
-					if err := opensslVerify(t, tc.algorithm, pemText, data, badDER); err == nil {
+					if err := testbed.OpenSSLCheck(t, pemText, tc.algorithm, data, badDER); err == nil {
 						t.Errorf("openssl accepts a changed signature: the check is not meaningful")
 					}
 					if err := goVerify(pub, tc.algorithm, data, badDER); err == nil {
@@ -192,7 +193,7 @@ func TestSignEveryAlgorithm(t *testing.T) {
 // exported public key, and round-trips through the API.
 func TestRSAOAEP(t *testing.T) {
 	t.Parallel()
-	requireOpenSSL(t)
+	testbed.Require(t, "openssl")
 	e := newEnv(t)
 
 	tests := []struct {
@@ -214,7 +215,7 @@ func TestRSAOAEP(t *testing.T) {
 			pemText := e.publicPEM(t, name, 0)
 			msg := []byte("a data key: 0123456789abcdef0123456789abcdef")
 
-			ct := opensslOAEPEncrypt(t, tc.hash, pemText, msg)
+			ct := testbed.OpenSSLEncryptOAEP(t, pemText, tc.hash, msg)
 			for _, explicit := range []bool{false, true} {
 				req := map[string]any{"ciphertext": b64(ct)}
 				if explicit {
@@ -228,7 +229,7 @@ func TestRSAOAEP(t *testing.T) {
 			}
 
 			// The hash matters: OAEP with the other hash does not decrypt.
-			wrong := opensslOAEPEncrypt(t, tc.otherHash, pemText, msg)
+			wrong := testbed.OpenSSLEncryptOAEP(t, pemText, tc.otherHash, msg)
 			e.fails(t, http.MethodPost, keyPath(name, "/decrypt"), map[string]any{"ciphertext": b64(wrong)}, http.StatusBadRequest, apitypes.CodeDecryptionFailed)
 			e.fails(t, http.MethodPost, keyPath(name, "/decrypt"), map[string]any{"ciphertext": b64(flip(ct, 10))}, http.StatusBadRequest, apitypes.CodeDecryptionFailed)
 

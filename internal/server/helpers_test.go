@@ -19,7 +19,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -27,6 +26,7 @@ import (
 	"time"
 
 	"github.com/keygrid/keygrid-hsm/internal/config"
+	"github.com/keygrid/keygrid-hsm/internal/duration"
 	"github.com/keygrid/keygrid-hsm/internal/provider"
 	"github.com/keygrid/keygrid-hsm/internal/provider/software"
 	"github.com/keygrid/keygrid-hsm/internal/server"
@@ -65,10 +65,9 @@ func startEnv(t *testing.T, dataDir string) *env {
 	}
 	// The lifecycle's floors lowered, to keep deletion and rotation tests
 	// to seconds (keys.min_deletion_window, keys.min_rotation_period).
-	cfg.Keys.MinDeletionWindow, cfg.Keys.MinRotationPeriod = config.Duration(time.Second), config.Duration(time.Second)
-	cfg.Keys.DeletionSweepInterval = config.Duration(100 * time.Millisecond)
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	srv, err := server.New(context.Background(), cfg, provider.Registry{"software": software.New}, log, "test")
+	cfg.Keys.MinDeletionWindow, cfg.Keys.MinRotationPeriod = duration.Duration(time.Second), duration.Duration(time.Second)
+	cfg.Keys.DeletionSweepInterval = duration.Duration(100 * time.Millisecond)
+	srv, err := server.New(context.Background(), cfg, provider.Registry{"software": software.New}, slog.New(slog.DiscardHandler), "test")
 	if err != nil {
 		t.Fatalf("server.New: %v", err)
 	}
@@ -343,75 +342,6 @@ func rawToDER(t *testing.T, raw []byte) []byte {
 		t.Fatal(err)
 	}
 	return der
-}
-
-// requireOpenSSL skips the test when the openssl binary is missing, or
-// fails it when the environment requires the real tools.
-func requireOpenSSL(t *testing.T) {
-	t.Helper()
-	if _, err := exec.LookPath("openssl"); err != nil {
-		if os.Getenv("KEYGRID_REQUIRE_SOFTHSM") == "1" {
-			t.Fatalf("openssl is required (KEYGRID_REQUIRE_SOFTHSM=1): %v", err)
-		}
-		t.Skipf("openssl not found: %v", err)
-	}
-}
-
-func writeFiles(t *testing.T, files map[string][]byte) string {
-	t.Helper()
-	dir := t.TempDir()
-	for name, b := range files {
-		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return dir
-}
-
-func openssl(dir string, args ...string) ([]byte, error) {
-	cmd := exec.Command("openssl", args...)
-	cmd.Dir = dir
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		return out, fmt.Errorf("openssl %s: %v: %s%s", strings.Join(args, " "), err, stderr.Bytes(), out)
-	}
-	return out, nil
-}
-
-// opensslVerify verifies a signature (ECDSA: DER) over data with the openssl
-// binary and a PEM public key.
-func opensslVerify(t *testing.T, algorithm, pubPEM string, data, sig []byte) error {
-	t.Helper()
-	a := sigAlgs[algorithm]
-	dir := writeFiles(t, map[string][]byte{"pub.pem": []byte(pubPEM), "data.bin": data, "sig.bin": sig})
-	if a.hash == 0 {
-		_, err := openssl(dir, "pkeyutl", "-verify", "-pubin", "-inkey", "pub.pem", "-rawin", "-in", "data.bin", "-sigfile", "sig.bin")
-		return err
-	}
-	args := []string{"dgst", "-" + strings.ToLower(strings.ReplaceAll(a.hash.String(), "-", "")), "-verify", "pub.pem", "-signature", "sig.bin"}
-	if a.pss {
-		args = append(args, "-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:-1")
-	}
-	_, err := openssl(dir, append(args, "data.bin")...)
-	return err
-}
-
-// opensslOAEPEncrypt encrypts with RSA-OAEP (hash "sha1" or "sha256", MGF1
-// with the same hash) using the openssl binary and a PEM public key.
-func opensslOAEPEncrypt(t *testing.T, hash, pubPEM string, plaintext []byte) []byte {
-	t.Helper()
-	dir := writeFiles(t, map[string][]byte{"pub.pem": []byte(pubPEM), "pt.bin": plaintext})
-	if _, err := openssl(dir, "pkeyutl", "-encrypt", "-pubin", "-inkey", "pub.pem", "-in", "pt.bin", "-out", "ct.bin",
-		"-pkeyopt", "rsa_padding_mode:oaep", "-pkeyopt", "rsa_oaep_md:"+hash, "-pkeyopt", "rsa_mgf1_md:"+hash); err != nil {
-		t.Fatal(err)
-	}
-	ct, err := os.ReadFile(filepath.Join(dir, "ct.bin"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ct
 }
 
 func flip(b []byte, i int) []byte {

@@ -3,6 +3,7 @@ package server
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -18,7 +19,11 @@ import (
 // where the token is, never what it is.
 func newAuthenticator(cfg *config.Config, log *slog.Logger) (*auth.Authenticator, error) {
 	if len(cfg.Auth.Principals) > 0 {
-		a, err := auth.New(cfg.Auth.Principals, auth.Options{})
+		a, err := auth.New(principalSpecs(cfg.Auth.Principals), auth.Options{})
+		var pe *auth.PrincipalError
+		if errors.As(err, &pe) {
+			return nil, &config.Error{Field: pe.Field, Msg: pe.Msg}
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -38,6 +43,16 @@ func newAuthenticator(cfg *config.Config, log *slog.Logger) (*auth.Authenticator
 		log.Info("no auth.principals configured: the admin token is in its file", "path", cfg.Auth.AdminTokenFile)
 	}
 	return auth.WithPrincipals(p), nil
+}
+
+// principalSpecs turns the configured principals into auth's input.
+func principalSpecs(ps []config.Principal) []auth.PrincipalSpec {
+	out := make([]auth.PrincipalSpec, len(ps))
+	for i, p := range ps {
+		out[i] = auth.PrincipalSpec{Name: p.Name, Role: p.Role, TokenSHA256: p.TokenSHA256, TokenFile: p.TokenFile, TokenEnv: p.TokenEnv,
+			ClientCertSubject: p.ClientCertSubject, Keys: p.Keys, Providers: p.Providers, RatePerSecond: p.RatePerSecond, Burst: p.Burst}
+	}
+	return out
 }
 
 // TLSConfig returns the listener's TLS configuration (nil when TLS is off):

@@ -33,6 +33,7 @@ import (
 	"github.com/keygrid/keygrid-hsm/internal/provider"
 	"github.com/keygrid/keygrid-hsm/internal/provider/software"
 	"github.com/keygrid/keygrid-hsm/internal/server"
+	"github.com/keygrid/keygrid-hsm/internal/testbed"
 	"github.com/keygrid/keygrid-hsm/pkg/apitypes"
 	"github.com/keygrid/keygrid-hsm/pkg/client"
 )
@@ -57,19 +58,14 @@ func securityYAML(t *testing.T, extra string) string {
 	if err := os.WriteFile(mk, []byte(masterKeyHx), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	return fmt.Sprintf(`
-providers:
-  software:
-    config:
-      master_key_file: %s
-auth:
+	return "\n" + testbed.Providers(testbed.SoftwareProvider{MasterKeyFile: mk}) + fmt.Sprintf(`auth:
   principals:
     - {name: admin, role: admin, token_sha256: %s}
     - {name: payments-app, role: operator, token_sha256: %s, keys: ["payments-*"]}
     - {name: auditor, role: auditor, token_sha256: %s}
     - {name: hsm-only, role: operator, token_sha256: %s, providers: [hsm]}
     - {name: limited, role: operator, token_sha256: %s, rate_per_second: 1, burst: 3}
-%s`, mk, auth.HashToken(adminTok), auth.HashToken(payTok), auth.HashToken(auditorTok), auth.HashToken(hsmOnlyTok),
+%s`, auth.HashToken(adminTok), auth.HashToken(payTok), auth.HashToken(auditorTok), auth.HashToken(hsmOnlyTok),
 		auth.HashToken(limitedTok), extra)
 }
 
@@ -78,19 +74,11 @@ auth:
 func startYAML(t *testing.T, yaml string, logw io.Writer) *env {
 	t.Helper()
 	dataDir := t.TempDir()
-	path := filepath.Join(t.TempDir(), "keygrid.yaml")
-	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := config.Load(path, config.Flags{DataDir: dataDir, Listen: "127.0.0.1:0"})
+	cfg, err := config.Load(testbed.WriteConfig(t, yaml), config.Flags{DataDir: dataDir, Listen: "127.0.0.1:0"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if logw == nil {
-		logw = io.Discard
-	}
-	log := slog.New(slog.NewTextHandler(logw, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	srv, err := server.New(context.Background(), cfg, provider.Registry{"software": software.New}, log, "test")
+	srv, err := server.New(context.Background(), cfg, provider.Registry{"software": software.New}, testbed.TextLogger(logw), "test")
 	if err != nil {
 		t.Fatalf("server.New: %v", err)
 	}
@@ -639,9 +627,7 @@ func TestRequestLimits(t *testing.T) {
 // non-loopback address without TLS unless allow_insecure_http is set.
 func TestPlainHTTPBeyondLoopbackRefused(t *testing.T) {
 	t.Parallel()
-	path := filepath.Join(t.TempDir(), "keygrid.yaml")
-	os.WriteFile(path, []byte(securityYAML(t, "")), 0o600)
-	cfg, err := config.Load(path, config.Flags{DataDir: t.TempDir(), Listen: "0.0.0.0:0"})
+	cfg, err := config.Load(testbed.WriteConfig(t, securityYAML(t, "")), config.Flags{DataDir: t.TempDir(), Listen: "0.0.0.0:0"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -723,8 +709,7 @@ func newTestPKI(t *testing.T) *testPKI {
 // https URL.
 func serveTLS(t *testing.T, yaml string) (string, *env) {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "keygrid.yaml")
-	os.WriteFile(path, []byte(yaml), 0o600)
+	path := testbed.WriteConfig(t, yaml)
 	dataDir := t.TempDir()
 	cfg, err := config.Load(path, config.Flags{DataDir: dataDir, Listen: "127.0.0.1:0"})
 	if err != nil {
@@ -874,8 +859,7 @@ func TestProviderEventsAudited(t *testing.T) {
 		ep = &eventingProvider{Provider: sp}
 		return ep, nil
 	}}
-	path := filepath.Join(t.TempDir(), "keygrid.yaml")
-	os.WriteFile(path, []byte(securityYAML(t, "")), 0o600)
+	path := testbed.WriteConfig(t, securityYAML(t, ""))
 	dataDir := t.TempDir()
 	cfg, err := config.Load(path, config.Flags{DataDir: dataDir, Listen: "127.0.0.1:0"})
 	if err != nil {

@@ -26,6 +26,7 @@ import (
 	"github.com/keygrid/keygrid-hsm/internal/provider"
 	"github.com/keygrid/keygrid-hsm/internal/service"
 	"github.com/keygrid/keygrid-hsm/internal/store"
+	"github.com/keygrid/keygrid-hsm/internal/xks"
 )
 
 // Server is an assembled gateway.
@@ -131,6 +132,15 @@ func New(ctx context.Context, cfg *config.Config, reg provider.Registry, log *sl
 		Service: s.svc, Metrics: m, Logger: log, Version: version, Stack: s.stack, Auth: authn,
 		ProtectReady: cfg.Auth.ProtectReady, ProtectMetrics: cfg.Auth.ProtectMetrics,
 	})}
+	if len(cfg.XKS.Stores) > 0 {
+		xh, err := xks.New(xks.Options{Service: s.svc, Stores: cfg.XKS.Stores, Metrics: m, Logger: log, Version: version})
+		if err != nil {
+			return nil, err
+		}
+		if err := s.Mount(FrontEnd{Name: "xks", Claims: xks.Matches, Handler: s.stack.Wrap(xh.FrontEnd(), xh)}); err != nil {
+			return nil, err
+		}
+	}
 	return s, nil
 }
 

@@ -5,8 +5,6 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -15,15 +13,12 @@ import (
 	"github.com/keygrid/keygrid-hsm/internal/provider/software"
 	"github.com/keygrid/keygrid-hsm/internal/server"
 	"github.com/keygrid/keygrid-hsm/internal/store"
+	"github.com/keygrid/keygrid-hsm/internal/testbed"
 )
 
 func loadConfig(t *testing.T, yaml string) *config.Config {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "keygrid.yaml")
-	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := config.Load(path, config.Flags{DataDir: t.TempDir(), Listen: "127.0.0.1:0"})
+	cfg, err := config.Load(testbed.WriteConfig(t, yaml), config.Flags{DataDir: t.TempDir(), Listen: "127.0.0.1:0"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,8 +55,8 @@ func TestMigrateOnStartFalse(t *testing.T) {
 		t.Fatal(err)
 	}
 	st.Close()
-	var logs bytes.Buffer
-	srv, err := server.New(context.Background(), cfg, reg, slog.New(slog.NewTextHandler(&logs, nil)), "test")
+	var logs testbed.LogBuffer
+	srv, err := server.New(context.Background(), cfg, reg, testbed.TextLogger(&logs), "test")
 	if err != nil {
 		t.Fatalf("server.New after migrate: %v", err)
 	}

@@ -156,8 +156,10 @@ func (s *Service) listScoped(ctx context.Context, p *auth.Principal, o store.Lis
 // credential. detail says why (never the credential itself).
 func (s *Service) AuthenticationFailed(ctx context.Context, detail string) {
 	c := CallerFrom(ctx)
-	e := audit.Event{Time: s.now().UTC(), RequestID: c.RequestID, ClientAddr: c.ClientAddr, Operation: "authenticate",
-		Outcome: audit.OutcomeDenied, ErrorCode: string(kgerr.KindUnauthenticated), Detail: clip(detail, 200)}
+	c.Principal = "" // not authenticated
+	e := c.event(s.now(), "authenticate")
+	c.fail(&e, kgerr.ErrAuthenticationFailed)
+	e.Detail = clip(detail, 200)
 	if err := s.audit.Record(ctx, e); err != nil {
 		s.metrics.AuditFailures.Inc()
 		s.log.Error("audit record of an authentication failure not written", "request_id", c.RequestID, "err", err)

@@ -2,6 +2,8 @@ package service
 
 import (
 	"context"
+	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -24,6 +26,7 @@ type providerHealth struct {
 
 	mu           sync.Mutex
 	state        string
+	reasons      []string // why the last check made the state degraded
 	lastErr      error
 	lastCheck    time.Time
 	lastSuccess  time.Time
@@ -42,7 +45,7 @@ func newProviderHealth(p provider.Provider, now time.Time) *providerHealth {
 func (h *providerHealth) record(p provider.Provider, d, timeout time.Duration, err error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.lastCheck, h.latency, h.lastErr = time.Now(), d, err
+	h.lastCheck, h.latency, h.lastErr, h.reasons = time.Now(), d, err, nil
 	if err != nil {
 		h.state = StateUnavailable
 		return
@@ -51,11 +54,14 @@ func (h *providerHealth) record(p provider.Provider, d, timeout time.Duration, e
 	h.state = StateHealthy
 	if d > timeout/2 {
 		h.state = StateDegraded
+		h.reasons = append(h.reasons, fmt.Sprintf("the health check took %s, over half its %s deadline", d.Round(time.Millisecond), timeout))
 	}
 	if r, ok := p.(provider.StatsReporter); ok {
 		st := r.Stats()
 		if st.WaitTimeouts > h.waitTimeouts {
 			h.state = StateDegraded
+			h.reasons = append(h.reasons, fmt.Sprintf("%d request(s) gave up waiting for an HSM session since the last check",
+				st.WaitTimeouts-h.waitTimeouts))
 		}
 		h.waitTimeouts = st.WaitTimeouts
 	}
@@ -66,7 +72,7 @@ func (h *providerHealth) record(p provider.Provider, d, timeout time.Duration, e
 // waiting for the next check.
 func (h *providerHealth) view(p provider.Provider) *ProviderHealth {
 	h.mu.Lock()
-	out := &ProviderHealth{Name: h.name, Type: h.typ, State: h.state, Latency: h.latency}
+	out := &ProviderHealth{Name: h.name, Type: h.typ, State: h.state, Latency: h.latency, Reasons: slices.Clone(h.reasons)}
 	if !h.lastCheck.IsZero() {
 		t := h.lastCheck.UTC()
 		out.LastCheck = &t
@@ -95,6 +101,18 @@ func (h *providerHealth) view(p provider.Provider) *ProviderHealth {
 		}
 		for k, v := range st.Info {
 			out.Details[k] = v
+		}
+	}
+	if r, ok := p.(provider.ClusterReporter); ok {
+		if cs, ok := r.ClusterStatus(); ok {
+			out.Cluster = &cs
+			// A cluster at risk is degraded, never unavailable: the HSMs
+			// that are left still serve, and only the provider's own check
+			// says they do not.
+			if len(cs.Risks) > 0 && out.State == StateHealthy {
+				out.State = StateDegraded
+			}
+			out.Reasons = append(out.Reasons, cs.Risks...)
 		}
 	}
 	out.Healthy = out.State != StateUnavailable
@@ -155,10 +173,15 @@ var (
 	descResets       = prometheus.NewDesc("keygrid_provider_resets_total", "Module resets (C_Finalize + C_Initialize).", []string{"provider"}, nil)
 	descLastReset    = prometheus.NewDesc("keygrid_provider_last_reset_timestamp_seconds", "Time of the last successful module reset.", []string{"provider"}, nil)
 	descHSMErrors    = prometheus.NewDesc("keygrid_provider_hsm_errors_total", "HSM failures by PKCS#11 return code.", []string{"provider", "code"}, nil)
+
+	descClusterHSMs      = prometheus.NewDesc("keygrid_cloudhsm_hsms", "HSMs of the provider's CloudHSM cluster by state, as last described.", []string{"provider", "state"}, nil)
+	descClusterFailures  = prometheus.NewDesc("keygrid_cloudhsm_describe_failures_total", "DescribeClusters calls that failed (management API unreachable, denied, throttled).", []string{"provider"}, nil)
+	descClusterDescribed = prometheus.NewDesc("keygrid_cloudhsm_last_described_timestamp_seconds", "Time of the last successful DescribeClusters.", []string{"provider"}, nil)
 )
 
 func (c providerCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descUp, descSessions, descWaits, descWaitSeconds, descWaitTimeouts, descResets, descLastReset, descHSMErrors} {
+	for _, d := range []*prometheus.Desc{descUp, descSessions, descWaits, descWaitSeconds, descWaitTimeouts, descResets, descLastReset, descHSMErrors,
+		descClusterHSMs, descClusterFailures, descClusterDescribed} {
 		ch <- d
 	}
 }
@@ -171,6 +194,7 @@ func (c providerCollector) Collect(ch chan<- prometheus.Metric) {
 			up = 1
 		}
 		ch <- prometheus.MustNewConstMetric(descUp, prometheus.GaugeValue, up, n, p.Type())
+		collectCluster(ch, n, p)
 		r, ok := p.(provider.StatsReporter)
 		if !ok {
 			continue
@@ -189,5 +213,27 @@ func (c providerCollector) Collect(ch chan<- prometheus.Metric) {
 		for code, v := range st.Errors {
 			ch <- prometheus.MustNewConstMetric(descHSMErrors, prometheus.CounterValue, float64(v), n, code)
 		}
+	}
+}
+
+// collectCluster exports a provider's view of its CloudHSM cluster. The HSM
+// counts appear only once a describe succeeded: an unknown cluster is not
+// one with no ACTIVE HSM.
+func collectCluster(ch chan<- prometheus.Metric, name string, p provider.Provider) {
+	r, ok := p.(provider.ClusterReporter)
+	if !ok {
+		return
+	}
+	cs, ok := r.ClusterStatus()
+	if !ok {
+		return
+	}
+	ch <- prometheus.MustNewConstMetric(descClusterFailures, prometheus.CounterValue, float64(cs.Failures), name)
+	if cs.DescribedAt.IsZero() {
+		return
+	}
+	ch <- prometheus.MustNewConstMetric(descClusterDescribed, prometheus.GaugeValue, float64(cs.DescribedAt.Unix()), name)
+	for state, v := range cs.HSMCounts {
+		ch <- prometheus.MustNewConstMetric(descClusterHSMs, prometheus.GaugeValue, float64(v), name, state)
 	}
 }

@@ -109,7 +109,7 @@ func (s *Service) CreateKey(ctx context.Context, req CreateKeyRequest) (out *Key
 	}
 	caps := p.Capabilities()
 	if err := caps.CheckSpec(spec); err != nil {
-		return nil, err
+		return nil, onProvider(provName, err)
 	}
 	usage, err := alg.ParseUsage(spec.Type, req.Spec.Usage)
 	if err != nil {
@@ -128,7 +128,7 @@ func (s *Service) CreateKey(ctx context.Context, req CreateKeyRequest) (out *Key
 	}
 	o.algorithm = string(a.Name)
 	if err := caps.CheckAlgorithm(a.Name); err != nil {
-		return nil, err
+		return nil, onProvider(provName, err)
 	}
 	if len(usage) == 0 {
 		usage = alg.DefaultUsage(a)
@@ -557,4 +557,11 @@ func (s *Service) view(k *store.Key) *Key {
 // Expired reports whether k has passed its expiry at t.
 func expired(k *store.Key, t time.Time) bool {
 	return k.ExpiresAt != nil && !t.Before(*k.ExpiresAt)
+}
+
+// onProvider names the provider in a refusal of its capabilities ("provider
+// \"hsm\": this provider cannot make AES-256 keys"), keeping the kind.
+func onProvider(name string, err error) error {
+	e := kgerr.Classify(err)
+	return kgerr.Wrap(e.Kind, err, fmt.Sprintf("provider %q: %s", name, e.Message))
 }

@@ -78,6 +78,9 @@ type Service struct {
 
 	pubMu   sync.RWMutex
 	pubKeys map[string]crypto.PublicKey // object id → parsed public key (immutable)
+
+	probeMu   sync.Mutex
+	probeRefs map[string]string // provider → reference of its probe key (probe.go)
 }
 
 // New makes a Service.
@@ -158,6 +161,29 @@ type Caller struct {
 	// Auth is the authenticated principal the service authorizes (nil:
 	// nothing is allowed).
 	Auth *auth.Principal
+	// Attributes are facts a front end adds about the request in its own
+	// protocol's terms (the XKS proxy: store, kmsRequestId, …); every audit
+	// record of the request carries them. Never a secret or plaintext.
+	Attributes map[string]string
+	// ErrorName, when set, names a failed request's error in the front
+	// end's own vocabulary (the XKS proxy: its errorName); audit records
+	// carry it beside the error kind.
+	ErrorName func(error) string
+}
+
+// event starts the audit record of a request of c: who, from where, and
+// the front end's attributes.
+func (c Caller) event(t time.Time, operation string) audit.Event {
+	return audit.Event{Time: t.UTC(), RequestID: c.RequestID, Principal: c.Principal, ClientAddr: c.ClientAddr,
+		Operation: operation, Outcome: audit.OutcomeSuccess, Attributes: c.Attributes}
+}
+
+// fail marks e failed with err: outcome, kind and the front end's name.
+func (c Caller) fail(e *audit.Event, err error) {
+	e.Outcome, e.ErrorCode = outcomeOf(err), string(kgerr.KindOf(err))
+	if c.ErrorName != nil {
+		e.ErrorName = c.ErrorName(err)
+	}
 }
 
 type callerKey struct{}
@@ -198,11 +224,8 @@ func (s *Service) finish(ctx context.Context, o *op, errp *error) {
 	} else {
 		o.algorithm = ""
 	}
-	e := audit.Event{
-		Time: o.start.UTC(), RequestID: c.RequestID, Principal: c.Principal, ClientAddr: c.ClientAddr,
-		Operation: o.op.name, KeyVersion: o.version, Provider: o.provider, Algorithm: o.algorithm,
-		Outcome: audit.OutcomeSuccess, DurationMS: float64(d.Microseconds()) / 1000,
-	}
+	e := c.event(o.start, o.op.name)
+	e.KeyVersion, e.Provider, e.Algorithm, e.DurationMS = o.version, o.provider, o.algorithm, float64(d.Microseconds())/1000
 	if o.key != nil {
 		e.KeyID, e.KeyName = o.key.ID, o.key.Name
 		if e.Provider == "" {
@@ -210,13 +233,13 @@ func (s *Service) finish(ctx context.Context, o *op, errp *error) {
 		}
 	}
 	if *errp != nil {
-		e.Outcome, e.ErrorCode = outcomeOf(*errp), string(kgerr.KindOf(*errp))
+		c.fail(&e, *errp)
 	}
 	if err := s.audit.Record(ctx, e); err != nil {
 		s.metrics.AuditFailures.Inc()
 		s.log.Error("audit record not written; refusing the operation", "operation", o.op.name, "request_id", c.RequestID, "err", err)
 		if *errp == nil {
-			*errp = kgerr.Wrap(kgerr.KindUnavailable, err, "the audit log cannot be written; the operation is refused")
+			*errp = errAuditUnwritten(err)
 		}
 		e.Outcome, e.ErrorCode = audit.OutcomeFailure, string(kgerr.KindOf(*errp))
 	}

@@ -318,10 +318,16 @@ type ProviderInfo struct {
 // ProviderHealth is a provider's health as the background checker last saw
 // it, with the provider's own numbers (pool, recovery) in Details.
 type ProviderHealth struct {
-	Name          string
-	Type          string
-	State         string
-	Healthy       bool
+	Name    string
+	Type    string
+	State   string
+	Healthy bool
+	// Reasons says, for people, why the state is degraded (a slow check,
+	// requests that gave up waiting for a session, a cluster at risk).
+	Reasons []string
+	// Cluster is the provider's view of its HSM cluster (aws-cloudhsm with
+	// region and cluster_id); nil when it watches none.
+	Cluster       *provider.ClusterStatus
 	LastErrorKind kgerr.Kind
 	LastError     string
 	LastSuccess   *time.Time

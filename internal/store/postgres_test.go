@@ -4,8 +4,6 @@ import (
 	"context"
 	"database/sql"
 	"errors"
-	"fmt"
-	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -19,22 +17,7 @@ import (
 
 // One PostgreSQL cluster serves every test of this binary; each test gets
 // databases of its own.
-var (
-	pg        *testbed.Postgres
-	pgMissing string
-)
-
-func TestMain(m *testing.M) {
-	p, stop, missing, err := testbed.SetupPostgres()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "postgres setup:", err)
-		os.Exit(1)
-	}
-	pg, pgMissing = p, missing
-	code := m.Run()
-	stop()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { testbed.Main(m, testbed.WithPostgres()) }
 
 func openPG(t *testing.T, dsn string, o store.PostgresOptions) store.Store {
 	t.Helper()
@@ -47,7 +30,7 @@ func openPG(t *testing.T, dsn string, o store.PostgresOptions) store.Store {
 }
 
 func TestPostgresConformance(t *testing.T) {
-	p := testbed.UsePostgres(t, pg, pgMissing)
+	p := testbed.ProcessPostgres(t)
 	storetest.Run(t, func(t *testing.T) store.Store {
 		return openPG(t, p.NewDatabase(t), store.PostgresOptions{})
 	})
@@ -56,7 +39,7 @@ func TestPostgresConformance(t *testing.T) {
 // Two stores on one database, each with its own pool: two gateway
 // processes.
 func TestPostgresShared(t *testing.T) {
-	p := testbed.UsePostgres(t, pg, pgMissing)
+	p := testbed.ProcessPostgres(t)
 	storetest.RunShared(t, func(t *testing.T) (store.Store, store.Store) {
 		dsn := p.NewDatabase(t)
 		return openPG(t, dsn, store.PostgresOptions{}), openPG(t, dsn, store.PostgresOptions{MaxConns: 4})
@@ -65,7 +48,7 @@ func TestPostgresShared(t *testing.T) {
 
 // Gateways starting together on a fresh database migrate it once.
 func TestPostgresConcurrentMigrations(t *testing.T) {
-	p := testbed.UsePostgres(t, pg, pgMissing)
+	p := testbed.ProcessPostgres(t)
 	dsn := p.NewDatabase(t)
 	const n = 6
 	var wg sync.WaitGroup
@@ -108,7 +91,7 @@ func TestPostgresConcurrentMigrations(t *testing.T) {
 // Without migrations, a store on an unmigrated database is refused with
 // ErrSchemaOutdated, and accepted once `migrate` ran.
 func TestPostgresNoMigrate(t *testing.T) {
-	p := testbed.UsePostgres(t, pg, pgMissing)
+	p := testbed.ProcessPostgres(t)
 	dsn := p.NewDatabase(t)
 	ctx := context.Background()
 	o := store.Options{Driver: "postgres", DSN: dsn, NoMigrate: true}
@@ -130,7 +113,7 @@ func TestPostgresNoMigrate(t *testing.T) {
 // A statement waiting for a row another transaction holds gives up at its
 // context's deadline.
 func TestPostgresHonoursDeadlines(t *testing.T) {
-	p := testbed.UsePostgres(t, pg, pgMissing)
+	p := testbed.ProcessPostgres(t)
 	dsn := p.NewDatabase(t)
 	s := openPG(t, dsn, store.PostgresOptions{})
 	ctx := context.Background()
@@ -173,7 +156,7 @@ func TestPostgresHonoursDeadlines(t *testing.T) {
 // Errors about the DSN or the connection never show its password; the log
 // form of a DSN has none either.
 func TestPostgresDSNPasswordNeverShown(t *testing.T) {
-	p := testbed.UsePostgres(t, pg, pgMissing)
+	p := testbed.ProcessPostgres(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	const secret = "s3cret-Pa55word"
@@ -203,7 +186,7 @@ func TestPostgresDSNPasswordNeverShown(t *testing.T) {
 // A database that went away is SERVICE_UNAVAILABLE (503), not an internal
 // error.
 func TestPostgresUnavailable(t *testing.T) {
-	testbed.UsePostgres(t, pg, pgMissing)
+	testbed.ProcessPostgres(t)
 	own := testbed.NewPostgres(t) // this test stops its cluster
 	s := openPG(t, own.NewDatabase(t), store.PostgresOptions{})
 	ctx := context.Background()

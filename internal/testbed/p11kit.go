@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"sync"
 	"syscall"
+	"testing"
 	"time"
 )
 
@@ -91,4 +92,34 @@ func (s *P11KitServer) Stop() error {
 	<-s.exited
 	s.cmd = nil
 	return err
+}
+
+// StartP11Kit makes a SoftHSM2 token of its own (label, pin) behind a
+// started p11-kit server, points P11_KIT_SERVER_ADDRESS at it for the test,
+// and returns the client module's path and the server (stopped, and the
+// token removed, when the test ends). It skips, or fails when parts are
+// required, without p11-kit.
+func StartP11Kit(t *testing.T, label, pin string) (client string, srv *P11KitServer) {
+	t.Helper()
+	Require(t, "p11-kit", "softhsm2-util", SoftHSMModule)
+	if client = P11KitClientModule(); client == "" {
+		Require(t, "/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so")
+	}
+	// A short directory: unix socket paths are limited to 108 bytes.
+	dir, err := os.MkdirTemp("", "kgp11")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	soft, err := NewSoftHSM(dir, label, pin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv = NewP11KitServer(soft, dir)
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Stop() })
+	t.Setenv("P11_KIT_SERVER_ADDRESS", srv.Address())
+	return client, srv
 }

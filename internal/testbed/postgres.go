@@ -166,36 +166,6 @@ func RequirePostgres(tb testing.TB) {
 	}
 }
 
-// SetupPostgres starts one cluster for a whole test binary (from TestMain).
-// It returns nil with a reason when PostgreSQL is missing; stop is never nil.
-func SetupPostgres() (p *Postgres, stop func(), missing string, err error) {
-	if _, m := PostgresBin(); m != "" {
-		return nil, func() {}, m + " is missing", nil
-	}
-	p, err = StartPostgres()
-	if err != nil {
-		return nil, func() {}, "", err
-	}
-	return p, func() {
-		if err := p.Stop(); err != nil {
-			fmt.Fprintln(os.Stderr, "testbed:", err)
-		}
-	}, "", nil
-}
-
-// UsePostgres returns p for a test, or skips/fails the test with the reason
-// SetupPostgres gave when there is no cluster.
-func UsePostgres(tb testing.TB, p *Postgres, missing string) *Postgres {
-	tb.Helper()
-	if p == nil {
-		if Required() {
-			tb.Fatalf("PostgreSQL is required (KEYGRID_REQUIRE_SOFTHSM=1): %s", missing)
-		}
-		tb.Skip(missing)
-	}
-	return p
-}
-
 func (p *Postgres) dataDir() string { return filepath.Join(p.Dir, "data") }
 
 // command runs a PostgreSQL program as the cluster's OS user.

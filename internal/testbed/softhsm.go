@@ -92,23 +92,3 @@ func (s *SoftHSM) Tool(args ...string) *exec.Cmd {
 	cmd.Env = s.Env()
 	return cmd
 }
-
-// SetupProcess creates a SoftHSM2 token for the whole test binary and points
-// SOFTHSM2_CONF at it (a module reads it once, at C_Initialize). It returns
-// nil, with a reason, when SoftHSM2 is missing.
-func SetupProcess(label, pin string) (*SoftHSM, func(), string, error) {
-	if m := Missing("softhsm2-util", SoftHSMModule); m != "" {
-		return nil, func() {}, m + " is missing", nil
-	}
-	dir, err := os.MkdirTemp("", "keygrid-softhsm-")
-	if err != nil {
-		return nil, nil, "", err
-	}
-	s, err := NewSoftHSM(dir, label, pin)
-	if err != nil {
-		os.RemoveAll(dir)
-		return nil, nil, "", err
-	}
-	os.Setenv("SOFTHSM2_CONF", s.Conf)
-	return s, func() { os.RemoveAll(dir) }, "", nil
-}

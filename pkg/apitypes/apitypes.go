@@ -110,20 +110,49 @@ type KeyTypeInfo struct {
 // Provider, Status ("healthy" or "unhealthy"), ResponseTime and Error are
 // the original KeyGrid API's.
 type ProviderHealth struct {
-	Name          string         `json:"name"`
-	Provider      string         `json:"provider"`
-	Status        string         `json:"status"`
-	ResponseTime  string         `json:"response_time"`
-	Error         string         `json:"error,omitempty"`
-	Type          string         `json:"type"`
-	State         string         `json:"state"`
-	Healthy       bool           `json:"healthy"`
+	Name         string `json:"name"`
+	Provider     string `json:"provider"`
+	Status       string `json:"status"`
+	ResponseTime string `json:"response_time"`
+	Error        string `json:"error,omitempty"`
+	Type         string `json:"type"`
+	State        string `json:"state"`
+	Healthy      bool   `json:"healthy"`
+	// Reasons says why the state is degraded.
+	Reasons       []string       `json:"reasons,omitempty"`
 	LastErrorCode string         `json:"last_error_code,omitempty"`
 	LastError     string         `json:"last_error,omitempty"`
 	LastSuccess   *time.Time     `json:"last_success,omitempty"`
 	LastCheck     *time.Time     `json:"last_check,omitempty"`
 	LatencyMS     float64        `json:"latency_ms"`
 	Details       map[string]any `json:"details,omitempty"`
+	// Cluster is the CloudHSM cluster an aws-cloudhsm provider watches.
+	Cluster *ClusterHealth `json:"cluster,omitempty"`
+}
+
+// ClusterHealth is what the management API last said of a CloudHSM
+// cluster. HSMs are those of the last successful describe (LastSuccess);
+// Error, when set, is why the last describe (CheckedAt) failed, and
+// ErrorSince when the failures began.
+type ClusterHealth struct {
+	ID          string       `json:"id"`
+	Region      string       `json:"region"`
+	State       string       `json:"state,omitempty"`
+	HSMType     string       `json:"hsm_type,omitempty"`
+	HSMs        []ClusterHSM `json:"hsms"`
+	Error       string       `json:"error,omitempty"`
+	ErrorCode   string       `json:"error_code,omitempty"`
+	ErrorSince  *time.Time   `json:"error_since,omitempty"`
+	CheckedAt   *time.Time   `json:"checked_at,omitempty"`
+	LastSuccess *time.Time   `json:"last_success,omitempty"`
+}
+
+// ClusterHSM is one HSM of a CloudHSM cluster.
+type ClusterHSM struct {
+	ID               string `json:"id"`
+	AvailabilityZone string `json:"availability_zone"`
+	State            string `json:"state"`
+	ENIIP            string `json:"eni_ip,omitempty"`
 }
 
 // KeySpec describes the key to create. KeyUsage is the original KeyGrid

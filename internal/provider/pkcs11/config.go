@@ -7,7 +7,8 @@ import (
 	"strings"
 	"time"
 
-	"gopkg.in/yaml.v3"
+	"github.com/keygrid/keygrid-hsm/internal/cloudhsm"
+	"github.com/keygrid/keygrid-hsm/internal/duration"
 )
 
 // Provider types.
@@ -46,14 +47,26 @@ type Config struct {
 	Settings `yaml:",inline"`
 	PKCS11   *Settings `yaml:"pkcs11"`
 
-	// Region and ClusterID describe a CloudHSM cluster (informational: the
-	// client library's own configuration points it at the cluster).
+	// Region and ClusterID name the CloudHSM cluster (aws-cloudhsm only).
+	// With both set, the provider watches the cluster through the
+	// management API (cloudhsmv2 DescribeClusters) for health and metrics;
+	// the client library's own configuration still points it at the HSMs.
+	// See cluster.go.
 	Region    string `yaml:"region"`
 	ClusterID string `yaml:"cluster_id"`
+	// UseInstanceRole lets the AWS credential chain use the EC2 instance
+	// role (the instance metadata service); otherwise it is not asked.
+	UseInstanceRole bool `yaml:"use_instance_role"`
+	// ClusterPollInterval is the time between two DescribeClusters
+	// (default 60s).
+	ClusterPollInterval duration.Duration `yaml:"cluster_poll_interval"`
+	// CloudHSMEndpoint replaces the management API's regional endpoint (a
+	// VPC endpoint).
+	CloudHSMEndpoint string `yaml:"cloudhsm_endpoint"`
 
 	// OperationTimeout bounds one HSM operation, waiting for a session
 	// included (default 5s).
-	OperationTimeout Duration `yaml:"operation_timeout"`
+	OperationTimeout duration.Duration `yaml:"operation_timeout"`
 	// BusyRetries is how often an idempotent operation is retried when the
 	// HSM reports itself busy (CloudHSM's CKR_FUNCTION_FAILED; default 3 on
 	// aws-cloudhsm, 0 elsewhere).
@@ -79,19 +92,6 @@ type Config struct {
 	RescanOnMiss *bool `yaml:"rescan_on_miss"`
 }
 
-// Duration is a time.Duration written as "5s".
-type Duration time.Duration
-
-// UnmarshalYAML implements yaml.Unmarshaler.
-func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
-	v, err := time.ParseDuration(n.Value)
-	if err != nil || v < 0 {
-		return fmt.Errorf("line %d: %q is not a duration (like 5s)", n.Line, n.Value)
-	}
-	*d = Duration(v)
-	return nil
-}
-
 // resolved is a validated configuration with the type's defaults applied.
 type resolved struct {
 	Settings
@@ -102,8 +102,9 @@ type resolved struct {
 	busyRetries      int
 	serializeChanges bool
 	serializeCalls   bool
-	rescanOnMiss     *bool // nil: on for SoftHSM2
-	firstSlotDefault bool  // CloudHSM: one token; take the first slot when no label matches
+	rescanOnMiss     *bool             // nil: on for SoftHSM2
+	firstSlotDefault bool              // CloudHSM: one token; take the first slot when no label matches
+	cluster          *cloudhsm.Options // nil: no cluster to watch
 }
 
 // resolve merges the nested block, applies the defaults of typ and reads the
@@ -144,6 +145,11 @@ func (c Config) resolve(typ, field string) (resolved, error) {
 			r.MaxSessions = n.MaxSessions
 		}
 	}
+	cluster, err := c.clusterOptions(typ, field)
+	if err != nil {
+		return r, err
+	}
+	r.cluster = cluster
 	cloud := typ == TypeAWSCloudHSM
 	r.serializeChanges = !cloud
 	r.serializeCalls = c.SerializeCalls
@@ -177,7 +183,10 @@ func (c Config) resolve(typ, field string) (resolved, error) {
 	if r.MaxSessions == 0 {
 		r.MaxSessions = 16
 	}
-	r.opTimeout = time.Duration(c.OperationTimeout)
+	r.opTimeout = c.OperationTimeout.D()
+	if r.opTimeout < 0 {
+		return r, fmt.Errorf("%s.operation_timeout: must not be negative", field)
+	}
 	if r.opTimeout == 0 {
 		r.opTimeout = 5 * time.Second
 	}
@@ -233,30 +242,42 @@ type tokenInfo struct {
 	serial string
 }
 
-// selectSlot picks the configured token among the slots that hold one.
+// selectSlot picks the configured token among the slots that hold one. A
+// label or serial (both must match when both are set) that matches exactly
+// one token decides; slot_id narrows the choice only when it matches (a
+// module's slot ids need not start at 0 or stay stable: SoftHSM2 has no
+// slot 0). CloudHSM's first-slot fallback (firstSlotDefault) applies only
+// when the module has a single token. Anything else is an error that lists
+// the tokens present: a wrong token is never picked by listing order.
 func selectSlot(tokens []tokenInfo, s Settings, firstSlotDefault bool) (tokenInfo, error) {
 	if len(tokens) == 0 {
 		return tokenInfo{}, errors.New("the module lists no slot with a token")
 	}
-	var match []tokenInfo
-	for _, t := range tokens {
-		if s.TokenLabel != "" && t.label != s.TokenLabel {
-			continue
+	byName := s.TokenLabel != "" || s.TokenSerial != ""
+	match := tokens
+	if byName {
+		match = nil
+		for _, t := range tokens {
+			if (s.TokenLabel == "" || t.label == s.TokenLabel) && (s.TokenSerial == "" || t.serial == s.TokenSerial) {
+				match = append(match, t)
+			}
 		}
-		if s.TokenSerial != "" && t.serial != s.TokenSerial {
-			continue
+	}
+	if s.SlotID != nil {
+		var inSlot []tokenInfo
+		for _, t := range match {
+			if t.slot == *s.SlotID {
+				inSlot = append(inSlot, t)
+			}
 		}
-		if s.SlotID != nil && t.slot != *s.SlotID {
-			continue
+		if len(inSlot) > 0 || !byName {
+			match = inSlot
 		}
-		match = append(match, t)
 	}
 	switch {
 	case len(match) == 1:
 		return match[0], nil
-	case len(match) > 1:
-		return tokenInfo{}, fmt.Errorf("%d tokens match; set token_label, token_serial or slot_id to choose one", len(match))
-	case firstSlotDefault:
+	case len(match) == 0 && firstSlotDefault && len(tokens) == 1:
 		// CloudHSM has one token per cluster; its label is not the
 		// partition name in every SDK version.
 		return tokens[0], nil
@@ -275,8 +296,12 @@ func selectSlot(tokens []tokenInfo, s Settings, firstSlotDefault bool) (tokenInf
 	if s.SlotID != nil {
 		want = append(want, fmt.Sprintf("slot %d", *s.SlotID))
 	}
-	if len(want) == 0 {
+	switch {
+	case len(match) > 1 && len(want) == 0:
 		return tokenInfo{}, fmt.Errorf("several tokens are present (%s); set token_label", strings.Join(have, ", "))
+	case len(match) > 1:
+		return tokenInfo{}, fmt.Errorf("%d tokens match %s; set token_serial to choose one; the module has %s",
+			len(match), strings.Join(want, ", "), strings.Join(have, ", "))
 	}
 	return tokenInfo{}, fmt.Errorf("no token with %s; the module has %s", strings.Join(want, ", "), strings.Join(have, ", "))
 }

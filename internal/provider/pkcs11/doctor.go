@@ -1,9 +1,13 @@
 package pkcs11
 
 import (
+	"context"
 	"crypto/sha256"
 	"fmt"
 	"io"
+	"log/slog"
+	"maps"
+	"slices"
 	"strings"
 
 	"github.com/miekg/pkcs11"
@@ -14,10 +18,32 @@ import (
 // Doctor checks, step by step, that a provider configuration can reach its
 // HSM: it loads the module, lists slots and tokens, finds the configured
 // token, logs in, lists the mechanisms the gateway needs and which are
-// missing, and signs and verifies with a temporary session key. It prints a
-// PASS/FAIL line per check to out and reports whether all passed. The PIN
-// is never printed.
+// missing, and signs and verifies with a temporary key; an aws-cloudhsm
+// instance watching its cluster first describes it (cluster.go). When all
+// that passed, it opens the provider and shows what it discovered: the key
+// specs and algorithms it offers and, for each algorithm it lacks, why. It
+// prints a PASS/FAIL (or WARN) line per check to out and reports whether all
+// passed. The PIN is never printed.
 func Doctor(name, typ string, c Config, out io.Writer) bool {
+	if !doctorModule(name, typ, c, out) {
+		return false
+	}
+	p, err := Open(context.Background(), name, typ, c, slog.New(slog.DiscardHandler))
+	if err != nil {
+		fmt.Fprintf(out, "FAIL  %-12s %v\n", "capabilities", err)
+		return false
+	}
+	defer p.Close()
+	caps := p.Capabilities()
+	fmt.Fprintf(out, "PASS  %-12s %s\n", "capabilities", strings.Join(caps.Strings(), " "))
+	lacks := slices.Sorted(maps.Keys(caps.Missing))
+	for _, a := range lacks {
+		fmt.Fprintf(out, "      %-12s %s: %s\n", "missing", a, caps.Missing[a])
+	}
+	return true
+}
+
+func doctorModule(name, typ string, c Config, out io.Writer) bool {
 	ok := true
 	line := func(pass bool, check, format string, args ...any) {
 		status := "PASS"
@@ -33,6 +59,9 @@ func Doctor(name, typ string, c Config, out io.Writer) bool {
 		return false
 	}
 	line(true, "config", "%s provider %q, library %s, PIN from %s", typ, name, cfg.LibraryPath, pinSource(cfg.PinEnv, cfg.PinFile))
+	if cfg.cluster != nil && !doctorCluster(*cfg.cluster, out) {
+		ok = false
+	}
 
 	mod, err := openModule(cfg.LibraryPath)
 	if err != nil {
@@ -89,17 +118,7 @@ func Doctor(name, typ string, c Config, out io.Writer) bool {
 	}
 	line(true, "login", "logged in as the token user")
 
-	needed := []struct {
-		mech uint
-		name string
-	}{
-		{pkcs11.CKM_RSA_PKCS_KEY_PAIR_GEN, "CKM_RSA_PKCS_KEY_PAIR_GEN"}, {pkcs11.CKM_RSA_PKCS, "CKM_RSA_PKCS"},
-		{pkcs11.CKM_RSA_PKCS_PSS, "CKM_RSA_PKCS_PSS"}, {pkcs11.CKM_RSA_PKCS_OAEP, "CKM_RSA_PKCS_OAEP"},
-		{pkcs11.CKM_EC_KEY_PAIR_GEN, "CKM_EC_KEY_PAIR_GEN"}, {pkcs11.CKM_ECDSA, "CKM_ECDSA"},
-		{ckmECEdwardsKeyPairGen, "CKM_EC_EDWARDS_KEY_PAIR_GEN"}, {ckmEdDSA, "CKM_EDDSA"},
-		{pkcs11.CKM_AES_KEY_GEN, "CKM_AES_KEY_GEN"}, {pkcs11.CKM_AES_GCM, "CKM_AES_GCM"},
-		{pkcs11.CKM_AES_KEY_WRAP_PAD, "CKM_AES_KEY_WRAP_PAD"},
-	}
+	needed := usedMechanisms()
 	list, err := pc.GetMechanismList(tok.slot)
 	if err != nil {
 		line(false, "mechanisms", "C_GetMechanismList: %v", err)
@@ -110,7 +129,7 @@ func Doctor(name, typ string, c Config, out io.Writer) bool {
 		}
 		var present, missing []string
 		for _, n := range needed {
-			if have[n.mech] {
+			if have[n.code] {
 				present = append(present, n.name)
 			} else {
 				missing = append(missing, n.name)
@@ -121,20 +140,19 @@ func Doctor(name, typ string, c Config, out io.Writer) bool {
 		line(true, "mechanisms", "%d of %d the gateway uses; missing: %s", len(present), len(needed), orNone(missing))
 	}
 
-	pub, priv, key, err := sessionP256(pc, sh, "keygrid-doctor")
+	priv, key, _, destroy, err := scratchEC(pc, sh, "P-256", "keygrid-doctor")
 	if err != nil {
-		line(false, "sign/verify", "a session P-256 key: %v", err)
+		line(false, "sign/verify", "a temporary P-256 key: %v", err)
 		return ok
 	}
-	defer pc.DestroyObject(sh, priv)
-	defer pc.DestroyObject(sh, pub)
+	defer destroy(sh)
 	d := sha256.Sum256([]byte("keygrid doctor"))
-	valid, err := signES256(pc, sh, priv, key, d[:])
+	valid, err := signECDSA(pc, sh, priv, key, d[:])
 	if err != nil {
 		line(false, "sign/verify", "C_SignInit/C_Sign: %v", err)
 		return ok
 	}
-	line(valid, "sign/verify", "ES256 with a temporary session key: signature %s", map[bool]string{true: "valid", false: "INVALID"}[valid])
+	line(valid, "sign/verify", "ES256 with a temporary key: signature %s", map[bool]string{true: "valid", false: "INVALID"}[valid])
 	return ok
 }
 

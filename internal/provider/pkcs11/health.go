@@ -127,7 +127,10 @@ func (h *health) countError(err error) {
 
 // canary is a P-256 session key pair made on the login session, so it
 // lives until the next reset; every health check signs with it on a pooled
-// session and verifies in Go: the HSM must not only answer but compute.
+// session and verifies in Go: the HSM must not only answer but compute. A
+// token that makes no session objects (tpm2-pkcs11) gets no key (pub nil):
+// its check draws random bytes from the token instead, which reaches the
+// device without leaving an object behind.
 type canary struct {
 	gen  uint64
 	priv pkcs11.ObjectHandle
@@ -153,7 +156,7 @@ func (p *Provider) canaryKey() (*canary, error) {
 		return nil, errStale
 	}
 	_, priv, key, err := sessionP256(p.mod.ctx, p.login.h, "keygrid-canary")
-	if err != nil {
+	if err != nil && !refusedAttribute(err) {
 		return nil, err
 	}
 	c := &canary{gen: gen, priv: priv, pub: key}
@@ -195,8 +198,13 @@ func (p *Provider) checkCanary(ctx context.Context) error {
 	}
 	var valid bool
 	_, err = p.withSession(ctx, func(sh pkcs11.SessionHandle) error {
+		if c.pub == nil {
+			r, err := p.mod.ctx.GenerateRandom(sh, 16)
+			valid = len(r) == 16
+			return err
+		}
 		var err error
-		valid, err = signES256(p.mod.ctx, sh, c.priv, c.pub, canaryDigest[:])
+		valid, err = signECDSA(p.mod.ctx, sh, c.priv, c.pub, canaryDigest[:])
 		return err
 	})
 	if err != nil {

@@ -135,10 +135,15 @@ func templates(req provider.CreateKeyRequest, id []byte) (mech uint, pub, priv [
 // CreateKey implements provider.Provider. The key's objects carry the
 // object id as CKA_ID and the label as CKA_LABEL. It does not search the
 // token for the id first (a C_FindObjects costs time in proportion to the
-// objects on the token; the service never reuses an id). If the HSM fails in a way
-// that may have left the key made (a lost connection), the provider waits
-// for recovery and looks for the CKA_ID before it generates again: a key is
-// never made twice.
+// objects on the token; the service never reuses an id).
+//
+// The templates state every usage, denials included (CKA_DECRYPT=false on a
+// signing key). A module that refuses a denial the token cannot honour as
+// given (tpm2-pkcs11: the TPM has one attribute for sign and encrypt, one for
+// decrypt and verify, and fails a template that sets a pair two ways) gets
+// the templates again with the denials left out, once; the module is then
+// known to refuse them and later keys go without. The gateway enforces
+// usage itself, whatever the token grants.
 func (p *Provider) CreateKey(ctx context.Context, req provider.CreateKeyRequest) (provider.CreatedKey, error) {
 	id, err := hex.DecodeString(req.ObjectID)
 	if err != nil || len(id) != 16 {
@@ -151,8 +156,65 @@ func (p *Provider) CreateKey(ctx context.Context, req provider.CreateKeyRequest)
 	if err != nil {
 		return provider.CreatedKey{}, err
 	}
+	if p.mod.refusesDenials.Load() {
+		pubT, privT = grantsOnly(pubT), grantsOnly(privT)
+	}
+	err = p.generate(ctx, req.ObjectID, mech, pubT, privT)
+	if err != nil && refusedTemplate(err) && hasDenials(pubT, privT) {
+		if _, found, ferr := p.FindKey(ctx, req.ObjectID); ferr != nil || found {
+			return provider.CreatedKey{}, err
+		}
+		if err = p.generate(ctx, req.ObjectID, mech, grantsOnly(pubT), grantsOnly(privT)); err == nil && !p.mod.refusesDenials.Swap(true) {
+			p.log.Warn("the token refuses usage attributes set to false: keys are made with their usages only, "+
+				"the token may grant more (the gateway enforces usage)", "library", p.cfg.LibraryPath)
+		}
+	}
+	if err != nil {
+		return provider.CreatedKey{}, err
+	}
 	ref := p.ref(id, req.Label)
-	generate := func(sh pkcs11.SessionHandle) error {
+	out := provider.CreatedKey{Ref: ref}
+	if req.Spec.Type != alg.AES {
+		if out.PublicKey, err = p.PublicKey(ctx, ref); err != nil {
+			return provider.CreatedKey{}, err
+		}
+	}
+	return out, nil
+}
+
+// usageAttrs are the attributes that say what a key may do.
+var usageAttrs = []uint{pkcs11.CKA_ENCRYPT, pkcs11.CKA_DECRYPT, pkcs11.CKA_SIGN, pkcs11.CKA_VERIFY,
+	pkcs11.CKA_WRAP, pkcs11.CKA_UNWRAP, pkcs11.CKA_DERIVE}
+
+// hasDenials reports whether a template holds a usage attribute set to
+// false.
+func hasDenials(ts ...[]*pkcs11.Attribute) bool {
+	for _, t := range ts {
+		if len(grantsOnly(t)) != len(t) {
+			return true
+		}
+	}
+	return false
+}
+
+// grantsOnly returns the template without its denials: the usage
+// attributes set to false.
+func grantsOnly(t []*pkcs11.Attribute) []*pkcs11.Attribute {
+	var out []*pkcs11.Attribute
+	for _, a := range t {
+		if slices.Contains(usageAttrs, a.Type) && !slices.ContainsFunc(a.Value, func(b byte) bool { return b != 0 }) {
+			continue
+		}
+		out = append(out, a)
+	}
+	return out
+}
+
+// generate makes the key's objects. If the HSM fails in a way that may have
+// left the key made (a lost connection), it waits for recovery and looks
+// for the CKA_ID before it generates again: a key is never made twice.
+func (p *Provider) generate(ctx context.Context, objectID string, mech uint, pubT, privT []*pkcs11.Attribute) error {
+	gen := func(sh pkcs11.SessionHandle) error {
 		// Taken on the session, never while waiting for one: holders of
 		// sessions wait for changeMu in their searches.
 		defer p.lockChanges(true)()
@@ -165,12 +227,12 @@ func (p *Provider) CreateKey(ctx context.Context, req provider.CreateKeyRequest)
 		return err
 	}
 	for attempt := 0; ; attempt++ {
-		err = p.run(ctx, false, opCreate, generate)
+		err := p.run(ctx, false, opCreate, gen)
 		if err == nil {
-			break
+			return nil
 		}
 		if attempt > 0 || !errors.Is(err, kgerr.ErrServiceUnavailable) {
-			return provider.CreatedKey{}, err
+			return err
 		}
 		// The generation may have reached the HSM before the failure: wait
 		// for recovery, then look before generating again.
@@ -178,21 +240,14 @@ func (p *Provider) CreateKey(ctx context.Context, req provider.CreateKeyRequest)
 		werr := p.state.waitUp(wctx)
 		cancel()
 		if werr != nil {
-			return provider.CreatedKey{}, err
+			return err
 		}
-		if _, found, ferr := p.FindKey(ctx, req.ObjectID); ferr != nil {
-			return provider.CreatedKey{}, err
+		if _, found, ferr := p.FindKey(ctx, objectID); ferr != nil {
+			return err
 		} else if found {
-			break
+			return nil
 		}
 	}
-	out := provider.CreatedKey{Ref: ref}
-	if req.Spec.Type != alg.AES {
-		if out.PublicKey, err = p.PublicKey(ctx, ref); err != nil {
-			return provider.CreatedKey{}, err
-		}
-	}
-	return out, nil
 }
 
 // findAll returns the handles of every object with CKA_ID id (any class).
@@ -487,12 +542,7 @@ func publicKeyFromAttrs(keyType uint, get func(uint) ([]byte, error)) (any, erro
 		if err != nil {
 			return nil, err
 		}
-		// CKA_EC_POINT is a DER OCTET STRING; a few modules return the raw
-		// point.
-		var raw []byte
-		if rest, err := asn1.Unmarshal(point, &raw); err != nil || len(rest) != 0 {
-			raw = point
-		}
+		raw := ecPointBytes(point)
 		curve := ""
 		for name, oid := range curveOIDs {
 			if slices.Equal(oid, params) {
@@ -512,4 +562,14 @@ func publicKeyFromAttrs(keyType uint, get func(uint) ([]byte, error)) (any, erro
 		return ecdsa.ParseUncompressedPublicKey(c, raw)
 	}
 	return nil, fmt.Errorf("unsupported key type %#x", keyType)
+}
+
+// ecPointBytes returns the point of a CKA_EC_POINT: a DER OCTET STRING, or,
+// from a few modules, the raw point.
+func ecPointBytes(point []byte) []byte {
+	var raw []byte
+	if rest, err := asn1.Unmarshal(point, &raw); err != nil || len(rest) != 0 {
+		return point
+	}
+	return raw
 }

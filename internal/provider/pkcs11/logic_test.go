@@ -2,14 +2,17 @@ package pkcs11
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/miekg/pkcs11"
 
+	"github.com/keygrid/keygrid-hsm/internal/duration"
 	"github.com/keygrid/keygrid-hsm/internal/kgerr"
 )
 
@@ -48,6 +51,7 @@ func TestResolveDefaultsByType(t *testing.T) {
 		{name: "fail cloudhsm pin without user", typ: TypeAWSCloudHSM, cfg: Config{Settings: Settings{PinEnv: "PLAIN_PIN"}}, wantErr: "CU_user:password"},
 		{name: "fail conflicting nested value", typ: TypePKCS11, cfg: Config{Settings: Settings{LibraryPath: "/a.so"}, PKCS11: &Settings{LibraryPath: "/b.so"}}, wantErr: "both"},
 		{name: "fail pin env and file", typ: TypePKCS11, cfg: Config{Settings: Settings{LibraryPath: "/a.so", PinEnv: "PLAIN_PIN", PinFile: "/f"}}, wantErr: "not both"},
+		{name: "fail negative operation timeout", typ: TypePKCS11, cfg: Config{Settings: Settings{LibraryPath: "/a.so", PinEnv: "PLAIN_PIN"}, OperationTimeout: duration.Duration(-time.Second)}, wantErr: "operation_timeout"},
 		{name: "fail too many sessions", typ: TypePKCS11, cfg: Config{Settings: Settings{LibraryPath: "/a.so", PinEnv: "PLAIN_PIN", MaxSessions: 5000}}, wantErr: "max_sessions"},
 	}
 	for _, c := range cases {
@@ -95,26 +99,46 @@ func TestSelectSlot(t *testing.T) {
 	}{
 		{"ok label", Settings{TokenLabel: "alpha"}, false, 11, false},
 		{"ok label and serial", Settings{TokenLabel: "beta", TokenSerial: "s3"}, false, 13, false},
+		{"ok serial alone", Settings{TokenSerial: "s2"}, false, 12, false},
 		{"ok slot id", Settings{SlotID: u(12)}, false, 12, false},
+		{"ok slot id narrows an ambiguous label", Settings{TokenLabel: "beta", SlotID: u(13)}, false, 13, false},
+		{"ok label decides when slot id matches nothing", Settings{TokenLabel: "alpha", SlotID: u(0)}, false, 11, false},
+		{"ok label decides when slot id is another token's", Settings{TokenLabel: "alpha", SlotID: u(12)}, false, 11, false},
 		{"fail ambiguous label", Settings{TokenLabel: "beta"}, false, 0, true},
+		{"fail ambiguous label, slot id matches nothing", Settings{TokenLabel: "beta", SlotID: u(0)}, true, 0, true},
+		{"fail label and serial of two tokens", Settings{TokenLabel: "alpha", TokenSerial: "s2"}, false, 0, true},
 		{"fail unknown label", Settings{TokenLabel: "gamma"}, false, 0, true},
+		{"fail unknown slot id", Settings{SlotID: u(0)}, false, 0, true},
 		{"fail nothing set and several tokens", Settings{}, false, 0, true},
-		{"ok cloudhsm first slot when label matches nothing", Settings{TokenLabel: "keygrid-partition"}, true, 11, false},
+		{"fail cloudhsm label that matches nothing among several tokens", Settings{TokenLabel: "keygrid-partition", SlotID: u(0)}, true, 0, true},
 		{"ok cloudhsm label that matches wins", Settings{TokenLabel: "alpha"}, true, 11, false},
 	}
 	for _, c := range cases {
-		t.Run(c.name, func(t *testing.T) {
-			got, err := selectSlot(toks, c.s, c.cloud)
-			if c.err {
-				if err == nil {
-					t.Fatalf("selected slot %d", got.slot)
+		// In both listing orders: the answer never depends on which token
+		// the module lists first.
+		for _, order := range []string{"listed", "reversed"} {
+			t.Run(c.name+" "+order, func(t *testing.T) {
+				ts := slices.Clone(toks)
+				if order == "reversed" {
+					slices.Reverse(ts)
 				}
-				return
-			}
-			if err != nil || got.slot != c.want {
-				t.Fatalf("slot %d, %v; want %d", got.slot, err, c.want)
-			}
-		})
+				got, err := selectSlot(ts, c.s, c.cloud)
+				if c.err {
+					if err == nil {
+						t.Fatalf("selected slot %d", got.slot)
+					}
+					for _, tk := range toks {
+						if !strings.Contains(err.Error(), fmt.Sprintf("%q (serial %s, slot %d)", tk.label, tk.serial, tk.slot)) {
+							t.Errorf("the error does not list token %q: %v", tk.label, err)
+						}
+					}
+					return
+				}
+				if err != nil || got.slot != c.want {
+					t.Fatalf("slot %d, %v; want %d", got.slot, err, c.want)
+				}
+			})
+		}
 	}
 	if _, err := selectSlot(nil, Settings{}, true); err == nil {
 		t.Fatal("no tokens: want an error")
@@ -122,6 +146,31 @@ func TestSelectSlot(t *testing.T) {
 	one, err := selectSlot(toks[:1], Settings{}, false)
 	if err != nil || one.slot != 11 {
 		t.Fatalf("single token with no selection: %v %v", one, err)
+	}
+	// CloudHSM's first-slot fallback: only with a single token.
+	only := []tokenInfo{{slot: 1, label: "some-sdk-label", serial: "x"}}
+	if got, err := selectSlot(only, Settings{TokenLabel: "keygrid-partition", SlotID: u(0)}, true); err != nil || got.slot != 1 {
+		t.Fatalf("cloudhsm with a single token: %v %v", got, err)
+	}
+	if _, err := selectSlot(only, Settings{TokenLabel: "keygrid-partition"}, false); err == nil {
+		t.Fatal("pkcs11 type: an unmatched label must not fall back to the only token")
+	}
+}
+
+// The seed's aws-cloudhsm block (slot_id 0, token_label "kg2") on a module
+// with tokens kg1 and kg2 and no slot 0 (SoftHSM2): kg2, in either listing
+// order, never kg1.
+func TestSelectSlotSeedBlockPicksLabel(t *testing.T) {
+	zero := uint(0)
+	s := Settings{SlotID: &zero, TokenLabel: "kg2"}
+	for _, ts := range [][]tokenInfo{
+		{{slot: 1804289383, label: "kg1", serial: "a"}, {slot: 846930886, label: "kg2", serial: "b"}},
+		{{slot: 846930886, label: "kg2", serial: "b"}, {slot: 1804289383, label: "kg1", serial: "a"}},
+	} {
+		got, err := selectSlot(ts, s, true)
+		if err != nil || got.label != "kg2" {
+			t.Fatalf("tokens %v: picked %+v, %v; want kg2", ts, got, err)
+		}
 	}
 }
 

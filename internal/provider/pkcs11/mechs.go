@@ -5,10 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/rsa"
-	"crypto/sha1"
-	"crypto/sha256"
 	"fmt"
-	"hash"
 	"math/big"
 
 	"github.com/miekg/pkcs11"
@@ -17,17 +14,10 @@ import (
 	"github.com/keygrid/keygrid-hsm/internal/provider"
 )
 
-// Mechanisms and key types of PKCS#11 v3.0 that miekg/pkcs11 lacks.
-const (
-	ckkECEdwards           = 0x40
-	ckmECEdwardsKeyPairGen = 0x1055
-	ckmEdDSA               = 0x1057
-)
-
 // discover reads the token's mechanisms (C_GetMechanismList and
-// C_GetMechanismInfo) and probes what the list cannot say, to build the
-// capabilities: a request for what the token cannot do is refused before any
-// HSM call.
+// C_GetMechanismInfo) and derives the capabilities from them, the mechanism
+// table (table.go) and the table's probes: a request for what the token
+// cannot do is refused before any HSM call.
 func (p *Provider) discover(ctx context.Context) error {
 	p.mechs = map[uint]pkcs11.MechanismInfo{}
 	err := p.run(ctx, true, opOther, func(sh pkcs11.SessionHandle) error {
@@ -48,156 +38,46 @@ func (p *Provider) discover(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("reading the token's mechanisms: %w", err)
 	}
-	caps := provider.Capabilities{Missing: map[alg.Algorithm]string{}}
-	has := func(m uint, flags uint) bool {
-		i, ok := p.mechs[m]
-		return ok && i.Flags&flags == flags
-	}
-	within := func(m uint, n uint) bool {
-		i := p.mechs[m]
-		return (i.MinKeySize == 0 || n >= i.MinKeySize) && (i.MaxKeySize == 0 || n <= i.MaxKeySize)
-	}
-	missing := func(why string, algs ...alg.Algorithm) {
-		for _, a := range algs {
-			caps.Missing[a] = why
-		}
-	}
-	add := func(algs ...alg.Algorithm) { caps.Algorithms = append(caps.Algorithms, algs...) }
-
-	if has(pkcs11.CKM_RSA_PKCS_KEY_PAIR_GEN, pkcs11.CKF_GENERATE_KEY_PAIR) {
-		kt := provider.KeyTypeCaps{Type: alg.RSA}
-		for _, n := range []int{2048, 3072, 4096} {
-			if within(pkcs11.CKM_RSA_PKCS_KEY_PAIR_GEN, uint(n)) {
-				kt.Sizes = append(kt.Sizes, n)
-			}
-		}
-		caps.KeyTypes = append(caps.KeyTypes, kt)
-		if has(pkcs11.CKM_RSA_PKCS, pkcs11.CKF_SIGN) {
-			add(alg.RS256, alg.RS384, alg.RS512)
-		} else {
-			missing("token lacks CKM_RSA_PKCS for signing", alg.RS256, alg.RS384, alg.RS512)
-		}
-		if has(pkcs11.CKM_RSA_PKCS_PSS, pkcs11.CKF_SIGN) {
-			add(alg.PS256, alg.PS384, alg.PS512)
-		} else {
-			missing("token lacks CKM_RSA_PKCS_PSS", alg.PS256, alg.PS384, alg.PS512)
-		}
-		if has(pkcs11.CKM_RSA_PKCS_OAEP, pkcs11.CKF_DECRYPT) {
-			for _, o := range []struct {
-				a    alg.Algorithm
-				name string
-			}{{alg.RSAOAEP, "SHA-1"}, {alg.RSAOAEP256, "SHA-256"}} {
-				if ok, why := p.probeOAEP(ctx, o.a); ok {
-					add(o.a)
-				} else {
-					missing(fmt.Sprintf("token lacks CKM_RSA_PKCS_OAEP with %s (%s)", o.name, why), o.a)
-				}
-			}
-		} else {
-			missing("token lacks CKM_RSA_PKCS_OAEP for decryption", alg.RSAOAEP, alg.RSAOAEP256)
-		}
-	} else {
-		missing("token lacks CKM_RSA_PKCS_KEY_PAIR_GEN", alg.RS256, alg.RS384, alg.RS512, alg.PS256, alg.PS384, alg.PS512, alg.RSAOAEP, alg.RSAOAEP256)
-	}
-
-	if has(pkcs11.CKM_EC_KEY_PAIR_GEN, pkcs11.CKF_GENERATE_KEY_PAIR) {
-		kt := provider.KeyTypeCaps{Type: alg.EC}
-		for _, c := range []struct {
-			curve string
-			bits  uint
-			a     alg.Algorithm
-		}{{"P-256", 256, alg.ES256}, {"P-384", 384, alg.ES384}, {"P-521", 521, alg.ES512}} {
-			if !within(pkcs11.CKM_EC_KEY_PAIR_GEN, c.bits) {
-				missing("token does not make "+c.curve+" keys", c.a)
-				continue
-			}
-			kt.Curves = append(kt.Curves, c.curve)
-			if has(pkcs11.CKM_ECDSA, pkcs11.CKF_SIGN) {
-				add(c.a)
-			} else {
-				missing("token lacks CKM_ECDSA", c.a)
-			}
-		}
-		caps.KeyTypes = append(caps.KeyTypes, kt)
-	} else {
-		missing("token lacks CKM_EC_KEY_PAIR_GEN", alg.ES256, alg.ES384, alg.ES512)
-	}
-
-	if has(ckmECEdwardsKeyPairGen, pkcs11.CKF_GENERATE_KEY_PAIR) && has(ckmEdDSA, pkcs11.CKF_SIGN) {
-		caps.KeyTypes = append(caps.KeyTypes, provider.KeyTypeCaps{Type: alg.Ed25519})
-		add(alg.EdDSA)
-	} else {
-		missing("token lacks CKM_EC_EDWARDS_KEY_PAIR_GEN or CKM_EDDSA", alg.EdDSA)
-	}
-
-	if has(pkcs11.CKM_AES_KEY_GEN, pkcs11.CKF_GENERATE) {
-		kt := provider.KeyTypeCaps{Type: alg.AES}
-		info := p.mechs[pkcs11.CKM_AES_KEY_GEN]
-		for _, n := range []int{128, 256} {
-			size := uint(n / 8) // AES sizes are in bytes (PKCS#11 §2.8) …
-			if info.MaxKeySize > 64 {
-				size = uint(n) // … but some modules report bits
-			}
-			if within(pkcs11.CKM_AES_KEY_GEN, size) {
-				kt.Sizes = append(kt.Sizes, n)
-			}
-		}
-		caps.KeyTypes = append(caps.KeyTypes, kt)
-		if has(pkcs11.CKM_AES_GCM, pkcs11.CKF_ENCRYPT|pkcs11.CKF_DECRYPT) {
-			add(alg.A128GCM, alg.A256GCM)
-		} else {
-			missing("token lacks CKM_AES_GCM", alg.A128GCM, alg.A256GCM)
-		}
-		if has(pkcs11.CKM_AES_KEY_WRAP_PAD, pkcs11.CKF_WRAP|pkcs11.CKF_UNWRAP) {
-			add(alg.AESKWP)
-			caps.WrapMultipleOf8 = !p.probeKWP(ctx)
-		} else {
-			missing("token lacks CKM_AES_KEY_WRAP_PAD", alg.AESKWP)
-		}
-	} else {
-		missing("token lacks CKM_AES_KEY_GEN", alg.A128GCM, alg.A256GCM, alg.AESKWP)
-	}
-	p.caps = caps
+	p.caps = deriveCaps(p.mechs, func(m mechanism, a alg.Info, caps *provider.Capabilities) string {
+		return m.probe(ctx, p, a, m, caps)
+	})
 	return nil
 }
 
 // probeOAEP checks, with a session key pair, whether the token decrypts
 // RSA-OAEP with the hash of a (SoftHSM2 does SHA-1 only). The mechanism list
 // cannot tell this.
-func (p *Provider) probeOAEP(ctx context.Context, a alg.Algorithm) (bool, string) {
-	info, _ := alg.Lookup(string(a))
+func probeOAEP(ctx context.Context, p *Provider, a alg.Info, m mechanism, _ *provider.Capabilities) string {
+	if ok, why := p.oaepWorks(ctx, a, m); !ok {
+		return fmt.Sprintf("token lacks %s with %s (%s)", m.mech.name, a.Hash, why)
+	}
+	return ""
+}
+
+// oaepWorks decrypts with m and a session key pair; why names the refusal.
+func (p *Provider) oaepWorks(ctx context.Context, info alg.Info, m mechanism) (ok bool, why string) {
 	bits := uint(1024)
 	if m := p.mechs[pkcs11.CKM_RSA_PKCS_KEY_PAIR_GEN]; m.MinKeySize > bits {
 		bits = m.MinKeySize
 	}
-	var why string
 	err := p.run(ctx, false, opOther, func(sh pkcs11.SessionHandle) error {
 		c := p.mod.ctx
-		pub, priv, err := c.GenerateKeyPair(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_RSA_PKCS_KEY_PAIR_GEN, nil)},
-			[]*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false), pkcs11.NewAttribute(pkcs11.CKA_ENCRYPT, true),
-				pkcs11.NewAttribute(pkcs11.CKA_MODULUS_BITS, bits), pkcs11.NewAttribute(pkcs11.CKA_PUBLIC_EXPONENT, []byte{1, 0, 1})},
-			[]*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false), pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, true),
-				pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true)})
+		pub, priv, destroy, err := p.probeKeyPair(sh, bits)
 		if err != nil {
 			return err
 		}
-		defer c.DestroyObject(sh, priv)
-		defer c.DestroyObject(sh, pub)
+		defer destroy()
 		attrs, err := c.GetAttributeValue(sh, pub, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_MODULUS, nil)})
 		if err != nil {
 			return err
 		}
 		key := &rsa.PublicKey{N: new(big.Int).SetBytes(attrs[0].Value), E: 65537}
-		var h hash.Hash = sha1.New()
-		if info.Hash.Size() == sha256.Size {
-			h = sha256.New()
-		}
 		msg := []byte("keygrid oaep probe")
-		ct, err := rsa.EncryptOAEP(h, rand.Reader, key, msg, nil)
+		ct, err := rsa.EncryptOAEP(info.Hash.New(), rand.Reader, key, msg, nil)
 		if err != nil {
 			return err
 		}
-		pt, err := p.decryptOAEP(sh, priv, info, ct)
+		pt, _, err := p.invoke(sh, priv, m, info, args{u: useDecrypt}, ct)
 		switch {
 		case err != nil:
 			code, _ := ckrCode(err)
@@ -214,14 +94,31 @@ func (p *Provider) probeOAEP(ctx context.Context, a alg.Algorithm) (bool, string
 	return why == "", why
 }
 
-// probeKWP checks whether the token's CKM_AES_KEY_WRAP_PAD follows RFC 5649
+// probeKWP records in caps whether the token's AES-KWP is exact only for
+// key material whose length is a multiple of 8 bytes; it never refuses.
+// probeECDSA makes a key of the algorithm's curve and signs with it: a
+// token may list a curve whose keys do not work (tpm2-pkcs11's P-521 public
+// point is not valid DER).
+func probeECDSA(ctx context.Context, p *Provider, a alg.Info, _ mechanism, _ *provider.Capabilities) string {
+	if why := p.probeECDSA(ctx, a.Curve, a.Name); why != "" {
+		return "token's " + a.Curve + " keys do not work: " + why
+	}
+	return ""
+}
+
+func probeKWP(ctx context.Context, p *Provider, _ alg.Info, m mechanism, caps *provider.Capabilities) string {
+	caps.WrapMultipleOf8 = !p.kwpExact(ctx, m)
+	return ""
+}
+
+// kwpExact checks whether the token's CKM_AES_KEY_WRAP_PAD follows RFC 5649
 // for key material that is not a multiple of 8 bytes, by wrapping a 7-byte
 // secret under a session KEK of known value and comparing with Go's
 // implementation. SoftHSM2 2.6 pads the material first and records the
 // padded length, so its unwrap cannot give the original back. If the probe
 // cannot run (a module that refuses imported session keys), the module is
 // trusted.
-func (p *Provider) probeKWP(ctx context.Context) bool {
+func (p *Provider) kwpExact(ctx context.Context, m mechanism) bool {
 	kek := make([]byte, 32)
 	secret := []byte("7 bytes")
 	rand.Read(kek)
@@ -236,7 +133,7 @@ func (p *Provider) probeKWP(ctx context.Context) bool {
 			return nil
 		}
 		defer c.DestroyObject(sh, k)
-		got, err = p.wrapBytes(sh, k, secret)
+		got, err = p.wrapBytes(sh, k, m, secret)
 		if err != nil {
 			got = nil
 		}

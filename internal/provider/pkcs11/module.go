@@ -34,6 +34,11 @@ type module struct {
 	rescanMu   sync.Mutex
 	lastRescan time.Time // start of the last rescan, guarded by rescanMu
 	softHSM    atomic.Int32
+
+	// refusesDenials is set once CreateKey found that the module makes a
+	// key only from templates without usage attributes set to false
+	// (keys.go).
+	refusesDenials atomic.Bool
 }
 
 var modules = struct {

@@ -3,7 +3,6 @@ package pkcs11
 import (
 	"bytes"
 	"context"
-	"crypto"
 	"crypto/rand"
 	"fmt"
 
@@ -14,121 +13,124 @@ import (
 	"github.com/keygrid/keygrid-hsm/internal/provider"
 )
 
-var (
-	hashMech = map[crypto.Hash]uint{crypto.SHA1: pkcs11.CKM_SHA_1, crypto.SHA256: pkcs11.CKM_SHA256,
-		crypto.SHA384: pkcs11.CKM_SHA384, crypto.SHA512: pkcs11.CKM_SHA512}
-	mgfMech = map[crypto.Hash]uint{crypto.SHA1: pkcs11.CKG_MGF1_SHA1, crypto.SHA256: pkcs11.CKG_MGF1_SHA256,
-		crypto.SHA384: pkcs11.CKG_MGF1_SHA384, crypto.SHA512: pkcs11.CKG_MGF1_SHA512}
-)
-
-// check refuses, before any HSM call, an algorithm the token lacks or one
-// that does not fit the key.
-func (p *Provider) check(spec alg.Spec, a alg.Info) error {
+// mechanism returns the table entry that performs use u of a, refusing
+// before any HSM call an algorithm the provider does not advertise, one its
+// entry does not use for u, and one that does not fit the key.
+func (p *Provider) mechanism(spec alg.Spec, a alg.Info, u use) (mechanism, error) {
 	if err := p.caps.CheckAlgorithm(a.Name); err != nil {
-		return err
+		return mechanism{}, err
 	}
-	return alg.Compatible(spec, a)
+	m, ok := mechanismOf(a.Name)
+	if !ok || m.uses&u != u {
+		return mechanism{}, kgerr.New(kgerr.KindUnsupportedAlgorithm, fmt.Sprintf("this provider does not use %s for %s", a.Name, u))
+	}
+	if err := alg.Compatible(spec, a); err != nil {
+		return mechanism{}, err
+	}
+	return m, nil
 }
 
-// signMechanism returns the mechanism and the bytes the token signs.
-func signMechanism(a alg.Info, input []byte) (*pkcs11.Mechanism, []byte, error) {
-	switch {
-	case a.KeyType == alg.RSA && a.PSS:
-		return pkcs11.NewMechanism(pkcs11.CKM_RSA_PKCS_PSS,
-			pkcs11.NewPSSParams(hashMech[a.Hash], mgfMech[a.Hash], uint(a.Hash.Size()))), input, nil
-	case a.KeyType == alg.RSA && a.Kind == alg.KindSign:
-		// CKM_RSA_PKCS signs what it is given: build the DigestInfo.
-		di, err := alg.DigestInfo(a.Hash, input)
-		if err != nil {
+// perform does use c.u (sign, encrypt or decrypt) of algorithm a with the
+// key of ref: the mechanism, its parameters and the shaping of the input
+// come from the table. An encryption gets a fresh random IV on every
+// attempt; it returns the IV the module used.
+func (p *Provider) perform(ctx context.Context, ref string, spec alg.Spec, a alg.Info, c args, in []byte) (out, iv []byte, err error) {
+	m, err := p.mechanism(spec, a, c.u)
+	if err != nil {
+		return nil, nil, err
+	}
+	if m.ivBytes > 0 && c.u == useDecrypt && len(c.iv) != m.ivBytes {
+		return nil, nil, kgerr.ErrDecryptionFailed
+	}
+	if m.input != nil {
+		if in, err = m.input(a, in); err != nil {
 			return nil, nil, err
 		}
-		return pkcs11.NewMechanism(pkcs11.CKM_RSA_PKCS, nil), di, nil
-	case a.KeyType == alg.EC:
-		if len(input) != a.Hash.Size() {
-			return nil, nil, kgerr.Invalid("digest does not match the algorithm's hash")
+	}
+	if m.perCallLimit {
+		if err := p.checkGCMSize(len(in)); err != nil {
+			return nil, nil, err
 		}
-		return pkcs11.NewMechanism(pkcs11.CKM_ECDSA, nil), input, nil
-	case a.Name == alg.EdDSA:
-		return pkcs11.NewMechanism(ckmEdDSA, nil), input, nil
 	}
-	return nil, nil, kgerr.New(kgerr.KindUnsupportedAlgorithm, fmt.Sprintf("algorithm %s cannot sign", a.Name))
-}
-
-// Sign implements provider.Provider. CKM_ECDSA returns raw r‖s, as the
-// contract wants.
-func (p *Provider) Sign(ctx context.Context, req provider.SignRequest) ([]byte, error) {
-	if err := p.check(req.Spec, req.Algorithm); err != nil {
-		return nil, err
+	class := uint(pkcs11.CKO_PRIVATE_KEY)
+	if spec.Type == alg.AES {
+		class = pkcs11.CKO_SECRET_KEY
 	}
-	m, in, err := signMechanism(req.Algorithm, req.Input)
-	if err != nil {
-		return nil, err
-	}
-	var sig []byte
-	err = p.withKey(ctx, req.Ref, pkcs11.CKO_PRIVATE_KEY, true, opOther, func(sh pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
-		if err := p.mod.ctx.SignInit(sh, []*pkcs11.Mechanism{m}, h); err != nil {
-			return err
+	err = p.withKey(ctx, ref, class, true, c.u.opKind(), func(sh pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
+		attempt := c
+		if m.ivBytes > 0 && c.u == useEncrypt {
+			attempt.iv = make([]byte, m.ivBytes)
+			if _, err := rand.Read(attempt.iv); err != nil {
+				return err
+			}
 		}
 		var err error
-		sig, err = p.mod.ctx.Sign(sh, in)
+		out, iv, err = p.invoke(sh, h, m, a, attempt, in)
 		return err
 	})
+	if err != nil {
+		return nil, nil, err
+	}
+	return out, iv, nil
+}
+
+// invoke makes one call of use c.u of m for a with key h on session sh
+// (C_SignInit and C_Sign, C_EncryptInit and C_Encrypt, or C_DecryptInit and
+// C_Decrypt) on input shaped already. After an encryption it returns the IV
+// the module used.
+func (p *Provider) invoke(sh pkcs11.SessionHandle, h pkcs11.ObjectHandle, m mechanism, a alg.Info, c args, in []byte) (out, iv []byte, err error) {
+	b, err := m.build(a, c)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer b.free()
+	ctx := p.mod.ctx
+	switch c.u {
+	case useSign:
+		if err := ctx.SignInit(sh, b.mechs, h); err != nil {
+			return nil, nil, err
+		}
+		out, err = ctx.Sign(sh, in)
+	case useEncrypt:
+		if err := ctx.EncryptInit(sh, b.mechs, h); err != nil {
+			return nil, nil, err
+		}
+		if out, err = ctx.Encrypt(sh, in); err == nil {
+			iv = b.iv(c.iv)
+		}
+	case useDecrypt:
+		if err := ctx.DecryptInit(sh, b.mechs, h); err != nil {
+			return nil, nil, err
+		}
+		out, err = ctx.Decrypt(sh, in)
+	default:
+		return nil, nil, fmt.Errorf("invoke: use %s is not a single-part operation", c.u)
+	}
+	return out, iv, err
+}
+
+// Sign implements provider.Provider.
+func (p *Provider) Sign(ctx context.Context, req provider.SignRequest) ([]byte, error) {
+	sig, _, err := p.perform(ctx, req.Ref, req.Spec, req.Algorithm, args{u: useSign}, req.Input)
 	return sig, err
 }
-
-func (p *Provider) decryptOAEP(sh pkcs11.SessionHandle, h pkcs11.ObjectHandle, a alg.Info, ct []byte) ([]byte, error) {
-	params := pkcs11.NewOAEPParams(hashMech[a.Hash], mgfMech[a.Hash], pkcs11.CKZ_DATA_SPECIFIED, nil)
-	if err := p.mod.ctx.DecryptInit(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_RSA_PKCS_OAEP, params)}, h); err != nil {
-		return nil, err
-	}
-	return p.mod.ctx.Decrypt(sh, ct)
-}
-
-const gcmTagBits = 128
 
 // Encrypt implements provider.Provider: AES-GCM with a random 96-bit IV.
 // Some modules (CloudHSM) ignore the IV they are given and write their own
 // into the parameters: the IV is read back after the call.
 func (p *Provider) Encrypt(ctx context.Context, req provider.EncryptRequest) (provider.EncryptResult, error) {
-	a := req.Algorithm
-	if a.KeyType != alg.AES || a.Kind != alg.KindEncrypt {
-		return provider.EncryptResult{}, kgerr.New(kgerr.KindUnsupportedAlgorithm, fmt.Sprintf("algorithm %s does not encrypt here", a.Name))
-	}
-	if err := p.check(req.Spec, a); err != nil {
+	ct, iv, err := p.perform(ctx, req.Ref, req.Spec, req.Algorithm, args{u: useEncrypt, aad: req.AAD}, req.Plaintext)
+	if err != nil {
 		return provider.EncryptResult{}, err
 	}
-	if err := p.checkGCMSize(len(req.Plaintext)); err != nil {
-		return provider.EncryptResult{}, err
-	}
-	var out provider.EncryptResult
-	err := p.withKey(ctx, req.Ref, pkcs11.CKO_SECRET_KEY, true, opOther, func(sh pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
-		iv := make([]byte, 12)
-		if _, err := rand.Read(iv); err != nil {
-			return err
-		}
-		params := pkcs11.NewGCMParams(iv, req.AAD, gcmTagBits)
-		defer params.Free()
-		if err := p.mod.ctx.EncryptInit(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, params)}, h); err != nil {
-			return err
-		}
-		ct, err := p.mod.ctx.Encrypt(sh, req.Plaintext)
-		if err != nil {
-			return err
-		}
-		out = provider.EncryptResult{Nonce: gcmNonce(iv, params.IV()), Ciphertext: ct}
-		return nil
-	})
-	return out, err
+	return provider.EncryptResult{Nonce: iv, Ciphertext: ct}, nil
 }
 
-// gcmNonce chooses the IV to record: the one in the parameters after the
-// call (a module that writes its own, as CloudHSM does, put it there; a
-// conforming module left the one it was sent).
-func gcmNonce(sent, after []byte) []byte {
-	if len(after) == len(sent) {
-		return after
-	}
-	return sent
+// Decrypt implements provider.Provider: RSA-OAEP with the private key, or
+// AES-GCM with the secret key.
+func (p *Provider) Decrypt(ctx context.Context, req provider.DecryptRequest) ([]byte, error) {
+	pt, _, err := p.perform(ctx, req.Ref, req.Spec, req.Algorithm, args{u: useDecrypt, iv: req.Nonce, aad: req.AAD}, req.Ciphertext)
+	return pt, err
 }
 
 // checkGCMSize refuses AES-GCM input the module cannot take in one call.
@@ -139,52 +141,17 @@ func (p *Provider) checkGCMSize(n int) error {
 	return nil
 }
 
-// Decrypt implements provider.Provider: RSA-OAEP with the private key, or
-// AES-GCM with the secret key.
-func (p *Provider) Decrypt(ctx context.Context, req provider.DecryptRequest) ([]byte, error) {
-	a := req.Algorithm
-	if err := p.check(req.Spec, a); err != nil {
-		return nil, err
-	}
-	var pt []byte
-	switch {
-	case a.KeyType == alg.RSA && a.Kind == alg.KindEncrypt:
-		err := p.withKey(ctx, req.Ref, pkcs11.CKO_PRIVATE_KEY, true, opDecrypt, func(sh pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
-			var err error
-			pt, err = p.decryptOAEP(sh, h, a, req.Ciphertext)
-			return err
-		})
-		return pt, err
-	case a.KeyType == alg.AES && a.Kind == alg.KindEncrypt:
-		if len(req.Nonce) != 12 {
-			return nil, kgerr.ErrDecryptionFailed
-		}
-		if err := p.checkGCMSize(len(req.Ciphertext)); err != nil {
-			return nil, err
-		}
-		err := p.withKey(ctx, req.Ref, pkcs11.CKO_SECRET_KEY, true, opDecrypt, func(sh pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
-			params := pkcs11.NewGCMParams(req.Nonce, req.AAD, gcmTagBits)
-			defer params.Free()
-			if err := p.mod.ctx.DecryptInit(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, params)}, h); err != nil {
-				return err
-			}
-			var err error
-			pt, err = p.mod.ctx.Decrypt(sh, req.Ciphertext)
-			return err
-		})
-		return pt, err
-	}
-	return nil, kgerr.New(kgerr.KindUnsupportedAlgorithm, fmt.Sprintf("algorithm %s does not decrypt here", a.Name))
-}
-
 var kwpInfo, _ = alg.Lookup(string(alg.AESKWP))
-
-var kwpMech = []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_WRAP_PAD, nil)}
 
 // wrapBytes wraps key material with a KEK: the material becomes a session
 // generic-secret object for the length of the call (C_WrapKey wraps
 // objects, not bytes).
-func (p *Provider) wrapBytes(sh pkcs11.SessionHandle, kek pkcs11.ObjectHandle, material []byte) ([]byte, error) {
+func (p *Provider) wrapBytes(sh pkcs11.SessionHandle, kek pkcs11.ObjectHandle, m mechanism, material []byte) ([]byte, error) {
+	b, err := m.build(kwpInfo, args{u: useWrap})
+	if err != nil {
+		return nil, err
+	}
+	defer b.free()
 	c := p.mod.ctx
 	obj, err := c.CreateObject(sh, []*pkcs11.Attribute{
 		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
@@ -198,7 +165,7 @@ func (p *Provider) wrapBytes(sh pkcs11.SessionHandle, kek pkcs11.ObjectHandle, m
 		return nil, err
 	}
 	defer c.DestroyObject(sh, obj)
-	return c.WrapKey(sh, kwpMech, kek, obj)
+	return c.WrapKey(sh, b.mechs, kek, obj)
 }
 
 // errKWPLength refuses what SoftHSM2's broken AES-KWP cannot do exactly.
@@ -207,16 +174,17 @@ var errKWPLength = kgerr.New(kgerr.KindUnsupportedAlgorithm,
 
 // WrapKey implements provider.Provider.
 func (p *Provider) WrapKey(ctx context.Context, req provider.WrapRequest) ([]byte, error) {
-	if err := p.check(req.Spec, kwpInfo); err != nil {
+	m, err := p.mechanism(req.Spec, kwpInfo, useWrap)
+	if err != nil {
 		return nil, err
 	}
 	if p.caps.WrapMultipleOf8 && len(req.KeyMaterial)%8 != 0 {
 		return nil, errKWPLength
 	}
 	var out []byte
-	err := p.withKey(ctx, req.Ref, pkcs11.CKO_SECRET_KEY, true, opOther, func(sh pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
+	err = p.withKey(ctx, req.Ref, pkcs11.CKO_SECRET_KEY, true, useWrap.opKind(), func(sh pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
 		var err error
-		out, err = p.wrapBytes(sh, h, req.KeyMaterial)
+		out, err = p.wrapBytes(sh, h, m, req.KeyMaterial)
 		return err
 	})
 	return out, err
@@ -225,13 +193,19 @@ func (p *Provider) WrapKey(ctx context.Context, req provider.WrapRequest) ([]byt
 // UnwrapKey implements provider.Provider: the material is unwrapped into a
 // session generic-secret object, read, and destroyed.
 func (p *Provider) UnwrapKey(ctx context.Context, req provider.UnwrapRequest) ([]byte, error) {
-	if err := p.check(req.Spec, kwpInfo); err != nil {
+	m, err := p.mechanism(req.Spec, kwpInfo, useUnwrap)
+	if err != nil {
 		return nil, err
 	}
 	var out []byte
-	err := p.withKey(ctx, req.Ref, pkcs11.CKO_SECRET_KEY, true, opUnwrap, func(sh pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
+	err = p.withKey(ctx, req.Ref, pkcs11.CKO_SECRET_KEY, true, useUnwrap.opKind(), func(sh pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
+		b, err := m.build(kwpInfo, args{u: useUnwrap})
+		if err != nil {
+			return err
+		}
+		defer b.free()
 		c := p.mod.ctx
-		obj, err := c.UnwrapKey(sh, kwpMech, h, req.Wrapped, []*pkcs11.Attribute{
+		obj, err := c.UnwrapKey(sh, b.mechs, h, req.Wrapped, []*pkcs11.Attribute{
 			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
 			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_GENERIC_SECRET),
 			pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false),
@@ -251,7 +225,7 @@ func (p *Provider) UnwrapKey(ctx context.Context, req provider.UnwrapRequest) ([
 			// The token ignores the recorded length: the material may have
 			// been padded. KWP is deterministic, so wrapping the result
 			// again gives the input back only if nothing was padded.
-			again, err := p.wrapBytes(sh, h, out)
+			again, err := p.wrapBytes(sh, h, m, out)
 			if err != nil {
 				return err
 			}

@@ -37,6 +37,7 @@ import (
 
 	"github.com/miekg/pkcs11"
 
+	"github.com/keygrid/keygrid-hsm/internal/cloudhsm"
 	"github.com/keygrid/keygrid-hsm/internal/kgerr"
 	"github.com/keygrid/keygrid-hsm/internal/provider"
 )
@@ -76,6 +77,8 @@ type Provider struct {
 	canary atomic.Pointer[canary]
 	closed atomic.Bool
 	wg     sync.WaitGroup // recovery goroutine
+
+	cluster *cloudhsm.Poller // nil: no CloudHSM cluster to watch (cluster.go)
 }
 
 // objHandles are the object handles of one key, valid in generation gen;
@@ -137,6 +140,7 @@ func Open(ctx context.Context, name, typ string, c Config, log *slog.Logger) (*P
 		p.Close()
 		return nil, err
 	}
+	p.startCluster()
 	log.Info("pkcs11 provider ready", "type", typ, "library", cfg.LibraryPath, "token", tok.label, "serial", tok.serial,
 		"slot", tok.slot, "max_sessions", max, "algorithms", len(p.caps.Algorithms))
 	return p, nil
@@ -471,6 +475,9 @@ func (p *Provider) dropHandles() {
 func (p *Provider) Close() error {
 	if p.closed.Swap(true) {
 		return nil
+	}
+	if p.cluster != nil {
+		p.cluster.Close()
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), p.cfg.opTimeout)
 	defer cancel()

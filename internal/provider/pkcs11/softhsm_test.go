@@ -25,46 +25,25 @@ import (
 	"github.com/keygrid/keygrid-hsm/internal/testbed"
 )
 
-// hsm is the SoftHSM2 token of this test binary (nil when SoftHSM2 is
-// missing and not required).
-var (
-	hsm        *testbed.SoftHSM
-	hsmMissing string
-)
-
 const testPIN = "kg-cu:test-pin-1234" // also has CloudHSM's user:password form
 
+// The tests of this binary share one SoftHSM2 token and one tpm2-pkcs11
+// bed (started by the first test that needs it).
 func TestMain(m *testing.M) {
-	s, cleanup, missing, err := testbed.SetupProcess("keygrid-test", testPIN)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "softhsm setup:", err)
-		os.Exit(1)
-	}
-	hsm, hsmMissing = s, missing
-	code := m.Run()
-	cleanup()
-	os.Exit(code)
+	testbed.Main(m, testbed.WithSoftHSM("keygrid-test", testPIN), testbed.WithTPM2("keygrid-tpm2", tpmPIN))
 }
 
-func requireHSM(t testing.TB) {
+// testConfig is a provider configuration on the binary's token.
+func testConfig(t testing.TB, maxSessions int) Config {
 	t.Helper()
-	if hsm == nil {
-		if testbed.Required() {
-			t.Fatalf("SoftHSM2 is required: %s", hsmMissing)
-		}
-		t.Skip(hsmMissing)
-	}
-}
-
-func testConfig(maxSessions int) Config {
+	hsm := testbed.ProcessSoftHSM(t)
 	os.Setenv("KEYGRID_TEST_PIN", testPIN)
 	return Config{Settings: Settings{LibraryPath: testbed.SoftHSMModule, TokenLabel: hsm.Label, PinEnv: "KEYGRID_TEST_PIN", MaxSessions: maxSessions}}
 }
 
 func openTest(t testing.TB, maxSessions int) *Provider {
 	t.Helper()
-	requireHSM(t)
-	p, err := Open(context.Background(), "hsm", TypePKCS11, testConfig(maxSessions), slog.New(slog.DiscardHandler))
+	p, err := Open(context.Background(), "hsm", TypePKCS11, testConfig(t, maxSessions), slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -114,7 +93,7 @@ func TestKeyAttributesWithPkcs11Tool(t *testing.T) {
 	testbed.Require(t, "pkcs11-tool")
 	ec := create(t, p, alg.Spec{Type: alg.EC, Size: 256, Curve: "P-256"}, []alg.Usage{alg.UsageSign, alg.UsageVerify}, "attr-ec")
 	aes := create(t, p, alg.Spec{Type: alg.AES, Size: 256}, []alg.Usage{alg.UsageEncrypt, alg.UsageDecrypt}, "attr-aes")
-	out, err := hsm.Tool("--list-objects").CombinedOutput()
+	out, err := testbed.ProcessSoftHSM(t).Tool("--list-objects").CombinedOutput()
 	if err != nil {
 		t.Fatalf("pkcs11-tool: %v\n%s", err, out)
 	}
@@ -167,7 +146,7 @@ func TestPkcs11ToolSignsWithGatewayKey(t *testing.T) {
 	d := sha256.Sum256(msg)
 	os.WriteFile(dir+"/digest", d[:], 0o600)
 	// SoftHSM2 has raw CKM_ECDSA only: pkcs11-tool signs the digest.
-	cmd := hsm.Tool("--sign", "--id", hex.EncodeToString(u.ID), "--mechanism", "ECDSA", "--signature-format", "openssl",
+	cmd := testbed.ProcessSoftHSM(t).Tool("--sign", "--id", hex.EncodeToString(u.ID), "--mechanism", "ECDSA", "--signature-format", "openssl",
 		"--input-file", dir+"/digest", "--output-file", dir+"/sig")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("pkcs11-tool --sign: %v\n%s", err, out)
@@ -185,7 +164,7 @@ func TestPkcs11ToolSignsWithGatewayKey(t *testing.T) {
 // After the provider is closed and opened again (a restart), keys still
 // sign: no handle was kept.
 func TestRestartKeepsKeys(t *testing.T) {
-	requireHSM(t)
+	testbed.ProcessSoftHSM(t)
 	p1 := openTest(t, 2)
 	k := create(t, p1, alg.Spec{Type: alg.EC, Size: 384, Curve: "P-384"}, []alg.Usage{alg.UsageSign, alg.UsageVerify}, "restart")
 	p1.Close()
@@ -277,7 +256,7 @@ func TestConcurrentSigningOverSmallPool(t *testing.T) {
 }
 
 func TestOpenErrorsAreClear(t *testing.T) {
-	requireHSM(t)
+	hsm := testbed.ProcessSoftHSM(t)
 	log := slog.New(slog.DiscardHandler)
 	ctx := context.Background()
 	os.Setenv("KEYGRID_WRONG_PIN", "not-the-pin")
@@ -317,7 +296,7 @@ func TestOpenErrorsAreClear(t *testing.T) {
 // The seed's aws-cloudhsm shape (DESIGN.md §4), pointed at SoftHSM2, opens
 // and serves.
 func TestCloudHSMTypeOnSoftHSM(t *testing.T) {
-	requireHSM(t)
+	testbed.ProcessSoftHSM(t)
 	os.Setenv("KEYGRID_TEST_CLOUD_PIN", testPIN)
 	zero := uint(0)
 	c := Config{Region: "us-west-2", ClusterID: "cluster-123456789abcdef0", PKCS11: &Settings{
@@ -372,9 +351,9 @@ func TestTwoInstancesShareModule(t *testing.T) {
 
 // The provider conformance suite, on a fresh SoftHSM2 token.
 func TestConformance(t *testing.T) {
-	requireHSM(t)
+	testbed.ProcessSoftHSM(t)
 	providertest.Run(t, func(t *testing.T) provider.Provider {
-		p, err := Open(context.Background(), "hsm", TypePKCS11, testConfig(8), slog.New(slog.DiscardHandler))
+		p, err := Open(context.Background(), "hsm", TypePKCS11, testConfig(t, 8), slog.New(slog.DiscardHandler))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -11,10 +11,17 @@
 //
 // Signatures, decryptions and public keys are checked independently with
 // Go's crypto/rsa, crypto/ecdsa, crypto/ed25519 and crypto/x509.
+//
+// The rule "a provider never advertises what it cannot do" is checked both
+// ways: every listed algorithm is performed and its result checked
+// (Advertised), and every algorithm of package alg the provider does not list
+// is refused by each of its operations with UNSUPPORTED_ALGORITHM, before the
+// key is looked at (NotAdvertised).
 package providertest
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
@@ -63,7 +70,10 @@ func Run(t *testing.T, open func(t *testing.T) provider.Provider) {
 	t.Run("CreateKey", s.testCreateKey)
 	t.Run("UnsupportedSpec", s.testUnsupportedSpec)
 	t.Run("FindKey", s.testFindKey)
+	t.Run("Advertised", s.testAdvertised)
+	t.Run("NotAdvertised", s.testNotAdvertised)
 	t.Run("Sign", s.testSign)
+	t.Run("SignDigestLength", s.testSignDigestLength)
 	t.Run("SignWrongAlgorithm", s.testSignWrongAlgorithm)
 	t.Run("DecryptOAEP", s.testDecryptOAEP)
 	t.Run("AESGCM", s.testAESGCM)
@@ -318,58 +328,93 @@ func checkSignature(k testKey, a alg.Info, input, sig []byte) error {
 	return nil
 }
 
-// exercise performs one operation with k and checks its result. It returns
-// the provider's error as is, or an error describing a wrong result.
+// exercise performs one operation with k (with the first listed algorithm
+// that applies to it: a signature, an encryption, a key wrap) and checks its
+// result. It returns the provider's error as is, or an error describing a
+// wrong result.
 func (s *suite) exercise(ctx context.Context, p provider.Provider, k testKey) error {
-	if as := s.algsFor(k.spec, alg.KindSign); len(as) > 0 {
-		a := as[0]
-		in := signInput(a, []byte("exercise"))
+	for _, kind := range []alg.Kind{alg.KindSign, alg.KindEncrypt, alg.KindWrap} {
+		if as := s.algsFor(k.spec, kind); len(as) > 0 {
+			return perform(ctx, p, k, as[0])
+		}
+	}
+	return fmt.Errorf("the provider lists no algorithm for %s", specName(k.spec))
+}
+
+// perform does what algorithm a does with k and checks the result
+// independently where it can: a signature with Go's crypto and the public
+// key, an RSA-OAEP decryption of what Go encrypted with the public key, an
+// AES-GCM or AES-KWP round trip that must also refuse a tampered input. It
+// returns the provider's error as is, or an error describing a wrong result.
+func perform(ctx context.Context, p provider.Provider, k testKey, a alg.Info) error {
+	switch {
+	case a.Kind == alg.KindSign:
+		in := signInput(a, []byte("perform "+string(a.Name)))
 		sig, err := p.Sign(ctx, provider.SignRequest{Ref: k.ref, Spec: k.spec, Algorithm: a, Input: in})
 		if err != nil {
 			return err
 		}
 		return checkSignature(k, a, in, sig)
-	}
-	if as := s.algsFor(k.spec, alg.KindEncrypt); len(as) > 0 {
-		a := as[0]
-		msg := []byte("exercise")
-		var got []byte
-		if a.KeyType == alg.AES {
-			r, err := p.Encrypt(ctx, provider.EncryptRequest{Ref: k.ref, Spec: k.spec, Algorithm: a, Plaintext: msg})
-			if err != nil {
-				return err
-			}
-			if got, err = p.Decrypt(ctx, provider.DecryptRequest{Ref: k.ref, Spec: k.spec, Algorithm: a,
-				Ciphertext: r.Ciphertext, Nonce: r.Nonce}); err != nil {
-				return err
-			}
-		} else {
-			ct, err := rsa.EncryptOAEP(a.Hash.New(), rand.Reader, k.pub.(*rsa.PublicKey), msg, nil)
-			if err != nil {
-				return err
-			}
-			if got, err = p.Decrypt(ctx, provider.DecryptRequest{Ref: k.ref, Spec: k.spec, Algorithm: a, Ciphertext: ct}); err != nil {
-				return err
-			}
+	case a.Kind == alg.KindEncrypt && a.KeyType == alg.RSA:
+		msg := []byte("perform " + string(a.Name))
+		ct, err := rsa.EncryptOAEP(a.Hash.New(), rand.Reader, k.pub.(*rsa.PublicKey), msg, nil)
+		if err != nil {
+			return err
+		}
+		got, err := p.Decrypt(ctx, provider.DecryptRequest{Ref: k.ref, Spec: k.spec, Algorithm: a, Ciphertext: ct})
+		if err != nil {
+			return err
+		}
+		if !bytes.Equal(got, msg) {
+			return fmt.Errorf("%s decryption of Go's ciphertext returned %x, want %x", a.Name, got, msg)
+		}
+		return nil
+	case a.Kind == alg.KindEncrypt:
+		msg, aad := []byte("perform "+string(a.Name)), []byte("aad")
+		r, err := p.Encrypt(ctx, provider.EncryptRequest{Ref: k.ref, Spec: k.spec, Algorithm: a, Plaintext: msg, AAD: aad})
+		if err != nil {
+			return err
+		}
+		if len(r.Nonce) != 12 || len(r.Ciphertext) != len(msg)+16 {
+			return fmt.Errorf("%s: nonce of %d bytes and ciphertext of %d for %d of plaintext; want 12 and %d",
+				a.Name, len(r.Nonce), len(r.Ciphertext), len(msg), len(msg)+16)
+		}
+		got, err := p.Decrypt(ctx, provider.DecryptRequest{Ref: k.ref, Spec: k.spec, Algorithm: a, Ciphertext: r.Ciphertext, Nonce: r.Nonce, AAD: aad})
+		if err != nil {
+			return err
 		}
 		if !bytes.Equal(got, msg) {
 			return fmt.Errorf("%s round trip returned %x, want %x", a.Name, got, msg)
 		}
+		tampered := bytes.Clone(r.Ciphertext)
+		tampered[len(tampered)-1] ^= 1
+		if _, err := p.Decrypt(ctx, provider.DecryptRequest{Ref: k.ref, Spec: k.spec, Algorithm: a, Ciphertext: tampered, Nonce: r.Nonce, AAD: aad}); !errors.Is(err, kgerr.ErrDecryptionFailed) {
+			return fmt.Errorf("%s decryption of a tampered ciphertext: %v, want DECRYPTION_FAILED", a.Name, err)
+		}
+		return nil
+	case a.Kind == alg.KindWrap:
+		msg := bytes.Repeat([]byte("kwp!"), 8) // a multiple of 8 bytes: exact on every token
+		w, err := p.WrapKey(ctx, provider.WrapRequest{Ref: k.ref, Spec: k.spec, KeyMaterial: msg})
+		if err != nil {
+			return err
+		}
+		if len(w) != len(msg)+8 {
+			return fmt.Errorf("wrapped key is %d bytes, want %d", len(w), len(msg)+8)
+		}
+		got, err := p.UnwrapKey(ctx, provider.UnwrapRequest{Ref: k.ref, Spec: k.spec, Wrapped: w})
+		if err != nil {
+			return err
+		}
+		if !bytes.Equal(got, msg) {
+			return fmt.Errorf("wrap round trip returned %x, want %x", got, msg)
+		}
+		w[0] ^= 1
+		if _, err := p.UnwrapKey(ctx, provider.UnwrapRequest{Ref: k.ref, Spec: k.spec, Wrapped: w}); !errors.Is(err, kgerr.ErrDecryptionFailed) {
+			return fmt.Errorf("unwrap of a tampered wrapped key: %v, want DECRYPTION_FAILED", err)
+		}
 		return nil
 	}
-	msg := []byte("exercise key material")
-	w, err := p.WrapKey(ctx, provider.WrapRequest{Ref: k.ref, Spec: k.spec, KeyMaterial: msg})
-	if err != nil {
-		return err
-	}
-	got, err := p.UnwrapKey(ctx, provider.UnwrapRequest{Ref: k.ref, Spec: k.spec, Wrapped: w})
-	if err != nil {
-		return err
-	}
-	if !bytes.Equal(got, msg) {
-		return fmt.Errorf("wrap round trip returned %x, want %x", got, msg)
-	}
-	return nil
+	return fmt.Errorf("the suite does not know how to perform %s", a.Name)
 }
 
 // noPanic runs f, turning a panic into a test error.
@@ -427,6 +472,17 @@ func (s *suite) testCapabilities(t *testing.T) {
 		}
 		if _, ok := s.caps.Missing[a.Name]; ok {
 			t.Errorf("Capabilities lists %s both as supported and as missing", a.Name)
+		}
+	}
+	for i, a := range s.caps.Algorithms {
+		if slices.Contains(s.caps.Algorithms[:i], a) {
+			t.Errorf("Capabilities lists %s twice", a)
+		}
+	}
+	// A provider does not list keys it cannot use.
+	for _, sp := range s.specs {
+		if !s.usable(sp) {
+			t.Errorf("Capabilities lists %s keys, but no listed algorithm applies to them", specName(sp))
 		}
 	}
 	if !capsEqual(s.caps, s.p.Capabilities()) {
@@ -538,6 +594,174 @@ func (s *suite) testFindKey(t *testing.T) {
 			t.Errorf("FindKey = %q, %v, %v; want \"\", false, nil", ref, found, err)
 		}
 	})
+}
+
+// testAdvertised performs every listed algorithm with a key of a listed
+// spec it applies to, and checks the result independently (perform): a
+// provider never lists an algorithm it cannot perform.
+func (s *suite) testAdvertised(t *testing.T) {
+	for _, a := range s.algs {
+		t.Run("ok "+string(a.Name), func(t *testing.T) {
+			sp, ok := s.cheapestFor(a)
+			if !ok {
+				t.Fatalf("Capabilities lists %s, but no listed key spec can use it", a.Name)
+			}
+			if err := perform(t.Context(), s.p, s.key(t, sp), a); err != nil {
+				t.Errorf("%s with a %s key: %v", a.Name, specName(sp), err)
+			}
+		})
+	}
+}
+
+// cheapestFor is the listed spec quickest to generate that a applies to.
+func (s *suite) cheapestFor(a alg.Info) (alg.Spec, bool) {
+	var specs []alg.Spec
+	for _, sp := range s.specs {
+		if alg.Compatible(sp, a) == nil {
+			specs = append(specs, sp)
+		}
+	}
+	if len(specs) == 0 {
+		return alg.Spec{}, false
+	}
+	return slices.MinFunc(specs, func(x, y alg.Spec) int { return x.Size - y.Size }), true
+}
+
+// specFor is a key spec algorithm a applies to.
+func specFor(a alg.Info) alg.Spec {
+	switch {
+	case a.Curve != "":
+		sp, _ := alg.NewSpec(string(alg.EC), 0, a.Curve)
+		return sp
+	case a.KeyType == alg.Ed25519:
+		return alg.Spec{Type: alg.Ed25519, Size: 256}
+	case a.KeyType == alg.AES:
+		return alg.Spec{Type: alg.AES, Size: cmp.Or(a.KeySize, 256)}
+	}
+	return alg.Spec{Type: a.KeyType, Size: 2048}
+}
+
+// testNotAdvertised asks for every algorithm of package alg the provider
+// does not list: CheckAlgorithm and every operation of the algorithm must
+// refuse it with UNSUPPORTED_ALGORITHM (not another error, and no result).
+// The key is one of a listed spec the algorithm applies to when there is
+// one (the refusal must come from the algorithm, not from the key), else
+// another key of the provider's, with a spec the algorithm applies to (the
+// refusal must come before the key is looked at).
+func (s *suite) testNotAdvertised(t *testing.T) {
+	n := 0
+	for _, name := range alg.All() {
+		if slices.Contains(s.caps.Algorithms, name) {
+			continue
+		}
+		n++
+		a, _ := alg.Lookup(string(name))
+		t.Run("fail "+string(name), func(t *testing.T) {
+			err := s.caps.CheckAlgorithm(name)
+			if !errors.Is(err, kgerr.ErrUnsupportedAlgorithm) {
+				t.Errorf("CheckAlgorithm(%s) = %v, want UNSUPPORTED_ALGORITHM", name, err)
+			}
+			var k testKey
+			if sp, ok := s.cheapestFor(a); ok {
+				k = s.key(t, sp)
+			} else if sp, ok := s.cheapSpec(false); ok {
+				k = s.key(t, sp)
+				k.spec = specFor(a)
+			} else {
+				t.Skip("the provider lists no usable key spec")
+			}
+			for op, call := range refusedCalls(k, a) {
+				var out []byte
+				err := noPanic(t, op, func() error {
+					var e error
+					out, e = call(t.Context(), s.p)
+					return e
+				})
+				if !errors.Is(err, kgerr.ErrUnsupportedAlgorithm) {
+					t.Errorf("%s with %s, which the provider does not list, on a %s key: %v (code %q), want UNSUPPORTED_ALGORITHM",
+						op, name, specName(k.spec), err, kgerr.KindOf(err))
+				}
+				if len(out) != 0 {
+					t.Errorf("%s returned %d bytes with its error", op, len(out))
+				}
+			}
+		})
+	}
+	if n == 0 {
+		t.Logf("the provider lists every algorithm of package alg")
+	}
+}
+
+// refusedCalls are the operations of algorithm a with key k, each with
+// well-formed input so that only the algorithm can be refused.
+func refusedCalls(k testKey, a alg.Info) map[string]func(context.Context, provider.Provider) ([]byte, error) {
+	msg := bytes.Repeat([]byte("refused!"), 4)
+	switch {
+	case a.Kind == alg.KindSign:
+		return map[string]func(context.Context, provider.Provider) ([]byte, error){
+			"Sign": func(ctx context.Context, p provider.Provider) ([]byte, error) {
+				return p.Sign(ctx, provider.SignRequest{Ref: k.ref, Spec: k.spec, Algorithm: a, Input: signInput(a, msg)})
+			},
+		}
+	case a.Kind == alg.KindEncrypt && a.KeyType == alg.RSA:
+		ct := make([]byte, 256)
+		if pub, ok := k.pub.(*rsa.PublicKey); ok {
+			ct, _ = rsa.EncryptOAEP(a.Hash.New(), rand.Reader, pub, msg, nil)
+		}
+		return map[string]func(context.Context, provider.Provider) ([]byte, error){
+			"Decrypt": func(ctx context.Context, p provider.Provider) ([]byte, error) {
+				return p.Decrypt(ctx, provider.DecryptRequest{Ref: k.ref, Spec: k.spec, Algorithm: a, Ciphertext: ct})
+			},
+		}
+	case a.Kind == alg.KindEncrypt:
+		return map[string]func(context.Context, provider.Provider) ([]byte, error){
+			"Encrypt": func(ctx context.Context, p provider.Provider) ([]byte, error) {
+				r, err := p.Encrypt(ctx, provider.EncryptRequest{Ref: k.ref, Spec: k.spec, Algorithm: a, Plaintext: msg})
+				return append(r.Nonce, r.Ciphertext...), err
+			},
+			"Decrypt": func(ctx context.Context, p provider.Provider) ([]byte, error) {
+				return p.Decrypt(ctx, provider.DecryptRequest{Ref: k.ref, Spec: k.spec, Algorithm: a, Ciphertext: slices.Concat(msg, msg[:16]), Nonce: msg[:12]})
+			},
+		}
+	}
+	return map[string]func(context.Context, provider.Provider) ([]byte, error){
+		"WrapKey": func(ctx context.Context, p provider.Provider) ([]byte, error) {
+			return p.WrapKey(ctx, provider.WrapRequest{Ref: k.ref, Spec: k.spec, KeyMaterial: msg})
+		},
+		"UnwrapKey": func(ctx context.Context, p provider.Provider) ([]byte, error) {
+			return p.UnwrapKey(ctx, provider.UnwrapRequest{Ref: k.ref, Spec: k.spec, Wrapped: slices.Concat(msg, msg[:8])})
+		},
+	}
+}
+
+// testSignDigestLength signs, with every listed algorithm that signs a
+// digest, input that is not a digest of its hash: INVALID_INPUT, no
+// signature.
+func (s *suite) testSignDigestLength(t *testing.T) {
+	for _, a := range s.algs {
+		if a.Kind != alg.KindSign || a.Hash == 0 {
+			continue
+		}
+		sp, ok := s.cheapestFor(a)
+		if !ok {
+			continue
+		}
+		for _, n := range []int{0, a.Hash.Size() - 1, a.Hash.Size() + 1} {
+			t.Run(fmt.Sprintf("fail %s %s %d-byte digest", specName(sp), a.Name, n), func(t *testing.T) {
+				k := s.key(t, sp)
+				var sig []byte
+				err := noPanic(t, "Sign", func() error {
+					var e error
+					sig, e = s.p.Sign(t.Context(), provider.SignRequest{Ref: k.ref, Spec: sp, Algorithm: a, Input: make([]byte, n)})
+					return e
+				})
+				wantErr(t, "Sign", err, kgerr.ErrInvalidInput)
+				if len(sig) != 0 {
+					t.Errorf("Sign returned a signature with an error: %x", sig)
+				}
+			})
+		}
+	}
 }
 
 func (s *suite) testSign(t *testing.T) {

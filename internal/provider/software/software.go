@@ -37,6 +37,7 @@ import (
 	"sync"
 
 	"github.com/keygrid/keygrid-hsm/internal/alg"
+	"github.com/keygrid/keygrid-hsm/internal/fsutil"
 	"github.com/keygrid/keygrid-hsm/internal/kgerr"
 	"github.com/keygrid/keygrid-hsm/internal/provider"
 )
@@ -59,6 +60,9 @@ type Provider struct {
 	name string
 	dir  string
 	aead cipher.AEAD // master key
+
+	table map[alg.Algorithm]performer // how each algorithm is performed (table.go)
+	caps  provider.Capabilities
 
 	mu     sync.RWMutex
 	cache  map[string]any // object id → *rsa.PrivateKey | *ecdsa.PrivateKey | ed25519.PrivateKey | cipher.Block
@@ -96,6 +100,11 @@ func New(_ context.Context, p provider.Params) (provider.Provider, error) {
 // key. A master key that does not match the one the keystore was made with
 // is refused.
 func Open(name, dir string, masterKey []byte) (*Provider, error) {
+	return openWithTable(name, dir, masterKey, performers)
+}
+
+// openWithTable is Open with a table of performers.
+func openWithTable(name, dir string, masterKey []byte, table map[alg.Algorithm]performer) (*Provider, error) {
 	if len(masterKey) != 32 {
 		return nil, errors.New("software provider: master key must be 32 bytes")
 	}
@@ -110,7 +119,7 @@ func Open(name, dir string, masterKey []byte) (*Provider, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("software provider %q: keystore: %w", name, err)
 	}
-	p := &Provider{name: name, dir: dir, aead: aead, cache: map[string]any{}}
+	p := &Provider{name: name, dir: dir, aead: aead, table: table, caps: capabilities(table), cache: map[string]any{}}
 	if err := p.checkMasterKey(); err != nil {
 		return nil, err
 	}
@@ -128,7 +137,7 @@ func (p *Provider) checkMasterKey() error {
 		if err != nil {
 			return err
 		}
-		return writeFileAtomic(path, sealed)
+		return fsutil.WriteFile(path, sealed, 0o600)
 	}
 	if err != nil {
 		return fmt.Errorf("software provider %q: %w", p.name, err)
@@ -190,7 +199,7 @@ func embeddedMasterKey(path string, log *slog.Logger) ([]byte, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, err
 	}
-	if err := writeFileAtomic(path, []byte(base64.StdEncoding.EncodeToString(k)+"\n")); err != nil {
+	if err := fsutil.WriteFile(path, []byte(base64.StdEncoding.EncodeToString(k)+"\n"), 0o600); err != nil {
 		return nil, err
 	}
 	log.Warn("generated a new master key for the software keystore; it protects every software key: back it up, and in production set master_key_file or master_key_env instead",
@@ -215,18 +224,9 @@ func (p *Provider) Name() string { return p.name }
 // Type implements provider.Provider.
 func (p *Provider) Type() string { return Type }
 
-// Capabilities implements provider.Provider.
-func (p *Provider) Capabilities() provider.Capabilities {
-	return provider.Capabilities{
-		KeyTypes: []provider.KeyTypeCaps{
-			{Type: alg.RSA, Sizes: []int{2048, 3072, 4096}},
-			{Type: alg.EC, Curves: []string{"P-256", "P-384", "P-521"}},
-			{Type: alg.Ed25519},
-			{Type: alg.AES, Sizes: []int{128, 256}},
-		},
-		Algorithms: alg.All(),
-	}
-}
+// Capabilities implements provider.Provider: the key specs of keyTypes and
+// the algorithms of the table (table.go).
+func (p *Provider) Capabilities() provider.Capabilities { return p.caps }
 
 // keyFile is the on-disk form of one key.
 type keyFile struct {
@@ -269,7 +269,7 @@ func (p *Provider) CreateKey(ctx context.Context, req provider.CreateKeyRequest)
 	if !objectIDPattern.MatchString(req.ObjectID) {
 		return provider.CreatedKey{}, kgerr.Invalid("object id must be 32 lowercase hex characters")
 	}
-	if err := p.Capabilities().CheckSpec(req.Spec); err != nil {
+	if err := p.caps.CheckSpec(req.Spec); err != nil {
 		return provider.CreatedKey{}, err
 	}
 	var (
@@ -317,7 +317,7 @@ func (p *Provider) CreateKey(ctx context.Context, req provider.CreateKeyRequest)
 	if err := ctx.Err(); err != nil {
 		return provider.CreatedKey{}, err
 	}
-	if err := writeFileExclusive(p.path(req.ObjectID), b); err != nil {
+	if err := fsutil.CreateFile(p.path(req.ObjectID), b, 0o600); err != nil {
 		if errors.Is(err, fs.ErrExist) {
 			return provider.CreatedKey{}, kgerr.New(kgerr.KindAlreadyExists, "key material for this object id exists already")
 		}
@@ -363,7 +363,7 @@ func (p *Provider) DeleteKey(_ context.Context, ref string) error {
 	if err := os.Remove(p.path(ref)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("software provider %q: delete key: %w", p.name, err)
 	}
-	return syncDir(p.dir)
+	return fsutil.SyncDir(p.dir)
 }
 
 // aesKey is a cached secret key: its bytes (for key wrap) and its GCM.
@@ -493,37 +493,19 @@ func parseSpecString(s string) (alg.Spec, error) {
 
 // Sign implements provider.Provider.
 func (p *Provider) Sign(_ context.Context, req provider.SignRequest) ([]byte, error) {
+	a := req.Algorithm
+	f, err := p.performerFor(req.Spec, a, useSign)
+	if err != nil {
+		return nil, err
+	}
+	if a.Hash != 0 && len(req.Input) != a.Hash.Size() {
+		return nil, kgerr.Invalid("digest does not match the algorithm's hash")
+	}
 	k, err := p.load(req.Ref, req.Spec)
 	if err != nil {
 		return nil, err
 	}
-	a := req.Algorithm
-	switch key := k.(type) {
-	case *rsa.PrivateKey:
-		if a.PSS {
-			return rsa.SignPSS(rand.Reader, key, a.Hash, req.Input, &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthEqualsHash, Hash: a.Hash})
-		}
-		if a.KeyType == alg.RSA && a.Kind == alg.KindSign {
-			return rsa.SignPKCS1v15(rand.Reader, key, a.Hash, req.Input)
-		}
-	case *ecdsa.PrivateKey:
-		if a.KeyType == alg.EC {
-			r, s, err := ecdsa.Sign(rand.Reader, key, req.Input)
-			if err != nil {
-				return nil, err
-			}
-			n := alg.CurveByteLen(req.Spec.Curve)
-			out := make([]byte, 2*n)
-			r.FillBytes(out[:n])
-			s.FillBytes(out[n:])
-			return out, nil
-		}
-	case ed25519.PrivateKey:
-		if a.Name == alg.EdDSA {
-			return ed25519.Sign(key, req.Input), nil
-		}
-	}
-	return nil, wrongKey(a.Name)
+	return f.sign(k, a, req.Spec, req.Input)
 }
 
 func (p *Provider) secret(ref string, spec alg.Spec, a alg.Algorithm) (*aesKey, error) {
@@ -540,77 +522,56 @@ func (p *Provider) secret(ref string, spec alg.Spec, a alg.Algorithm) (*aesKey, 
 
 // Encrypt implements provider.Provider.
 func (p *Provider) Encrypt(_ context.Context, req provider.EncryptRequest) (provider.EncryptResult, error) {
-	if req.Algorithm.KeyType != alg.AES || req.Algorithm.Kind != alg.KindEncrypt {
-		return provider.EncryptResult{}, wrongKey(req.Algorithm.Name)
+	f, err := p.performerFor(req.Spec, req.Algorithm, useEncrypt)
+	if err != nil {
+		return provider.EncryptResult{}, err
 	}
 	k, err := p.secret(req.Ref, req.Spec, req.Algorithm.Name)
 	if err != nil {
 		return provider.EncryptResult{}, err
 	}
-	g := k.gcm
-	nonce := make([]byte, g.NonceSize())
-	if _, err := rand.Read(nonce); err != nil {
-		return provider.EncryptResult{}, err
-	}
-	return provider.EncryptResult{Nonce: nonce, Ciphertext: g.Seal(nil, nonce, req.Plaintext, req.AAD)}, nil
+	return f.encrypt(k, req.Plaintext, req.AAD)
 }
 
 // Decrypt implements provider.Provider.
 func (p *Provider) Decrypt(_ context.Context, req provider.DecryptRequest) ([]byte, error) {
-	a := req.Algorithm
-	switch {
-	case a.KeyType == alg.AES && a.Kind == alg.KindEncrypt:
-		k, err := p.secret(req.Ref, req.Spec, a.Name)
-		if err != nil {
-			return nil, err
-		}
-		g := k.gcm
-		if len(req.Nonce) != g.NonceSize() {
-			return nil, kgerr.ErrDecryptionFailed
-		}
-		pt, err := g.Open(nil, req.Nonce, req.Ciphertext, req.AAD)
-		if err != nil {
-			return nil, kgerr.ErrDecryptionFailed
-		}
-		return pt, nil
-	case a.KeyType == alg.RSA && a.Kind == alg.KindEncrypt:
-		k, err := p.load(req.Ref, req.Spec)
-		if err != nil {
-			return nil, err
-		}
-		key, ok := k.(*rsa.PrivateKey)
-		if !ok {
-			return nil, wrongKey(a.Name)
-		}
-		pt, err := rsa.DecryptOAEP(a.Hash.New(), nil, key, req.Ciphertext, nil)
-		if err != nil {
-			return nil, kgerr.ErrDecryptionFailed
-		}
-		return pt, nil
+	f, err := p.performerFor(req.Spec, req.Algorithm, useDecrypt)
+	if err != nil {
+		return nil, err
 	}
-	return nil, wrongKey(a.Name)
+	k, err := p.load(req.Ref, req.Spec)
+	if err != nil {
+		return nil, err
+	}
+	return f.decrypt(k, req.Algorithm, req)
 }
+
+var kwpInfo, _ = alg.Lookup(string(alg.AESKWP))
 
 // WrapKey implements provider.Provider.
 func (p *Provider) WrapKey(_ context.Context, req provider.WrapRequest) ([]byte, error) {
+	f, err := p.performerFor(req.Spec, kwpInfo, useWrap)
+	if err != nil {
+		return nil, err
+	}
 	k, err := p.secret(req.Ref, req.Spec, alg.AESKWP)
 	if err != nil {
 		return nil, err
 	}
-	return alg.WrapKWP(k.raw, req.KeyMaterial)
+	return f.wrap(k, req.KeyMaterial)
 }
 
 // UnwrapKey implements provider.Provider.
 func (p *Provider) UnwrapKey(_ context.Context, req provider.UnwrapRequest) ([]byte, error) {
+	f, err := p.performerFor(req.Spec, kwpInfo, useUnwrap)
+	if err != nil {
+		return nil, err
+	}
 	k, err := p.secret(req.Ref, req.Spec, alg.AESKWP)
 	if err != nil {
 		return nil, err
 	}
-	out, err := alg.UnwrapKWP(k.raw, req.Wrapped)
-	if err != nil {
-		return nil, kgerr.Wrap(kgerr.KindDecryptionFailed, err, "unwrap failed: the wrapped key does not authenticate under this key")
-	}
-	return out, nil
+	return f.unwrap(k, req.Wrapped)
 }
 
 // CheckHealth implements provider.Provider: the keystore directory must be
@@ -632,60 +593,4 @@ func (p *Provider) Close() error {
 	p.closed = true
 	clear(p.cache)
 	return nil
-}
-
-// writeFileAtomic writes path through a temporary file, fsyncs and renames
-// it, then fsyncs the directory.
-func writeFileAtomic(path string, b []byte) error {
-	tmp, err := writeTemp(path, b)
-	if err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	return syncDir(filepath.Dir(path))
-}
-
-// writeFileExclusive is writeFileAtomic that fails with fs.ErrExist when
-// path exists.
-func writeFileExclusive(path string, b []byte) error {
-	tmp, err := writeTemp(path, b)
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp)
-	if err := os.Link(tmp, path); err != nil {
-		return err
-	}
-	return syncDir(filepath.Dir(path))
-}
-
-func writeTemp(path string, b []byte) (string, error) {
-	f, err := os.CreateTemp(filepath.Dir(path), ".tmp-*")
-	if err != nil {
-		return "", err
-	}
-	_, err = f.Write(b)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		os.Remove(f.Name())
-		return "", err
-	}
-	return f.Name(), nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }

@@ -1,0 +1,39 @@
+package service
+
+import (
+	"context"
+	"time"
+
+	"github.com/keygrid/keygrid-hsm/internal/kgerr"
+)
+
+// errAuditUnwritten is the error of a request whose audit record could not
+// be written: it is refused.
+func errAuditUnwritten(cause error) error {
+	return kgerr.Wrap(kgerr.KindUnavailable, cause, "the audit log cannot be written; the operation is refused")
+}
+
+// Record audits a request a front end answered itself: an operation of its
+// own protocol that no audited service operation performs (the XKS proxy's
+// key metadata and health calls), or a request it refused (err) before any
+// service operation saw it. The record carries the caller in ctx (with its
+// attributes), the key when known, and the time since start. A non-nil
+// result means the record was not written: the front end must then refuse
+// the request.
+func (s *Service) Record(ctx context.Context, operation string, key *Key, start time.Time, err error) error {
+	c := CallerFrom(ctx)
+	e := c.event(start, operation)
+	e.DurationMS = float64(s.now().Sub(start).Microseconds()) / 1000
+	if key != nil {
+		e.KeyID, e.KeyName, e.KeyVersion, e.Provider = key.ID, key.Name, key.Version, key.Provider
+	}
+	if err != nil {
+		c.fail(&e, err)
+	}
+	if aerr := s.audit.Record(ctx, e); aerr != nil {
+		s.metrics.AuditFailures.Inc()
+		s.log.Error("audit record not written; refusing the request", "operation", operation, "request_id", c.RequestID, "err", aerr)
+		return errAuditUnwritten(aerr)
+	}
+	return nil
+}
