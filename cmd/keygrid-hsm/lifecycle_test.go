@@ -4,12 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"os"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/keygrid/keygrid-hsm/internal/config"
 	"github.com/keygrid/keygrid-hsm/internal/testbed"
 	"github.com/keygrid/keygrid-hsm/pkg/apitypes"
 )
@@ -43,7 +43,11 @@ func TestKeysLifecycleCLI(t *testing.T) {
 	addrRE := regexp.MustCompile(`msg="keygrid-hsm serving" addr=(\S+)`)
 	waitFor(t, "the server to listen", func() bool { return addrRE.MatchString(logs.String()) })
 	t.Setenv("KEYGRID_ADDR", "http://"+addrRE.FindStringSubmatch(logs.String())[1])
-	t.Setenv("KEYGRID_TOKEN_FILE", filepath.Join(filepath.Dir(cfgPath), "data", "admin.token"))
+	cfg, err := config.Load(cfgPath, config.Flags{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("KEYGRID_TOKEN_FILE", cfg.Auth.AdminTokenFile)
 
 	jsonKey := func(args ...string) apitypes.Key {
 		t.Helper()

@@ -7,10 +7,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/keygrid/keygrid-hsm/internal/config"
 	"github.com/keygrid/keygrid-hsm/pkg/apitypes"
 	"github.com/keygrid/keygrid-hsm/pkg/client"
 )
@@ -18,7 +18,11 @@ import (
 // auditRecords reads a replica's audit log (in its data directory).
 func (r *replica) auditRecords(t *testing.T) []map[string]any {
 	t.Helper()
-	f, err := os.Open(filepath.Join(filepath.Dir(r.cfgPath), "data", "audit.log"))
+	cfg, err := config.Load(r.cfgPath, config.Flags{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(cfg.Audit.Path)
 	if err != nil {
 		t.Fatal(err)
 	}
