@@ -310,8 +310,12 @@ func cmdKeys(ctx context.Context, sub string, args []string, stdin io.Reader, st
 		if *c.output == "json" {
 			return c.json(k)
 		}
+		date := "(no date)"
+		if k.DeletionDate != nil {
+			date = k.DeletionDate.Format(time.RFC3339)
+		}
 		fmt.Fprintf(c.stdout, "key %s (%s) is scheduled for deletion on %s; it refuses every operation until then.\n",
-			k.Name, k.ID, k.DeletionDate.Format(time.RFC3339))
+			k.Name, k.ID, date)
 		fmt.Fprintf(c.stdout, "to keep it: keygrid-hsm keys cancel-deletion %s\n", k.ID)
 		return nil
 	case "public":

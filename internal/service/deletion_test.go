@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -301,5 +302,30 @@ func TestDestructionCutShort(t *testing.T) {
 	}
 	if k2 := f.create("cut", specP256); k2.ID == k.ID {
 		t.Fatal("the name was not freed")
+	}
+}
+
+// TestPendingWithoutADate: a record pending deletion without a date (made
+// by hand in the store) is refused like any pending key, with a message
+// that says the date is unknown, and the sweeper leaves it.
+func TestPendingWithoutADate(t *testing.T) {
+	f := newFixture(t)
+	k := f.create("undated", specP256)
+	s := f.stored(k.ID)
+	s.State = store.StatePendingDeletion
+	if err := f.store.UpdateKey(context.Background(), s); err != nil {
+		t.Fatal(err)
+	}
+	_, err := f.svc.Sign(as(operatorP), SignRequest{Key: "undated", Data: []byte("d")})
+	wantErr(t, err, kgerr.ErrKeyPendingDeletion)
+	if m := kgerr.Classify(err).Message; !strings.Contains(m, "an unknown date") {
+		t.Fatalf("message %q", m)
+	}
+	_, err = f.svc.DeleteKey(f.admin(), DeleteKeyRequest{Key: "undated"})
+	wantErr(t, err, kgerr.ErrKeyPendingDeletion)
+	f.clock.Advance(MaxDeletionWindow)
+	wantErr(t, f.svc.Sweep(context.Background()), nil)
+	if c, err := f.svc.CancelDeletion(f.admin(), "undated"); err != nil || c.State != "inactive" {
+		t.Fatalf("cancel: %+v %v", c, err)
 	}
 }

@@ -387,11 +387,20 @@ func refuseUnusable(k *store.Key, what string) error {
 	switch k.State {
 	case store.StatePendingDeletion:
 		return kgerr.New(kgerr.KindKeyPendingDeletion, fmt.Sprintf("key %q is pending deletion (on %s); cancel the deletion to %s it",
-			k.Name, k.DeletionDate.Format(time.RFC3339), what))
+			k.Name, deletionDate(k), what))
 	case store.StateDeleting:
 		return kgerr.New(kgerr.KindKeyPendingDeletion, fmt.Sprintf("key %q is being destroyed", k.Name))
 	}
 	return kgerr.New(kgerr.KindKeyInactive, fmt.Sprintf("key %q is %s", k.Name, k.State))
+}
+
+// deletionDate is a pending key's deletion date for a message (a record
+// restored without one says so rather than failing).
+func deletionDate(k *store.Key) string {
+	if k.DeletionDate == nil {
+		return "an unknown date"
+	}
+	return k.DeletionDate.Format(time.RFC3339)
 }
 
 // setState moves a key between active and inactive with one compare-and-

@@ -91,7 +91,7 @@ func (s *Service) DeleteKey(ctx context.Context, req DeleteKeyRequest) (out *Key
 	case store.StateActive, store.StateInactive:
 	case store.StatePendingDeletion:
 		return nil, kgerr.New(kgerr.KindKeyPendingDeletion, fmt.Sprintf("key %q is already scheduled for deletion on %s; cancel the deletion to schedule it again",
-			k.Name, k.DeletionDate.Format(time.RFC3339)))
+			k.Name, deletionDate(k)))
 	case store.StateDeleting:
 		return nil, refuseUnusable(k, "delete")
 	default:

@@ -216,6 +216,9 @@ func validateImported(k *Key) error {
 	if !validState(k.State) {
 		return fmt.Errorf("store import: key %s: state %q is not a key state", k.ID, k.State)
 	}
+	if k.State == StatePendingDeletion && k.DeletionDate == nil {
+		return fmt.Errorf("store import: key %s is pending deletion without a deletion date", k.ID)
+	}
 	seen := map[int]bool{}
 	for _, v := range k.Versions {
 		if v.Version < 1 || seen[v.Version] || v.ObjectID == "" || !validState(v.State) {

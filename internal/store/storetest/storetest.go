@@ -489,6 +489,11 @@ func testImportAtomic(t *testing.T, s store.Store) {
 	if _, err := snapshotter(t, s).Import(ctx, store.ImportOptions{}, feed([]*store.Key{bad})); err == nil {
 		t.Fatal("import of a key in an unknown state succeeded")
 	}
+	undated := NewKey("atomic-4", "software")
+	undated.State = store.StatePendingDeletion
+	if _, err := snapshotter(t, s).Import(ctx, store.ImportOptions{}, feed([]*store.Key{undated})); err == nil {
+		t.Fatal("import of a key pending deletion without a date succeeded")
+	}
 	if keys := export(t, s); len(keys) != 0 {
 		t.Fatalf("failed imports left %d keys", len(keys))
 	}
