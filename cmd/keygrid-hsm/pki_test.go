@@ -29,7 +29,9 @@ func TestPKICommands(t *testing.T) {
 	var logs testbed.LogBuffer
 	ctx, cancel := context.WithCancel(context.Background())
 	served := make(chan error, 1)
-	go func() { served <- cmdServe(ctx, []string{"--listen", "127.0.0.1:0", "--data-dir", filepath.Join(dir, "data")}, &logs) }()
+	go func() {
+		served <- cmdServe(ctx, []string{"--listen", "127.0.0.1:0", "--data-dir", filepath.Join(dir, "data")}, &logs)
+	}()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-served; err != nil {
