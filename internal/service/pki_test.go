@@ -2,8 +2,10 @@ package service
 
 import (
 	"bytes"
+	"context"
 	"crypto/x509"
 	"encoding/pem"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +15,7 @@ import (
 
 	"github.com/keygrid/keygrid-hsm/internal/audit"
 	"github.com/keygrid/keygrid-hsm/internal/kgerr"
+	"github.com/keygrid/keygrid-hsm/internal/provider/pkcs11"
 	"github.com/keygrid/keygrid-hsm/internal/testbed"
 )
 
@@ -55,9 +58,22 @@ func readPEM(t *testing.T, path string) []byte {
 	return blk.Bytes
 }
 
+// TestCSRsVerifyWithOpenSSL: CSRs of keys on the software provider and on
+// a SoftHSM2 token pass openssl req -verify and carry what was asked.
 func TestCSRsVerifyWithOpenSSL(t *testing.T) {
 	testbed.Require(t, "openssl")
-	f := newFixture(t)
+	t.Run("software", func(t *testing.T) { csrsVerify(t, newFixture(t), "software") })
+	t.Run("softhsm2", func(t *testing.T) {
+		cfg := tokens[0].open(t)
+		p, err := pkcs11.Open(context.Background(), "hsm", pkcs11.TypePKCS11, cfg, slog.New(slog.DiscardHandler))
+		if err != nil {
+			t.Fatal(err)
+		}
+		csrsVerify(t, newFixture(t, withProvider(p)), "hsm")
+	})
+}
+
+func csrsVerify(t *testing.T, f *fixture, prov string) {
 	dir := t.TempDir()
 	for _, c := range []struct {
 		name, algorithm string
@@ -70,7 +86,13 @@ func TestCSRsVerifyWithOpenSSL(t *testing.T) {
 		{"ed25519", "", specEd25519},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			k := f.create("csr-"+c.name, c.spec)
+			k, err := f.svc.CreateKey(f.admin(), CreateKeyRequest{Provider: prov, Name: "csr-" + c.name, Spec: c.spec})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if k.Provider != prov {
+				t.Fatalf("key on %s", k.Provider)
+			}
 			mark := f.mark()
 			res, err := f.svc.CreateCSR(f.admin(), CSRRequest{Key: k.Name, Algorithm: c.algorithm,
 				Subject:  Subject{CommonName: "svc.example.com", Organization: []string{"KeyGrid Test"}, Country: []string{"DE"}},
