@@ -171,6 +171,14 @@ func dispatchClient(ctx context.Context, args []string, stdin io.Reader, stdout,
 		return cmdHealth(ctx, args[1:], stdin, stdout, stderr)
 	case "xks":
 		return cmdXKS(ctx, args[1:], stdin, stdout, stderr)
+	case "csr":
+		return cmdCSR(ctx, args[1:], stdin, stdout, stderr)
+	case "cert":
+		return cmdCert(ctx, args[1:], stdin, stdout, stderr)
+	case "jwt":
+		return cmdJWT(ctx, args[1:], stdin, stdout, stderr)
+	case "jwks":
+		return cmdJWKS(ctx, args[1:], stdin, stdout, stderr)
 	}
 	return fmt.Errorf("unknown command %q (run keygrid-hsm help)", args[0])
 }
@@ -181,7 +189,7 @@ func cmdKeys(ctx context.Context, sub string, args []string, stdin io.Reader, st
 		name, prov, keyType, curve, algorithm, usage, expires, metadata, state, pageToken, format string
 		description, rotation, window                                                             string
 		size, limit, version, days, minDecrypt                                                    int
-		extractable, all                                                                          bool
+		extractable, all, publish                                                                 bool
 	)
 	switch sub {
 	case "create":
@@ -196,6 +204,7 @@ func cmdKeys(ctx context.Context, sub string, args []string, stdin io.Reader, st
 		c.fs.StringVar(&expires, "expires-at", "", "expiry time, RFC 3339")
 		c.fs.StringVar(&metadata, "metadata", "", "comma-separated k=v pairs")
 		c.fs.StringVar(&description, "description", "", "free text")
+		c.fs.BoolVar(&publish, "publish-jwks", false, "list the key in the unauthenticated /.well-known/jwks.json")
 	case "update":
 		c.fs.StringVar(&metadata, "metadata", "", "comma-separated k=v pairs: replaces all metadata (\"\" with --clear-metadata empties it)")
 		c.fs.StringVar(&description, "description", "", "free text")
@@ -203,6 +212,7 @@ func cmdKeys(ctx context.Context, sub string, args []string, stdin io.Reader, st
 		c.fs.StringVar(&rotation, "rotation-period", "", "automatic rotation period, e.g. 2160h (0s: off)")
 		c.fs.IntVar(&minDecrypt, "min-decrypt-version", -1, "oldest version that may still decrypt, unwrap and verify (0: all)")
 		c.fs.BoolVar(&all, "clear-metadata", false, "remove all metadata")
+		c.fs.BoolVar(&publish, "publish-jwks", false, "list the key in /.well-known/jwks.json (--publish-jwks=false: take it out)")
 	case "delete":
 		c.fs.IntVar(&days, "pending-window-days", 0, "days before the key is destroyed (default: the server's, 30 days)")
 		c.fs.StringVar(&window, "pending-window", "", "time before the key is destroyed, e.g. 168h (when the server's floor allows)")
@@ -229,7 +239,7 @@ func cmdKeys(ctx context.Context, sub string, args []string, stdin io.Reader, st
 	switch sub {
 	case "create":
 		req := apitypes.CreateKeyRequest{Provider: prov, Name: name, Description: description, KeySpec: apitypes.KeySpec{
-			KeyType: keyType, KeySize: size, Curve: curve, Algorithm: algorithm, Extractable: extractable}}
+			KeyType: keyType, KeySize: size, Curve: curve, Algorithm: algorithm, Extractable: extractable}, PublishJWKS: publish}
 		if usage != "" {
 			req.KeySpec.Usage = strings.Split(usage, ",")
 		}
@@ -289,7 +299,7 @@ func cmdKeys(ctx context.Context, sub string, args []string, stdin io.Reader, st
 	case "rotate":
 		k, err = cl.RotateKey(ctx, key)
 	case "update":
-		req, rerr := updateRequest(c, metadata, description, expires, rotation, minDecrypt, all)
+		req, rerr := updateRequest(c, metadata, description, expires, rotation, minDecrypt, all, publish)
 		if rerr != nil {
 			return rerr
 		}
@@ -351,7 +361,7 @@ func parseMetadata(s string) (map[string]string, error) {
 }
 
 // updateRequest builds a PATCH from the flags given: only those are sent.
-func updateRequest(c *cli, metadata, description, expires, rotation string, minDecrypt int, clearMetadata bool) (apitypes.UpdateKeyRequest, error) {
+func updateRequest(c *cli, metadata, description, expires, rotation string, minDecrypt int, clearMetadata, publish bool) (apitypes.UpdateKeyRequest, error) {
 	set := map[string]bool{}
 	c.fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	var req apitypes.UpdateKeyRequest
@@ -388,6 +398,9 @@ func updateRequest(c *cli, metadata, description, expires, rotation string, minD
 	}
 	if set["min-decrypt-version"] {
 		req.MinDecryptVersion = &minDecrypt
+	}
+	if set["publish-jwks"] {
+		req.PublishJWKS = &publish
 	}
 	return req, nil
 }

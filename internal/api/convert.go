@@ -27,7 +27,7 @@ func createKeyRequest(r apitypes.CreateKeyRequest) (service.CreateKeyRequest, er
 		return service.CreateKeyRequest{}, kgerr.Invalid("key_spec.usage and key_spec.key_usage (its alias) differ: send one")
 	}
 	return service.CreateKeyRequest{Provider: r.Provider, Name: r.Name, Metadata: r.Metadata, ExpiresAt: r.ExpiresAt,
-		Description: r.Description,
+		Description: r.Description, PublishJWKS: r.PublishJWKS,
 		Spec: service.KeySpec{KeyType: r.KeySpec.KeyType, KeySize: r.KeySpec.KeySize, Curve: r.KeySpec.Curve,
 			Algorithm: r.KeySpec.Algorithm, Usage: usage, Extractable: r.KeySpec.Extractable}}, nil
 }
@@ -38,6 +38,7 @@ func keyOut(k *service.Key) *apitypes.Key {
 		Algorithm: k.Algorithm, Usage: k.Usage, Extractable: k.Extractable, State: k.State, Status: k.State, Version: k.Version,
 		Metadata: k.Metadata, Description: k.Description, CreatedAt: k.CreatedAt, UpdatedAt: k.UpdatedAt, ExpiresAt: k.ExpiresAt,
 		DeletionDate: k.DeletionDate, NextRotationAt: k.NextRotationAt, MinDecryptVersion: k.MinDecryptVersion, Revision: k.Revision,
+		PublishJWKS: k.PublishJWKS,
 	}
 	if out.Usage == nil {
 		out.Usage = []string{}
@@ -124,6 +125,9 @@ func updateKeyRequest(key string, b updateKeyBody) (service.UpdateKeyRequest, er
 	}
 	if r.MinDecryptVersion != nil {
 		out.MinDecryptVersion = service.Set(*r.MinDecryptVersion)
+	}
+	if r.PublishJWKS != nil {
+		out.PublishJWKS = service.Set(*r.PublishJWKS)
 	}
 	return out, nil
 }

@@ -111,6 +111,9 @@ func (s *Service) CreateKey(ctx context.Context, req CreateKeyRequest) (out *Key
 	if err := caps.CheckSpec(spec); err != nil {
 		return nil, onProvider(provName, err)
 	}
+	if req.PublishJWKS && spec.Type == alg.AES {
+		return nil, kgerr.Invalid("publish_jwks: an AES key has no public key to publish")
+	}
 	usage, err := alg.ParseUsage(spec.Type, req.Spec.Usage)
 	if err != nil {
 		return nil, err
@@ -154,7 +157,8 @@ func (s *Service) CreateKey(ctx context.Context, req CreateKeyRequest) (out *Key
 		ID: id.String(), Name: req.Name, Provider: provName, KeyType: string(spec.Type), KeySize: spec.Size,
 		Curve: spec.Curve, Algorithm: string(a.Name), Extractable: req.Spec.Extractable,
 		State: store.StatePending, Metadata: req.Metadata, Description: req.Description, CreatedAt: now, UpdatedAt: now,
-		Versions: []store.Version{{Version: 1, ObjectID: newObjectID(), State: store.StatePending, CreatedAt: now}},
+		PublishJWKS: req.PublishJWKS,
+		Versions:    []store.Version{{Version: 1, ObjectID: newObjectID(), State: store.StatePending, CreatedAt: now}},
 	}
 	for _, u := range usage {
 		k.Usage = append(k.Usage, string(u))
@@ -550,7 +554,7 @@ func (s *Service) view(k *store.Key) *Key {
 		Algorithm: k.Algorithm, Usage: append([]string{}, k.Usage...), Extractable: k.Extractable,
 		State: string(k.State), Metadata: k.Metadata, Description: k.Description, CreatedAt: k.CreatedAt, UpdatedAt: k.UpdatedAt,
 		ExpiresAt: k.ExpiresAt, DeletionDate: k.DeletionDate, RotationPeriod: k.RotationPeriod, NextRotationAt: k.NextRotationAt,
-		MinDecryptVersion: k.MinDecryptVersion, Revision: k.Revision,
+		MinDecryptVersion: k.MinDecryptVersion, Revision: k.Revision, PublishJWKS: k.PublishJWKS,
 	}
 	if c := k.Current(); c != nil {
 		out.Version = c.Version

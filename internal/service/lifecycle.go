@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/keygrid/keygrid-hsm/internal/alg"
 	"github.com/keygrid/keygrid-hsm/internal/auth"
 	"github.com/keygrid/keygrid-hsm/internal/kgerr"
 	"github.com/keygrid/keygrid-hsm/internal/store"
@@ -137,8 +138,8 @@ func (s *Service) CancelDeletion(ctx context.Context, ref string) (out *Key, err
 	return s.view(k), nil
 }
 
-// UpdateKey changes a key's metadata, description, expiry, rotation period
-// or min_decrypt_version, with one compare-and-swap on the revision it
+// UpdateKey changes a key's metadata, description, expiry, rotation period,
+// min_decrypt_version or publish_jwks, with one compare-and-swap on the revision it
 // read (or the one the request names): a concurrent change makes it fail
 // with CONFLICT, never lose the other change.
 func (s *Service) UpdateKey(ctx context.Context, req UpdateKeyRequest) (out *Key, err error) {
@@ -175,8 +176,14 @@ func (s *Service) UpdateKey(ctx context.Context, req UpdateKeyRequest) (out *Key
 
 // applyUpdate validates each field of req and writes it into k.
 func (s *Service) applyUpdate(k *store.Key, req UpdateKeyRequest) error {
-	if !req.Metadata.Set && !req.Description.Set && !req.ExpiresAt.Set && !req.RotationPeriod.Set && !req.MinDecryptVersion.Set {
-		return kgerr.Invalid("nothing to update: send metadata, description, expires_at, rotation_period or min_decrypt_version")
+	if !req.Metadata.Set && !req.Description.Set && !req.ExpiresAt.Set && !req.RotationPeriod.Set && !req.MinDecryptVersion.Set && !req.PublishJWKS.Set {
+		return kgerr.Invalid("nothing to update: send metadata, description, expires_at, rotation_period, min_decrypt_version or publish_jwks")
+	}
+	if req.PublishJWKS.Set {
+		if req.PublishJWKS.Value && k.KeyType == string(alg.AES) {
+			return kgerr.Invalid(fmt.Sprintf("publish_jwks: key %q is an AES key: it has no public key to publish", k.Name))
+		}
+		k.PublishJWKS = req.PublishJWKS.Value
 	}
 	now := s.now().UTC()
 	if req.Metadata.Set {

@@ -213,3 +213,27 @@ func TestListOffset(t *testing.T) {
 	_, err = f.svc.ListKeys(as(auditorP), ListOptions{Offset: 1, PageToken: l.NextPageToken})
 	wantErr(t, err, kgerr.ErrInvalidInput)
 }
+
+// TestUpdatePublishJWKS: PATCH puts a key in the published JWKS and takes
+// it out; an AES key has nothing to publish.
+func TestUpdatePublishJWKS(t *testing.T) {
+	f := newFixture(t)
+	ec := f.create("pub-ec", specP256)
+	f.create("pub-aes", specAES256)
+	u, err := f.svc.UpdateKey(f.admin(), UpdateKeyRequest{Key: "pub-ec", PublishJWKS: Set(true)})
+	wantErr(t, err, nil)
+	if !u.PublishJWKS || !f.stored(ec.ID).PublishJWKS {
+		t.Fatalf("publish_jwks not set: %+v", u)
+	}
+	u, err = f.svc.UpdateKey(f.admin(), UpdateKeyRequest{Key: "pub-ec", PublishJWKS: Set(false)})
+	wantErr(t, err, nil)
+	if u.PublishJWKS || f.stored(ec.ID).PublishJWKS {
+		t.Fatalf("publish_jwks not cleared: %+v", u)
+	}
+	rev := f.stored("pub-aes").Revision
+	_, err = f.svc.UpdateKey(f.admin(), UpdateKeyRequest{Key: "pub-aes", PublishJWKS: Set(true)})
+	wantErr(t, err, kgerr.ErrInvalidInput)
+	if f.stored("pub-aes").Revision != rev {
+		t.Fatal("a refused update changed the key")
+	}
+}

@@ -42,10 +42,14 @@ var sqliteMigrations = []string{
 		created_at   BIGINT NOT NULL,
 		PRIMARY KEY (key_id, version)
 	);`,
+	// Certificates and JWKS: the chain attached to each version and the
+	// keys published in /.well-known/jwks.json.
+	`ALTER TABLE keys ADD COLUMN publish_jwks BOOLEAN NOT NULL DEFAULT 0;
+	ALTER TABLE key_versions ADD COLUMN certificate_chain BLOB;`,
 	lifecycleMigration,
 }
 
-// lifecycleMigration (2) adds what scheduled deletion, automatic rotation
+// lifecycleMigration (3) adds what scheduled deletion, automatic rotation
 // and updates need; it is the same on both databases.
 const lifecycleMigration = `ALTER TABLE keys ADD COLUMN description TEXT NOT NULL DEFAULT '';
 	ALTER TABLE keys ADD COLUMN deletion_date BIGINT;

@@ -54,6 +54,9 @@ type Key struct {
 	CreatedAt   time.Time
 	UpdatedAt   time.Time
 	ExpiresAt   *time.Time
+	// PublishJWKS puts the key's public versions in the unauthenticated
+	// /.well-known/jwks.json.
+	PublishJWKS bool
 	// Description is free text for people.
 	Description string
 	// DeletionDate is when a key pending deletion is destroyed (nil
@@ -82,8 +85,11 @@ type Version struct {
 	ProviderRef string
 	// PublicKey is the DER SubjectPublicKeyInfo (nil for secret keys).
 	PublicKey []byte
-	State     State
-	CreatedAt time.Time
+	// CertificateChain is the PEM chain attached to this version, leaf
+	// first (nil: none). Each version keeps its own across rotations.
+	CertificateChain []byte
+	State            State
+	CreatedAt        time.Time
 }
 
 // Current returns the newest active version, or nil.
@@ -133,6 +139,8 @@ func cloneTime(t *time.Time) *time.Time {
 type ListOptions struct {
 	Provider string
 	State    State
+	// PublishedJWKS lists only keys with PublishJWKS set.
+	PublishedJWKS bool
 	// DeletionDue, when set, keeps the keys whose DeletionDate is not after
 	// it (the sweeper's query).
 	DeletionDue time.Time

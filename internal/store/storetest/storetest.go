@@ -34,6 +34,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 	t.Run("lifecycle columns round trip", func(t *testing.T) { testLifecycleColumns(t, open(t)) })
 	t.Run("list due for deletion and rotation", func(t *testing.T) { testListDue(t, open(t)) })
 	t.Run("concurrent claims of due keys", func(t *testing.T) { testClaims(t, open(t), nil) })
+	t.Run("certificate chains and published keys", func(t *testing.T) { testChainsPublished(t, open(t)) })
 }
 
 // RunShared runs the cases that need two store instances on one database,
@@ -48,6 +49,7 @@ func RunShared(t *testing.T, open func(t *testing.T) (a, b store.Store)) {
 		a, b := open(t)
 		testClaims(t, a, b)
 	})
+	t.Run("shared chain visible at once", func(t *testing.T) { testSharedChain(t, open) })
 }
 
 // NewKey returns a valid key record for tests.
@@ -923,5 +925,71 @@ func testClaims(t *testing.T, a, b store.Store) {
 	}
 	if due, _, _ := a.ListKeys(ctx, store.ListOptions{RotationDue: now}); len(due) != 0 {
 		t.Fatalf("%d keys still due for rotation after the claims", len(due))
+	}
+}
+
+// testChainsPublished: a chain is stored per version (a new version leaves
+// the old one's chain), publish_jwks round trips and filters listings.
+func testChainsPublished(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	k := NewKey("chained", "software")
+	k.PublishJWKS = true
+	if err := s.CreateKey(ctx, k); err != nil {
+		t.Fatal(err)
+	}
+	other := NewKey("unpublished", "software")
+	if err := s.CreateKey(ctx, other); err != nil {
+		t.Fatal(err)
+	}
+	k.Versions[0].CertificateChain = []byte("chain of v1")
+	k.Versions = append(k.Versions, store.Version{Version: 2, ObjectID: fmt.Sprintf("%x", uuid.New()), State: store.StateActive,
+		CreatedAt: time.Now(), CertificateChain: []byte("chain of v2")})
+	if err := s.UpdateKey(ctx, k); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.GetKey(ctx, k.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !got.PublishJWKS || len(got.Versions) != 2 || string(got.Versions[0].CertificateChain) != "chain of v1" ||
+		string(got.Versions[1].CertificateChain) != "chain of v2" {
+		t.Fatalf("stored %+v", got)
+	}
+	if o, _ := s.GetKey(ctx, other.ID); o.PublishJWKS || o.Versions[0].CertificateChain != nil {
+		t.Fatalf("unpublished key read back %+v", o)
+	}
+	keys, _, err := s.ListKeys(ctx, store.ListOptions{PublishedJWKS: true})
+	if err != nil || len(keys) != 1 || keys[0].ID != k.ID || len(keys[0].Versions) != 2 ||
+		string(keys[0].Versions[1].CertificateChain) != "chain of v2" {
+		t.Fatalf("published listing: %+v, %v", keys, err)
+	}
+	got.PublishJWKS = false
+	if err := s.UpdateKey(ctx, got); err != nil {
+		t.Fatal(err)
+	}
+	if keys, _, err := s.ListKeys(ctx, store.ListOptions{PublishedJWKS: true}); err != nil || len(keys) != 0 {
+		t.Fatalf("published listing after unpublishing: %d keys, %v", len(keys), err)
+	}
+}
+
+// testSharedChain: a chain attached through one instance is read by the
+// other at once.
+func testSharedChain(t *testing.T, open func(t *testing.T) (a, b store.Store)) {
+	a, b := open(t)
+	ctx := context.Background()
+	k := NewKey("shared-chain", "software")
+	if err := a.CreateKey(ctx, k); err != nil {
+		t.Fatal(err)
+	}
+	k.Versions[0].CertificateChain = []byte("the chain")
+	if err := a.UpdateKey(ctx, k); err != nil {
+		t.Fatal(err)
+	}
+	got, err := b.GetKey(ctx, k.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(got.Versions[0].CertificateChain) != "the chain" {
+		t.Fatalf("the other instance reads chain %q", got.Versions[0].CertificateChain)
 	}
 }
