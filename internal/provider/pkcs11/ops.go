@@ -79,32 +79,9 @@ func (p *Provider) perform(ctx context.Context, ref string, spec alg.Spec, a alg
 // C_Decrypt) on input shaped already. After an encryption it returns the IV
 // the module used.
 func (p *Provider) invoke(sh pkcs11.SessionHandle, h pkcs11.ObjectHandle, m mechanism, a alg.Info, c args, in []byte) (out, iv []byte, err error) {
-	b, err := m.build(a, c)
-	if err != nil {
-		return nil, nil, err
-	}
-	defer b.free()
-	ctx := p.mod.ctx
-	switch c.u {
-	case useSign:
-		if err := ctx.SignInit(sh, b.mechs, h); err != nil {
-			return nil, nil, err
-		}
-		out, err = ctx.Sign(sh, in)
-	case useEncrypt:
-		if err := ctx.EncryptInit(sh, b.mechs, h); err != nil {
-			return nil, nil, err
-		}
-		if out, err = ctx.Encrypt(sh, in); err == nil {
-			iv = b.iv(c.iv)
-		}
-	case useDecrypt:
-		if err := ctx.DecryptInit(sh, b.mechs, h); err != nil {
-			return nil, nil, err
-		}
-		out, err = ctx.Decrypt(sh, in)
-	default:
-		return nil, nil, fmt.Errorf("invoke: use %s is not a single-part operation", c.u)
+	out, after, err := p.mod.ctx.Crypt(sh, c.u, m.build(a, c), h, in)
+	if err == nil && c.u == useEncrypt && m.ivBytes > 0 {
+		iv = gcmNonce(c.iv, after)
 	}
 	return out, iv, err
 }
@@ -147,11 +124,10 @@ var kwpInfo, _ = alg.Lookup(string(alg.AESKWP))
 // generic-secret object for the length of the call (C_WrapKey wraps
 // objects, not bytes).
 func (p *Provider) wrapBytes(sh pkcs11.SessionHandle, kek pkcs11.ObjectHandle, m mechanism, material []byte) ([]byte, error) {
-	b, err := m.build(kwpInfo, args{u: useWrap})
+	mechs, err := plainMech(m.build(kwpInfo, args{u: useWrap}))
 	if err != nil {
 		return nil, err
 	}
-	defer b.free()
 	c := p.mod.ctx
 	obj, err := c.CreateObject(sh, []*pkcs11.Attribute{
 		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
@@ -165,7 +141,7 @@ func (p *Provider) wrapBytes(sh pkcs11.SessionHandle, kek pkcs11.ObjectHandle, m
 		return nil, err
 	}
 	defer c.DestroyObject(sh, obj)
-	return c.WrapKey(sh, b.mechs, kek, obj)
+	return c.WrapKey(sh, mechs, kek, obj)
 }
 
 // errKWPLength refuses what SoftHSM2's broken AES-KWP cannot do exactly.
@@ -199,13 +175,12 @@ func (p *Provider) UnwrapKey(ctx context.Context, req provider.UnwrapRequest) ([
 	}
 	var out []byte
 	err = p.withKey(ctx, req.Ref, pkcs11.CKO_SECRET_KEY, true, useUnwrap.opKind(), func(sh pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
-		b, err := m.build(kwpInfo, args{u: useUnwrap})
+		mechs, err := plainMech(m.build(kwpInfo, args{u: useUnwrap}))
 		if err != nil {
 			return err
 		}
-		defer b.free()
 		c := p.mod.ctx
-		obj, err := c.UnwrapKey(sh, b.mechs, h, req.Wrapped, []*pkcs11.Attribute{
+		obj, err := c.UnwrapKey(sh, mechs, h, req.Wrapped, []*pkcs11.Attribute{
 			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
 			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_GENERIC_SECRET),
 			pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false),

@@ -224,10 +224,7 @@ func TestConcurrentSigningOverSmallPool(t *testing.T) {
 					if err != nil {
 						return err
 					}
-					if err := p.mod.ctx.SignInit(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_ECDSA, nil)}, h); err != nil {
-						return err
-					}
-					sig, err = p.mod.ctx.Sign(sh, d)
+					sig, _, err = p.mod.ctx.Crypt(sh, useSign, callMech{Code: pkcs11.CKM_ECDSA}, h, d)
 					return err
 				})
 				if err != nil {
