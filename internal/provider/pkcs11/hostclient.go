@@ -80,6 +80,7 @@ const hostOpenTimeout = 30 * time.Second
 // /dev/null, stderr goes to log line by line, and every other descriptor
 // of the gateway is close-on-exec.
 func startHost(path string, env []string, log *slog.Logger) (*hostClient, error) {
+	closeOnExec()
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, fmt.Errorf("%w %s: finding this program to run the module host: %v", errModule, path, err)
@@ -307,4 +308,21 @@ func hostEnvOf(environ []string, pinEnv string) []string {
 		out = append(out, kv)
 	}
 	return out
+}
+
+// closeOnExec marks every descriptor of this process above stderr
+// close-on-exec. Go opens its own that way; this catches those the gateway
+// inherited from its parent without the flag, which a host would inherit
+// in turn.
+func closeOnExec() {
+	es, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return // not Linux: nothing to read the list from
+	}
+	for _, e := range es {
+		var fd int
+		if _, err := fmt.Sscan(e.Name(), &fd); err == nil && fd > 2 {
+			syscall.CloseOnExec(fd)
+		}
+	}
 }

@@ -30,7 +30,8 @@ type module struct {
 	// With isolation: process, host is the child process running the
 	// library (ctx is host), env its environment, log where its stderr
 	// goes. hostMu serialises restarts; restarts counts them.
-	host     *hostClient
+	isolated bool
+	host     *hostClient // guarded by hostMu
 	env      []string
 	log      *slog.Logger
 	hostMu   sync.Mutex
@@ -86,7 +87,7 @@ func openModule(path, isolation string, env []string, log *slog.Logger) (*module
 		if err != nil {
 			return nil, err
 		}
-		m := &module{path: path, ctx: h, host: h, env: env, log: log, refs: 1, logins: map[string]int{}}
+		m := &module{path: path, ctx: h, host: h, isolated: true, env: env, log: log, refs: 1, logins: map[string]int{}}
 		modules.m[key] = m
 		return m, nil
 	}
@@ -118,7 +119,7 @@ func (m *module) release() {
 			delete(modules.m, k)
 		}
 	}
-	if m.host != nil {
+	if m.isolated {
 		m.hostMu.Lock()
 		defer m.hostMu.Unlock()
 		m.host.close(2 * time.Second)
@@ -158,7 +159,7 @@ func (m *module) dropLogin(token string) bool {
 // starts a new one; without restart (a rescan) the host finalizes and
 // initializes its library as the gateway would in-process.
 func (m *module) reinitialize(seen uint64, restart bool) (uint64, error) {
-	if m.host != nil && restart {
+	if m.isolated && restart {
 		return m.restartHost(seen)
 	}
 	m.mu.Lock()
@@ -200,4 +201,14 @@ func (m *module) restartHost(seen uint64) (uint64, error) {
 	m.host, m.ctx = h, h
 	m.restarts.Add(1)
 	return g, nil
+}
+
+// hostPID is the process id of the module's host (0 in-process).
+func (m *module) hostPID() int {
+	if !m.isolated {
+		return 0
+	}
+	m.hostMu.Lock()
+	defer m.hostMu.Unlock()
+	return m.host.pid
 }

@@ -459,9 +459,9 @@ func (p *Provider) reset(seen uint64) (uint64, error) {
 	restarts := p.mod.restarts.Load()
 	g, err := p.mod.reinitialize(seen, true)
 	p.state.resets.Add(1)
-	if p.mod.host != nil && err == nil && p.mod.restarts.Load() != restarts {
+	if p.mod.isolated && err == nil && p.mod.restarts.Load() != restarts {
 		p.emit(provider.Event{Kind: "module_host_restarted",
-			Detail: fmt.Sprintf("the PKCS#11 module host process was replaced (now pid %d)", p.mod.host.pid)})
+			Detail: fmt.Sprintf("the PKCS#11 module host process was replaced (now pid %d)", p.mod.hostPID())})
 	}
 	if err != nil {
 		return g, fmt.Errorf("C_Initialize: %w", err)
@@ -535,7 +535,7 @@ func (p *Provider) Stats() provider.Stats {
 	st.Resets = p.state.resets.Load()
 	st.Info = map[string]any{"library": p.cfg.LibraryPath, "module_generation": p.gen.Load(), "cached_keys": p.cachedHandles(),
 		"isolation": p.cfg.isolation}
-	if p.mod.host != nil {
+	if p.mod.isolated {
 		st.Info["module_host_restarts"] = p.mod.restarts.Load()
 	}
 	if tok := p.token.Load(); tok != nil {

@@ -346,14 +346,21 @@ func TestTwoInstancesShareModule(t *testing.T) {
 	}
 }
 
-// The provider conformance suite, on a fresh SoftHSM2 token.
+// The provider conformance suite, on a fresh SoftHSM2 token, with the
+// module in a host process (the default) and in this process.
 func TestConformance(t *testing.T) {
 	testbed.ProcessSoftHSM(t)
-	providertest.Run(t, func(t *testing.T) provider.Provider {
-		p, err := Open(context.Background(), "hsm", TypePKCS11, testConfig(t, 8), slog.New(slog.DiscardHandler))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return p
-	})
+	for _, isolation := range []string{IsolationProcess, IsolationInProcess} {
+		t.Run(isolation, func(t *testing.T) {
+			providertest.Run(t, func(t *testing.T) provider.Provider {
+				c := testConfig(t, 8)
+				c.Isolation = isolation
+				p, err := Open(context.Background(), "hsm", TypePKCS11, c, slog.New(slog.DiscardHandler))
+				if err != nil {
+					t.Fatal(err)
+				}
+				return p
+			})
+		})
+	}
 }
