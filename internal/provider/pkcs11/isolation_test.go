@@ -461,4 +461,3 @@ func TestInProcessIsolationLoadsHere(t *testing.T) {
 		t.Fatalf("isolation: thread: %v, want a refusal naming the field", err)
 	}
 }
-
