@@ -537,6 +537,7 @@ func (p *Provider) Stats() provider.Stats {
 		"isolation": p.cfg.isolation}
 	if p.mod.isolated {
 		st.Info["module_host_restarts"] = p.mod.restarts.Load()
+		st.Info["module_host_pid"] = p.mod.hostPID()
 	}
 	if tok := p.token.Load(); tok != nil {
 		st.Info["token_label"], st.Info["token_serial"], st.Info["slot"] = tok.label, tok.serial, tok.slot
