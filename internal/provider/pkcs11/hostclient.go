@@ -3,6 +3,7 @@ package pkcs11
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -40,8 +42,9 @@ type hostClient struct {
 	next    uint32
 	lost    error // set once the host is gone
 
-	exited chan struct{} // closed when the process has been reaped
-	state  string        // how it ended, set before exited is closed
+	closing atomic.Bool   // set by close: the end is expected
+	exited  chan struct{} // closed when the process has been reaped
+	state   string        // how it ended, set before exited is closed
 }
 
 type hostReply struct {
@@ -126,7 +129,7 @@ func startHost(path string, env []string, log *slog.Logger) (*hostClient, error)
 		c.kill()
 		return nil, fmt.Errorf("%w %s: %v", errModule, path, err)
 	}
-	log.Info("pkcs11 module host started", "library", path, "pid", c.pid)
+	log.Info("pkcs11 module host started", "pid", c.pid)
 	return c, nil
 }
 
@@ -184,7 +187,11 @@ func (c *hostClient) read() {
 		delete(c.pending, id)
 	}
 	c.mu.Unlock()
-	c.log.Warn("pkcs11 module host ended", "library", c.path, "pid", c.pid, "state", state)
+	level := slog.LevelWarn
+	if c.closing.Load() {
+		level = slog.LevelInfo
+	}
+	c.log.Log(context.Background(), level, "pkcs11 module host ended", "pid", c.pid, "state", state)
 }
 
 // kill ends the host at once (SIGKILL works on a stopped process too).
@@ -199,6 +206,7 @@ func (c *hostClient) kill() {
 // close asks the host to finalize and exit (by closing the socket), and
 // kills it if it has not within grace.
 func (c *hostClient) close(grace time.Duration) {
+	c.closing.Store(true)
 	c.conn.CloseWrite()
 	select {
 	case <-c.exited:

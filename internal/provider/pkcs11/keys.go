@@ -427,7 +427,10 @@ func (p *Provider) findObjects(ctx context.Context, id []byte) (objectSet, error
 		}
 		return nil
 	})
-	return set, err
+	if err != nil {
+		return objectSet{}, err // set may still be written by a call abandoned at its deadline
+	}
+	return set, nil
 }
 
 // DeleteKey implements provider.Provider: it destroys every object with the
@@ -489,7 +492,10 @@ func (p *Provider) PublicKey(ctx context.Context, ref string) ([]byte, error) {
 			return nil, kgerr.Invalid("a secret key has no public key")
 		}
 	}
-	return der, err
+	if err != nil {
+		return nil, err // der may still be written by a call abandoned at its deadline
+	}
+	return der, nil
 }
 
 func bytesToUint(b []byte) uint {

@@ -56,6 +56,10 @@ func (p *Provider) perform(ctx context.Context, ref string, spec alg.Spec, a alg
 	if spec.Type == alg.AES {
 		class = pkcs11.CKO_SECRET_KEY
 	}
+	// A call abandoned at its deadline may return later (a killed module
+	// host fails it): its results go to res, which is read only after a
+	// success.
+	var res struct{ out, iv []byte }
 	err = p.withKey(ctx, ref, class, true, c.u.opKind(), func(sh pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
 		attempt := c
 		if m.ivBytes > 0 && c.u == useEncrypt {
@@ -64,14 +68,14 @@ func (p *Provider) perform(ctx context.Context, ref string, spec alg.Spec, a alg
 				return err
 			}
 		}
-		var err error
-		out, iv, err = p.invoke(sh, h, m, a, attempt, in)
+		out, iv, err := p.invoke(sh, h, m, a, attempt, in)
+		res.out, res.iv = out, iv
 		return err
 	})
 	if err != nil {
 		return nil, nil, err
 	}
-	return out, iv, nil
+	return res.out, res.iv, nil
 }
 
 // invoke makes one call of use c.u of m for a with key h on session sh
@@ -163,7 +167,10 @@ func (p *Provider) WrapKey(ctx context.Context, req provider.WrapRequest) ([]byt
 		out, err = p.wrapBytes(sh, h, m, req.KeyMaterial)
 		return err
 	})
-	return out, err
+	if err != nil {
+		return nil, err // out may still be written by a call abandoned at its deadline
+	}
+	return out, nil
 }
 
 // UnwrapKey implements provider.Provider: the material is unwrapped into a
@@ -211,5 +218,8 @@ func (p *Provider) UnwrapKey(ctx context.Context, req provider.UnwrapRequest) ([
 		}
 		return nil
 	})
-	return out, err
+	if err != nil {
+		return nil, err // out may still be written by a call abandoned at its deadline
+	}
+	return out, nil
 }
