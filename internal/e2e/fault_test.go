@@ -10,10 +10,12 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"strings"
 	"sync"
@@ -551,5 +553,16 @@ func TestModuleHostKilledUnderLoad(t *testing.T) {
 	}
 	if !bytes.Contains(logBytes, []byte(`"operation":"provider_module_host_restarted"`)) {
 		t.Error("the audit log has no provider_module_host_restarted record")
+	}
+	req, _ := http.NewRequest(http.MethodGet, g.URL+"/metrics", nil)
+	req.Header.Set("Authorization", "Bearer "+g.Token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	metrics, _ := io.ReadAll(resp.Body)
+	if !regexp.MustCompile(`(?m)^keygrid_provider_module_host_restarts_total\{provider="hsm"\} [1-9]`).Match(metrics) {
+		t.Errorf("/metrics has no host restart of provider hsm:\n%s", metrics)
 	}
 }

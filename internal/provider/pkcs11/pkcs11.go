@@ -536,7 +536,8 @@ func (p *Provider) Stats() provider.Stats {
 	st.Info = map[string]any{"library": p.cfg.LibraryPath, "module_generation": p.gen.Load(), "cached_keys": p.cachedHandles(),
 		"isolation": p.cfg.isolation}
 	if p.mod.isolated {
-		st.Info["module_host_restarts"] = p.mod.restarts.Load()
+		st.ModuleHost, st.ModuleHostRestarts = true, p.mod.restarts.Load()
+		st.Info["module_host_restarts"] = st.ModuleHostRestarts
 		st.Info["module_host_pid"] = p.mod.hostPID()
 	}
 	if tok := p.token.Load(); tok != nil {
