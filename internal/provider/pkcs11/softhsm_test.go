@@ -15,10 +15,12 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/miekg/pkcs11"
 
 	"github.com/keygrid/keygrid-hsm/internal/alg"
+	"github.com/keygrid/keygrid-hsm/internal/duration"
 	"github.com/keygrid/keygrid-hsm/internal/kgerr"
 	"github.com/keygrid/keygrid-hsm/internal/provider"
 	"github.com/keygrid/keygrid-hsm/internal/provider/providertest"
@@ -355,6 +357,9 @@ func TestConformance(t *testing.T) {
 			providertest.Run(t, func(t *testing.T) provider.Provider {
 				c := testConfig(t, 8)
 				c.Isolation = isolation
+				// RSA-3072 and -4096 generation on a loaded 2-core machine
+				// can take longer than the default 5 s.
+				c.OperationTimeout = duration.Duration(30 * time.Second)
 				p, err := Open(context.Background(), "hsm", TypePKCS11, c, slog.New(slog.DiscardHandler))
 				if err != nil {
 					t.Fatal(err)
