@@ -104,8 +104,9 @@ type FrontEnd struct {
 }
 
 // Wrap returns h with the stack around it, in this order: the request id
-// (X-Request-Id taken when it is 1-128 of [A-Za-z0-9._:-], else made, and
-// echoed), the caller (request id, client address) in the context for the
+// (always made by the server and answered in X-Request-Id; a client's own
+// X-Request-Id, when valid (ClientRequestID), is kept beside it and echoed
+// in X-Client-Request-Id), the caller (request id, client address) in the context for the
 // service, panic recovery (fe.Fail with INTERNAL_ERROR), metrics and an
 // access log line, the deadline, the body cap, then for protected
 // requests authentication, the per-address failure limit and the
@@ -116,18 +117,18 @@ func (s *Stack) Wrap(fe FrontEnd, h http.Handler) http.Handler {
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		rid := r.Header.Get("X-Request-Id")
-		if !validRequestID.MatchString(rid) {
-			rid = newRequestID()
-		}
+		rid, crid := newRequestID(), ClientRequestID(r)
 		w.Header().Set("X-Request-Id", rid)
+		if crid != "" {
+			w.Header().Set("X-Client-Request-Id", crid)
+		}
 		ctx := r.Context()
 		if s.o.Timeout > 0 {
 			var cancel context.CancelFunc
 			ctx, cancel = context.WithTimeout(ctx, s.o.Timeout)
 			defer cancel()
 		}
-		caller := service.Caller{RequestID: rid, ClientAddr: r.RemoteAddr}
+		caller := service.Caller{RequestID: rid, ClientRequestID: crid, ClientAddr: r.RemoteAddr}
 		r = r.WithContext(service.WithCaller(ctx, caller))
 		route := "unmatched"
 		if fe.Route != nil {
@@ -178,7 +179,8 @@ func (s *Stack) logRequest(r *http.Request, frontEnd, route, principal string, s
 		level = slog.LevelInfo
 	}
 	if s.o.Logger.Enabled(r.Context(), level) { // the access line allocates: build it only when it is kept
-		s.o.Logger.Log(r.Context(), level, "request", "request_id", RequestID(r.Context()), "front_end", frontEnd,
+		c := service.CallerFrom(r.Context())
+		s.o.Logger.Log(r.Context(), level, "request", "request_id", c.RequestID, "client_request_id", c.ClientRequestID, "front_end", frontEnd,
 			"method", r.Method, "route", route, "principal", principal, "status", status,
 			"duration_ms", float64(time.Since(start).Microseconds())/1000)
 	}
@@ -187,7 +189,20 @@ func (s *Stack) logRequest(r *http.Request, frontEnd, route, principal string, s
 // RequestID returns the request id Wrap gave the request of ctx.
 func RequestID(ctx context.Context) string { return service.CallerFrom(ctx).RequestID }
 
-var validRequestID = regexp.MustCompile(`^[A-Za-z0-9._:-]{1,128}$`)
+// ClientRequestID returns the request id a client sent in X-Request-Id
+// when it is 1 to 64 characters of [A-Za-z0-9._:-] and the header is sent
+// once, else "". It is only ever recorded beside the server's own id (the
+// id of every audit record and error body), since anyone can send any id,
+// another request's included.
+func ClientRequestID(r *http.Request) string {
+	v := r.Header.Values("X-Request-Id")
+	if len(v) != 1 || !validClientRequestID.MatchString(v[0]) {
+		return ""
+	}
+	return v[0]
+}
+
+var validClientRequestID = regexp.MustCompile(`^[A-Za-z0-9._:-]{1,64}$`)
 
 func newRequestID() string {
 	b := make([]byte, 12)

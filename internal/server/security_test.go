@@ -97,19 +97,20 @@ func (e *env) as(token string) *env {
 
 // record is what the security tests read of an audit line.
 type record struct {
-	Seq        uint64  `json:"seq"`
-	RequestID  string  `json:"request_id"`
-	Principal  string  `json:"principal"`
-	ClientAddr string  `json:"client_addr"`
-	Operation  string  `json:"operation"`
-	KeyID      string  `json:"key_id"`
-	KeyName    string  `json:"key_name"`
-	KeyVersion int     `json:"key_version"`
-	Provider   string  `json:"provider"`
-	Outcome    string  `json:"outcome"`
-	ErrorCode  string  `json:"error_code"`
-	DurationMS float64 `json:"duration_ms"`
-	Detail     string  `json:"detail"`
+	Seq             uint64  `json:"seq"`
+	RequestID       string  `json:"request_id"`
+	ClientRequestID string  `json:"client_request_id"`
+	Principal       string  `json:"principal"`
+	ClientAddr      string  `json:"client_addr"`
+	Operation       string  `json:"operation"`
+	KeyID           string  `json:"key_id"`
+	KeyName         string  `json:"key_name"`
+	KeyVersion      int     `json:"key_version"`
+	Provider        string  `json:"provider"`
+	Outcome         string  `json:"outcome"`
+	ErrorCode       string  `json:"error_code"`
+	DurationMS      float64 `json:"duration_ms"`
+	Detail          string  `json:"detail"`
 }
 
 func (e *env) auditRaw(t *testing.T) []byte {
@@ -121,7 +122,9 @@ func (e *env) auditRaw(t *testing.T) []byte {
 	return b
 }
 
-// auditByRID returns the audit records of a request id.
+// auditByRID returns the audit records of a request the client sent with
+// X-Request-Id rid (the records' client_request_id), or of the server's
+// request id rid.
 func (e *env) auditByRID(t *testing.T, rid string) []record {
 	t.Helper()
 	var out []record
@@ -130,7 +133,7 @@ func (e *env) auditByRID(t *testing.T, rid string) []record {
 		if err := json.Unmarshal(l, &r); err != nil {
 			t.Fatalf("audit line %s: %v", l, err)
 		}
-		if r.RequestID == rid {
+		if r.RequestID == rid || r.ClientRequestID == rid {
 			out = append(out, r)
 		}
 	}
@@ -878,5 +881,61 @@ func TestProviderEventsAudited(t *testing.T) {
 		recs[0].DurationMS != 1500 || recs[1].Operation != "provider_reset_failed" || recs[1].Outcome != audit.OutcomeFailure ||
 		recs[1].ErrorCode != "INTERNAL_ERROR" || strings.Contains(string(raw), "boom") {
 		t.Fatalf("provider events in the audit log:\n%s", raw)
+	}
+}
+
+// The attack: an unauthenticated client sets X-Request-Id to another
+// request's id (or to junk) to blur or forge the audit trail. Every record
+// keeps the server's own id; a client id is kept beside it only when it is
+// short and plain.
+func TestForgedRequestIDs(t *testing.T) {
+	t.Parallel()
+	e := startYAML(t, securityYAML(t, "limits:\n  auth_failure_burst: 100\n"), nil)
+	e.createKey(t, "payments-1", apitypes.KeySpec{KeyType: "EC", Curve: "P-256"})
+	data := map[string]any{"data": b64([]byte("x"))}
+
+	// A genuine request, then two forgeries reusing its id.
+	first := e.send(t, http.MethodPost, keyPath("payments-1", "/sign"), data, "X-Request-Id", "victim-1")
+	if first.status != http.StatusOK {
+		t.Fatalf("sign: %d %s", first.status, first.body)
+	}
+	victimID := first.header.Get("X-Request-Id")
+	if victimID == "victim-1" || victimID == "" {
+		t.Fatalf("server answered with X-Request-Id %q", victimID)
+	}
+	e.send(t, http.MethodPost, keyPath("payments-1", "/sign"), data, "X-Request-Id", victimID, "Authorization", "")
+	e.send(t, http.MethodPost, keyPath("payments-1", "/sign"), data, "X-Request-Id", "victim-1", "Authorization", "Bearer wrong-token-0123456789")
+	var withID []record
+	for _, r := range e.auditByRID(t, victimID) {
+		if r.RequestID == victimID {
+			withID = append(withID, r)
+		}
+	}
+	if len(withID) != 1 || withID[0].Operation != "sign" || withID[0].Outcome != audit.OutcomeSuccess {
+		t.Fatalf("records with the victim's server id: %+v (want only the victim's sign)", withID)
+	}
+	seen := map[string]bool{}
+	for _, r := range e.auditByRID(t, "victim-1") {
+		if r.ClientRequestID != "victim-1" || seen[r.RequestID] {
+			t.Fatalf("record %+v: want the client id beside a distinct server id", r)
+		}
+		seen[r.RequestID] = true
+	}
+	if len(seen) != 2 {
+		t.Fatalf("%d records carry client id victim-1, want 2", len(seen))
+	}
+	// Junk ids never reach the log.
+	for _, junk := range []string{strings.Repeat("a", 65), "a b", "id\"injected", "ü-id"} {
+		r := e.send(t, http.MethodGet, keyPath("missing", ""), nil, "X-Request-Id", junk)
+		if r.header.Get("X-Client-Request-Id") != "" || bytes.Contains(e.auditRaw(t), []byte(junk)) {
+			t.Fatalf("junk request id %q was echoed or recorded", junk)
+		}
+	}
+	// Two X-Request-Id headers: neither is kept.
+	req := e.newRequest(t, http.MethodGet, keyPath("missing", ""), nil)
+	req.Header.Add("X-Request-Id", "dup-a")
+	req.Header.Add("X-Request-Id", "dup-b")
+	if r := e.do(t, req); r.header.Get("X-Client-Request-Id") != "" {
+		t.Fatalf("a doubled X-Request-Id was kept: %v", r.header)
 	}
 }

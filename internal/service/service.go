@@ -140,9 +140,14 @@ func (s *Service) Close() error {
 // Caller describes who makes a request; the API layer puts it in the
 // context.
 type Caller struct {
-	RequestID  string
-	ClientAddr string
-	Principal  string
+	// RequestID is the server's id of the request: the id of its audit
+	// records.
+	RequestID string
+	// ClientRequestID is the id the client sent, if valid, recorded
+	// beside the server's (never instead of it).
+	ClientRequestID string
+	ClientAddr      string
+	Principal       string
 	// Auth is the authenticated principal the service authorizes (nil:
 	// nothing is allowed).
 	Auth *auth.Principal
@@ -159,7 +164,7 @@ type Caller struct {
 // event starts the audit record of a request of c: who, from where, and
 // the front end's attributes.
 func (c Caller) event(t time.Time, operation string) audit.Event {
-	return audit.Event{Time: t.UTC(), RequestID: c.RequestID, Principal: c.Principal, ClientAddr: c.ClientAddr,
+	return audit.Event{Time: t.UTC(), RequestID: c.RequestID, ClientRequestID: c.ClientRequestID, Principal: c.Principal, ClientAddr: c.ClientAddr,
 		Operation: operation, Outcome: audit.OutcomeSuccess, Attributes: c.Attributes}
 }
 

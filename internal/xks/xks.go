@@ -166,7 +166,7 @@ func (h *Handler) serve(r *http.Request, c *call) (any, error) {
 		return nil, errMethodNotAllowed
 	}
 	attrs := map[string]string{"store": st.cfg.Name}
-	caller := service.Caller{RequestID: c.rid, ClientAddr: r.RemoteAddr, Attributes: attrs, ErrorName: ErrorName}
+	caller := service.Caller{RequestID: c.rid, ClientRequestID: service.CallerFrom(r.Context()).ClientRequestID, ClientAddr: r.RemoteAddr, Attributes: attrs, ErrorName: ErrorName}
 	ctx := service.WithCaller(r.Context(), caller)
 	raw, err := readBody(r)
 	if err == nil {
