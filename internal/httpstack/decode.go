@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
+	"strings"
 
 	"github.com/keygrid/keygrid-hsm/internal/kgerr"
 )
@@ -94,7 +96,7 @@ func decodeError(err error) error {
 		return kgerr.Invalid(fmt.Sprintf("malformed JSON at byte %d", syn.Offset))
 	case errors.As(err, &typ):
 		if typ.Field != "" {
-			return kgerr.Invalid(fmt.Sprintf("field %q must be %s", typ.Field, jsonKind(typ)))
+			return kgerr.Invalid(fmt.Sprintf("field %s must be %s", kgerr.Quote(typ.Field), jsonKind(typ)))
 		}
 		return kgerr.Invalid("request body must be a JSON object")
 	case errors.As(err, &b64):
@@ -102,9 +104,15 @@ func decodeError(err error) error {
 	case errors.Is(err, io.EOF):
 		return kgerr.Invalid("request body is empty; a JSON object is required")
 	}
-	// encoding/json reports unknown fields and a few other problems with
-	// untyped errors whose text names the field: pass it on as the message.
-	return kgerr.Wrap(kgerr.KindInvalidInput, err, "invalid request body: "+err.Error())
+	// encoding/json reports unknown fields with an untyped error whose text
+	// quotes the field: name it (clipped: the name is the client's).
+	if f, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
+		if name, uerr := strconv.Unquote(f); uerr == nil {
+			f = name
+		}
+		return kgerr.Invalid("unknown field " + kgerr.Quote(f))
+	}
+	return kgerr.Invalid("invalid request body: " + kgerr.Clip(err.Error()))
 }
 
 func jsonKind(t *json.UnmarshalTypeError) string {

@@ -939,3 +939,46 @@ func TestForgedRequestIDs(t *testing.T) {
 		t.Fatalf("a doubled X-Request-Id was kept: %v", r.header)
 	}
 }
+
+// The attack: make the server answer with a copy of the request. Every
+// piece of a request a message echoes is clipped (kgerr.Clip), so no
+// error is much larger than its fixed text.
+func TestEchoedInputIsClipped(t *testing.T) {
+	t.Parallel()
+	e := startYAML(t, securityYAML(t, "server:\n  max_body_bytes: 4194304\n"), nil)
+	e.createKey(t, "payments-1", apitypes.KeySpec{KeyType: "EC", Curve: "P-256"})
+	huge := strings.Repeat("A", 1<<20)
+	long := strings.Repeat("k", 4000) // a path fits in a request line
+	for _, tc := range []struct {
+		name         string
+		method, path string
+		body         any
+		status       int
+		code         apitypes.ErrorCode
+	}{
+		{"1 MB unknown field", http.MethodPost, keyPath("payments-1", "/sign"), `{"data":"eA==","` + huge + `":1}`, http.StatusBadRequest, apitypes.CodeInvalidInput},
+		{"1 MB signature_format", http.MethodPost, keyPath("payments-1", "/sign"), map[string]any{"data": b64([]byte("x")), "signature_format": huge}, http.StatusBadRequest, apitypes.CodeInvalidInput},
+		{"1 MB algorithm", http.MethodPost, keyPath("payments-1", "/sign"), map[string]any{"data": b64([]byte("x")), "algorithm": huge}, http.StatusBadRequest, apitypes.CodeUnsupportedAlgorithm},
+		{"1 MB provider", http.MethodPost, "/api/v1/keys", map[string]any{"name": "k1", "provider": huge, "key_spec": map[string]any{"key_type": "EC", "curve": "P-256"}}, http.StatusBadRequest, apitypes.CodeInvalidInput},
+		{"1 MB metadata key", http.MethodPost, "/api/v1/keys", map[string]any{"name": "k2", "key_spec": map[string]any{"key_type": "EC", "curve": "P-256"}, "metadata": map[string]string{"m": huge}}, http.StatusBadRequest, apitypes.CodeInvalidInput},
+		{"long key ref", http.MethodGet, keyPath(long, ""), nil, http.StatusNotFound, apitypes.CodeKeyNotFound},
+		{"long provider name", http.MethodGet, "/api/v1/providers/" + long + "/health", nil, http.StatusNotFound, apitypes.CodeProviderNotFound},
+		{"long path", http.MethodGet, "/api/v1/" + long, nil, http.StatusNotFound, apitypes.CodeNotFound},
+		{"long path, wrong method", http.MethodPut, "/api/v1/keys", nil, http.StatusMethodNotAllowed, ""},
+		{"1 MB list state", http.MethodGet, "/api/v1/keys?state=" + long, nil, http.StatusBadRequest, apitypes.CodeInvalidInput},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := e.send(t, tc.method, tc.path, tc.body)
+			if r.status != tc.status {
+				t.Fatalf("status %d, want %d: %.300s", r.status, tc.status, r.body)
+			}
+			d := checkErrorBody(t, r)
+			if tc.code != "" && d.Code != tc.code {
+				t.Fatalf("code %s, want %s: %s", d.Code, tc.code, d.Message)
+			}
+			if len(r.body) > 1024 {
+				t.Fatalf("a %d-byte error echoes the request: %.300s…", len(r.body), r.body)
+			}
+		})
+	}
+}

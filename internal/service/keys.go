@@ -44,7 +44,7 @@ func validateMetadata(m map[string]string) error {
 			return kgerr.Invalid(fmt.Sprintf("metadata keys must be 1 to %d bytes", maxMetadataKey))
 		}
 		if len(v) > maxMetadataValue {
-			return kgerr.Invalid(fmt.Sprintf("metadata value of %q is longer than %d bytes", k, maxMetadataValue))
+			return kgerr.Invalid(fmt.Sprintf("metadata value of %s is longer than %d bytes", kgerr.Quote(k), maxMetadataValue))
 		}
 	}
 	return nil
@@ -69,7 +69,7 @@ func (s *Service) CreateKey(ctx context.Context, req CreateKeyRequest) (out *Key
 	}
 	p, ok := s.providers[provName]
 	if !ok {
-		return nil, kgerr.Invalid(fmt.Sprintf("provider %q is not configured (configured: %v)", provName, s.names))
+		return nil, kgerr.Invalid(fmt.Sprintf("provider %s is not configured (configured: %v)", kgerr.Quote(provName), s.names))
 	}
 	o.provider = provName
 	if pr := CallerFrom(ctx).Auth; !pr.InScope(req.Name, provName) {
@@ -293,7 +293,7 @@ func (s *Service) ListKeys(ctx context.Context, o ListOptions) (*KeyList, error)
 	switch store.State(o.State) {
 	case "", store.StatePending, store.StateActive, store.StateInactive, store.StateDeleting:
 	default:
-		return nil, kgerr.Invalid(fmt.Sprintf("state %q is not one of pending, active, inactive, deleting", o.State))
+		return nil, kgerr.Invalid(fmt.Sprintf("state %s is not one of pending, active, inactive, deleting", kgerr.Quote(o.State)))
 	}
 	if err := allow(ctx, opList.action); err != nil {
 		s.auditDenied(ctx, opList, nil, err)

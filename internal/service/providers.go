@@ -26,7 +26,7 @@ func (s *Service) Providers(ctx context.Context) []ProviderInfo {
 func (s *Service) ProviderHealth(ctx context.Context, name string) (*ProviderHealth, error) {
 	p, ok := s.providers[name]
 	if !ok {
-		return nil, kgerr.New(kgerr.KindProviderNotFound, fmt.Sprintf("provider %q is not configured", name))
+		return nil, kgerr.New(kgerr.KindProviderNotFound, fmt.Sprintf("provider %s is not configured", kgerr.Quote(name)))
 	}
 	return s.health[name].view(p), nil
 }

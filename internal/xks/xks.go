@@ -306,7 +306,7 @@ func (h *Handler) route(r *http.Request) (st *store, op, keyID string, err error
 // key loads the gateway key the request names: an AES key the store
 // serves, or KeyNotFoundException.
 func (h *Handler) key(ctx context.Context, c *call) (*service.Key, error) {
-	notFound := kgerr.New(kgerr.KindKeyNotFound, "store "+c.st.cfg.Name+" has no key "+clip(c.keyID))
+	notFound := kgerr.New(kgerr.KindKeyNotFound, "store "+c.st.cfg.Name+" has no key "+kgerr.Clip(c.keyID))
 	if !c.st.serves(c.keyID) {
 		return nil, notFound
 	}
