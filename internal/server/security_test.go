@@ -982,3 +982,61 @@ func TestEchoedInputIsClipped(t *testing.T) {
 		})
 	}
 }
+
+// The attack: a body or header a proxy or WAF in front reads one way and
+// the gateway another (a duplicate key, a field name in another case, an
+// odd base64 spelling, a credential header twice). Each is refused and
+// changes nothing.
+func TestLenientParsingRefused(t *testing.T) {
+	t.Parallel()
+	e := startYAML(t, securityYAML(t, "limits:\n  auth_failure_burst: 100\n"), nil)
+	e.createKey(t, "payments-1", apitypes.KeySpec{KeyType: "EC", Curve: "P-256"})
+	e.createKey(t, "payments-aes", apitypes.KeySpec{KeyType: "AES", KeySize: 256})
+	spec := `"key_spec":{"key_type":"EC","curve":"P-256"}`
+	for _, tc := range []struct{ name, path, body string }{
+		{"duplicate name on create", "/api/v1/keys", `{"name":"dup-a","name":"dup-b",` + spec + `}`},
+		{"duplicate nested key", "/api/v1/keys", `{"name":"dup-c","key_spec":{"key_type":"EC","key_type":"RSA","curve":"P-256"}}`},
+		{"duplicate metadata key", "/api/v1/keys", `{"name":"dup-d",` + spec + `,"metadata":{"team":"a","team":"b"}}`},
+		{"field name in upper case", "/api/v1/keys", `{"NAME":"case-a",` + spec + `}`},
+		{"nested field name in mixed case", "/api/v1/keys", `{"name":"case-b","key_spec":{"Key_Type":"EC","curve":"P-256"}}`},
+		{"duplicate data", keyPath("payments-1", "/sign"), `{"data":"eA==","data":"eQ=="}`},
+		{"base64 with a newline", keyPath("payments-1", "/sign"), `{"data":"eA\n=="}`},
+		{"base64 with CRLF", keyPath("payments-aes", "/encrypt"), `{"plaintext":"aGVs\r\nbG8="}`},
+		{"base64 without padding", keyPath("payments-1", "/sign"), `{"data":"eA"}`},
+		{"base64 with non-zero trailing bits", keyPath("payments-1", "/sign"), `{"data":"eB=="}`},
+		{"URL-safe base64", keyPath("payments-aes", "/encrypt"), `{"plaintext":"-_8="}`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := e.fails(t, http.MethodPost, tc.path, tc.body, http.StatusBadRequest, apitypes.CodeInvalidInput)
+			if d.Message == "" {
+				t.Fatal("no message")
+			}
+			if n := len(e.listKeys(t)); n != 2 {
+				t.Fatalf("%d keys after a refused request, want 2", n)
+			}
+		})
+	}
+	// The canonical spellings work.
+	e.ok(t, http.MethodPost, keyPath("payments-1", "/sign"), `{"data":"eA=="}`, http.StatusOK, nil)
+
+	// A credential header twice is refused even when both copies are valid.
+	for _, h := range []string{"Authorization", "X-API-Key"} {
+		t.Run("two "+h+" headers", func(t *testing.T) {
+			req := e.newRequest(t, http.MethodGet, "/api/v1/keys", nil)
+			req.Header.Del("Authorization")
+			val := e.token
+			if h == "Authorization" {
+				val = "Bearer " + e.token
+			}
+			req.Header.Add(h, val)
+			req.Header.Add(h, val)
+			r := e.do(t, req)
+			if r.status != http.StatusUnauthorized {
+				t.Fatalf("status %d, want 401: %s", r.status, r.body)
+			}
+			if d := checkErrorBody(t, r); d.Code != apitypes.CodeAuthenticationFailed || !strings.Contains(d.Message, "once") {
+				t.Fatalf("error %+v", d)
+			}
+		})
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 
+	"github.com/keygrid/keygrid-hsm/internal/httpstack"
 	"github.com/keygrid/keygrid-hsm/internal/kgerr"
 )
 
@@ -118,6 +119,11 @@ func readBody(r *http.Request) ([]byte, error) {
 // metadata decoded so far is still returned, for the audit record.
 func decode(op string, raw []byte) (*request, error) {
 	var b body
+	// A key twice or in another case is read one way here and another by
+	// whatever sits in front: refused.
+	if err := httpstack.CheckStrict(raw, &b, true); err != nil {
+		return &request{}, err
+	}
 	if err := json.Unmarshal(raw, &b); err != nil {
 		var te *json.UnmarshalTypeError
 		if errors.As(err, &te) && te.Field != "" {
