@@ -143,7 +143,7 @@ func (s *Service) CreateKey(ctx context.Context, req CreateKeyRequest) (out *Key
 		// Nothing was stored: audit the name asked for, not an id that
 		// never existed.
 		o.key, o.version = &store.Key{Name: k.Name, Provider: k.Provider}, 0
-		return nil, err
+		return nil, s.hideTakenName(ctx, k.Name, err)
 	}
 	created, err := s.makeMaterial(ctx, p, k, &k.Versions[0])
 	if err != nil {
