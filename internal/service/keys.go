@@ -150,6 +150,10 @@ func (s *Service) CreateKey(ctx context.Context, req CreateKeyRequest) (out *Key
 		s.abandonPending(ctx, p, k, 1)
 		return nil, err
 	}
+	if err := s.recordAhead(context.WithoutCancel(ctx), o); err != nil {
+		s.discardMaterial(ctx, p, k, 1, created)
+		return nil, err
+	}
 	k, err = s.completeVersion(ctx, p, k.ID, 1, created)
 	if err != nil {
 		return nil, err
@@ -218,6 +222,16 @@ func (s *Service) abandonPending(ctx context.Context, p provider.Provider, k *st
 	if err != nil && !errors.Is(err, kgerr.ErrKeyNotFound) {
 		s.log.Warn("could not remove a failed pending key version; left for reconciliation", "key_id", k.ID, "err", err)
 	}
+}
+
+// discardMaterial destroys the material of a version whose creation could
+// not be audited, then undoes the version as abandonPending does.
+func (s *Service) discardMaterial(ctx context.Context, p provider.Provider, k *store.Key, version int, created provider.CreatedKey) {
+	if err := p.DeleteKey(context.WithoutCancel(ctx), created.Ref); err != nil {
+		s.log.Warn("could not destroy the material of an unaudited create; left pending for reconciliation", "key_id", k.ID, "err", err)
+		return
+	}
+	s.abandonPending(ctx, p, k, version)
 }
 
 // errDeleteRecord tells mutate to delete the record.
@@ -391,6 +405,10 @@ func (s *Service) RotateKey(ctx context.Context, ref string) (out *Key, err erro
 	created, err := s.makeMaterial(ctx, p, k, k.Version(n))
 	if err != nil {
 		s.abandonPending(ctx, p, k, n)
+		return nil, err
+	}
+	if err := s.recordAhead(context.WithoutCancel(ctx), o); err != nil {
+		s.discardMaterial(ctx, p, k, n, created)
 		return nil, err
 	}
 	if k, err = s.completeVersion(ctx, p, k.ID, n, created); err != nil {
