@@ -18,7 +18,18 @@ import (
 // object into v with the stack's depth cap (see Decode). A body over the
 // cap is PAYLOAD_TOO_LARGE; every other failure INVALID_INPUT with a
 // message that says what is wrong.
+//
+// A refused body is audited (Options.AuditRefusal), coalesced per
+// principal, route and reason.
 func (s *Stack) DecodeJSON(r *http.Request, v any) error {
+	err := s.decodeJSON(r, v)
+	if err != nil {
+		s.refusals.refused(r, err)
+	}
+	return err
+}
+
+func (s *Stack) decodeJSON(r *http.Request, v any) error {
 	if r.Body == nil {
 		return Decode(nil, s.o.MaxJSONDepth, v)
 	}

@@ -55,12 +55,18 @@ type Options struct {
 	// client address (rate <= 0: no limit).
 	AuthFailureRate  float64
 	AuthFailureBurst int
+	// AuditRefusal audits a request the stack refused before any service
+	// operation saw it (a malformed or oversized body, a rate limit),
+	// with the caller in ctx; detail is server-chosen text (the route and
+	// the reason, with a count when coalesced). nil: not audited.
+	AuditRefusal func(ctx context.Context, detail string, err error)
 }
 
 // Stack is the shared machinery; Wrap puts it around a front end.
 type Stack struct {
 	o                    Options
 	principals, failures *Limiter
+	refusals             *refusals
 }
 
 // New returns a stack.
@@ -74,7 +80,7 @@ func New(o Options) *Stack {
 	if o.MaxJSONDepth <= 0 {
 		o.MaxJSONDepth = 16
 	}
-	return &Stack{o: o, principals: NewLimiter(1 << 16), failures: NewLimiter(1 << 14)}
+	return &Stack{o: o, principals: NewLimiter(1 << 16), failures: NewLimiter(1 << 14), refusals: newRefusals(o.AuditRefusal)}
 }
 
 // FrontEnd is what a front end plugs into the stack.
@@ -136,6 +142,8 @@ func (s *Stack) Wrap(fe FrontEnd, h http.Handler) http.Handler {
 				route = l
 			}
 		}
+		ctx = context.WithValue(ctx, routeKey{}, route)
+		r = r.WithContext(service.WithCaller(ctx, caller))
 		sw := &statusWriter{ResponseWriter: w}
 		if r.Body != nil {
 			r.Body = http.MaxBytesReader(sw, r.Body, s.o.MaxBody)
@@ -151,15 +159,17 @@ func (s *Stack) Wrap(fe FrontEnd, h http.Handler) http.Handler {
 		}()
 		if fe.Protected == nil || fe.Protected(r) {
 			p, err := s.authenticate(fe, r, route)
-			if err == nil {
-				err = s.rateLimit(p)
-			}
 			if err != nil {
 				fe.Fail(sw, r, err)
 				return
 			}
 			caller.Principal, caller.Auth = p.Name, p
 			r = r.WithContext(service.WithCaller(ctx, caller))
+			if err := s.rateLimit(p); err != nil {
+				s.refusals.refused(r, err)
+				fe.Fail(sw, r, err)
+				return
+			}
 		}
 		h.ServeHTTP(sw, r)
 	})

@@ -1040,3 +1040,92 @@ func TestLenientParsingRefused(t *testing.T) {
 		})
 	}
 }
+
+// The attack: requests refused before the key logic (malformed and
+// oversized bodies, 429s), on keys in and out of the caller's scope, leave
+// no trace but the access log. Each kind is audited with the principal; a
+// flood is one record per principal, route and reason per second, with a
+// count.
+func TestRefusalsBeforeTheServiceAreAudited(t *testing.T) {
+	t.Parallel()
+	e := startYAML(t, securityYAML(t, "server:\n  max_body_bytes: 2048\n"), nil)
+	e.createKey(t, "payments-1", apitypes.KeySpec{KeyType: "EC", Curve: "P-256"})
+	e.createKey(t, "billing-1", apitypes.KeySpec{KeyType: "EC", Curve: "P-256"})
+	pay, limited := e.as(payTok), e.as(limitedTok)
+	big := `{"data":"` + strings.Repeat("A", 4096) + `"}`
+	for _, tc := range []struct {
+		name      string
+		as        *env
+		path      string
+		body      string
+		status    int
+		code      string
+		principal string
+	}{
+		{"malformed body", pay, keyPath("payments-1", "/sign"), `{"data":`, http.StatusBadRequest, "INVALID_INPUT", "payments-app"},
+		{"malformed body on a key out of scope", pay, keyPath("billing-1", "/encrypt"), `{"data":`, http.StatusBadRequest, "INVALID_INPUT", "payments-app"},
+		{"unknown field on a forbidden action", e.as(auditorTok), keyPath("payments-1", "/sign"), `{"nope":1}`, http.StatusBadRequest, "INVALID_INPUT", "auditor"},
+		{"oversized body", pay, keyPath("payments-1", "/sign"), big, http.StatusRequestEntityTooLarge, "PAYLOAD_TOO_LARGE", "payments-app"},
+		{"oversized body on create", e, "/api/v1/keys", big, http.StatusRequestEntityTooLarge, "PAYLOAD_TOO_LARGE", "admin"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rid := "refused-" + strings.ReplaceAll(tc.name, " ", "-")
+			r := tc.as.send(t, http.MethodPost, tc.path, tc.body, "X-Request-Id", rid)
+			if r.status != tc.status {
+				t.Fatalf("status %d, want %d: %s", r.status, tc.status, r.body)
+			}
+			rec := e.oneRecord(t, rid)
+			if rec.Operation != "refused" || rec.Principal != tc.principal || rec.ErrorCode != tc.code || rec.ClientAddr == "" ||
+				!strings.Contains(rec.Detail, "POST /api/v1/keys") {
+				t.Fatalf("audit record %+v", rec)
+			}
+		})
+	}
+	// 429: limited has a burst of 3 at 1/s.
+	var limitedRIDs []string
+	for i := range 6 {
+		rid := fmt.Sprintf("limited-%d", i)
+		limited.send(t, http.MethodGet, keyPath("payments-1", ""), nil, "X-Request-Id", rid)
+		limitedRIDs = append(limitedRIDs, rid)
+	}
+	var rateRecs []record
+	for _, rid := range limitedRIDs {
+		for _, r := range e.auditByRID(t, rid) {
+			if r.Operation == "refused" && r.ErrorCode == "RATE_LIMITED" && r.Principal == "limited" {
+				rateRecs = append(rateRecs, r)
+			}
+		}
+	}
+	if len(rateRecs) != 1 {
+		t.Fatalf("%d rate-limit records for one burst, want 1: %+v", len(rateRecs), rateRecs)
+	}
+
+	// A flood: 200 malformed bodies from one principal on one route.
+	for range 200 {
+		pay.send(t, http.MethodPost, keyPath("payments-1", "/verify"), `{`, "X-Request-Id", "flood")
+	}
+	flood := e.auditByRID(t, "flood")
+	if len(flood) < 1 || len(flood) > 20 {
+		t.Fatalf("a flood of 200 left %d records", len(flood))
+	}
+	// After a second, the next refusal's record counts those not
+	// recorded: the counts add up to every refusal.
+	time.Sleep(1100 * time.Millisecond)
+	pay.send(t, http.MethodPost, keyPath("payments-1", "/verify"), `{`, "X-Request-Id", "flood-after")
+	total := 0
+	for _, r := range append(flood, e.oneRecord(t, "flood-after")) {
+		n := 1
+		if _, c, ok := strings.Cut(r.Detail, "; "); ok {
+			if _, err := fmt.Sscanf(c, "%d refusals since the last record", &n); err != nil {
+				t.Fatalf("detail %q", r.Detail)
+			}
+		}
+		if r.Principal != "payments-app" || r.ErrorCode != "INVALID_INPUT" {
+			t.Fatalf("flood record %+v", r)
+		}
+		total += n
+	}
+	if total != 201 {
+		t.Fatalf("the flood's records count %d refusals, want 201", total)
+	}
+}

@@ -123,6 +123,7 @@ func New(ctx context.Context, cfg *config.Config, reg provider.Registry, log *sl
 		MaxBody: cfg.Server.MaxBodyBytes, MaxJSONDepth: cfg.Limits.MaxJSONDepth,
 		RatePerPrincipal: cfg.Limits.RatePerPrincipal, Burst: cfg.Limits.Burst,
 		AuthFailureRate: cfg.Limits.AuthFailuresPerClient, AuthFailureBurst: cfg.Limits.AuthFailureBurst,
+		AuditRefusal: s.svc.Refused,
 	})
 	s.frontEnds = &frontEnds{rest: api.New(api.Options{
 		Service: s.svc, Metrics: m, Logger: log, Version: version, Stack: s.stack, Auth: authn,

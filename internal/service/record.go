@@ -37,3 +37,23 @@ func (s *Service) Record(ctx context.Context, operation string, key *Key, start 
 	}
 	return nil
 }
+
+// OpRefused is the operation of the record of a request a front end or the
+// shared HTTP stack refused before any service operation saw it.
+const OpRefused = "refused"
+
+// Refused audits a request refused before the service (a malformed or
+// oversized body, a rate limit): the caller in ctx (principal when known,
+// client address), the error's kind, and detail, which is server-chosen
+// text (route, reason, a count when the stack coalesced a flood). The
+// request is refused whatever the log does.
+func (s *Service) Refused(ctx context.Context, detail string, err error) {
+	c := CallerFrom(ctx)
+	e := c.event(s.now(), OpRefused)
+	e.Detail = clip(detail, 200)
+	c.fail(&e, err)
+	if aerr := s.audit.Record(ctx, e); aerr != nil {
+		s.metrics.AuditFailures.Inc()
+		s.log.Error("audit record of a refused request not written", "request_id", c.RequestID, "err", aerr)
+	}
+}
