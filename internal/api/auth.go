@@ -64,10 +64,10 @@ func (a *API) authenticate(r *http.Request) (*auth.Principal, error) {
 	tok, err := credential(r)
 	var p *auth.Principal
 	if err == nil {
-		if a.auth == nil {
+		if authn := a.auth.Load(); authn == nil {
 			err = auth.ErrBadToken
 		} else {
-			p, err = a.auth.Authenticate(tok, httpstack.VerifiedChains(r))
+			p, err = authn.Authenticate(tok, httpstack.VerifiedChains(r))
 		}
 	}
 	if err == nil {

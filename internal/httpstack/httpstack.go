@@ -26,6 +26,7 @@ import (
 	"net/http"
 	"regexp"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/keygrid/keygrid-hsm/internal/auth"
@@ -67,7 +68,20 @@ type Stack struct {
 	o                    Options
 	principals, failures *Limiter
 	refusals             *refusals
+	limits               atomic.Pointer[Limits]
 }
+
+// Limits are the rate limits of a Stack, replaceable while it serves
+// (SetLimits).
+type Limits struct {
+	RatePerPrincipal float64
+	Burst            int
+	AuthFailureRate  float64
+	AuthFailureBurst int
+}
+
+// SetLimits replaces the default rate limits (a configuration reload).
+func (s *Stack) SetLimits(l Limits) { s.limits.Store(&l) }
 
 // New returns a stack.
 func New(o Options) *Stack {
@@ -80,7 +94,9 @@ func New(o Options) *Stack {
 	if o.MaxJSONDepth <= 0 {
 		o.MaxJSONDepth = 16
 	}
-	return &Stack{o: o, principals: NewLimiter(1 << 16), failures: NewLimiter(1 << 14), refusals: newRefusals(o.AuditRefusal)}
+	s := &Stack{o: o, principals: NewLimiter(1 << 16), failures: NewLimiter(1 << 14), refusals: newRefusals(o.AuditRefusal)}
+	s.SetLimits(Limits{RatePerPrincipal: o.RatePerPrincipal, Burst: o.Burst, AuthFailureRate: o.AuthFailureRate, AuthFailureBurst: o.AuthFailureBurst})
+	return s
 }
 
 // FrontEnd is what a front end plugs into the stack.

@@ -140,6 +140,22 @@ func (e *env) auditByRID(t *testing.T, rid string) []record {
 	return out
 }
 
+// auditByOp returns the audit records of an operation, oldest first.
+func (e *env) auditByOp(t *testing.T, op string) []record {
+	t.Helper()
+	var out []record
+	for _, l := range bytes.Split(bytes.TrimSpace(e.auditRaw(t)), []byte("\n")) {
+		var r record
+		if err := json.Unmarshal(l, &r); err != nil {
+			t.Fatalf("audit line %s: %v", l, err)
+		}
+		if r.Operation == op {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
 // oneRecord asserts that request rid left exactly one audit record and
 // returns it.
 func (e *env) oneRecord(t *testing.T, rid string) record {

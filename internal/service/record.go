@@ -57,3 +57,22 @@ func (s *Service) Refused(ctx context.Context, detail string, err error) {
 		s.log.Error("audit record of a refused request not written", "request_id", c.RequestID, "err", aerr)
 	}
 }
+
+// RecordEvent audits an event of the gateway itself (a configuration
+// reload), by the caller in ctx if any, failed with err when err is set;
+// detail is server-chosen text. A non-nil result means the record was not
+// written.
+func (s *Service) RecordEvent(ctx context.Context, operation, detail string, err error) error {
+	c := CallerFrom(ctx)
+	e := c.event(s.now(), operation)
+	e.Detail = clip(detail, 500)
+	if err != nil {
+		c.fail(&e, err)
+	}
+	if aerr := s.audit.Record(ctx, e); aerr != nil {
+		s.metrics.AuditFailures.Inc()
+		s.log.Error("audit record not written", "operation", operation, "err", aerr)
+		return errAuditUnwritten(aerr)
+	}
+	return nil
+}
