@@ -127,4 +127,3 @@ func replicaAudit(t *testing.T, r *replica) []stormRecord {
 	}
 	return out
 }
-
