@@ -193,6 +193,6 @@ func readChain(paths []string) (map[uint64]chainRecord, uint64, uint64, error) {
 // log itself says which replica wrote it and when it was vouched for).
 func CheckpointEvent(c Checkpoint) Event {
 	return Event{Time: c.Time.UTC(), Operation: OpCheckpoint, Outcome: OutcomeSuccess,
-		Detail: fmt.Sprintf("signed checkpoint at seq %d", c.Seq),
+		Detail:     fmt.Sprintf("signed checkpoint at seq %d", c.Seq),
 		Attributes: map[string]string{"replica": c.Replica, "head": c.Head, "file": c.File, "key": c.KeyRef}}
 }
