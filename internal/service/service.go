@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"sort"
 	"sync"
 	"time"
@@ -200,6 +201,9 @@ type op struct {
 	// recorded: the success record was written ahead (recordAhead);
 	// finish writes a record only if the operation then failed.
 	recorded bool
+	// attrs are facts of the operation for its audit record (an issued
+	// certificate's serial and subject); never a secret.
+	attrs map[string]string
 }
 
 func (s *Service) begin(o operation) *op { return &op{op: o, start: s.now()} }
@@ -262,6 +266,12 @@ func (s *Service) opEvent(ctx context.Context, o *op, d time.Duration) audit.Eve
 		if e.Provider == "" {
 			e.Provider = o.key.Provider
 		}
+	}
+	if len(o.attrs) > 0 {
+		m := make(map[string]string, len(e.Attributes)+len(o.attrs))
+		maps.Copy(m, e.Attributes)
+		maps.Copy(m, o.attrs)
+		e.Attributes = m
 	}
 	return e
 }
