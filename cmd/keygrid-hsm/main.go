@@ -28,7 +28,10 @@ var version = "dev"
 const usage = `keygrid-hsm — the KeyGrid HSM gateway and its client
 
 Server:
-  serve        run the gateway (--config FILE, --listen ADDR, --data-dir DIR)
+  serve        run the gateway (--config FILE, --listen ADDR, --data-dir DIR); SIGHUP reloads
+               principals, tokens, limits and XKS credentials, then rotates the audit log
+  reload       make the running server reload its configuration (--config FILE: finds it by
+               the pid file in its data directory)
   doctor       check that each PKCS#11 provider reaches its HSM (--config FILE)
   migrate      apply the metadata schema migrations, print the version (--config FILE)
   backup       write the key metadata to a file, consistent while serving (--config FILE --out FILE)
@@ -39,6 +42,11 @@ Server:
 Client (talks to a running server: --server URL or KEYGRID_ADDR):
   keys create|list|get|delete|activate|deactivate|rotate|public
   sign | verify | encrypt | decrypt | wrap | unwrap
+  csr KEY      a PKCS#10 request signed by the key (--cn, --org, --dns, --ip, --email, --uri, --out)
+  cert issue CA-KEY   a certificate from the key (--csr FILE | --self-signed --cn … | --public-key FILE; --validity 720h, --ca, …)
+  cert attach KEY CHAIN.pem | cert get KEY   the certificate chain of the key's version
+  jwt sign KEY        a JWT (--claim sub=…, --exp 15m, --header k=v)
+  jwks KEY | jwks --published   a key's JWKS, or the server's /.well-known/jwks.json
   providers    list providers and what they can do
   health       check the server's liveness and readiness
   bench        load-test a running server (--op, --key, --concurrency, --duration)
@@ -77,6 +85,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	switch args[0] {
 	case "serve":
 		err = cmdServe(ctx, args[1:], stderr)
+	case "reload":
+		err = cmdReload(ctx, args[1:], stdout, stderr)
 	case "doctor":
 		err = cmdDoctor(ctx, args[1:], stdout, stderr)
 	case "migrate":

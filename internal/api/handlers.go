@@ -179,7 +179,7 @@ func keyOp[Wire, Req, Res, WireRes any](a *API, in func(key string, w Wire) (Req
 // wrong method (405 with Allow).
 func (a *API) notFound(w http.ResponseWriter, r *http.Request) {
 	var allow []string
-	for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodDelete} {
+	for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodPut, http.MethodDelete} {
 		r2 := r.Clone(r.Context())
 		r2.Method = m
 		if _, p := a.mux.Handler(r2); p != "/" && p != "" {
@@ -190,8 +190,8 @@ func (a *API) notFound(w http.ResponseWriter, r *http.Request) {
 		for _, m := range allow {
 			w.Header().Add("Allow", m)
 		}
-		a.fail(w, r, errMethodNotAllowed{fmt.Sprintf("%s is not allowed on %s", r.Method, r.URL.Path)})
+		a.fail(w, r, errMethodNotAllowed{fmt.Sprintf("%s is not allowed on %s", kgerr.Clip(r.Method), kgerr.Clip(r.URL.Path))})
 		return
 	}
-	a.fail(w, r, kgerr.New(kgerr.KindNotFound, fmt.Sprintf("no route %s %s", r.Method, r.URL.Path)))
+	a.fail(w, r, kgerr.New(kgerr.KindNotFound, fmt.Sprintf("no route %s %s", kgerr.Clip(r.Method), kgerr.Clip(r.URL.Path))))
 }

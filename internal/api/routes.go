@@ -7,6 +7,7 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
+	"sync/atomic"
 
 	"github.com/keygrid/keygrid-hsm/internal/auth"
 	"github.com/keygrid/keygrid-hsm/internal/httpstack"
@@ -30,6 +31,15 @@ type Service interface {
 	Decrypt(ctx context.Context, req service.DecryptRequest) (*service.DecryptResult, error)
 	Wrap(ctx context.Context, req service.WrapRequest) (*service.WrapResult, error)
 	Unwrap(ctx context.Context, req service.UnwrapRequest) (*service.UnwrapResult, error)
+	CreateCSR(ctx context.Context, req service.CSRRequest) (*service.CSRResult, error)
+	IssueCertificate(ctx context.Context, req service.IssueCertificateRequest) (*service.CertificateResult, error)
+	AttachChain(ctx context.Context, req service.AttachChainRequest) (*service.ChainResult, error)
+	GetChain(ctx context.Context, ref string, version int) (*service.ChainResult, error)
+	KeyJWKS(ctx context.Context, ref string) ([]service.JWK, error)
+	// PublishedJWKS needs no principal (/.well-known/jwks.json).
+	PublishedJWKS(ctx context.Context) ([]service.JWK, error)
+	SignJWT(ctx context.Context, req service.JWTRequest) (*service.TokenResult, error)
+	SignJWS(ctx context.Context, req service.JWSRequest) (*service.TokenResult, error)
 	Providers(ctx context.Context) []service.ProviderInfo
 	ProviderHealth(ctx context.Context, name string) (*service.ProviderHealth, error)
 	Ready(ctx context.Context) (bool, []service.ProviderStatus)
@@ -66,14 +76,20 @@ type API struct {
 	mux     *http.ServeMux
 	handler http.Handler // the routes inside the stack
 
-	auth                         *auth.Authenticator
+	auth                         atomic.Pointer[auth.Authenticator] // swapped by SetAuthenticator
 	protectReady, protectMetrics bool
 }
+
+// SetAuthenticator replaces the principals and tokens requests are
+// authenticated against (a configuration reload); requests already
+// authenticated keep their principal.
+func (a *API) SetAuthenticator(authn *auth.Authenticator) { a.auth.Store(authn) }
 
 // New builds the handler.
 func New(o Options) *API {
 	a := &API{svc: o.Service, metrics: o.Metrics, log: o.Logger, version: o.Version, stack: o.Stack, mux: http.NewServeMux(),
-		auth: o.Auth, protectReady: o.ProtectReady, protectMetrics: o.ProtectMetrics}
+		protectReady: o.ProtectReady, protectMetrics: o.ProtectMetrics}
+	a.auth.Store(o.Auth)
 	if a.log == nil {
 		a.log = slog.Default()
 	}
@@ -108,6 +124,15 @@ func (a *API) routes() {
 	m.HandleFunc("POST /api/v1/keys/{key}/decrypt", keyOp(a, decryptRequest, a.svc.Decrypt, decryptOut))
 	m.HandleFunc("POST /api/v1/keys/{key}/wrap", keyOp(a, wrapRequest, a.svc.Wrap, wrapOut))
 	m.HandleFunc("POST /api/v1/keys/{key}/unwrap", keyOp(a, unwrapRequest, a.svc.Unwrap, unwrapOut))
+
+	m.HandleFunc("POST /api/v1/keys/{key}/csr", keyOp(a, csrRequest, a.svc.CreateCSR, csrOut))
+	m.HandleFunc("POST /api/v1/keys/{key}/certificate/issue", keyOp(a, issueRequest, a.svc.IssueCertificate, certificateOut))
+	m.HandleFunc("PUT /api/v1/keys/{key}/certificate", keyOp(a, chainIn, a.svc.AttachChain, chainOut))
+	m.HandleFunc("GET /api/v1/keys/{key}/certificate", a.getChain)
+	m.HandleFunc("GET /api/v1/keys/{key}/jwks", a.keyJWKS)
+	m.HandleFunc("POST /api/v1/keys/{key}/jwt", keyOp(a, jwtRequest, a.svc.SignJWT, tokenOut))
+	m.HandleFunc("POST /api/v1/keys/{key}/jws", keyOp(a, jwsRequest, a.svc.SignJWS, tokenOut))
+	m.HandleFunc("GET "+wellKnownJWKS, a.publishedJWKS)
 
 	m.HandleFunc("/", a.notFound)
 }

@@ -66,11 +66,21 @@ const (
 	ActionWrap       Action = "wrap"
 	ActionUnwrap     Action = "unwrap"
 	ActionProviders  Action = "providers"
+	// Certificates and tokens (every one of them also signs, and so also
+	// needs ActionSign, except attaching and reading chains and JWKS).
+	ActionCSR               Action = "csr"
+	ActionIssueCertificate  Action = "issue_certificate"
+	ActionAttachCertificate Action = "attach_certificate"
+	ActionGetCertificate    Action = "get_certificate"
+	ActionJWKS              Action = "jwks"
+	ActionSignJWT           Action = "sign_jwt"
+	ActionSignJWS           Action = "sign_jws"
 )
 
 var (
-	readActions   = []Action{ActionGet, ActionList, ActionPublicKey, ActionProviders}
-	cryptoActions = []Action{ActionSign, ActionVerify, ActionEncrypt, ActionDecrypt, ActionWrap, ActionUnwrap}
+	readActions   = []Action{ActionGet, ActionList, ActionPublicKey, ActionProviders, ActionGetCertificate, ActionJWKS}
+	cryptoActions = []Action{ActionSign, ActionVerify, ActionEncrypt, ActionDecrypt, ActionWrap, ActionUnwrap,
+		ActionCSR, ActionIssueCertificate, ActionSignJWT, ActionSignJWS}
 )
 
 // Allowed returns whether role may do action at all (scope aside).
@@ -109,6 +119,10 @@ func (p *Principal) Can(a Action) bool { return p != nil && Allowed(p.Role, a) }
 
 // Scoped reports whether the principal sees only some keys.
 func (p *Principal) Scoped() bool { return len(p.KeyPatterns) > 0 || len(p.Providers) > 0 }
+
+// ProviderScoped reports whether the principal sees only the keys of some
+// providers.
+func (p *Principal) ProviderScoped() bool { return p != nil && len(p.Providers) > 0 }
 
 // InScope reports whether a key (by name and provider) is in the
 // principal's scope.

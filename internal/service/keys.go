@@ -44,7 +44,7 @@ func validateMetadata(m map[string]string) error {
 			return kgerr.Invalid(fmt.Sprintf("metadata keys must be 1 to %d bytes", maxMetadataKey))
 		}
 		if len(v) > maxMetadataValue {
-			return kgerr.Invalid(fmt.Sprintf("metadata value of %q is longer than %d bytes", k, maxMetadataValue))
+			return kgerr.Invalid(fmt.Sprintf("metadata value of %s is longer than %d bytes", kgerr.Quote(k), maxMetadataValue))
 		}
 	}
 	return nil
@@ -69,7 +69,7 @@ func (s *Service) CreateKey(ctx context.Context, req CreateKeyRequest) (out *Key
 	}
 	p, ok := s.providers[provName]
 	if !ok {
-		return nil, kgerr.Invalid(fmt.Sprintf("provider %q is not configured (configured: %v)", provName, s.names))
+		return nil, kgerr.Invalid(fmt.Sprintf("provider %s is not configured (configured: %v)", kgerr.Quote(provName), s.names))
 	}
 	o.provider = provName
 	if pr := CallerFrom(ctx).Auth; !pr.InScope(req.Name, provName) {
@@ -83,6 +83,9 @@ func (s *Service) CreateKey(ctx context.Context, req CreateKeyRequest) (out *Key
 	caps := p.Capabilities()
 	if err := caps.CheckSpec(spec); err != nil {
 		return nil, onProvider(provName, err)
+	}
+	if req.PublishJWKS && spec.Type == alg.AES {
+		return nil, kgerr.Invalid("publish_jwks: an AES key has no public key to publish")
 	}
 	usage, err := alg.ParseUsage(spec.Type, req.Spec.Usage)
 	if err != nil {
@@ -123,7 +126,7 @@ func (s *Service) CreateKey(ctx context.Context, req CreateKeyRequest) (out *Key
 	k := &store.Key{
 		ID: id.String(), Name: req.Name, Provider: provName, KeyType: string(spec.Type), KeySize: spec.Size,
 		Curve: spec.Curve, Algorithm: string(a.Name), Extractable: req.Spec.Extractable,
-		State: store.StatePending, Metadata: req.Metadata, CreatedAt: now, UpdatedAt: now,
+		State: store.StatePending, Metadata: req.Metadata, CreatedAt: now, UpdatedAt: now, PublishJWKS: req.PublishJWKS,
 		Versions: []store.Version{{Version: 1, ObjectID: newObjectID(), State: store.StatePending, CreatedAt: now}},
 	}
 	for _, u := range usage {
@@ -143,11 +146,15 @@ func (s *Service) CreateKey(ctx context.Context, req CreateKeyRequest) (out *Key
 		// Nothing was stored: audit the name asked for, not an id that
 		// never existed.
 		o.key, o.version = &store.Key{Name: k.Name, Provider: k.Provider}, 0
-		return nil, err
+		return nil, s.hideTakenName(ctx, k.Name, err)
 	}
 	created, err := s.makeMaterial(ctx, p, k, &k.Versions[0])
 	if err != nil {
 		s.abandonPending(ctx, p, k, 1)
+		return nil, err
+	}
+	if err := s.recordAhead(context.WithoutCancel(ctx), o); err != nil {
+		s.discardMaterial(ctx, p, k, 1, created)
 		return nil, err
 	}
 	k, err = s.completeVersion(ctx, p, k.ID, 1, created)
@@ -218,6 +225,16 @@ func (s *Service) abandonPending(ctx context.Context, p provider.Provider, k *st
 	if err != nil && !errors.Is(err, kgerr.ErrKeyNotFound) {
 		s.log.Warn("could not remove a failed pending key version; left for reconciliation", "key_id", k.ID, "err", err)
 	}
+}
+
+// discardMaterial destroys the material of a version whose creation could
+// not be audited, then undoes the version as abandonPending does.
+func (s *Service) discardMaterial(ctx context.Context, p provider.Provider, k *store.Key, version int, created provider.CreatedKey) {
+	if err := p.DeleteKey(context.WithoutCancel(ctx), created.Ref); err != nil {
+		s.log.Warn("could not destroy the material of an unaudited create; left pending for reconciliation", "key_id", k.ID, "err", err)
+		return
+	}
+	s.abandonPending(ctx, p, k, version)
 }
 
 // errDeleteRecord tells mutate to delete the record.
@@ -293,7 +310,7 @@ func (s *Service) ListKeys(ctx context.Context, o ListOptions) (*KeyList, error)
 	switch store.State(o.State) {
 	case "", store.StatePending, store.StateActive, store.StateInactive, store.StateDeleting:
 	default:
-		return nil, kgerr.Invalid(fmt.Sprintf("state %q is not one of pending, active, inactive, deleting", o.State))
+		return nil, kgerr.Invalid(fmt.Sprintf("state %s is not one of pending, active, inactive, deleting", kgerr.Quote(o.State)))
 	}
 	if err := allow(ctx, opList.action); err != nil {
 		s.auditDenied(ctx, opList, nil, err)
@@ -393,6 +410,10 @@ func (s *Service) RotateKey(ctx context.Context, ref string) (out *Key, err erro
 		s.abandonPending(ctx, p, k, n)
 		return nil, err
 	}
+	if err := s.recordAhead(context.WithoutCancel(ctx), o); err != nil {
+		s.discardMaterial(ctx, p, k, n, created)
+		return nil, err
+	}
 	if k, err = s.completeVersion(ctx, p, k.ID, n, created); err != nil {
 		return nil, err
 	}
@@ -460,7 +481,7 @@ func (s *Service) view(k *store.Key) *Key {
 		ID: k.ID, Name: k.Name, Provider: k.Provider, KeyType: k.KeyType, KeySize: k.KeySize, Curve: k.Curve,
 		Algorithm: k.Algorithm, Usage: append([]string{}, k.Usage...), Extractable: k.Extractable,
 		State: string(k.State), Metadata: k.Metadata, CreatedAt: k.CreatedAt, UpdatedAt: k.UpdatedAt,
-		ExpiresAt: k.ExpiresAt,
+		ExpiresAt: k.ExpiresAt, PublishJWKS: k.PublishJWKS,
 	}
 	if c := k.Current(); c != nil {
 		out.Version = c.Version
