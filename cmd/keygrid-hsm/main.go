@@ -28,7 +28,10 @@ var version = "dev"
 const usage = `keygrid-hsm — the KeyGrid HSM gateway and its client
 
 Server:
-  serve        run the gateway (--config FILE, --listen ADDR, --data-dir DIR)
+  serve        run the gateway (--config FILE, --listen ADDR, --data-dir DIR); SIGHUP reloads
+               principals, tokens, limits and XKS credentials, then rotates the audit log
+  reload       make the running server reload its configuration (--config FILE: finds it by
+               the pid file in its data directory)
   doctor       check that each PKCS#11 provider reaches its HSM (--config FILE)
   migrate      apply the metadata schema migrations, print the version (--config FILE)
   backup       write the key metadata to a file, consistent while serving (--config FILE --out FILE)
@@ -82,6 +85,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	switch args[0] {
 	case "serve":
 		err = cmdServe(ctx, args[1:], stderr)
+	case "reload":
+		err = cmdReload(ctx, args[1:], stdout, stderr)
 	case "doctor":
 		err = cmdDoctor(ctx, args[1:], stdout, stderr)
 	case "migrate":

@@ -113,14 +113,6 @@ func All() []Algorithm {
 	return out
 }
 
-// clip shortens a caller's string before it is quoted in a message.
-func clip(s string) string {
-	if len(s) > 40 {
-		return s[:40] + "…"
-	}
-	return s
-}
-
 // Lookup returns the description of an algorithm, case-insensitively.
 func Lookup(name string) (Info, error) {
 	if i, ok := table[Algorithm(name)]; ok {
@@ -131,7 +123,7 @@ func Lookup(name string) (Info, error) {
 			return i, nil
 		}
 	}
-	return Info{}, kgerr.New(kgerr.KindUnsupportedAlgorithm, fmt.Sprintf("unknown algorithm %q", clip(name)))
+	return Info{}, kgerr.New(kgerr.KindUnsupportedAlgorithm, fmt.Sprintf("unknown algorithm %q", kgerr.Clip(name)))
 }
 
 // Spec is a key's shape: type, size in bits and curve.
@@ -168,7 +160,7 @@ func ParseKeyType(s string) (KeyType, error) {
 	case "":
 		return "", kgerr.Invalid("key_spec.key_type is required (RSA, EC, Ed25519 or AES)")
 	}
-	return "", kgerr.New(kgerr.KindUnsupportedAlgorithm, fmt.Sprintf("unsupported key_type %q (RSA, EC, Ed25519 or AES)", clip(s)))
+	return "", kgerr.New(kgerr.KindUnsupportedAlgorithm, fmt.Sprintf("unsupported key_type %q (RSA, EC, Ed25519 or AES)", kgerr.Clip(s)))
 }
 
 // ParseCurve normalises a curve name ("P-256", "p256", "secp256r1", "prime256v1").
@@ -207,7 +199,7 @@ func NewSpec(keyType string, size int, curve string) (Spec, error) {
 		if curve != "" {
 			c, ok := ParseCurve(curve)
 			if !ok {
-				return Spec{}, kgerr.New(kgerr.KindUnsupportedAlgorithm, fmt.Sprintf("unsupported curve %q (P-256, P-384 or P-521)", clip(curve)))
+				return Spec{}, kgerr.New(kgerr.KindUnsupportedAlgorithm, fmt.Sprintf("unsupported curve %q (P-256, P-384 or P-521)", kgerr.Clip(curve)))
 			}
 			if size != 0 && size != curveSizes[c] {
 				return Spec{}, kgerr.Invalid(fmt.Sprintf("key_spec.key_size %d does not match curve %s", size, c))
@@ -228,7 +220,7 @@ func NewSpec(keyType string, size int, curve string) (Spec, error) {
 			return Spec{}, kgerr.Invalid(fmt.Sprintf("key_spec.key_size %d is not allowed for Ed25519 keys", size))
 		}
 		if curve != "" && !strings.EqualFold(curve, "Ed25519") {
-			return Spec{}, kgerr.Invalid(fmt.Sprintf("key_spec.curve %q does not apply to Ed25519 keys", clip(curve)))
+			return Spec{}, kgerr.Invalid(fmt.Sprintf("key_spec.curve %q does not apply to Ed25519 keys", kgerr.Clip(curve)))
 		}
 		s.Size, s.Curve = 256, ""
 	case AES:
@@ -315,7 +307,7 @@ func ParseUsage(t KeyType, in []string) ([]Usage, error) {
 	for _, s := range in {
 		u := Usage(strings.ToLower(strings.TrimSpace(s)))
 		if !slices.Contains([]Usage{UsageSign, UsageVerify, UsageEncrypt, UsageDecrypt, UsageWrap, UsageUnwrap}, u) {
-			return nil, kgerr.Invalid(fmt.Sprintf("unknown usage %q (sign, verify, encrypt, decrypt, wrap, unwrap)", clip(s)))
+			return nil, kgerr.Invalid(fmt.Sprintf("unknown usage %q (sign, verify, encrypt, decrypt, wrap, unwrap)", kgerr.Clip(s)))
 		}
 		if !slices.Contains(allowed, u) {
 			return nil, kgerr.Invalid(fmt.Sprintf("usage %q does not apply to %s keys", u, t))

@@ -27,8 +27,12 @@ func (a *API) protected(r *http.Request) bool {
 
 // credential returns the token of a request: a bearer token
 // (Authorization: Bearer …) or an API key (X-API-Key). Both at once must be
-// the same.
+// the same; either header sent twice is refused (a proxy may read the
+// other one).
 func credential(r *http.Request) (string, error) {
+	if len(r.Header.Values("Authorization")) > 1 || len(r.Header.Values("X-API-Key")) > 1 {
+		return "", errDoubledHeader
+	}
 	var bearer string
 	if h := r.Header.Get("Authorization"); h != "" {
 		scheme, tok, ok := strings.Cut(h, " ")
@@ -50,6 +54,7 @@ func credential(r *http.Request) (string, error) {
 var (
 	errBadScheme      = errors.New("Authorization header is not \"Bearer <token>\"")
 	errTwoCredentials = errors.New("Authorization and X-API-Key carry different credentials")
+	errDoubledHeader  = errors.New("a credential header is sent more than once")
 )
 
 // authenticate finds the request's principal by its token or client
@@ -60,10 +65,10 @@ func (a *API) authenticate(r *http.Request) (*auth.Principal, error) {
 	tok, err := credential(r)
 	var p *auth.Principal
 	if err == nil {
-		if a.auth == nil {
+		if authn := a.auth.Load(); authn == nil {
 			err = auth.ErrBadToken
 		} else {
-			p, err = a.auth.Authenticate(tok, httpstack.VerifiedChains(r))
+			p, err = authn.Authenticate(tok, httpstack.VerifiedChains(r))
 		}
 	}
 	if err == nil {
@@ -77,6 +82,8 @@ func (a *API) authenticate(r *http.Request) (*auth.Principal, error) {
 		msg = "authentication failed: the client certificate is not mapped to a principal"
 	case errors.Is(err, errBadScheme):
 		msg = "authentication failed: the Authorization header must be \"Bearer <token>\""
+	case errors.Is(err, errDoubledHeader):
+		msg = "authentication failed: send Authorization or X-API-Key once"
 	case errors.Is(err, errTwoCredentials):
 		msg = "authentication failed: Authorization and X-API-Key carry different credentials"
 	}

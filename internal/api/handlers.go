@@ -318,8 +318,8 @@ func (a *API) notFound(w http.ResponseWriter, r *http.Request) {
 		for _, m := range allow {
 			w.Header().Add("Allow", m)
 		}
-		a.fail(w, r, errMethodNotAllowed{fmt.Sprintf("%s is not allowed on %s", r.Method, r.URL.Path)})
+		a.fail(w, r, errMethodNotAllowed{fmt.Sprintf("%s is not allowed on %s", kgerr.Clip(r.Method), kgerr.Clip(r.URL.Path))})
 		return
 	}
-	a.fail(w, r, kgerr.New(kgerr.KindNotFound, fmt.Sprintf("no route %s %s", r.Method, r.URL.Path)))
+	a.fail(w, r, kgerr.New(kgerr.KindNotFound, fmt.Sprintf("no route %s %s", kgerr.Clip(r.Method), kgerr.Clip(r.URL.Path))))
 }

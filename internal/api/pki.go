@@ -48,7 +48,7 @@ func pemBlock(field, s string, want ...string) ([]byte, error) {
 			return b.Bytes, nil
 		}
 	}
-	return nil, kgerr.Invalid(fmt.Sprintf("%s is a PEM %q block, not %q", field, b.Type, want[0]))
+	return nil, kgerr.Invalid(fmt.Sprintf("%s is a PEM %q block, not %q", field, kgerr.Clip(b.Type), want[0]))
 }
 
 func pemOf(typ string, der []byte) string {
@@ -87,7 +87,7 @@ func issueRequest(key string, r apitypes.IssueCertificateRequest) (service.Issue
 	if r.Validity != "" {
 		d, err := duration.Parse(r.Validity)
 		if err != nil || d <= 0 {
-			return out, kgerr.Invalid(fmt.Sprintf("validity %q is not a positive duration such as 720h", r.Validity))
+			return out, kgerr.Invalid(fmt.Sprintf("validity %q is not a positive duration such as 720h", kgerr.Clip(r.Validity)))
 		}
 		out.Validity = d.D()
 	}
@@ -111,7 +111,7 @@ func chainIn(key string, r apitypes.AttachChainRequest) (service.AttachChainRequ
 			break
 		}
 		if b.Type != "CERTIFICATE" {
-			return out, kgerr.Invalid(fmt.Sprintf("chain holds a PEM %q block: only CERTIFICATE blocks are accepted", b.Type))
+			return out, kgerr.Invalid(fmt.Sprintf("chain holds a PEM %q block: only CERTIFICATE blocks are accepted", kgerr.Clip(b.Type)))
 		}
 		out.Chain = append(out.Chain, b.Bytes)
 	}

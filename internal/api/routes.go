@@ -7,6 +7,7 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
+	"sync/atomic"
 
 	"github.com/keygrid/keygrid-hsm/internal/auth"
 	"github.com/keygrid/keygrid-hsm/internal/httpstack"
@@ -77,14 +78,20 @@ type API struct {
 	mux     *http.ServeMux
 	handler http.Handler // the routes inside the stack
 
-	auth                         *auth.Authenticator
+	auth                         atomic.Pointer[auth.Authenticator] // swapped by SetAuthenticator
 	protectReady, protectMetrics bool
 }
+
+// SetAuthenticator replaces the principals and tokens requests are
+// authenticated against (a configuration reload); requests already
+// authenticated keep their principal.
+func (a *API) SetAuthenticator(authn *auth.Authenticator) { a.auth.Store(authn) }
 
 // New builds the handler.
 func New(o Options) *API {
 	a := &API{svc: o.Service, metrics: o.Metrics, log: o.Logger, version: o.Version, stack: o.Stack, mux: http.NewServeMux(),
-		auth: o.Auth, protectReady: o.ProtectReady, protectMetrics: o.ProtectMetrics}
+		protectReady: o.ProtectReady, protectMetrics: o.ProtectMetrics}
+	a.auth.Store(o.Auth)
 	if a.log == nil {
 		a.log = slog.Default()
 	}

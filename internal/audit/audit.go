@@ -40,20 +40,24 @@ import (
 // Event is one audit record. It never carries plaintext, signatures, key
 // bytes, PINs or tokens.
 type Event struct {
-	Time       time.Time `json:"time"`
-	RequestID  string    `json:"request_id,omitempty"`
-	Principal  string    `json:"principal,omitempty"`
-	ClientAddr string    `json:"client_addr,omitempty"`
-	Operation  string    `json:"operation"`
-	KeyID      string    `json:"key_id,omitempty"`
-	KeyName    string    `json:"key_name,omitempty"`
-	KeyVersion int       `json:"key_version,omitempty"`
-	Provider   string    `json:"provider,omitempty"`
-	Algorithm  string    `json:"algorithm,omitempty"`
-	Outcome    string    `json:"outcome"`
-	ErrorCode  string    `json:"error_code,omitempty"`
-	DurationMS float64   `json:"duration_ms"`
-	Detail     string    `json:"detail,omitempty"`
+	Time      time.Time `json:"time"`
+	RequestID string    `json:"request_id,omitempty"`
+	// ClientRequestID is the id the client sent (X-Request-Id), kept only
+	// when it is at most 64 characters of [A-Za-z0-9._:-]; RequestID is
+	// always the server's.
+	ClientRequestID string  `json:"client_request_id,omitempty"`
+	Principal       string  `json:"principal,omitempty"`
+	ClientAddr      string  `json:"client_addr,omitempty"`
+	Operation       string  `json:"operation"`
+	KeyID           string  `json:"key_id,omitempty"`
+	KeyName         string  `json:"key_name,omitempty"`
+	KeyVersion      int     `json:"key_version,omitempty"`
+	Provider        string  `json:"provider,omitempty"`
+	Algorithm       string  `json:"algorithm,omitempty"`
+	Outcome         string  `json:"outcome"`
+	ErrorCode       string  `json:"error_code,omitempty"`
+	DurationMS      float64 `json:"duration_ms"`
+	Detail          string  `json:"detail,omitempty"`
 	// ErrorName is a failed request's error in the vocabulary of the
 	// front end that served it (the XKS proxy's errorName), beside
 	// ErrorCode, the domain's kind.

@@ -125,6 +125,10 @@ func (p *Principal) Can(a Action) bool { return p != nil && Allowed(p.Role, a) }
 // Scoped reports whether the principal sees only some keys.
 func (p *Principal) Scoped() bool { return len(p.KeyPatterns) > 0 || len(p.Providers) > 0 }
 
+// ProviderScoped reports whether the principal sees only the keys of some
+// providers.
+func (p *Principal) ProviderScoped() bool { return p != nil && len(p.Providers) > 0 }
+
 // InScope reports whether a key (by name and provider) is in the
 // principal's scope.
 func (p *Principal) InScope(name, provider string) bool {

@@ -49,7 +49,14 @@ type Config struct {
 	// Embedded is true when no file was given: the zero-configuration
 	// default (software provider, SQLite, ./data, 127.0.0.1:8080).
 	Embedded bool `yaml:"-"`
+
+	// fromEnv maps each field set from the environment (its YAML path,
+	// dotted) to its variable and value, so that an error about the field
+	// names the variable and never prints the value.
+	fromEnv map[string]envValue
 }
+
+type envValue struct{ name, value string }
 
 // Server configures the HTTP listener.
 type Server struct {
@@ -314,7 +321,25 @@ var providerName = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
 
 // Validate checks the configuration. knownTypes are the provider types this
 // binary has; an enabled provider of another type is an error naming it.
+// An error about a field set from the environment names the variable and
+// never shows its value (which may be a secret put in the wrong variable).
 func (c *Config) Validate(knownTypes []string) error {
+	err := c.validate(knownTypes)
+	var ce *Error
+	if !errors.As(err, &ce) {
+		return err
+	}
+	if ev, ok := c.fromEnv[ce.Field]; ok {
+		msg := strings.ReplaceAll(ce.Msg, strconv.Quote(ev.value), "the value of "+ev.name)
+		if len(ev.value) >= 4 {
+			msg = strings.ReplaceAll(msg, ev.value, "(value not shown)")
+		}
+		return &Error{ce.Field, "set by " + ev.name + ": " + msg}
+	}
+	return err
+}
+
+func (c *Config) validate(knownTypes []string) error {
 	if _, _, err := net.SplitHostPort(c.Server.Listen); err != nil {
 		return &Error{"server.listen", fmt.Sprintf("%q is not host:port", c.Server.Listen)}
 	}
@@ -403,9 +428,28 @@ func (c *Config) DecodeProviderConfig(name string, out any) error {
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
 	if err := dec.Decode(out); err != nil {
-		return &Error{"providers." + name + ".config", err.Error()}
+		f := "providers." + name + ".config"
+		if vars := c.envUnder(f); len(vars) > 0 {
+			// The decoder's message quotes (part of) the value: name the
+			// variables instead.
+			return &Error{f, "a setting has a value of the wrong kind; it may come from " + strings.Join(vars, ", ") + " (values not shown)"}
+		}
+		return &Error{f, err.Error()}
 	}
 	return nil
+}
+
+// envUnder lists the variables that set fields under the dotted path
+// prefix, sorted.
+func (c *Config) envUnder(prefix string) []string {
+	var out []string
+	for f, ev := range c.fromEnv {
+		if strings.HasPrefix(f, prefix+".") {
+			out = append(out, ev.name)
+		}
+	}
+	sort.Strings(out)
+	return out
 }
 
 var nonAlnum = regexp.MustCompile(`[^A-Za-z0-9]`)
@@ -417,16 +461,26 @@ func envName(path []string) string {
 
 // applyEnv overrides fields from the environment.
 func applyEnv(c *Config, lookup func(string) (string, bool)) error {
+	c.fromEnv = map[string]envValue{}
 	if v, ok := lookup("KEYGRID_LISTEN"); ok {
 		c.Server.Listen = v
+		c.fromEnv["server.listen"] = envValue{"KEYGRID_LISTEN", v}
 	}
 	if v, ok := lookup("KEYGRID_DATA_DIR"); ok {
 		c.DataDir = v
+		c.fromEnv["data_dir"] = envValue{"KEYGRID_DATA_DIR", v}
 	}
-	return walkEnv(reflect.ValueOf(c).Elem(), nil, lookup)
+	return walkEnv(reflect.ValueOf(c).Elem(), nil, func(path []string) (string, bool) {
+		name := envName(path)
+		v, ok := lookup(name)
+		if ok {
+			c.fromEnv[strings.Join(path, ".")] = envValue{name, v}
+		}
+		return v, ok
+	})
 }
 
-func walkEnv(v reflect.Value, path []string, lookup func(string) (string, bool)) error {
+func walkEnv(v reflect.Value, path []string, lookup func(path []string) (string, bool)) error {
 	switch v.Kind() {
 	case reflect.Struct:
 		t := v.Type()
@@ -464,7 +518,7 @@ func walkEnv(v reflect.Value, path []string, lookup func(string) (string, bool))
 		return nil
 	case reflect.Pointer:
 		name := envName(path)
-		if s, ok := lookup(name); ok {
+		if s, ok := lookup(path); ok {
 			if v.IsNil() {
 				v.Set(reflect.New(v.Type().Elem()))
 			}
@@ -473,14 +527,22 @@ func walkEnv(v reflect.Value, path []string, lookup func(string) (string, bool))
 		return nil
 	}
 	name := envName(path)
-	if s, ok := lookup(name); ok {
+	if s, ok := lookup(path); ok {
 		return setScalar(v, s, name)
 	}
 	return nil
 }
 
+// setScalar sets v from the value s of variable name. An error names the
+// variable and the kind wanted, never the value.
 func setScalar(v reflect.Value, s, name string) error {
-	bad := func() error { return &Error{name, fmt.Sprintf("%q is not a valid %s", s, v.Kind())} }
+	bad := func() error {
+		want := v.Kind().String()
+		if v.Type() == reflect.TypeOf(duration.Duration(0)) {
+			want = "duration (like 30s or 5m)"
+		}
+		return &Error{name, "its value is not a valid " + want + " (the value is not shown)"}
+	}
 	if v.Type() == reflect.TypeOf(duration.Duration(0)) {
 		d, err := duration.Parse(s)
 		if err != nil {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -205,5 +206,52 @@ func TestKeysLifecycle(t *testing.T) {
 	}
 	if err := c.Validate([]string{"software"}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// The attack: a secret pasted into the wrong KEYGRID_* variable must not be
+// printed by the error that refuses it, whether parsing or validation
+// refuses it.
+func TestEnvErrorsNeverPrintTheValue(t *testing.T) {
+	const secret = "SECRET-IN-ENV"
+	for name, tc := range map[string]struct{ env, want string }{
+		"duration":  {"KEYGRID_SERVER_REQUEST_TIMEOUT", "KEYGRID_SERVER_REQUEST_TIMEOUT"},
+		"integer":   {"KEYGRID_SERVER_MAX_BODY_BYTES", "KEYGRID_SERVER_MAX_BODY_BYTES"},
+		"boolean":   {"KEYGRID_PROVIDERS_SOFTWARE_ENABLED", "KEYGRID_PROVIDERS_SOFTWARE_ENABLED"},
+		"listen":    {"KEYGRID_LISTEN", "KEYGRID_LISTEN"},
+		"log level": {"KEYGRID_LOG_LEVEL", "KEYGRID_LOG_LEVEL"},
+		"default":   {"KEYGRID_DEFAULT_PROVIDER", "KEYGRID_DEFAULT_PROVIDER"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Setenv(tc.env, secret)
+			c, err := Load(write(t, "providers:\n  software: {}\n"), Flags{})
+			if err == nil {
+				err = c.Validate([]string{"software"})
+			}
+			if err == nil {
+				t.Fatal("a bad value was accepted")
+			}
+			if strings.Contains(err.Error(), "SECRET") {
+				t.Fatalf("the error prints the value: %v", err)
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("the error does not name the variable %s: %v", tc.want, err)
+			}
+		})
+	}
+}
+
+func TestProviderConfigErrorHidesEnvValue(t *testing.T) {
+	t.Setenv("KEYGRID_PROVIDERS_HSM_CONFIG_SLOT_ID", "SECRET-IN-ENV")
+	c, err := Load(write(t, "providers:\n  hsm:\n    type: pkcs11\n    config:\n      slot_id: \"one\"\n"), Flags{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out struct {
+		SlotID int `yaml:"slot_id"`
+	}
+	err = c.DecodeProviderConfig("hsm", &out)
+	if err == nil || strings.Contains(err.Error(), "SECRET") || !strings.Contains(err.Error(), "KEYGRID_PROVIDERS_HSM_CONFIG_SLOT_ID") {
+		t.Fatalf("got %v", err)
 	}
 }

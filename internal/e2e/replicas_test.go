@@ -380,6 +380,7 @@ func TestReplicas(t *testing.T) {
 	t.Run("key made by the other just before its own create", func(t *testing.T) { testReplicasInterleavedCreates(t, b) })
 	t.Run("concurrent creates", func(t *testing.T) { testReplicasConcurrentCreates(t, b) })
 	t.Run("kill -9 mid-load", func(t *testing.T) { testReplicasKill(t, b) })
+	t.Run("kill -9 create storm: every active key audited", func(t *testing.T) { testKillStormAudited(t, b) })
 	t.Run("backup while serving and restore", func(t *testing.T) { testReplicasBackupRestore(t, b) })
 	t.Run("scheduled deletions destroyed once", func(t *testing.T) { testReplicasDeletionOnce(t, b) })
 	t.Run("kill -9 between the token and the record", func(t *testing.T) { testReplicasDestructionKilled(t, b) })

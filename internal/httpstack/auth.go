@@ -33,7 +33,8 @@ func (s *Stack) authenticate(fe FrontEnd, r *http.Request, route string) (*auth.
 			fe.AuthFailed(r.Context(), route+": "+detail)
 		}
 	}
-	ok, wait, first := s.failures.Take(clientHost(r.RemoteAddr), s.o.AuthFailureRate, s.o.AuthFailureBurst)
+	l := s.limits.Load()
+	ok, wait, first := s.failures.Take(clientHost(r.RemoteAddr), l.AuthFailureRate, l.AuthFailureBurst)
 	if !ok {
 		if first {
 			audit("authentication failures from this address are rate limited; further ones are not audited one by one")
@@ -52,7 +53,8 @@ func (s *Stack) authenticate(fe FrontEnd, r *http.Request, route string) (*auth.
 
 // rateLimit takes one request from the principal's bucket.
 func (s *Stack) rateLimit(p *auth.Principal) error {
-	rate, burst := s.o.RatePerPrincipal, s.o.Burst
+	l := s.limits.Load()
+	rate, burst := l.RatePerPrincipal, l.Burst
 	if p.RatePerSecond != 0 {
 		rate = p.RatePerSecond
 	}

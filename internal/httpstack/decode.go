@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"reflect"
+	"strings"
 
 	"github.com/keygrid/keygrid-hsm/internal/kgerr"
 )
@@ -16,7 +18,18 @@ import (
 // object into v with the stack's depth cap (see Decode). A body over the
 // cap is PAYLOAD_TOO_LARGE; every other failure INVALID_INPUT with a
 // message that says what is wrong.
+//
+// A refused body is audited (Options.AuditRefusal), coalesced per
+// principal, route and reason.
 func (s *Stack) DecodeJSON(r *http.Request, v any) error {
+	err := s.decodeJSON(r, v)
+	if err != nil {
+		s.refusals.refused(r, err)
+	}
+	return err
+}
+
+func (s *Stack) decodeJSON(r *http.Request, v any) error {
 	if r.Body == nil {
 		return Decode(nil, s.o.MaxJSONDepth, v)
 	}
@@ -28,7 +41,8 @@ func (s *Stack) DecodeJSON(r *http.Request, v any) error {
 }
 
 // Decode decodes one JSON object from body into v: nesting capped at
-// maxDepth, unknown fields and trailing data refused, each failure
+// maxDepth; unknown fields, trailing data, duplicate keys, field names in
+// another case and non-canonical base64 refused (checkStrict), each failure
 // INVALID_INPUT with a clear message. A front end that reads the body
 // itself (to check a signature over it, say) decodes with this.
 func Decode(body []byte, maxDepth int, v any) error {
@@ -37,6 +51,11 @@ func Decode(body []byte, maxDepth int, v any) error {
 	}
 	if d := JSONDepth(body); d > maxDepth {
 		return kgerr.Invalid(fmt.Sprintf("request body nests deeper than %d levels", maxDepth))
+	}
+	if t := reflect.TypeOf(v); t != nil {
+		if err := checkStrict(body, t, false); err != nil {
+			return err
+		}
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
@@ -94,7 +113,7 @@ func decodeError(err error) error {
 		return kgerr.Invalid(fmt.Sprintf("malformed JSON at byte %d", syn.Offset))
 	case errors.As(err, &typ):
 		if typ.Field != "" {
-			return kgerr.Invalid(fmt.Sprintf("field %q must be %s", typ.Field, jsonKind(typ)))
+			return kgerr.Invalid(fmt.Sprintf("field %s must be %s", kgerr.Quote(typ.Field), jsonKind(typ)))
 		}
 		return kgerr.Invalid("request body must be a JSON object")
 	case errors.As(err, &b64):
@@ -102,9 +121,9 @@ func decodeError(err error) error {
 	case errors.Is(err, io.EOF):
 		return kgerr.Invalid("request body is empty; a JSON object is required")
 	}
-	// encoding/json reports unknown fields and a few other problems with
-	// untyped errors whose text names the field: pass it on as the message.
-	return kgerr.Wrap(kgerr.KindInvalidInput, err, "invalid request body: "+err.Error())
+	// Unknown fields are refused by checkStrict before the decoder runs;
+	// what else encoding/json reports untyped is passed on, clipped.
+	return kgerr.Invalid("invalid request body: " + kgerr.Clip(err.Error()))
 }
 
 func jsonKind(t *json.UnmarshalTypeError) string {
@@ -124,4 +143,170 @@ func jsonKind(t *json.UnmarshalTypeError) string {
 		return "an object"
 	}
 	return "of type " + t.Type.String()
+}
+
+// CheckStrict is checkStrict for a front end that decodes a body itself
+// (into v): it refuses duplicate keys, field names in another case and
+// non-canonical base64 in []byte fields, and unknown fields unless
+// unknownOK. Malformed JSON passes: the front end's decoder reports it.
+func CheckStrict(body []byte, v any, unknownOK bool) error {
+	return checkStrict(body, reflect.TypeOf(v), unknownOK)
+}
+
+// checkStrict reads body as JSON destined for a value of type t and
+// refuses what a lenient parser would read one way and a proxy or WAF in
+// front of it another: a key twice in one object (encoding/json keeps the
+// last), a field name that matches a field only case-insensitively
+// (encoding/json accepts "DATA" for "data"), an unknown field (unless
+// unknownOK), and a binary ([]byte) field whose base64 is not canonical
+// (embedded newlines, wrong padding, non-zero trailing bits), all of which
+// encoding/json accepts. Malformed JSON is left to the decoder, whose
+// message says where.
+func checkStrict(body []byte, t reflect.Type, unknownOK bool) error {
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.UseNumber()
+	err := strictValue(dec, t, "", unknownOK)
+	var se *strictError
+	if errors.As(err, &se) {
+		return kgerr.Invalid(se.msg)
+	}
+	return nil // a syntax error: the decoder reports it
+}
+
+type strictError struct{ msg string }
+
+func (e *strictError) Error() string { return e.msg }
+
+var (
+	rawMessageType = reflect.TypeFor[json.RawMessage]()
+	unmarshalerT   = reflect.TypeFor[json.Unmarshaler]()
+)
+
+// strictValue checks the next value of dec, destined for t (nil: anything,
+// only duplicate keys are checked).
+func strictValue(dec *json.Decoder, t reflect.Type, path string, unknownOK bool) error {
+	for t != nil && t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if t != nil && (t == rawMessageType || reflect.PointerTo(t).Implements(unmarshalerT)) {
+		t = nil
+	}
+	tok, err := dec.Token()
+	if err != nil {
+		return err
+	}
+	switch v := tok.(type) {
+	case json.Delim:
+		switch v {
+		case '{':
+			return strictObject(dec, t, path, unknownOK)
+		case '[':
+			var elem reflect.Type
+			if t != nil && (t.Kind() == reflect.Slice || t.Kind() == reflect.Array) {
+				elem = t.Elem()
+			}
+			for dec.More() {
+				if err := strictValue(dec, elem, path+"[]", unknownOK); err != nil {
+					return err
+				}
+			}
+			_, err := dec.Token()
+			return err
+		}
+	case string:
+		if t != nil && t.Kind() == reflect.Slice && t.Elem().Kind() == reflect.Uint8 {
+			if strings.ContainsAny(v, "\r\n") {
+				return &strictError{fmt.Sprintf("field %s is not canonical base64: it has a line break", kgerr.Quote(path))}
+			}
+			if _, err := base64.StdEncoding.Strict().DecodeString(v); err != nil {
+				return &strictError{fmt.Sprintf("field %s is not canonical standard base64 (padded, no line breaks, zero trailing bits)", kgerr.Quote(path))}
+			}
+		}
+	}
+	return nil
+}
+
+// strictObject checks the members of an object whose '{' was read.
+func strictObject(dec *json.Decoder, t reflect.Type, path string, unknownOK bool) error {
+	var fields map[string]reflect.Type
+	var elem reflect.Type
+	if t != nil {
+		switch t.Kind() {
+		case reflect.Struct:
+			fields = jsonFields(t)
+		case reflect.Map:
+			elem = t.Elem()
+		}
+	}
+	seen := map[string]bool{}
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return err
+		}
+		key, _ := tok.(string)
+		name := key
+		if path != "" {
+			name = path + "." + key
+		}
+		if seen[key] {
+			return &strictError{fmt.Sprintf("field %s appears twice", kgerr.Quote(name))}
+		}
+		seen[key] = true
+		ft := elem
+		if fields != nil {
+			var ok bool
+			if ft, ok = fields[key]; !ok {
+				for f := range fields {
+					if strings.EqualFold(f, key) {
+						return &strictError{fmt.Sprintf("unknown field %s (field names are case-sensitive: %q)", kgerr.Quote(name), f)}
+					}
+				}
+				if !unknownOK {
+					return &strictError{"unknown field " + kgerr.Quote(name)}
+				}
+			}
+		}
+		if err := strictValue(dec, ft, name, unknownOK); err != nil {
+			return err
+		}
+	}
+	_, err := dec.Token()
+	return err
+}
+
+// jsonFields maps the JSON names of a struct's fields (embedded structs'
+// included) to their types, as encoding/json names them.
+func jsonFields(t reflect.Type) map[string]reflect.Type {
+	out := map[string]reflect.Type{}
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		tag := f.Tag.Get("json")
+		if tag == "-" {
+			continue
+		}
+		name, _, _ := strings.Cut(tag, ",")
+		ft := f.Type
+		if f.Anonymous && name == "" {
+			for ft.Kind() == reflect.Pointer {
+				ft = ft.Elem()
+			}
+			if ft.Kind() == reflect.Struct {
+				for n, typ := range jsonFields(ft) {
+					if _, ok := out[n]; !ok {
+						out[n] = typ
+					}
+				}
+				continue
+			}
+		}
+		if !f.IsExported() {
+			continue
+		}
+		if name == "" {
+			name = f.Name
+		}
+		out[name] = ft
+	}
+	return out
 }

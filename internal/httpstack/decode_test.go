@@ -1,6 +1,7 @@
 package httpstack
 
 import (
+	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
@@ -79,5 +80,56 @@ func TestLimiter(t *testing.T) {
 	}
 	if ok, _, _ := l.Take("x", -1, 0); !ok {
 		t.Fatal("a negative rate limits")
+	}
+}
+
+func TestDecodeStrict(t *testing.T) {
+	type inner struct {
+		Kind string `json:"kind"`
+	}
+	type embedded struct {
+		Extra string `json:"extra"`
+	}
+	type req struct {
+		embedded
+		Name  string            `json:"name"`
+		Data  []byte            `json:"data"`
+		Spec  *inner            `json:"spec"`
+		Meta  map[string]string `json:"meta"`
+		List  []inner           `json:"list"`
+		Raw   json.RawMessage   `json:"raw"`
+		Plain string
+	}
+	for name, tc := range map[string]struct {
+		body string
+		ok   bool
+	}{
+		"ok":                    {`{"name":"a","data":"eA==","spec":{"kind":"x"},"meta":{"a":"1"},"list":[{"kind":"y"}],"extra":"e","Plain":"p","raw":{"a":1,"b":2}}`, true},
+		"dup top":               {`{"name":"a","name":"b"}`, false},
+		"dup in pointer struct": {`{"spec":{"kind":"x","kind":"y"}}`, false},
+		"dup in map":            {`{"meta":{"a":"1","a":"2"}}`, false},
+		"dup in list element":   {`{"list":[{"kind":"x","kind":"y"}]}`, false},
+		"dup in raw message":    {`{"raw":{"a":1,"a":2}}`, false},
+		"dup embedded":          {`{"extra":"a","extra":"b"}`, false},
+		"case":                  {`{"Name":"a"}`, false},
+		"case of untagged":      {`{"plain":"p"}`, false},
+		"case nested":           {`{"spec":{"KIND":"x"}}`, false},
+		"unknown":               {`{"nope":1}`, false},
+		"b64 newline":           {`{"data":"eA\n=="}`, false},
+		"b64 escaped newline":   {`{"data":"eA\u000a=="}`, false},
+		"b64 no padding":        {`{"data":"eA"}`, false},
+		"b64 trailing bits":     {`{"data":"eB=="}`, false},
+		"b64 empty":             {`{"data":""}`, true},
+	} {
+		t.Run(name, func(t *testing.T) {
+			var v req
+			err := Decode([]byte(tc.body), 16, &v)
+			if tc.ok != (err == nil) {
+				t.Fatalf("Decode(%s): %v", tc.body, err)
+			}
+			if err != nil && !errors.Is(err, kgerr.ErrInvalidInput) {
+				t.Fatalf("error kind: %v", err)
+			}
+		})
 	}
 }

@@ -26,6 +26,7 @@ import (
 	"net/http"
 	"regexp"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/keygrid/keygrid-hsm/internal/auth"
@@ -55,13 +56,32 @@ type Options struct {
 	// client address (rate <= 0: no limit).
 	AuthFailureRate  float64
 	AuthFailureBurst int
+	// AuditRefusal audits a request the stack refused before any service
+	// operation saw it (a malformed or oversized body, a rate limit),
+	// with the caller in ctx; detail is server-chosen text (the route and
+	// the reason, with a count when coalesced). nil: not audited.
+	AuditRefusal func(ctx context.Context, detail string, err error)
 }
 
 // Stack is the shared machinery; Wrap puts it around a front end.
 type Stack struct {
 	o                    Options
 	principals, failures *Limiter
+	refusals             *refusals
+	limits               atomic.Pointer[Limits]
 }
+
+// Limits are the rate limits of a Stack, replaceable while it serves
+// (SetLimits).
+type Limits struct {
+	RatePerPrincipal float64
+	Burst            int
+	AuthFailureRate  float64
+	AuthFailureBurst int
+}
+
+// SetLimits replaces the default rate limits (a configuration reload).
+func (s *Stack) SetLimits(l Limits) { s.limits.Store(&l) }
 
 // New returns a stack.
 func New(o Options) *Stack {
@@ -74,7 +94,9 @@ func New(o Options) *Stack {
 	if o.MaxJSONDepth <= 0 {
 		o.MaxJSONDepth = 16
 	}
-	return &Stack{o: o, principals: NewLimiter(1 << 16), failures: NewLimiter(1 << 14)}
+	s := &Stack{o: o, principals: NewLimiter(1 << 16), failures: NewLimiter(1 << 14), refusals: newRefusals(o.AuditRefusal)}
+	s.SetLimits(Limits{RatePerPrincipal: o.RatePerPrincipal, Burst: o.Burst, AuthFailureRate: o.AuthFailureRate, AuthFailureBurst: o.AuthFailureBurst})
+	return s
 }
 
 // FrontEnd is what a front end plugs into the stack.
@@ -104,8 +126,9 @@ type FrontEnd struct {
 }
 
 // Wrap returns h with the stack around it, in this order: the request id
-// (X-Request-Id taken when it is 1-128 of [A-Za-z0-9._:-], else made, and
-// echoed), the caller (request id, client address) in the context for the
+// (always made by the server and answered in X-Request-Id; a client's own
+// X-Request-Id, when valid (ClientRequestID), is kept beside it and echoed
+// in X-Client-Request-Id), the caller (request id, client address) in the context for the
 // service, panic recovery (fe.Fail with INTERNAL_ERROR), metrics and an
 // access log line, the deadline, the body cap, then for protected
 // requests authentication, the per-address failure limit and the
@@ -116,18 +139,18 @@ func (s *Stack) Wrap(fe FrontEnd, h http.Handler) http.Handler {
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		rid := r.Header.Get("X-Request-Id")
-		if !validRequestID.MatchString(rid) {
-			rid = newRequestID()
-		}
+		rid, crid := newRequestID(), ClientRequestID(r)
 		w.Header().Set("X-Request-Id", rid)
+		if crid != "" {
+			w.Header().Set("X-Client-Request-Id", crid)
+		}
 		ctx := r.Context()
 		if s.o.Timeout > 0 {
 			var cancel context.CancelFunc
 			ctx, cancel = context.WithTimeout(ctx, s.o.Timeout)
 			defer cancel()
 		}
-		caller := service.Caller{RequestID: rid, ClientAddr: r.RemoteAddr}
+		caller := service.Caller{RequestID: rid, ClientRequestID: crid, ClientAddr: r.RemoteAddr}
 		r = r.WithContext(service.WithCaller(ctx, caller))
 		route := "unmatched"
 		if fe.Route != nil {
@@ -135,6 +158,8 @@ func (s *Stack) Wrap(fe FrontEnd, h http.Handler) http.Handler {
 				route = l
 			}
 		}
+		ctx = context.WithValue(ctx, routeKey{}, route)
+		r = r.WithContext(service.WithCaller(ctx, caller))
 		sw := &statusWriter{ResponseWriter: w}
 		if r.Body != nil {
 			r.Body = http.MaxBytesReader(sw, r.Body, s.o.MaxBody)
@@ -150,15 +175,17 @@ func (s *Stack) Wrap(fe FrontEnd, h http.Handler) http.Handler {
 		}()
 		if fe.Protected == nil || fe.Protected(r) {
 			p, err := s.authenticate(fe, r, route)
-			if err == nil {
-				err = s.rateLimit(p)
-			}
 			if err != nil {
 				fe.Fail(sw, r, err)
 				return
 			}
 			caller.Principal, caller.Auth = p.Name, p
 			r = r.WithContext(service.WithCaller(ctx, caller))
+			if err := s.rateLimit(p); err != nil {
+				s.refusals.refused(r, err)
+				fe.Fail(sw, r, err)
+				return
+			}
 		}
 		h.ServeHTTP(sw, r)
 	})
@@ -178,7 +205,8 @@ func (s *Stack) logRequest(r *http.Request, frontEnd, route, principal string, s
 		level = slog.LevelInfo
 	}
 	if s.o.Logger.Enabled(r.Context(), level) { // the access line allocates: build it only when it is kept
-		s.o.Logger.Log(r.Context(), level, "request", "request_id", RequestID(r.Context()), "front_end", frontEnd,
+		c := service.CallerFrom(r.Context())
+		s.o.Logger.Log(r.Context(), level, "request", "request_id", c.RequestID, "client_request_id", c.ClientRequestID, "front_end", frontEnd,
 			"method", r.Method, "route", route, "principal", principal, "status", status,
 			"duration_ms", float64(time.Since(start).Microseconds())/1000)
 	}
@@ -187,7 +215,20 @@ func (s *Stack) logRequest(r *http.Request, frontEnd, route, principal string, s
 // RequestID returns the request id Wrap gave the request of ctx.
 func RequestID(ctx context.Context) string { return service.CallerFrom(ctx).RequestID }
 
-var validRequestID = regexp.MustCompile(`^[A-Za-z0-9._:-]{1,128}$`)
+// ClientRequestID returns the request id a client sent in X-Request-Id
+// when it is 1 to 64 characters of [A-Za-z0-9._:-] and the header is sent
+// once, else "". It is only ever recorded beside the server's own id (the
+// id of every audit record and error body), since anyone can send any id,
+// another request's included.
+func ClientRequestID(r *http.Request) string {
+	v := r.Header.Values("X-Request-Id")
+	if len(v) != 1 || !validClientRequestID.MatchString(v[0]) {
+		return ""
+	}
+	return v[0]
+}
+
+var validClientRequestID = regexp.MustCompile(`^[A-Za-z0-9._:-]{1,64}$`)
 
 func newRequestID() string {
 	b := make([]byte, 12)

@@ -136,6 +136,7 @@ const addr1 = "192.0.2.1:40000"
 // seen is what a handler saw of its request.
 type seen struct {
 	requestID, principal, clientAddr string
+	clientRequestID                  string
 	deadline                         time.Time
 	hasDeadline                      bool
 }
@@ -144,6 +145,7 @@ func recordingHandler(out *seen) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		c := service.CallerFrom(r.Context())
 		out.requestID, out.principal, out.clientAddr = RequestID(r.Context()), c.Principal, c.ClientAddr
+		out.clientRequestID = c.ClientRequestID
 		if c.Auth != nil && c.Auth.Name != c.Principal {
 			panic("caller's Auth and Principal disagree")
 		}
@@ -163,9 +165,9 @@ func TestRequestID(t *testing.T) {
 	}{
 		{"plain", "req-1", true},
 		{"every allowed character", "Az09._:-", true},
-		{"128 characters", strings.Repeat("a", 128), true},
+		{"64 characters", strings.Repeat("a", 64), true},
 		{"none", "", false},
-		{"129 characters", strings.Repeat("a", 129), false},
+		{"65 characters", strings.Repeat("a", 65), false},
 		{"space", "req 1", false},
 		{"slash", "a/b", false},
 		{"newline", "a\nb", false},
@@ -174,29 +176,32 @@ func TestRequestID(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			got = seen{}
 			a := serve(h, http.MethodGet, "/open", addr1, nil, "X-Request-Id", tc.sent)
-			echoed := a.header.Get("X-Request-Id")
-			if a.status != http.StatusOK || echoed != got.requestID {
-				t.Fatalf("status %d, echoed %q, handler saw %q", a.status, echoed, got.requestID)
+			id := a.header.Get("X-Request-Id")
+			// The request id is always the server's; the client's is
+			// kept beside it when valid.
+			if a.status != http.StatusOK || id != got.requestID || !made.MatchString(id) {
+				t.Fatalf("status %d, X-Request-Id %q, handler saw %q", a.status, id, got.requestID)
 			}
-			if tc.kept && echoed != tc.sent {
-				t.Fatalf("sent %q, echoed %q", tc.sent, echoed)
+			want := ""
+			if tc.kept {
+				want = tc.sent
 			}
-			if !tc.kept && (echoed == tc.sent || !made.MatchString(echoed)) {
-				t.Fatalf("sent %q: echoed %q, want a fresh id", tc.sent, echoed)
+			if got.clientRequestID != want || a.header.Get("X-Client-Request-Id") != want {
+				t.Fatalf("sent %q: client id %q, echoed %q, want %q", tc.sent, got.clientRequestID, a.header.Get("X-Client-Request-Id"), want)
 			}
 			if got.clientAddr != addr1 || got.principal != "" {
 				t.Fatalf("caller %+v", got)
 			}
 		})
 	}
-	// Two requests without an id get different ones.
-	a, b := serve(h, http.MethodGet, "/open", addr1, nil), serve(h, http.MethodGet, "/open", addr1, nil)
+	// Two requests get different ones.
+	a, b := serve(h, http.MethodGet, "/open", addr1, nil), serve(h, http.MethodGet, "/open", addr1, nil, "X-Request-Id", "x")
 	if a.header.Get("X-Request-Id") == b.header.Get("X-Request-Id") {
 		t.Fatal("two made request ids are equal")
 	}
-	// An error answer carries the id too.
-	if a := serve(h, http.MethodGet, "/closed", addr1, nil, "X-Request-Id", "err-1"); a.status != http.StatusUnauthorized || a.header.Get("X-Request-Id") != "err-1" {
-		t.Fatalf("401: %d, id %q", a.status, a.header.Get("X-Request-Id"))
+	// An error answer carries both.
+	if a := serve(h, http.MethodGet, "/closed", addr1, nil, "X-Request-Id", "err-1"); a.status != http.StatusUnauthorized || !made.MatchString(a.header.Get("X-Request-Id")) || a.header.Get("X-Client-Request-Id") != "err-1" {
+		t.Fatalf("401: %d, %v", a.status, a.header)
 	}
 }
 
@@ -328,7 +333,7 @@ func TestPanic(t *testing.T) {
 	if got := scrape(t, m); !strings.Contains(got, `keygrid_http_requests_total{route="POST /op/{x}",status="500"} 1`) {
 		t.Fatalf("metrics after a panic:\n%s", got)
 	}
-	if !strings.Contains(logs.String(), `"request_id":"panic-1"`) || !strings.Contains(logs.String(), `"status":500`) {
+	if !strings.Contains(logs.String(), `"client_request_id":"panic-1"`) || !strings.Contains(logs.String(), `"status":500`) {
 		t.Fatalf("access log after a panic: %s", logs.String())
 	}
 	func() {
@@ -458,7 +463,7 @@ func TestMetricsAndAccessLog(t *testing.T) {
 		lines = append(lines, v)
 	}
 	// At level info only the 400 is kept.
-	if len(lines) != 1 || lines[0]["msg"] != "request" || lines[0]["request_id"] != "bad-1" || lines[0]["front_end"] != "test" ||
+	if len(lines) != 1 || lines[0]["msg"] != "request" || lines[0]["client_request_id"] != "bad-1" || lines[0]["front_end"] != "test" ||
 		lines[0]["route"] != "POST /op/{x}" || lines[0]["principal"] != "alice" || lines[0]["status"] != float64(400) || lines[0]["method"] != "POST" {
 		t.Fatalf("access log: %s", logs.String())
 	}

@@ -108,6 +108,11 @@ type Stats struct {
 	// the time of the last successful one.
 	Resets    uint64
 	LastReset time.Time
+	// ModuleHost is set when the module runs in a host process of its own
+	// (pkcs11 isolation: process); ModuleHostRestarts counts the hosts
+	// replaced after a hang, a crash or a lost HSM.
+	ModuleHost         bool
+	ModuleHostRestarts uint64
 	// Up is false while the provider is recovering from a lost HSM.
 	Up bool
 	// Errors counts failures by PKCS#11 return code name.

@@ -710,15 +710,15 @@ func TestBadInput(t *testing.T) {
 			}
 		}
 	})
-	t.Run("request id echoed", func(t *testing.T) {
+	t.Run("client request id kept beside the server's", func(t *testing.T) {
 		const rid = "e2e-request-0042"
-		d := e.fails(t, http.MethodGet, keyPath("missing", ""), nil, http.StatusNotFound, apitypes.CodeKeyNotFound, "X-Request-Id", rid)
-		if d.RequestID != rid {
-			t.Errorf("request_id %q, want %q", d.RequestID, rid)
+		r := e.send(t, http.MethodGet, keyPath("missing", ""), nil, "X-Request-Id", rid)
+		d := checkErrorBody(t, r)
+		if d.RequestID == rid || d.RequestID != r.header.Get("X-Request-Id") {
+			t.Errorf("request_id %q (header %q): want the server's own id", d.RequestID, r.header.Get("X-Request-Id"))
 		}
-		r := e.send(t, http.MethodGet, "/health", nil, "X-Request-Id", rid)
-		if got := r.header.Get("X-Request-Id"); got != rid {
-			t.Errorf("X-Request-Id on success %q, want %q", got, rid)
+		if got := r.header.Get("X-Client-Request-Id"); got != rid {
+			t.Errorf("X-Client-Request-Id %q, want %q", got, rid)
 		}
 	})
 	t.Run("request id generated", func(t *testing.T) {
@@ -731,11 +731,11 @@ func TestBadInput(t *testing.T) {
 		if d.RequestID == "" || d.RequestID == g1 {
 			t.Errorf("generated request ids %q and %q: want two distinct ids", g1, d.RequestID)
 		}
-		// An unusable id (spaces, too long) is replaced, not echoed.
-		for _, bad := range []string{"has spaces in it", strings.Repeat("x", 200)} {
+		// An unusable id (spaces, too long) is neither used nor echoed.
+		for _, bad := range []string{"has spaces in it", strings.Repeat("x", 65)} {
 			r := e.send(t, http.MethodGet, "/health", nil, "X-Request-Id", bad)
-			if got := r.header.Get("X-Request-Id"); got == "" || got == bad {
-				t.Errorf("X-Request-Id %q answered as %q, want a generated id", bad, got)
+			if got := r.header.Get("X-Request-Id"); got == "" || got == bad || r.header.Get("X-Client-Request-Id") != "" {
+				t.Errorf("X-Request-Id %q answered as %q / %q, want a generated id only", bad, got, r.header.Get("X-Client-Request-Id"))
 			}
 		}
 	})
@@ -1182,14 +1182,15 @@ func TestHealthReadyMetricsProviders(t *testing.T) {
 
 // auditLine is what the test reads of one audit record.
 type auditLine struct {
-	Seq        uint64 `json:"seq"`
-	RequestID  string `json:"request_id"`
-	Operation  string `json:"operation"`
-	KeyID      string `json:"key_id"`
-	KeyName    string `json:"key_name"`
-	KeyVersion int    `json:"key_version"`
-	Outcome    string `json:"outcome"`
-	ErrorCode  string `json:"error_code"`
+	Seq             uint64 `json:"seq"`
+	RequestID       string `json:"request_id"`
+	ClientRequestID string `json:"client_request_id"`
+	Operation       string `json:"operation"`
+	KeyID           string `json:"key_id"`
+	KeyName         string `json:"key_name"`
+	KeyVersion      int    `json:"key_version"`
+	Outcome         string `json:"outcome"`
+	ErrorCode       string `json:"error_code"`
 }
 
 // TestAuditLog checks that each operation leaves one line in the audit log
@@ -1286,7 +1287,7 @@ func TestAuditLog(t *testing.T) {
 	}
 	byRID := map[string][]auditLine{}
 	for _, l := range lines {
-		byRID[l.RequestID] = append(byRID[l.RequestID], l)
+		byRID[l.ClientRequestID] = append(byRID[l.ClientRequestID], l)
 	}
 	for _, c := range calls {
 		got := byRID[c.rid]

@@ -170,7 +170,7 @@ func TestFrontEndsOnOneListener(t *testing.T) {
 	// The second front end under an empty and a non-empty URI prefix.
 	for _, path := range []string{"/kms/xks/v1/health", "//kms/xks/v1/health", "/example/prefix/kms/xks/v1/health"} {
 		a := send(http.MethodPost, path, "", append(key, "X-Request-Id", "xks-health-1")...)
-		if a.status != http.StatusOK || a.body["status"] != "ok" || a.body["requestId"] != "xks-health-1" || a.header.Get("X-Request-Id") != "xks-health-1" {
+		if a.status != http.StatusOK || a.body["status"] != "ok" || a.body["requestId"] != a.header.Get("X-Request-Id") || a.header.Get("X-Client-Request-Id") != "xks-health-1" {
 			t.Fatalf("POST %s: %d %v %s", path, a.status, a.header, a.raw)
 		}
 	}

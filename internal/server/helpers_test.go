@@ -115,6 +115,21 @@ type response struct {
 // "Authorization", "" sends no credential).
 func (e *env) send(t *testing.T, method, path string, in any, hdr ...string) response {
 	t.Helper()
+	req := e.newRequest(t, method, path, in)
+	for i := 0; i+1 < len(hdr); i += 2 {
+		if hdr[i+1] == "" {
+			req.Header.Del(hdr[i])
+			continue
+		}
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	return e.do(t, req)
+}
+
+// newRequest makes the request send sends (admin token, JSON body), for a
+// test that sets headers send cannot (one header twice).
+func (e *env) newRequest(t *testing.T, method, path string, in any) *http.Request {
+	t.Helper()
 	var body io.Reader
 	switch v := in.(type) {
 	case nil:
@@ -137,21 +152,20 @@ func (e *env) send(t *testing.T, method, path string, in any, hdr ...string) res
 		req.Header.Set("Content-Type", "application/json")
 	}
 	req.Header.Set("Authorization", "Bearer "+e.token)
-	for i := 0; i+1 < len(hdr); i += 2 {
-		if hdr[i+1] == "" {
-			req.Header.Del(hdr[i])
-			continue
-		}
-		req.Header.Set(hdr[i], hdr[i+1])
-	}
+	return req
+}
+
+// do sends req and reads the answer.
+func (e *env) do(t *testing.T, req *http.Request) response {
+	t.Helper()
 	resp, err := e.ts.Client().Do(req)
 	if err != nil {
-		t.Fatalf("%s %s: %v", method, path, err)
+		t.Fatalf("%s %s: %v", req.Method, req.URL.Path, err)
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	if err != nil {
-		t.Fatalf("%s %s: read body: %v", method, path, err)
+		t.Fatalf("%s %s: read body: %v", req.Method, req.URL.Path, err)
 	}
 	return response{status: resp.StatusCode, header: resp.Header, body: b}
 }

@@ -97,19 +97,20 @@ func (e *env) as(token string) *env {
 
 // record is what the security tests read of an audit line.
 type record struct {
-	Seq        uint64  `json:"seq"`
-	RequestID  string  `json:"request_id"`
-	Principal  string  `json:"principal"`
-	ClientAddr string  `json:"client_addr"`
-	Operation  string  `json:"operation"`
-	KeyID      string  `json:"key_id"`
-	KeyName    string  `json:"key_name"`
-	KeyVersion int     `json:"key_version"`
-	Provider   string  `json:"provider"`
-	Outcome    string  `json:"outcome"`
-	ErrorCode  string  `json:"error_code"`
-	DurationMS float64 `json:"duration_ms"`
-	Detail     string  `json:"detail"`
+	Seq             uint64  `json:"seq"`
+	RequestID       string  `json:"request_id"`
+	ClientRequestID string  `json:"client_request_id"`
+	Principal       string  `json:"principal"`
+	ClientAddr      string  `json:"client_addr"`
+	Operation       string  `json:"operation"`
+	KeyID           string  `json:"key_id"`
+	KeyName         string  `json:"key_name"`
+	KeyVersion      int     `json:"key_version"`
+	Provider        string  `json:"provider"`
+	Outcome         string  `json:"outcome"`
+	ErrorCode       string  `json:"error_code"`
+	DurationMS      float64 `json:"duration_ms"`
+	Detail          string  `json:"detail"`
 }
 
 func (e *env) auditRaw(t *testing.T) []byte {
@@ -121,7 +122,9 @@ func (e *env) auditRaw(t *testing.T) []byte {
 	return b
 }
 
-// auditByRID returns the audit records of a request id.
+// auditByRID returns the audit records of a request the client sent with
+// X-Request-Id rid (the records' client_request_id), or of the server's
+// request id rid.
 func (e *env) auditByRID(t *testing.T, rid string) []record {
 	t.Helper()
 	var out []record
@@ -130,7 +133,23 @@ func (e *env) auditByRID(t *testing.T, rid string) []record {
 		if err := json.Unmarshal(l, &r); err != nil {
 			t.Fatalf("audit line %s: %v", l, err)
 		}
-		if r.RequestID == rid {
+		if r.RequestID == rid || r.ClientRequestID == rid {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// auditByOp returns the audit records of an operation, oldest first.
+func (e *env) auditByOp(t *testing.T, op string) []record {
+	t.Helper()
+	var out []record
+	for _, l := range bytes.Split(bytes.TrimSpace(e.auditRaw(t)), []byte("\n")) {
+		var r record
+		if err := json.Unmarshal(l, &r); err != nil {
+			t.Fatalf("audit line %s: %v", l, err)
+		}
+		if r.Operation == op {
 			out = append(out, r)
 		}
 	}
@@ -886,5 +905,251 @@ func TestProviderEventsAudited(t *testing.T) {
 		recs[0].DurationMS != 1500 || recs[1].Operation != "provider_reset_failed" || recs[1].Outcome != audit.OutcomeFailure ||
 		recs[1].ErrorCode != "INTERNAL_ERROR" || strings.Contains(string(raw), "boom") {
 		t.Fatalf("provider events in the audit log:\n%s", raw)
+	}
+}
+
+// The attack: an unauthenticated client sets X-Request-Id to another
+// request's id (or to junk) to blur or forge the audit trail. Every record
+// keeps the server's own id; a client id is kept beside it only when it is
+// short and plain.
+func TestForgedRequestIDs(t *testing.T) {
+	t.Parallel()
+	e := startYAML(t, securityYAML(t, "limits:\n  auth_failure_burst: 100\n"), nil)
+	e.createKey(t, "payments-1", apitypes.KeySpec{KeyType: "EC", Curve: "P-256"})
+	data := map[string]any{"data": b64([]byte("x"))}
+
+	// A genuine request, then two forgeries reusing its id.
+	first := e.send(t, http.MethodPost, keyPath("payments-1", "/sign"), data, "X-Request-Id", "victim-1")
+	if first.status != http.StatusOK {
+		t.Fatalf("sign: %d %s", first.status, first.body)
+	}
+	victimID := first.header.Get("X-Request-Id")
+	if victimID == "victim-1" || victimID == "" {
+		t.Fatalf("server answered with X-Request-Id %q", victimID)
+	}
+	e.send(t, http.MethodPost, keyPath("payments-1", "/sign"), data, "X-Request-Id", victimID, "Authorization", "")
+	e.send(t, http.MethodPost, keyPath("payments-1", "/sign"), data, "X-Request-Id", "victim-1", "Authorization", "Bearer wrong-token-0123456789")
+	var withID []record
+	for _, r := range e.auditByRID(t, victimID) {
+		if r.RequestID == victimID {
+			withID = append(withID, r)
+		}
+	}
+	if len(withID) != 1 || withID[0].Operation != "sign" || withID[0].Outcome != audit.OutcomeSuccess {
+		t.Fatalf("records with the victim's server id: %+v (want only the victim's sign)", withID)
+	}
+	seen := map[string]bool{}
+	for _, r := range e.auditByRID(t, "victim-1") {
+		if r.ClientRequestID != "victim-1" || seen[r.RequestID] {
+			t.Fatalf("record %+v: want the client id beside a distinct server id", r)
+		}
+		seen[r.RequestID] = true
+	}
+	if len(seen) != 2 {
+		t.Fatalf("%d records carry client id victim-1, want 2", len(seen))
+	}
+	// Junk ids never reach the log.
+	for _, junk := range []string{strings.Repeat("a", 65), "a b", "id\"injected", "ü-id"} {
+		r := e.send(t, http.MethodGet, keyPath("missing", ""), nil, "X-Request-Id", junk)
+		if r.header.Get("X-Client-Request-Id") != "" || bytes.Contains(e.auditRaw(t), []byte(junk)) {
+			t.Fatalf("junk request id %q was echoed or recorded", junk)
+		}
+	}
+	// Two X-Request-Id headers: neither is kept.
+	req := e.newRequest(t, http.MethodGet, keyPath("missing", ""), nil)
+	req.Header.Add("X-Request-Id", "dup-a")
+	req.Header.Add("X-Request-Id", "dup-b")
+	if r := e.do(t, req); r.header.Get("X-Client-Request-Id") != "" {
+		t.Fatalf("a doubled X-Request-Id was kept: %v", r.header)
+	}
+}
+
+// The attack: make the server answer with a copy of the request. Every
+// piece of a request a message echoes is clipped (kgerr.Clip), so no
+// error is much larger than its fixed text.
+func TestEchoedInputIsClipped(t *testing.T) {
+	t.Parallel()
+	e := startYAML(t, securityYAML(t, "server:\n  max_body_bytes: 4194304\n"), nil)
+	e.createKey(t, "payments-1", apitypes.KeySpec{KeyType: "EC", Curve: "P-256"})
+	huge := strings.Repeat("A", 1<<20)
+	long := strings.Repeat("k", 4000) // a path fits in a request line
+	for _, tc := range []struct {
+		name         string
+		method, path string
+		body         any
+		status       int
+		code         apitypes.ErrorCode
+	}{
+		{"1 MB unknown field", http.MethodPost, keyPath("payments-1", "/sign"), `{"data":"eA==","` + huge + `":1}`, http.StatusBadRequest, apitypes.CodeInvalidInput},
+		{"1 MB signature_format", http.MethodPost, keyPath("payments-1", "/sign"), map[string]any{"data": b64([]byte("x")), "signature_format": huge}, http.StatusBadRequest, apitypes.CodeInvalidInput},
+		{"1 MB algorithm", http.MethodPost, keyPath("payments-1", "/sign"), map[string]any{"data": b64([]byte("x")), "algorithm": huge}, http.StatusBadRequest, apitypes.CodeUnsupportedAlgorithm},
+		{"1 MB provider", http.MethodPost, "/api/v1/keys", map[string]any{"name": "k1", "provider": huge, "key_spec": map[string]any{"key_type": "EC", "curve": "P-256"}}, http.StatusBadRequest, apitypes.CodeInvalidInput},
+		{"1 MB metadata key", http.MethodPost, "/api/v1/keys", map[string]any{"name": "k2", "key_spec": map[string]any{"key_type": "EC", "curve": "P-256"}, "metadata": map[string]string{"m": huge}}, http.StatusBadRequest, apitypes.CodeInvalidInput},
+		{"long key ref", http.MethodGet, keyPath(long, ""), nil, http.StatusNotFound, apitypes.CodeKeyNotFound},
+		{"long provider name", http.MethodGet, "/api/v1/providers/" + long + "/health", nil, http.StatusNotFound, apitypes.CodeProviderNotFound},
+		{"long path", http.MethodGet, "/api/v1/" + long, nil, http.StatusNotFound, apitypes.CodeNotFound},
+		{"long path, wrong method", http.MethodPut, "/api/v1/keys", nil, http.StatusMethodNotAllowed, ""},
+		{"1 MB list state", http.MethodGet, "/api/v1/keys?state=" + long, nil, http.StatusBadRequest, apitypes.CodeInvalidInput},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := e.send(t, tc.method, tc.path, tc.body)
+			if r.status != tc.status {
+				t.Fatalf("status %d, want %d: %.300s", r.status, tc.status, r.body)
+			}
+			d := checkErrorBody(t, r)
+			if tc.code != "" && d.Code != tc.code {
+				t.Fatalf("code %s, want %s: %s", d.Code, tc.code, d.Message)
+			}
+			if len(r.body) > 1024 {
+				t.Fatalf("a %d-byte error echoes the request: %.300s…", len(r.body), r.body)
+			}
+		})
+	}
+}
+
+// The attack: a body or header a proxy or WAF in front reads one way and
+// the gateway another (a duplicate key, a field name in another case, an
+// odd base64 spelling, a credential header twice). Each is refused and
+// changes nothing.
+func TestLenientParsingRefused(t *testing.T) {
+	t.Parallel()
+	e := startYAML(t, securityYAML(t, "limits:\n  auth_failure_burst: 100\n"), nil)
+	e.createKey(t, "payments-1", apitypes.KeySpec{KeyType: "EC", Curve: "P-256"})
+	e.createKey(t, "payments-aes", apitypes.KeySpec{KeyType: "AES", KeySize: 256})
+	spec := `"key_spec":{"key_type":"EC","curve":"P-256"}`
+	for _, tc := range []struct{ name, path, body string }{
+		{"duplicate name on create", "/api/v1/keys", `{"name":"dup-a","name":"dup-b",` + spec + `}`},
+		{"duplicate nested key", "/api/v1/keys", `{"name":"dup-c","key_spec":{"key_type":"EC","key_type":"RSA","curve":"P-256"}}`},
+		{"duplicate metadata key", "/api/v1/keys", `{"name":"dup-d",` + spec + `,"metadata":{"team":"a","team":"b"}}`},
+		{"field name in upper case", "/api/v1/keys", `{"NAME":"case-a",` + spec + `}`},
+		{"nested field name in mixed case", "/api/v1/keys", `{"name":"case-b","key_spec":{"Key_Type":"EC","curve":"P-256"}}`},
+		{"duplicate data", keyPath("payments-1", "/sign"), `{"data":"eA==","data":"eQ=="}`},
+		{"base64 with a newline", keyPath("payments-1", "/sign"), `{"data":"eA\n=="}`},
+		{"base64 with CRLF", keyPath("payments-aes", "/encrypt"), `{"plaintext":"aGVs\r\nbG8="}`},
+		{"base64 without padding", keyPath("payments-1", "/sign"), `{"data":"eA"}`},
+		{"base64 with non-zero trailing bits", keyPath("payments-1", "/sign"), `{"data":"eB=="}`},
+		{"URL-safe base64", keyPath("payments-aes", "/encrypt"), `{"plaintext":"-_8="}`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := e.fails(t, http.MethodPost, tc.path, tc.body, http.StatusBadRequest, apitypes.CodeInvalidInput)
+			if d.Message == "" {
+				t.Fatal("no message")
+			}
+			if n := len(e.listKeys(t)); n != 2 {
+				t.Fatalf("%d keys after a refused request, want 2", n)
+			}
+		})
+	}
+	// The canonical spellings work.
+	e.ok(t, http.MethodPost, keyPath("payments-1", "/sign"), `{"data":"eA=="}`, http.StatusOK, nil)
+
+	// A credential header twice is refused even when both copies are valid.
+	for _, h := range []string{"Authorization", "X-API-Key"} {
+		t.Run("two "+h+" headers", func(t *testing.T) {
+			req := e.newRequest(t, http.MethodGet, "/api/v1/keys", nil)
+			req.Header.Del("Authorization")
+			val := e.token
+			if h == "Authorization" {
+				val = "Bearer " + e.token
+			}
+			req.Header.Add(h, val)
+			req.Header.Add(h, val)
+			r := e.do(t, req)
+			if r.status != http.StatusUnauthorized {
+				t.Fatalf("status %d, want 401: %s", r.status, r.body)
+			}
+			if d := checkErrorBody(t, r); d.Code != apitypes.CodeAuthenticationFailed || !strings.Contains(d.Message, "once") {
+				t.Fatalf("error %+v", d)
+			}
+		})
+	}
+}
+
+// The attack: requests refused before the key logic (malformed and
+// oversized bodies, 429s), on keys in and out of the caller's scope, leave
+// no trace but the access log. Each kind is audited with the principal; a
+// flood is one record per principal, route and reason per second, with a
+// count.
+func TestRefusalsBeforeTheServiceAreAudited(t *testing.T) {
+	t.Parallel()
+	e := startYAML(t, securityYAML(t, "server:\n  max_body_bytes: 2048\n"), nil)
+	e.createKey(t, "payments-1", apitypes.KeySpec{KeyType: "EC", Curve: "P-256"})
+	e.createKey(t, "billing-1", apitypes.KeySpec{KeyType: "EC", Curve: "P-256"})
+	pay, limited := e.as(payTok), e.as(limitedTok)
+	big := `{"data":"` + strings.Repeat("A", 4096) + `"}`
+	for _, tc := range []struct {
+		name      string
+		as        *env
+		path      string
+		body      string
+		status    int
+		code      string
+		principal string
+	}{
+		{"malformed body", pay, keyPath("payments-1", "/sign"), `{"data":`, http.StatusBadRequest, "INVALID_INPUT", "payments-app"},
+		{"malformed body on a key out of scope", pay, keyPath("billing-1", "/encrypt"), `{"data":`, http.StatusBadRequest, "INVALID_INPUT", "payments-app"},
+		{"unknown field on a forbidden action", e.as(auditorTok), keyPath("payments-1", "/sign"), `{"nope":1}`, http.StatusBadRequest, "INVALID_INPUT", "auditor"},
+		{"oversized body", pay, keyPath("payments-1", "/sign"), big, http.StatusRequestEntityTooLarge, "PAYLOAD_TOO_LARGE", "payments-app"},
+		{"oversized body on create", e, "/api/v1/keys", big, http.StatusRequestEntityTooLarge, "PAYLOAD_TOO_LARGE", "admin"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rid := "refused-" + strings.ReplaceAll(tc.name, " ", "-")
+			r := tc.as.send(t, http.MethodPost, tc.path, tc.body, "X-Request-Id", rid)
+			if r.status != tc.status {
+				t.Fatalf("status %d, want %d: %s", r.status, tc.status, r.body)
+			}
+			rec := e.oneRecord(t, rid)
+			if rec.Operation != "refused" || rec.Principal != tc.principal || rec.ErrorCode != tc.code || rec.ClientAddr == "" ||
+				!strings.Contains(rec.Detail, "POST /api/v1/keys") {
+				t.Fatalf("audit record %+v", rec)
+			}
+		})
+	}
+	// 429: limited has a burst of 3 at 1/s.
+	var limitedRIDs []string
+	for i := range 6 {
+		rid := fmt.Sprintf("limited-%d", i)
+		limited.send(t, http.MethodGet, keyPath("payments-1", ""), nil, "X-Request-Id", rid)
+		limitedRIDs = append(limitedRIDs, rid)
+	}
+	var rateRecs []record
+	for _, rid := range limitedRIDs {
+		for _, r := range e.auditByRID(t, rid) {
+			if r.Operation == "refused" && r.ErrorCode == "RATE_LIMITED" && r.Principal == "limited" {
+				rateRecs = append(rateRecs, r)
+			}
+		}
+	}
+	if len(rateRecs) != 1 {
+		t.Fatalf("%d rate-limit records for one burst, want 1: %+v", len(rateRecs), rateRecs)
+	}
+
+	// A flood: 200 malformed bodies from one principal on one route.
+	for range 200 {
+		pay.send(t, http.MethodPost, keyPath("payments-1", "/verify"), `{`, "X-Request-Id", "flood")
+	}
+	flood := e.auditByRID(t, "flood")
+	if len(flood) < 1 || len(flood) > 20 {
+		t.Fatalf("a flood of 200 left %d records", len(flood))
+	}
+	// After a second, the next refusal's record counts those not
+	// recorded: the counts add up to every refusal.
+	time.Sleep(1100 * time.Millisecond)
+	pay.send(t, http.MethodPost, keyPath("payments-1", "/verify"), `{`, "X-Request-Id", "flood-after")
+	total := 0
+	for _, r := range append(flood, e.oneRecord(t, "flood-after")) {
+		n := 1
+		if _, c, ok := strings.Cut(r.Detail, "; "); ok {
+			if _, err := fmt.Sscanf(c, "%d refusals since the last record", &n); err != nil {
+				t.Fatalf("detail %q", r.Detail)
+			}
+		}
+		if r.Principal != "payments-app" || r.ErrorCode != "INVALID_INPUT" {
+			t.Fatalf("flood record %+v", r)
+		}
+		total += n
+	}
+	if total != 201 {
+		t.Fatalf("the flood's records count %d refusals, want 201", total)
 	}
 }

@@ -46,6 +46,14 @@ type Server struct {
 	// closes when it has ended.
 	stop func()
 	done chan struct{}
+
+	// What a reload needs: the REST front end (its authenticator is
+	// swapped), the metrics and version the XKS front end is rebuilt with,
+	// and the reload lock.
+	rest     *api.API
+	metrics  *metrics.Metrics
+	version  string
+	reloadMu sync.Mutex
 }
 
 // New builds a server. On error, whatever was opened is closed again.
@@ -127,21 +135,32 @@ func New(ctx context.Context, cfg *config.Config, reg provider.Registry, log *sl
 		MaxBody: cfg.Server.MaxBodyBytes, MaxJSONDepth: cfg.Limits.MaxJSONDepth,
 		RatePerPrincipal: cfg.Limits.RatePerPrincipal, Burst: cfg.Limits.Burst,
 		AuthFailureRate: cfg.Limits.AuthFailuresPerClient, AuthFailureBurst: cfg.Limits.AuthFailureBurst,
+		AuditRefusal: s.svc.Refused,
 	})
-	s.frontEnds = &frontEnds{rest: api.New(api.Options{
+	s.rest = api.New(api.Options{
 		Service: s.svc, Metrics: m, Logger: log, Version: version, Stack: s.stack, Auth: authn,
 		ProtectReady: cfg.Auth.ProtectReady, ProtectMetrics: cfg.Auth.ProtectMetrics,
-	})}
+	})
+	s.frontEnds, s.metrics, s.version = &frontEnds{rest: s.rest}, m, version
 	if len(cfg.XKS.Stores) > 0 {
-		xh, err := xks.New(xks.Options{Service: s.svc, Stores: cfg.XKS.Stores, Metrics: m, Logger: log, Version: version})
+		fe, err := s.xksFrontEnd(cfg)
 		if err != nil {
 			return nil, err
 		}
-		if err := s.Mount(FrontEnd{Name: "xks", Claims: xks.Matches, Handler: s.stack.Wrap(xh.FrontEnd(), xh)}); err != nil {
+		if err := s.Mount(fe); err != nil {
 			return nil, err
 		}
 	}
 	return s, nil
+}
+
+// xksFrontEnd builds the XKS proxy front end of cfg.
+func (s *Server) xksFrontEnd(cfg *config.Config) (FrontEnd, error) {
+	xh, err := xks.New(xks.Options{Service: s.svc, Stores: cfg.XKS.Stores, Metrics: s.metrics, Logger: s.log, Version: s.version})
+	if err != nil {
+		return FrontEnd{}, err
+	}
+	return FrontEnd{Name: "xks", Claims: xks.Matches, Handler: s.stack.Wrap(xh.FrontEnd(), xh)}, nil
 }
 
 // Handler is the HTTP handler of the listener, every front end behind it
@@ -206,6 +225,31 @@ func (f *frontEnds) mount(fe FrontEnd) {
 		next = append(next, *cur...)
 	}
 	next = append(next, fe)
+	f.mounted.Store(&next)
+}
+
+// replace swaps the front end named fe.Name for fe (adds it when there is
+// none; removes it when fe.Handler is nil).
+func (f *frontEnds) replace(fe FrontEnd) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var next []FrontEnd
+	found := false
+	if cur := f.mounted.Load(); cur != nil {
+		for _, x := range *cur {
+			if x.Name == fe.Name {
+				found = true
+				if fe.Handler == nil {
+					continue
+				}
+				x = fe
+			}
+			next = append(next, x)
+		}
+	}
+	if !found && fe.Handler != nil {
+		next = append(next, fe)
+	}
 	f.mounted.Store(&next)
 }
 

@@ -129,9 +129,9 @@ func TestAuditRecordFails(t *testing.T) {
 }
 
 // TestAuditRecordFailsWithoutPreflight: a recorder without Ready is
-// trusted, so a create runs, and its failed record turns it into 503; the
-// key that was made stays (the documented limit of a recorder without a
-// preflight).
+// trusted, so a create runs as far as making the material; its record is
+// written before the key becomes active, so when that fails the create is
+// 503 and leaves nothing: no record, no material.
 func TestAuditRecordFailsWithoutPreflight(t *testing.T) {
 	var fr *faultRecorder
 	f := newFixture(t, func(f *fixture, o *Options) {
@@ -144,8 +144,9 @@ func TestAuditRecordFailsWithoutPreflight(t *testing.T) {
 	if k != nil {
 		t.Fatalf("returned %+v", k)
 	}
-	if s := f.stored("made"); s.State != store.StateActive {
-		t.Fatalf("stored %+v", s)
+	f.gone("made")
+	if n := f.keyFiles(); n != 0 {
+		t.Fatalf("%d keystore files after an unaudited create", n)
 	}
 }
 

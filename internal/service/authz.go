@@ -62,7 +62,12 @@ func (s *Service) getKey(ctx context.Context, ref string, a auth.Action) (*store
 		return k, denied(p, a)
 	}
 	k, err := s.store.GetKey(ctx, ref)
-	if errors.Is(err, kgerr.ErrKeyNotFound) && !p.MayKnowName(ref) {
+	// A missing key is "not allowed" to whom it would be if it existed
+	// elsewhere: a name outside a name scope, and any name for a principal
+	// scoped by provider (names are unique across providers, so a 404
+	// would tell it the name is free everywhere, a 403 that it is taken on
+	// a provider outside its scope).
+	if errors.Is(err, kgerr.ErrKeyNotFound) && (!p.MayKnowName(ref) || p.ProviderScoped()) {
 		return nil, denied(p, a)
 	}
 	if err != nil {
@@ -72,6 +77,21 @@ func (s *Service) getKey(ctx context.Context, ref string, a auth.Action) (*store
 		return k, denied(p, a)
 	}
 	return k, nil
+}
+
+// hideTakenName turns a create's "name taken" into the caller's "not
+// allowed" when the key holding the name is outside the caller's scope, as
+// getKey answers for that name: the caller is not told which provider has
+// it or anything else about it.
+func (s *Service) hideTakenName(ctx context.Context, name string, err error) error {
+	p := CallerFrom(ctx).Auth
+	if !errors.Is(err, kgerr.ErrKeyAlreadyExists) || !p.Scoped() {
+		return err
+	}
+	if other, gerr := s.store.GetKey(ctx, name); gerr != nil || !p.InScope(other.Name, other.Provider) {
+		return denied(p, opCreate.action)
+	}
+	return err
 }
 
 // auditDenied records a denial of an action that is not otherwise audited

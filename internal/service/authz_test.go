@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/keygrid/keygrid-hsm/internal/auth"
+	"github.com/keygrid/keygrid-hsm/internal/kgerr"
 	"github.com/keygrid/keygrid-hsm/internal/store"
 )
 
@@ -72,4 +73,59 @@ func TestListScopedPages(t *testing.T) {
 			}
 		}
 	}
+}
+
+// The attack: a principal scoped to one provider probes for key names on
+// the others. Whether a name is free or taken on a provider outside its
+// scope, every read, use and change answers the same (403, the same
+// message); a create of a name taken there is 403 too, not 409.
+func TestScopedPrincipalExistenceOracle(t *testing.T) {
+	f := newFixture(t, withProvider(openSoftware(t, "vault")))
+	if _, err := f.svc.CreateKey(f.admin(), CreateKeyRequest{Name: "elsewhere", Provider: "vault", Spec: specP256}); err != nil {
+		t.Fatal(err)
+	}
+	f.create("mine", specP256)
+	op := auth.NewPrincipal("soft-admin", auth.RoleAdmin, "", nil, []string{"software"})
+	ctx := as(op)
+	probes := map[string]func(ref string) error{
+		"get": func(ref string) error { _, err := f.svc.GetKey(ctx, ref); return err },
+		"sign": func(ref string) error {
+			_, err := f.svc.Sign(ctx, SignRequest{Key: ref, Data: []byte("d")})
+			return err
+		},
+		"public key": func(ref string) error { _, err := f.svc.PublicKey(ctx, ref, 0); return err },
+		"deactivate": func(ref string) error { _, err := f.svc.DeactivateKey(ctx, ref); return err },
+		"rotate":     func(ref string) error { _, err := f.svc.RotateKey(ctx, ref); return err },
+		"delete": func(ref string) error {
+			_, err := f.svc.DeleteKey(ctx, DeleteKeyRequest{Key: ref})
+			return err
+		},
+		"update": func(ref string) error {
+			_, err := f.svc.UpdateKey(ctx, UpdateKeyRequest{Key: ref, Description: Set("x")})
+			return err
+		},
+		"cancel deletion": func(ref string) error { _, err := f.svc.CancelDeletion(ctx, ref); return err },
+	}
+	for name, probe := range probes {
+		t.Run(name, func(t *testing.T) {
+			taken, free := probe("elsewhere"), probe("never-made")
+			wantErr(t, taken, kgerr.ErrAuthorizationFailed)
+			wantErr(t, free, kgerr.ErrAuthorizationFailed)
+			if taken.Error() != free.Error() {
+				t.Fatalf("answers differ: %q vs %q", taken, free)
+			}
+		})
+	}
+	_, err := f.svc.CreateKey(ctx, CreateKeyRequest{Name: "elsewhere", Spec: specP256})
+	wantErr(t, err, kgerr.ErrAuthorizationFailed)
+	_, err = f.svc.CreateKey(ctx, CreateKeyRequest{Name: "mine", Spec: specP256})
+	wantErr(t, err, kgerr.ErrKeyAlreadyExists) // in its scope: it may know
+	if k := f.stored("elsewhere"); k.Provider != "vault" || k.State != store.StateActive {
+		t.Fatalf("the probed key changed: %+v", k)
+	}
+	// A principal scoped by name only still gets 404 for a free name in
+	// its scope.
+	named := auth.NewPrincipal("named-op", auth.RoleOperator, "", []string{"mine*"}, nil)
+	_, err = f.svc.GetKey(as(named), "mine-missing")
+	wantErr(t, err, kgerr.ErrKeyNotFound)
 }

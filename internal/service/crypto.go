@@ -141,7 +141,7 @@ func checkSignatureFormat(f SignatureFormat) error {
 	case SignatureDefault, SignatureDER, SignatureRaw:
 		return nil
 	}
-	return kgerr.Invalid(fmt.Sprintf("signature_format %q is not der or raw", f))
+	return kgerr.Invalid(fmt.Sprintf("signature_format %s is not der or raw", kgerr.Quote(string(f))))
 }
 
 // Sign signs data or a digest with the current version of a key.

@@ -172,7 +172,9 @@ var (
 	descWaitTimeouts = prometheus.NewDesc("keygrid_provider_session_wait_timeouts_total", "Requests whose deadline passed while waiting for a session.", []string{"provider"}, nil)
 	descResets       = prometheus.NewDesc("keygrid_provider_resets_total", "Module resets (C_Finalize + C_Initialize).", []string{"provider"}, nil)
 	descLastReset    = prometheus.NewDesc("keygrid_provider_last_reset_timestamp_seconds", "Time of the last successful module reset.", []string{"provider"}, nil)
-	descHSMErrors    = prometheus.NewDesc("keygrid_provider_hsm_errors_total", "HSM failures by PKCS#11 return code.", []string{"provider", "code"}, nil)
+	descHostRestarts = prometheus.NewDesc("keygrid_provider_module_host_restarts_total",
+		"PKCS#11 module host processes replaced after a hang, a crash or a lost HSM (isolation: process).", []string{"provider"}, nil)
+	descHSMErrors = prometheus.NewDesc("keygrid_provider_hsm_errors_total", "HSM failures by PKCS#11 return code.", []string{"provider", "code"}, nil)
 
 	descClusterHSMs      = prometheus.NewDesc("keygrid_cloudhsm_hsms", "HSMs of the provider's CloudHSM cluster by state, as last described.", []string{"provider", "state"}, nil)
 	descClusterFailures  = prometheus.NewDesc("keygrid_cloudhsm_describe_failures_total", "DescribeClusters calls that failed (management API unreachable, denied, throttled).", []string{"provider"}, nil)
@@ -180,7 +182,7 @@ var (
 )
 
 func (c providerCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descUp, descSessions, descWaits, descWaitSeconds, descWaitTimeouts, descResets, descLastReset, descHSMErrors,
+	for _, d := range []*prometheus.Desc{descUp, descSessions, descWaits, descWaitSeconds, descWaitTimeouts, descResets, descLastReset, descHostRestarts, descHSMErrors,
 		descClusterHSMs, descClusterFailures, descClusterDescribed} {
 		ch <- d
 	}
@@ -207,6 +209,9 @@ func (c providerCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descWaitSeconds, prometheus.CounterValue, st.WaitSeconds, n)
 		ch <- prometheus.MustNewConstMetric(descWaitTimeouts, prometheus.CounterValue, float64(st.WaitTimeouts), n)
 		ch <- prometheus.MustNewConstMetric(descResets, prometheus.CounterValue, float64(st.Resets), n)
+		if st.ModuleHost {
+			ch <- prometheus.MustNewConstMetric(descHostRestarts, prometheus.CounterValue, float64(st.ModuleHostRestarts), n)
+		}
 		if !st.LastReset.IsZero() {
 			ch <- prometheus.MustNewConstMetric(descLastReset, prometheus.GaugeValue, float64(st.LastReset.Unix()), n)
 		}

@@ -145,7 +145,7 @@ func (s *Service) joseFor(ctx context.Context, o *op, ref, algorithm string, hea
 	}
 	for name, v := range header {
 		if slices.Contains(reservedHeaders, name) {
-			return nil, nil, kgerr.Invalid(fmt.Sprintf("header %q is set by the gateway or not supported", name))
+			return nil, nil, kgerr.Invalid(fmt.Sprintf("header %q is set by the gateway or not supported", kgerr.Clip(name)))
 		}
 		if name != "typ" {
 			opts = opts.WithHeader(jose.HeaderKey(name), v)
@@ -199,7 +199,7 @@ func (s *Service) claims(req JWTRequest) (map[string]any, error) {
 	if req.ExpiresIn > 0 {
 		for _, c := range []string{"exp", "iat"} {
 			if _, ok := out[c]; ok {
-				return nil, kgerr.Invalid(fmt.Sprintf("claim %q is set by expires_in: send one or the other", c))
+				return nil, kgerr.Invalid(fmt.Sprintf("claim %q is set by expires_in: send one or the other", kgerr.Clip(c)))
 			}
 		}
 		out["iat"], out["exp"] = now, now+int64(req.ExpiresIn/time.Second)

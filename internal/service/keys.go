@@ -71,7 +71,7 @@ func validateMetadata(m map[string]string) error {
 			return kgerr.Invalid(fmt.Sprintf("metadata keys must be 1 to %d bytes", maxMetadataKey))
 		}
 		if len(v) > maxMetadataValue {
-			return kgerr.Invalid(fmt.Sprintf("metadata value of %q is longer than %d bytes", k, maxMetadataValue))
+			return kgerr.Invalid(fmt.Sprintf("metadata value of %s is longer than %d bytes", kgerr.Quote(k), maxMetadataValue))
 		}
 	}
 	return nil
@@ -96,7 +96,7 @@ func (s *Service) CreateKey(ctx context.Context, req CreateKeyRequest) (out *Key
 	}
 	p, ok := s.providers[provName]
 	if !ok {
-		return nil, kgerr.Invalid(fmt.Sprintf("provider %q is not configured (configured: %v)", provName, s.names))
+		return nil, kgerr.Invalid(fmt.Sprintf("provider %s is not configured (configured: %v)", kgerr.Quote(provName), s.names))
 	}
 	o.provider = provName
 	if pr := CallerFrom(ctx).Auth; !pr.InScope(req.Name, provName) {
@@ -177,11 +177,15 @@ func (s *Service) CreateKey(ctx context.Context, req CreateKeyRequest) (out *Key
 		// Nothing was stored: audit the name asked for, not an id that
 		// never existed.
 		o.key, o.version = &store.Key{Name: k.Name, Provider: k.Provider}, 0
-		return nil, err
+		return nil, s.hideTakenName(ctx, k.Name, err)
 	}
 	created, err := s.makeMaterial(ctx, p, k, &k.Versions[0])
 	if err != nil {
 		s.abandonPending(ctx, p, k, 1)
+		return nil, err
+	}
+	if err := s.recordAhead(context.WithoutCancel(ctx), o); err != nil {
+		s.discardMaterial(ctx, p, k, 1, created)
 		return nil, err
 	}
 	k, err = s.completeVersion(ctx, p, k.ID, 1, created)
@@ -252,6 +256,16 @@ func (s *Service) abandonPending(ctx context.Context, p provider.Provider, k *st
 	if err != nil && !errors.Is(err, kgerr.ErrKeyNotFound) {
 		s.log.Warn("could not remove a failed pending key version; left for reconciliation", "key_id", k.ID, "err", err)
 	}
+}
+
+// discardMaterial destroys the material of a version whose creation could
+// not be audited, then undoes the version as abandonPending does.
+func (s *Service) discardMaterial(ctx context.Context, p provider.Provider, k *store.Key, version int, created provider.CreatedKey) {
+	if err := p.DeleteKey(context.WithoutCancel(ctx), created.Ref); err != nil {
+		s.log.Warn("could not destroy the material of an unaudited create; left pending for reconciliation", "key_id", k.ID, "err", err)
+		return
+	}
+	s.abandonPending(ctx, p, k, version)
 }
 
 // errDeleteRecord tells mutate to delete the record.
@@ -327,7 +341,7 @@ func (s *Service) ListKeys(ctx context.Context, o ListOptions) (*KeyList, error)
 	switch store.State(o.State) {
 	case "", store.StatePending, store.StateActive, store.StateInactive, store.StatePendingDeletion, store.StateDeleting:
 	default:
-		return nil, kgerr.Invalid(fmt.Sprintf("state %q is not one of pending, active, inactive, pending_deletion, deleting", o.State))
+		return nil, kgerr.Invalid(fmt.Sprintf("state %s is not one of pending, active, inactive, pending_deletion, deleting", kgerr.Quote(o.State)))
 	}
 	switch {
 	case o.Offset < 0:
@@ -475,7 +489,7 @@ func (s *Service) RotateKey(ctx context.Context, ref string) (out *Key, err erro
 	if o.version, err = s.startRotation(ctx, k); err != nil {
 		return nil, err
 	}
-	if k, err = s.finishRotation(ctx, p, k, o.version); err != nil {
+	if k, err = s.finishRotation(ctx, o, p, k); err != nil {
 		return nil, err
 	}
 	return s.view(k), nil
@@ -500,12 +514,18 @@ func (s *Service) startRotation(ctx context.Context, k *store.Key) (int, error) 
 	return n, nil
 }
 
-// finishRotation makes the material of pending version n and activates it,
-// or undoes the version when the material cannot be made.
-func (s *Service) finishRotation(ctx context.Context, p provider.Provider, k *store.Key, n int) (*store.Key, error) {
+// finishRotation makes the material of the pending version o.version,
+// audits the rotation ahead and activates the version; it undoes the
+// version when the material cannot be made or the record written.
+func (s *Service) finishRotation(ctx context.Context, o *op, p provider.Provider, k *store.Key) (*store.Key, error) {
+	n := o.version
 	created, err := s.makeMaterial(ctx, p, k, k.Version(n))
 	if err != nil {
 		s.abandonPending(ctx, p, k, n)
+		return nil, err
+	}
+	if err := s.recordAhead(context.WithoutCancel(ctx), o); err != nil {
+		s.discardMaterial(ctx, p, k, n, created)
 		return nil, err
 	}
 	return s.completeVersion(ctx, p, k.ID, n, created)

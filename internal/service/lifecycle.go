@@ -337,7 +337,7 @@ func (s *Service) rotateDue(ctx context.Context, k *store.Key) (err error) {
 	o := s.begin(opRotate)
 	o.key, o.version, o.algorithm = k, n, k.Algorithm
 	defer s.finish(ctx, o, &err)
-	if _, err = s.finishRotation(ctx, p, k, n); err != nil {
+	if _, err = s.finishRotation(ctx, o, p, k); err != nil {
 		s.rescheduleRotation(ctx, k.ID, *k.NextRotationAt, due)
 	}
 	return err

@@ -136,27 +136,27 @@ func (n AltNames) parse() (parsedNames, error) {
 	}
 	for _, d := range n.DNSNames {
 		if d == "" || len(d) > 253 || strings.ContainsAny(d, " /\\@:") {
-			return p, kgerr.Invalid(fmt.Sprintf("dns_names: %q is not a DNS name", clip(d, 64)))
+			return p, kgerr.Invalid(fmt.Sprintf("dns_names: %q is not a DNS name", kgerr.Clip(d)))
 		}
 		p.dns = append(p.dns, d)
 	}
 	for _, s := range n.IPAddresses {
 		ip := net.ParseIP(s)
 		if ip == nil {
-			return p, kgerr.Invalid(fmt.Sprintf("ip_addresses: %q is not an IP address", clip(s, 64)))
+			return p, kgerr.Invalid(fmt.Sprintf("ip_addresses: %q is not an IP address", kgerr.Clip(s)))
 		}
 		p.ips = append(p.ips, ip)
 	}
 	for _, e := range n.EmailAddresses {
 		if a, err := mail.ParseAddress(e); err != nil || a.Address != e {
-			return p, kgerr.Invalid(fmt.Sprintf("email_addresses: %q is not an e-mail address", clip(e, 64)))
+			return p, kgerr.Invalid(fmt.Sprintf("email_addresses: %q is not an e-mail address", kgerr.Clip(e)))
 		}
 		p.email = append(p.email, e)
 	}
 	for _, s := range n.URIs {
 		u, err := url.Parse(s)
 		if err != nil || u.Scheme == "" {
-			return p, kgerr.Invalid(fmt.Sprintf("uris: %q is not an absolute URI", clip(s, 64)))
+			return p, kgerr.Invalid(fmt.Sprintf("uris: %q is not an absolute URI", kgerr.Clip(s)))
 		}
 		p.uris = append(p.uris, u)
 	}
@@ -323,7 +323,7 @@ func usages(req IssueCertificateRequest) (x509.KeyUsage, []x509.ExtKeyUsage, err
 	for _, u := range req.KeyUsage {
 		b, ok := keyUsages[u]
 		if !ok {
-			return 0, nil, kgerr.Invalid(fmt.Sprintf("key_usage %q is not one of digital_signature, content_commitment, key_encipherment, data_encipherment, key_agreement, cert_sign, crl_sign, encipher_only, decipher_only", clip(u, 40)))
+			return 0, nil, kgerr.Invalid(fmt.Sprintf("key_usage %q is not one of digital_signature, content_commitment, key_encipherment, data_encipherment, key_agreement, cert_sign, crl_sign, encipher_only, decipher_only", kgerr.Clip(u)))
 		}
 		ku |= b
 	}
@@ -337,7 +337,7 @@ func usages(req IssueCertificateRequest) (x509.KeyUsage, []x509.ExtKeyUsage, err
 	for _, u := range req.ExtKeyUsage {
 		b, ok := extKeyUsages[u]
 		if !ok {
-			return 0, nil, kgerr.Invalid(fmt.Sprintf("ext_key_usage %q is not one of any, server_auth, client_auth, code_signing, email_protection, time_stamping, ocsp_signing", clip(u, 40)))
+			return 0, nil, kgerr.Invalid(fmt.Sprintf("ext_key_usage %q is not one of any, server_auth, client_auth, code_signing, email_protection, time_stamping, ocsp_signing", kgerr.Clip(u)))
 		}
 		eku = append(eku, b)
 	}
@@ -350,7 +350,7 @@ func checkURLs(field string, in []string) error {
 	}
 	for _, s := range in {
 		if u, err := url.Parse(s); err != nil || u.Scheme == "" || u.Host == "" {
-			return kgerr.Invalid(fmt.Sprintf("%s: %q is not an absolute URL", field, clip(s, 64)))
+			return kgerr.Invalid(fmt.Sprintf("%s: %q is not an absolute URL", field, kgerr.Clip(s)))
 		}
 	}
 	return nil

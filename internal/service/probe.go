@@ -34,7 +34,7 @@ var probeSpec = alg.Spec{Type: alg.AES, Size: 256}
 func (s *Service) ProbeAESGCM(ctx context.Context, name string) error {
 	p, ok := s.providers[name]
 	if !ok {
-		return kgerr.New(kgerr.KindProviderNotFound, fmt.Sprintf("provider %q is not configured", name))
+		return kgerr.New(kgerr.KindProviderNotFound, fmt.Sprintf("provider %s is not configured", kgerr.Quote(name)))
 	}
 	a, err := alg.Lookup(string(alg.A256GCM))
 	if err != nil {

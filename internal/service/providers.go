@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/keygrid/keygrid-hsm/internal/audit"
 	"github.com/keygrid/keygrid-hsm/internal/kgerr"
 	"github.com/keygrid/keygrid-hsm/internal/provider"
 	"github.com/keygrid/keygrid-hsm/internal/store"
@@ -26,7 +27,7 @@ func (s *Service) Providers(ctx context.Context) []ProviderInfo {
 func (s *Service) ProviderHealth(ctx context.Context, name string) (*ProviderHealth, error) {
 	p, ok := s.providers[name]
 	if !ok {
-		return nil, kgerr.New(kgerr.KindProviderNotFound, fmt.Sprintf("provider %q is not configured", name))
+		return nil, kgerr.New(kgerr.KindProviderNotFound, fmt.Sprintf("provider %s is not configured", kgerr.Quote(name)))
 	}
 	return s.health[name].view(p), nil
 }
@@ -88,7 +89,7 @@ func (s *Service) reconcileKey(ctx context.Context, k *store.Key) error {
 	if k.State == store.StateDeleting {
 		// A destruction cut short (the sweeper's gateway died after its
 		// claim): claim it again, so that of several reconcilers one
-		// finishes it, and finish it.
+		// finishes it, audit the decision, and finish it.
 		k.UpdatedAt = s.now().UTC()
 		if err := s.store.UpdateKey(ctx, k); errors.Is(err, kgerr.ErrConflict) || errors.Is(err, kgerr.ErrKeyNotFound) {
 			return nil // another gateway has it
@@ -96,6 +97,9 @@ func (s *Service) reconcileKey(ctx context.Context, k *store.Key) error {
 			return err
 		}
 		s.log.Info("reconcile: finishing an interrupted destruction", "key_id", k.ID)
+		if err := s.recordDecision(ctx, k, 0, opReconcileDelete, "finishing an interrupted destruction"); err != nil {
+			return err
+		}
 		return s.destroyRecorded(ctx, k)
 	}
 	for _, v := range k.Versions {
@@ -109,6 +113,9 @@ func (s *Service) reconcileKey(ctx context.Context, k *store.Key) error {
 			// halves of a key pair): what exists can never be used.
 			s.log.Warn("reconcile: destroying the remains of an interrupted key generation",
 				"key_id", k.ID, "version", v.Version, "missing", ie.Missing)
+			if err := s.recordDecision(ctx, k, v.Version, opReconcileDestroy, "destroying the remains of an interrupted key generation"); err != nil {
+				return err
+			}
 			if err := p.DeleteKey(ctx, ie.Ref); err != nil {
 				return err
 			}
@@ -120,13 +127,41 @@ func (s *Service) reconcileKey(ctx context.Context, k *store.Key) error {
 		}
 		if !found {
 			s.log.Info("reconcile: removing a create that made no material", "key_id", k.ID, "version", v.Version)
+			if err := s.recordDecision(ctx, k, v.Version, opReconcileAbandon, "removing a create that made no material"); err != nil {
+				return err
+			}
 			s.abandonPending(ctx, p, k, v.Version)
 			continue
 		}
 		s.log.Info("reconcile: completing an interrupted create", "key_id", k.ID, "version", v.Version)
+		// Audited before it is active, as a create is.
+		if err := s.recordDecision(ctx, k, v.Version, opReconcileActivate, "completing an interrupted create"); err != nil {
+			return err
+		}
 		if _, err := s.completeVersion(ctx, p, k.ID, v.Version, created); err != nil && !errors.Is(err, kgerr.ErrConflict) {
 			return err
 		}
+	}
+	return nil
+}
+
+// The reconciler's decisions, each audited before it is carried out.
+const (
+	opReconcileActivate = "reconcile_activate" // material found: the pending version becomes active
+	opReconcileAbandon  = "reconcile_abandon"  // no material: the pending record or version goes
+	opReconcileDestroy  = "reconcile_destroy"  // half a key pair: destroyed, then abandoned
+	opReconcileDelete   = "reconcile_delete"   // a delete cut short: finished
+)
+
+// recordDecision audits a reconciler decision about version (0: the key)
+// of k before it is carried out; an error means it must not be.
+func (s *Service) recordDecision(ctx context.Context, k *store.Key, version int, operation, detail string) error {
+	e := audit.Event{Time: s.now().UTC(), Principal: "keygrid-reconciler", Operation: operation, KeyID: k.ID, KeyName: k.Name,
+		KeyVersion: version, Provider: k.Provider, Algorithm: k.Algorithm, Outcome: audit.OutcomeSuccess, Detail: detail}
+	if err := s.audit.Record(ctx, e); err != nil {
+		s.metrics.AuditFailures.Inc()
+		s.log.Error("reconcile: audit record not written; the decision is not carried out", "operation", operation, "key_id", k.ID, "err", err)
+		return errAuditUnwritten(err)
 	}
 	return nil
 }

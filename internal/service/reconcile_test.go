@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/keygrid/keygrid-hsm/internal/alg"
 	"github.com/keygrid/keygrid-hsm/internal/audit"
 	"github.com/keygrid/keygrid-hsm/internal/kgerr"
 	"github.com/keygrid/keygrid-hsm/internal/provider"
@@ -476,4 +478,103 @@ func TestAbandonPending(t *testing.T) {
 			t.Fatal("a record already gone was logged as a failure")
 		}
 	})
+}
+
+// stateAtRecord is a recorder that notes, for each record of a key, the
+// key's state in the store when the record is written.
+type stateAtRecord struct {
+	*audit.Log
+	st store.Store
+	mu sync.Mutex
+	at map[string]store.State // operation/key name -> state when recorded
+}
+
+func (r *stateAtRecord) Record(ctx context.Context, e audit.Event) error {
+	if e.KeyName != "" {
+		state := store.State("absent")
+		if k, err := r.st.GetKey(context.Background(), e.KeyName); err == nil {
+			state = k.State
+		}
+		r.mu.Lock()
+		r.at[e.Operation+"/"+e.KeyName] = state
+		r.mu.Unlock()
+	}
+	return r.Log.Record(ctx, e)
+}
+
+// The attack: a key usable without its audit record (kill -9 between the
+// two). A create and a rotation are recorded while the key or version is
+// still pending, and every reconciler decision is recorded before it is
+// carried out; when the reconciler cannot record, it changes nothing.
+func TestActiveOnlyAfterAudit(t *testing.T) {
+	var rec *stateAtRecord
+	f := newFixture(t, func(f *fixture, o *Options) {
+		rec = &stateAtRecord{Log: f.audit, st: f.store, at: map[string]store.State{}}
+		o.Audit = rec
+		o.ReconcileGrace = time.Minute
+	})
+	f.create("made", specP256)
+	if got := rec.at["create/made"]; got != store.StatePending {
+		t.Fatalf("create recorded when the key was %s, want pending", got)
+	}
+	if _, err := f.svc.RotateKey(f.admin(), "made"); err != nil {
+		t.Fatal(err)
+	}
+	if v := f.stored("made").Version(2); v == nil || v.State != store.StateActive {
+		t.Fatalf("version 2: %+v", v)
+	}
+
+	spec := alg.Spec{Type: alg.EC, Size: 256, Curve: "P-256"}
+	withMat, _ := f.pending("crashed-after-material", spec, true, time.Hour)
+	noMat, _ := f.pending("crashed-before-material", spec, false, time.Hour)
+	mark := f.mark()
+	if err := f.svc.Reconcile(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := rec.at["reconcile_activate/crashed-after-material"]; got != store.StatePending {
+		t.Fatalf("activation recorded when the key was %s, want pending", got)
+	}
+	if f.stored(withMat.ID).State != store.StateActive {
+		t.Fatal("the reconciler did not complete the create")
+	}
+	f.gone(noMat.ID)
+	want := map[string]string{withMat.ID: "reconcile_activate", noMat.ID: "reconcile_abandon"}
+	for _, e := range f.since(mark) {
+		if op, ok := want[e.KeyID]; ok && e.Operation == op && e.Principal == "keygrid-reconciler" && e.KeyVersion == 1 {
+			delete(want, e.KeyID)
+		}
+	}
+	if len(want) != 0 {
+		t.Fatalf("decisions not audited: %v", want)
+	}
+}
+
+// A reconciler that cannot audit carries nothing out.
+func TestReconcilerWithoutAuditChangesNothing(t *testing.T) {
+	var fr *faultRecorder
+	f := newFixture(t, func(f *fixture, o *Options) {
+		fr = &faultRecorder{Log: f.audit}
+		o.Audit = fr
+		o.ReconcileGrace = time.Minute
+	})
+	spec := alg.Spec{Type: alg.EC, Size: 256, Curve: "P-256"}
+	withMat, created := f.pending("p1", spec, true, time.Hour)
+	noMat, _ := f.pending("p2", spec, false, time.Hour)
+	fr.set(errDiskFull, nil)
+	if err := f.svc.Reconcile(context.Background()); !errors.Is(err, kgerr.ErrServiceUnavailable) {
+		t.Fatalf("Reconcile: %v", err)
+	}
+	if f.stored(withMat.ID).State != store.StatePending || f.stored(noMat.ID).State != store.StatePending {
+		t.Fatal("the reconciler changed keys it could not audit")
+	}
+	if _, found, _ := f.soft.FindKey(context.Background(), withMat.Versions[0].ObjectID); !found || created.Ref == "" {
+		t.Fatal("material destroyed")
+	}
+	fr.set(nil, nil)
+	if err := f.svc.Reconcile(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if f.stored(withMat.ID).State != store.StateActive {
+		t.Fatal("not completed once the log works")
+	}
 }

@@ -156,9 +156,14 @@ func (s *Service) Close() error {
 // Caller describes who makes a request; the API layer puts it in the
 // context.
 type Caller struct {
-	RequestID  string
-	ClientAddr string
-	Principal  string
+	// RequestID is the server's id of the request: the id of its audit
+	// records.
+	RequestID string
+	// ClientRequestID is the id the client sent, if valid, recorded
+	// beside the server's (never instead of it).
+	ClientRequestID string
+	ClientAddr      string
+	Principal       string
 	// Auth is the authenticated principal the service authorizes (nil:
 	// nothing is allowed).
 	Auth *auth.Principal
@@ -175,7 +180,7 @@ type Caller struct {
 // event starts the audit record of a request of c: who, from where, and
 // the front end's attributes.
 func (c Caller) event(t time.Time, operation string) audit.Event {
-	return audit.Event{Time: t.UTC(), RequestID: c.RequestID, Principal: c.Principal, ClientAddr: c.ClientAddr,
+	return audit.Event{Time: t.UTC(), RequestID: c.RequestID, ClientRequestID: c.ClientRequestID, Principal: c.Principal, ClientAddr: c.ClientAddr,
 		Operation: operation, Outcome: audit.OutcomeSuccess, Attributes: c.Attributes}
 }
 
@@ -208,6 +213,9 @@ type op struct {
 	version   int
 	provider  string
 	algorithm string
+	// recorded: the success record was written ahead (recordAhead);
+	// finish writes a record only if the operation then failed.
+	recorded bool
 	// attrs are facts of the operation for its audit record (an issued
 	// certificate's serial and subject); never a secret.
 	attrs map[string]string
@@ -220,6 +228,44 @@ func (s *Service) begin(o operation) *op { return &op{op: o, start: s.now()} }
 // reported done that is not audited.
 func (s *Service) finish(ctx context.Context, o *op, errp *error) {
 	d := s.now().Sub(o.start)
+	e := s.opEvent(ctx, o, d)
+	if *errp != nil {
+		CallerFrom(ctx).fail(&e, *errp)
+	}
+	if o.recorded && *errp == nil {
+		s.opMetrics(o, e, d, nil)
+		return
+	}
+	if err := s.audit.Record(ctx, e); err != nil {
+		s.metrics.AuditFailures.Inc()
+		s.log.Error("audit record not written; refusing the operation", "operation", o.op.name, "request_id", CallerFrom(ctx).RequestID, "err", err)
+		if *errp == nil {
+			*errp = errAuditUnwritten(err)
+		}
+		e.ErrorCode = string(kgerr.KindOf(*errp))
+	}
+	s.opMetrics(o, e, d, *errp)
+}
+
+// recordAhead writes o's success record before the change it records is
+// made visible (a created key or version becomes active only after its
+// creation is in the audit log): if the process dies between the two, the
+// log holds a record of a change that the reconciler then completes (and
+// audits), never a usable key without one. An error means nothing was
+// recorded and the change must not be made.
+func (s *Service) recordAhead(ctx context.Context, o *op) error {
+	e := s.opEvent(ctx, o, s.now().Sub(o.start))
+	if err := s.audit.Record(ctx, e); err != nil {
+		s.metrics.AuditFailures.Inc()
+		s.log.Error("audit record not written; refusing the operation", "operation", o.op.name, "request_id", CallerFrom(ctx).RequestID, "err", err)
+		return errAuditUnwritten(err)
+	}
+	o.recorded = true
+	return nil
+}
+
+// opEvent is the audit record of o (a success; finish marks failures).
+func (s *Service) opEvent(ctx context.Context, o *op, d time.Duration) audit.Event {
 	c := CallerFrom(ctx)
 	// o.algorithm may be a request's unchecked string: only a name the
 	// server knows goes into the audit record and the metric labels.
@@ -242,19 +288,13 @@ func (s *Service) finish(ctx context.Context, o *op, errp *error) {
 		maps.Copy(m, o.attrs)
 		e.Attributes = m
 	}
-	if *errp != nil {
-		c.fail(&e, *errp)
-	}
-	if err := s.audit.Record(ctx, e); err != nil {
-		s.metrics.AuditFailures.Inc()
-		s.log.Error("audit record not written; refusing the operation", "operation", o.op.name, "request_id", c.RequestID, "err", err)
-		if *errp == nil {
-			*errp = errAuditUnwritten(err)
-		}
-		e.Outcome, e.ErrorCode = audit.OutcomeFailure, string(kgerr.KindOf(*errp))
-	}
+	return e
+}
+
+// opMetrics counts o, which ended with err.
+func (s *Service) opMetrics(o *op, e audit.Event, d time.Duration, err error) {
 	outcome := "success"
-	if *errp != nil {
+	if err != nil {
 		outcome = "failure"
 		s.metrics.Errors.WithLabelValues(o.op.name, e.Provider, o.algorithm, e.ErrorCode).Inc()
 	}

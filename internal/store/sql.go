@@ -376,7 +376,7 @@ func (s *sqlStore) GetKey(ctx context.Context, idOrName string) (*Key, error) {
 		return nil, s.fail("get key", err)
 	}
 	if k == nil {
-		return nil, kgerr.New(kgerr.KindKeyNotFound, fmt.Sprintf("key %q not found", idOrName))
+		return nil, kgerr.New(kgerr.KindKeyNotFound, fmt.Sprintf("key %s not found", kgerr.Quote(idOrName)))
 	}
 	return k, nil
 }

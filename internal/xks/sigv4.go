@@ -132,7 +132,7 @@ func (v *verifier) verify(r *http.Request, body []byte, secrets map[string]strin
 	}
 	secret, ok := secrets[a.accessKeyID]
 	if !ok {
-		return "", unauthenticated("access key id %q is not one of this store's", clip(a.accessKeyID))
+		return "", unauthenticated("access key id %q is not one of this store's", kgerr.Clip(a.accessKeyID))
 	}
 	dates := r.Header.Values("X-Amz-Date")
 	if len(dates) != 1 {
@@ -149,9 +149,9 @@ func (v *verifier) verify(r *http.Request, body []byte, secrets map[string]strin
 	case a.date != t.Format("20060102"):
 		return a.accessKeyID, unauthenticated("the credential's date is not X-Amz-Date's")
 	case a.region != region:
-		return a.accessKeyID, unauthenticated("the credential's region %q is not this store's", clip(a.region))
+		return a.accessKeyID, unauthenticated("the credential's region %q is not this store's", kgerr.Clip(a.region))
 	case a.service != sigv4Service:
-		return a.accessKeyID, unauthenticated("the credential's service %q is not %s", clip(a.service), sigv4Service)
+		return a.accessKeyID, unauthenticated("the credential's service %q is not %s", kgerr.Clip(a.service), sigv4Service)
 	case a.terminator != "aws4_request":
 		return a.accessKeyID, unauthenticated("the credential scope does not end in aws4_request")
 	}
@@ -173,7 +173,7 @@ func (v *verifier) verify(r *http.Request, body []byte, secrets map[string]strin
 		return a.accessKeyID, kgerr.Wrap(kgerr.KindInternal, err, "the signature could not be computed")
 	}
 	if want.signedHeaders != a.signedHeaders {
-		return a.accessKeyID, unauthenticated("SignedHeaders %q cannot be verified (this proxy verifies over %q)", clip(a.signedHeaders), clip(want.signedHeaders))
+		return a.accessKeyID, unauthenticated("SignedHeaders %q cannot be verified (this proxy verifies over %q)", kgerr.Clip(a.signedHeaders), kgerr.Clip(want.signedHeaders))
 	}
 	if !hmac.Equal([]byte(want.signature), []byte(a.signature)) {
 		return a.accessKeyID, unauthenticated("the signature does not match")
@@ -203,7 +203,7 @@ func canonicalCopy(r *http.Request, signed []string) (*http.Request, error) {
 		default:
 			vals := r.Header.Values(h)
 			if len(vals) == 0 {
-				return nil, unauthenticated("signed header %s is not in the request", clip(h))
+				return nil, unauthenticated("signed header %s is not in the request", kgerr.Clip(h))
 			}
 			cp.Header[http.CanonicalHeaderKey(h)] = vals
 		}

@@ -106,7 +106,7 @@ func (s *store) authorize(m *requestMetadata) error {
 		if v == nil {
 			return kgerr.New(kgerr.KindPermissionDenied, fmt.Sprintf("the request has no %s and policy.%s of store %s names none", field, rule, s.cfg.Name))
 		}
-		return kgerr.New(kgerr.KindPermissionDenied, fmt.Sprintf("%s %q is not allowed by policy.%s of store %s", field, clip(val), rule, s.cfg.Name))
+		return kgerr.New(kgerr.KindPermissionDenied, fmt.Sprintf("%s %q is not allowed by policy.%s of store %s", field, kgerr.Clip(val), rule, s.cfg.Name))
 	}
 	if err := check(p.Principals, m.AWSPrincipalArn, "awsPrincipalArn", "principals"); err != nil {
 		return err

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 
+	"github.com/keygrid/keygrid-hsm/internal/httpstack"
 	"github.com/keygrid/keygrid-hsm/internal/kgerr"
 )
 
@@ -118,10 +119,15 @@ func readBody(r *http.Request) ([]byte, error) {
 // metadata decoded so far is still returned, for the audit record.
 func decode(op string, raw []byte) (*request, error) {
 	var b body
+	// A key twice or in another case is read one way here and another by
+	// whatever sits in front: refused.
+	if err := httpstack.CheckStrict(raw, &b, true); err != nil {
+		return &request{}, err
+	}
 	if err := json.Unmarshal(raw, &b); err != nil {
 		var te *json.UnmarshalTypeError
 		if errors.As(err, &te) && te.Field != "" {
-			return &request{}, kgerr.Invalid(fmt.Sprintf("field %s must be %s", te.Field, jsonType(te)))
+			return &request{}, kgerr.Invalid(fmt.Sprintf("field %s must be %s", kgerr.Clip(te.Field), jsonType(te)))
 		}
 		return &request{}, kgerr.Invalid("the request body is not a JSON object")
 	}
@@ -187,7 +193,7 @@ func decodeEncrypt(b *body, req *request) error {
 	}
 	if b.CDIVAlgorithm != nil {
 		if *b.CDIVAlgorithm != "SHA_256" {
-			return kgerr.New(kgerr.KindUnsupportedAlgorithm, fmt.Sprintf("ciphertextDataIntegrityValueAlgorithm %q is not supported (SHA_256 is)", clip(*b.CDIVAlgorithm)))
+			return kgerr.New(kgerr.KindUnsupportedAlgorithm, fmt.Sprintf("ciphertextDataIntegrityValueAlgorithm %q is not supported (SHA_256 is)", kgerr.Clip(*b.CDIVAlgorithm)))
 		}
 		req.cdiv = true
 	}
@@ -262,17 +268,9 @@ func algorithm(v *string) error {
 	case v == nil:
 		return kgerr.Invalid("encryptionAlgorithm is required")
 	case *v != "AES_GCM":
-		return kgerr.New(kgerr.KindUnsupportedAlgorithm, fmt.Sprintf("encryptionAlgorithm %q is not supported (AES_GCM is)", clip(*v)))
+		return kgerr.New(kgerr.KindUnsupportedAlgorithm, fmt.Sprintf("encryptionAlgorithm %q is not supported (AES_GCM is)", kgerr.Clip(*v)))
 	}
 	return nil
-}
-
-// clip shortens a value echoed in a message.
-func clip(s string) string {
-	if len(s) > 64 {
-		return s[:64] + "..."
-	}
-	return s
 }
 
 func jsonType(te *json.UnmarshalTypeError) string {

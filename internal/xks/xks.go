@@ -166,7 +166,7 @@ func (h *Handler) serve(r *http.Request, c *call) (any, error) {
 		return nil, errMethodNotAllowed
 	}
 	attrs := map[string]string{"store": st.cfg.Name}
-	caller := service.Caller{RequestID: c.rid, ClientAddr: r.RemoteAddr, Attributes: attrs, ErrorName: ErrorName}
+	caller := service.Caller{RequestID: c.rid, ClientRequestID: service.CallerFrom(r.Context()).ClientRequestID, ClientAddr: r.RemoteAddr, Attributes: attrs, ErrorName: ErrorName}
 	ctx := service.WithCaller(r.Context(), caller)
 	raw, err := readBody(r)
 	if err == nil {
@@ -306,7 +306,7 @@ func (h *Handler) route(r *http.Request) (st *store, op, keyID string, err error
 // key loads the gateway key the request names: an AES key the store
 // serves, or KeyNotFoundException.
 func (h *Handler) key(ctx context.Context, c *call) (*service.Key, error) {
-	notFound := kgerr.New(kgerr.KindKeyNotFound, "store "+c.st.cfg.Name+" has no key "+clip(c.keyID))
+	notFound := kgerr.New(kgerr.KindKeyNotFound, "store "+c.st.cfg.Name+" has no key "+kgerr.Clip(c.keyID))
 	if !c.st.serves(c.keyID) {
 		return nil, notFound
 	}

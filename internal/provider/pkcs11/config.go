@@ -83,6 +83,11 @@ type Config struct {
 	// can be left reading a closed and reused socket forever. Default
 	// false.
 	SerializeCalls bool `yaml:"serialize_calls"`
+	// Isolation is where the module runs: "process" (the default) loads it
+	// only in a child process of the gateway, one per module path, so that
+	// a module that hangs or crashes is killed and restarted instead of
+	// taking the gateway with it; "in-process" loads it into the gateway.
+	Isolation string `yaml:"isolation"`
 	// RescanOnMiss: when no object has a key's CKA_ID, make the module
 	// re-read the token (C_Finalize + C_Initialize, at most once a second
 	// per module) and look once more before answering KEY_NOT_FOUND.
@@ -102,6 +107,7 @@ type resolved struct {
 	busyRetries      int
 	serializeChanges bool
 	serializeCalls   bool
+	isolation        string            // IsolationProcess or IsolationInProcess
 	rescanOnMiss     *bool             // nil: on for SoftHSM2
 	firstSlotDefault bool              // CloudHSM: one token; take the first slot when no label matches
 	cluster          *cloudhsm.Options // nil: no cluster to watch
@@ -153,6 +159,14 @@ func (c Config) resolve(typ, field string) (resolved, error) {
 	cloud := typ == TypeAWSCloudHSM
 	r.serializeChanges = !cloud
 	r.serializeCalls = c.SerializeCalls
+	switch c.Isolation {
+	case "", IsolationProcess:
+		r.isolation = IsolationProcess
+	case IsolationInProcess:
+		r.isolation = IsolationInProcess
+	default:
+		return r, fmt.Errorf("%s.isolation: must be %q or %q", field, IsolationProcess, IsolationInProcess)
+	}
 	if c.SerializeKeyChanges != nil {
 		r.serializeChanges = *c.SerializeKeyChanges
 	}

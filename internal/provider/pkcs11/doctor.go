@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"maps"
+	"os"
 	"slices"
 	"strings"
 
@@ -63,7 +64,7 @@ func doctorModule(name, typ string, c Config, out io.Writer) bool {
 		ok = false
 	}
 
-	mod, err := openModule(cfg.LibraryPath)
+	mod, err := openModule(cfg.LibraryPath, cfg.isolation, hostEnvOf(os.Environ(), cfg.PinEnv), slog.New(slog.DiscardHandler))
 	if err != nil {
 		line(false, "module", "%v", err)
 		return false

@@ -253,26 +253,11 @@ func (p *Provider) generate(ctx context.Context, objectID string, mech uint, pub
 // findAll returns the handles of every object with CKA_ID id (any class).
 // The caller holds lockChanges.
 func (p *Provider) findAll(sh pkcs11.SessionHandle, id []byte, class *uint) ([]pkcs11.ObjectHandle, error) {
-	c := p.mod.ctx
 	tmpl := []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_ID, id)}
 	if class != nil {
 		tmpl = append(tmpl, pkcs11.NewAttribute(pkcs11.CKA_CLASS, *class))
 	}
-	if err := c.FindObjectsInit(sh, tmpl); err != nil {
-		return nil, err
-	}
-	var out []pkcs11.ObjectHandle
-	for {
-		hs, _, err := c.FindObjects(sh, 8)
-		if err != nil {
-			return nil, err // the session is closed by onSession: the search dies with it
-		}
-		if len(hs) == 0 {
-			break
-		}
-		out = append(out, hs...)
-	}
-	return out, c.FindObjectsFinal(sh)
+	return p.mod.ctx.FindAll(sh, tmpl)
 }
 
 // handle returns the handle of the object of class with CKA_ID id, from the
@@ -442,7 +427,10 @@ func (p *Provider) findObjects(ctx context.Context, id []byte) (objectSet, error
 		}
 		return nil
 	})
-	return set, err
+	if err != nil {
+		return objectSet{}, err // set may still be written by a call abandoned at its deadline
+	}
+	return set, nil
 }
 
 // DeleteKey implements provider.Provider: it destroys every object with the
@@ -504,7 +492,10 @@ func (p *Provider) PublicKey(ctx context.Context, ref string) ([]byte, error) {
 			return nil, kgerr.Invalid("a secret key has no public key")
 		}
 	}
-	return der, err
+	if err != nil {
+		return nil, err // der may still be written by a call abandoned at its deadline
+	}
+	return der, nil
 }
 
 func bytesToUint(b []byte) uint {

@@ -3,6 +3,7 @@ package pkcs11
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -21,10 +22,20 @@ import (
 // numbers may have been given to new sessions).
 type module struct {
 	path string
-	ctx  *pkcs11.Ctx
+	ctx  cryptoki // guarded by mu: replaced under the write lock
 
 	mu  sync.RWMutex
 	gen atomic.Uint64
+
+	// With isolation: process, host is the child process running the
+	// library (ctx is host), env its environment, log where its stderr
+	// goes. hostMu serialises restarts; restarts counts them.
+	isolated bool
+	host     *hostClient // guarded by hostMu
+	env      []string
+	log      *slog.Logger
+	hostMu   sync.Mutex
+	restarts atomic.Uint64
 
 	// refs and logins are guarded by modules.mu.
 	refs   int
@@ -50,17 +61,35 @@ var modules = struct {
 // PKCS#11 library).
 var errModule = errors.New("pkcs11 module")
 
+// Isolation modes.
+const (
+	IsolationProcess   = "process"
+	IsolationInProcess = "in-process"
+)
+
 // openModule returns the module at path, loading and initialising it on
-// first use.
-func openModule(path string) (*module, error) {
+// first use: in this process (in-process), or in a host process of its own
+// (process) whose environment is env and whose stderr goes to log.
+func openModule(path, isolation string, env []string, log *slog.Logger) (*module, error) {
 	modules.Lock()
 	defer modules.Unlock()
-	if m, ok := modules.m[path]; ok {
+	key := isolation + "\x00" + path
+	if m, ok := modules.m[key]; ok {
 		m.refs++
 		return m, nil
 	}
 	if _, err := os.Stat(path); err != nil {
 		return nil, fmt.Errorf("%w %s: %v", errModule, path, err)
+	}
+	if isolation == IsolationProcess {
+		log = log.With("library", path)
+		h, err := startHost(path, env, log)
+		if err != nil {
+			return nil, err
+		}
+		m := &module{path: path, ctx: h, host: h, isolated: true, env: env, log: log, refs: 1, logins: map[string]int{}}
+		modules.m[key] = m
+		return m, nil
 	}
 	ctx := pkcs11.New(path)
 	if ctx == nil {
@@ -72,8 +101,8 @@ func openModule(path string) (*module, error) {
 			return nil, fmt.Errorf("%w %s: C_Initialize: %v", errModule, path, err)
 		}
 	}
-	m := &module{path: path, ctx: ctx, refs: 1, logins: map[string]int{}}
-	modules.m[path] = m
+	m := &module{path: path, ctx: local{Ctx: ctx}, refs: 1, logins: map[string]int{}}
+	modules.m[key] = m
 	return m, nil
 }
 
@@ -85,11 +114,21 @@ func (m *module) release() {
 	if m.refs > 0 {
 		return
 	}
-	delete(modules.m, m.path)
+	for k, x := range modules.m {
+		if x == m {
+			delete(modules.m, k)
+		}
+	}
+	if m.isolated {
+		m.hostMu.Lock()
+		defer m.hostMu.Unlock()
+		m.host.close(2 * time.Second)
+		return
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.ctx.Finalize()
-	m.ctx.Destroy()
+	m.ctx.(local).Destroy()
 }
 
 // addLogin records that one more provider instance uses the login of token;
@@ -115,8 +154,14 @@ func (m *module) dropLogin(token string) bool {
 
 // reinitialize finalizes and initializes the library again, under the
 // exclusive lock, if no one else did it since generation seen. It returns
-// the current generation.
-func (m *module) reinitialize(seen uint64) (uint64, error) {
+// the current generation. With a host, restart (a reset) kills the host
+// first — a call the library never returns from cannot hold the lock — and
+// starts a new one; without restart (a rescan) the host finalizes and
+// initializes its library as the gateway would in-process.
+func (m *module) reinitialize(seen uint64, restart bool) (uint64, error) {
+	if m.isolated && restart {
+		return m.restartHost(seen)
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if g := m.gen.Load(); g != seen {
@@ -129,4 +174,41 @@ func (m *module) reinitialize(seen uint64) (uint64, error) {
 	}
 	g := m.gen.Add(1)
 	return g, err
+}
+
+// restartHost kills the host and starts a new one, unless another provider
+// instance did since generation seen. The calls in flight on the old host
+// fail (hostLostError) and release the lock.
+func (m *module) restartHost(seen uint64) (uint64, error) {
+	m.hostMu.Lock()
+	defer m.hostMu.Unlock()
+	if g := m.gen.Load(); g != seen {
+		return g, nil
+	}
+	old := m.host
+	old.kill()
+	select {
+	case <-old.exited:
+	case <-time.After(5 * time.Second):
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	h, err := startHost(m.path, m.env, m.log)
+	g := m.gen.Add(1)
+	if err != nil {
+		return g, err // ctx stays the dead host: every call fails until the next attempt
+	}
+	m.host, m.ctx = h, h
+	m.restarts.Add(1)
+	return g, nil
+}
+
+// hostPID is the process id of the module's host (0 in-process).
+func (m *module) hostPID() int {
+	if !m.isolated {
+		return 0
+	}
+	m.hostMu.Lock()
+	defer m.hostMu.Unlock()
+	return m.host.pid
 }

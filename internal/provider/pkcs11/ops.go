@@ -56,6 +56,10 @@ func (p *Provider) perform(ctx context.Context, ref string, spec alg.Spec, a alg
 	if spec.Type == alg.AES {
 		class = pkcs11.CKO_SECRET_KEY
 	}
+	// A call abandoned at its deadline may return later (a killed module
+	// host fails it): its results go to res, which is read only after a
+	// success.
+	var res struct{ out, iv []byte }
 	err = p.withKey(ctx, ref, class, true, c.u.opKind(), func(sh pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
 		attempt := c
 		if m.ivBytes > 0 && c.u == useEncrypt {
@@ -64,14 +68,14 @@ func (p *Provider) perform(ctx context.Context, ref string, spec alg.Spec, a alg
 				return err
 			}
 		}
-		var err error
-		out, iv, err = p.invoke(sh, h, m, a, attempt, in)
+		out, iv, err := p.invoke(sh, h, m, a, attempt, in)
+		res.out, res.iv = out, iv
 		return err
 	})
 	if err != nil {
 		return nil, nil, err
 	}
-	return out, iv, nil
+	return res.out, res.iv, nil
 }
 
 // invoke makes one call of use c.u of m for a with key h on session sh
@@ -79,32 +83,9 @@ func (p *Provider) perform(ctx context.Context, ref string, spec alg.Spec, a alg
 // C_Decrypt) on input shaped already. After an encryption it returns the IV
 // the module used.
 func (p *Provider) invoke(sh pkcs11.SessionHandle, h pkcs11.ObjectHandle, m mechanism, a alg.Info, c args, in []byte) (out, iv []byte, err error) {
-	b, err := m.build(a, c)
-	if err != nil {
-		return nil, nil, err
-	}
-	defer b.free()
-	ctx := p.mod.ctx
-	switch c.u {
-	case useSign:
-		if err := ctx.SignInit(sh, b.mechs, h); err != nil {
-			return nil, nil, err
-		}
-		out, err = ctx.Sign(sh, in)
-	case useEncrypt:
-		if err := ctx.EncryptInit(sh, b.mechs, h); err != nil {
-			return nil, nil, err
-		}
-		if out, err = ctx.Encrypt(sh, in); err == nil {
-			iv = b.iv(c.iv)
-		}
-	case useDecrypt:
-		if err := ctx.DecryptInit(sh, b.mechs, h); err != nil {
-			return nil, nil, err
-		}
-		out, err = ctx.Decrypt(sh, in)
-	default:
-		return nil, nil, fmt.Errorf("invoke: use %s is not a single-part operation", c.u)
+	out, after, err := p.mod.ctx.Crypt(sh, c.u, m.build(a, c), h, in)
+	if err == nil && c.u == useEncrypt && m.ivBytes > 0 {
+		iv = gcmNonce(c.iv, after)
 	}
 	return out, iv, err
 }
@@ -147,11 +128,10 @@ var kwpInfo, _ = alg.Lookup(string(alg.AESKWP))
 // generic-secret object for the length of the call (C_WrapKey wraps
 // objects, not bytes).
 func (p *Provider) wrapBytes(sh pkcs11.SessionHandle, kek pkcs11.ObjectHandle, m mechanism, material []byte) ([]byte, error) {
-	b, err := m.build(kwpInfo, args{u: useWrap})
+	mechs, err := plainMech(m.build(kwpInfo, args{u: useWrap}))
 	if err != nil {
 		return nil, err
 	}
-	defer b.free()
 	c := p.mod.ctx
 	obj, err := c.CreateObject(sh, []*pkcs11.Attribute{
 		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
@@ -165,7 +145,7 @@ func (p *Provider) wrapBytes(sh pkcs11.SessionHandle, kek pkcs11.ObjectHandle, m
 		return nil, err
 	}
 	defer c.DestroyObject(sh, obj)
-	return c.WrapKey(sh, b.mechs, kek, obj)
+	return c.WrapKey(sh, mechs, kek, obj)
 }
 
 // errKWPLength refuses what SoftHSM2's broken AES-KWP cannot do exactly.
@@ -187,7 +167,10 @@ func (p *Provider) WrapKey(ctx context.Context, req provider.WrapRequest) ([]byt
 		out, err = p.wrapBytes(sh, h, m, req.KeyMaterial)
 		return err
 	})
-	return out, err
+	if err != nil {
+		return nil, err // out may still be written by a call abandoned at its deadline
+	}
+	return out, nil
 }
 
 // UnwrapKey implements provider.Provider: the material is unwrapped into a
@@ -199,13 +182,12 @@ func (p *Provider) UnwrapKey(ctx context.Context, req provider.UnwrapRequest) ([
 	}
 	var out []byte
 	err = p.withKey(ctx, req.Ref, pkcs11.CKO_SECRET_KEY, true, useUnwrap.opKind(), func(sh pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
-		b, err := m.build(kwpInfo, args{u: useUnwrap})
+		mechs, err := plainMech(m.build(kwpInfo, args{u: useUnwrap}))
 		if err != nil {
 			return err
 		}
-		defer b.free()
 		c := p.mod.ctx
-		obj, err := c.UnwrapKey(sh, b.mechs, h, req.Wrapped, []*pkcs11.Attribute{
+		obj, err := c.UnwrapKey(sh, mechs, h, req.Wrapped, []*pkcs11.Attribute{
 			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
 			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_GENERIC_SECRET),
 			pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false),
@@ -236,5 +218,8 @@ func (p *Provider) UnwrapKey(ctx context.Context, req provider.UnwrapRequest) ([
 		}
 		return nil
 	})
-	return out, err
+	if err != nil {
+		return nil, err // out may still be written by a call abandoned at its deadline
+	}
+	return out, nil
 }

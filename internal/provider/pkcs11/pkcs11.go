@@ -30,6 +30,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -112,7 +113,7 @@ func Open(ctx context.Context, name, typ string, c Config, log *slog.Logger) (*P
 	if err != nil {
 		return nil, err
 	}
-	mod, err := openModule(cfg.LibraryPath)
+	mod, err := openModule(cfg.LibraryPath, cfg.isolation, hostEnvOf(os.Environ(), cfg.PinEnv), log.With("provider", name))
 	if err != nil {
 		return nil, fmt.Errorf("%s.library_path: %w", field, err)
 	}
@@ -455,8 +456,13 @@ func (p *Provider) recover() {
 func (p *Provider) reset(seen uint64) (uint64, error) {
 	p.resetMu.Lock()
 	defer p.resetMu.Unlock()
-	g, err := p.mod.reinitialize(seen)
+	restarts := p.mod.restarts.Load()
+	g, err := p.mod.reinitialize(seen, true)
 	p.state.resets.Add(1)
+	if p.mod.isolated && err == nil && p.mod.restarts.Load() != restarts {
+		p.emit(provider.Event{Kind: "module_host_restarted",
+			Detail: fmt.Sprintf("the PKCS#11 module host process was replaced (now pid %d)", p.mod.hostPID())})
+	}
 	if err != nil {
 		return g, fmt.Errorf("C_Initialize: %w", err)
 	}
@@ -527,7 +533,13 @@ func (p *Provider) Stats() provider.Stats {
 	st.WaitSeconds = float64(p.pool.waitNanos.Load()) / 1e9
 	st.WaitTimeouts = p.pool.timeouts.Load()
 	st.Resets = p.state.resets.Load()
-	st.Info = map[string]any{"library": p.cfg.LibraryPath, "module_generation": p.gen.Load(), "cached_keys": p.cachedHandles()}
+	st.Info = map[string]any{"library": p.cfg.LibraryPath, "module_generation": p.gen.Load(), "cached_keys": p.cachedHandles(),
+		"isolation": p.cfg.isolation}
+	if p.mod.isolated {
+		st.ModuleHost, st.ModuleHostRestarts = true, p.mod.restarts.Load()
+		st.Info["module_host_restarts"] = st.ModuleHostRestarts
+		st.Info["module_host_pid"] = p.mod.hostPID()
+	}
 	if tok := p.token.Load(); tok != nil {
 		st.Info["token_label"], st.Info["token_serial"], st.Info["slot"] = tok.label, tok.serial, tok.slot
 	}

@@ -90,7 +90,7 @@ func (p *Provider) rescan(ctx context.Context, since time.Time) error {
 	// passes: try a few times before calling the HSM down.
 	seen := p.gen.Load()
 	for attempt := 1; ; attempt++ {
-		g, err := m.reinitialize(seen)
+		g, err := m.reinitialize(seen, false)
 		if err == nil {
 			err = p.resync(g)
 		}

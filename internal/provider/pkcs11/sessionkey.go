@@ -12,13 +12,13 @@ import (
 // sessionP256 makes a P-256 key pair as session objects (they vanish with
 // the session that made them) and reads its public key: the temporary key
 // of the health checker's canary.
-func sessionP256(c *pkcs11.Ctx, sh pkcs11.SessionHandle, label string) (pub, priv pkcs11.ObjectHandle, key *ecdsa.PublicKey, err error) {
+func sessionP256(c cryptoki, sh pkcs11.SessionHandle, label string) (pub, priv pkcs11.ObjectHandle, key *ecdsa.PublicKey, err error) {
 	return ecKeyPair(c, sh, "P-256", label, nil)
 }
 
 // ecKeyPair makes a signing key pair on curve and reads its public key:
 // session objects when id is nil, token objects with CKA_ID id otherwise.
-func ecKeyPair(c *pkcs11.Ctx, sh pkcs11.SessionHandle, curve, label string, id []byte) (pub, priv pkcs11.ObjectHandle, key *ecdsa.PublicKey, err error) {
+func ecKeyPair(c cryptoki, sh pkcs11.SessionHandle, curve, label string, id []byte) (pub, priv pkcs11.ObjectHandle, key *ecdsa.PublicKey, err error) {
 	token := id != nil
 	pubT := []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_TOKEN, token), pkcs11.NewAttribute(pkcs11.CKA_VERIFY, true),
 		pkcs11.NewAttribute(pkcs11.CKA_EC_PARAMS, curveOIDs[curve]), pkcs11.NewAttribute(pkcs11.CKA_LABEL, label)}
@@ -52,7 +52,7 @@ func ecKeyPair(c *pkcs11.Ctx, sh pkcs11.SessionHandle, curve, label string, id [
 // token objects under label with a random CKA_ID (token is then true).
 // destroy removes the pair on the session given; the caller calls it before
 // sh closes, or, for token objects, on another session later.
-func scratchEC(c *pkcs11.Ctx, sh pkcs11.SessionHandle, curve, label string) (priv pkcs11.ObjectHandle, key *ecdsa.PublicKey, token bool,
+func scratchEC(c cryptoki, sh pkcs11.SessionHandle, curve, label string) (priv pkcs11.ObjectHandle, key *ecdsa.PublicKey, token bool,
 	destroy func(pkcs11.SessionHandle), err error) {
 	pub, priv, key, err := ecKeyPair(c, sh, curve, label, nil)
 	if err != nil && refusedAttribute(err) {
@@ -69,7 +69,7 @@ func scratchEC(c *pkcs11.Ctx, sh pkcs11.SessionHandle, curve, label string) (pri
 
 // destroyObjects destroys objects on sh. A token object that sh cannot
 // destroy is tried once more on a session of its own.
-func destroyObjects(c *pkcs11.Ctx, sh pkcs11.SessionHandle, hs ...pkcs11.ObjectHandle) {
+func destroyObjects(c cryptoki, sh pkcs11.SessionHandle, hs ...pkcs11.ObjectHandle) {
 	var left []pkcs11.ObjectHandle
 	for _, h := range hs {
 		if err := c.DestroyObject(sh, h); err != nil {
@@ -95,11 +95,8 @@ func destroyObjects(c *pkcs11.Ctx, sh pkcs11.SessionHandle, hs ...pkcs11.ObjectH
 
 // signECDSA signs digest with priv on sh (CKM_ECDSA) and reports whether
 // the signature verifies with key in Go; err is the token's failure.
-func signECDSA(c *pkcs11.Ctx, sh pkcs11.SessionHandle, priv pkcs11.ObjectHandle, key *ecdsa.PublicKey, digest []byte) (bool, error) {
-	if err := c.SignInit(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_ECDSA, nil)}, priv); err != nil {
-		return false, err
-	}
-	raw, err := c.Sign(sh, digest)
+func signECDSA(c cryptoki, sh pkcs11.SessionHandle, priv pkcs11.ObjectHandle, key *ecdsa.PublicKey, digest []byte) (bool, error) {
+	raw, _, err := c.Crypt(sh, useSign, callMech{Code: pkcs11.CKM_ECDSA}, priv, digest)
 	if err != nil {
 		return false, err
 	}

@@ -15,10 +15,12 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/miekg/pkcs11"
 
 	"github.com/keygrid/keygrid-hsm/internal/alg"
+	"github.com/keygrid/keygrid-hsm/internal/duration"
 	"github.com/keygrid/keygrid-hsm/internal/kgerr"
 	"github.com/keygrid/keygrid-hsm/internal/provider"
 	"github.com/keygrid/keygrid-hsm/internal/provider/providertest"
@@ -224,10 +226,7 @@ func TestConcurrentSigningOverSmallPool(t *testing.T) {
 					if err != nil {
 						return err
 					}
-					if err := p.mod.ctx.SignInit(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_ECDSA, nil)}, h); err != nil {
-						return err
-					}
-					sig, err = p.mod.ctx.Sign(sh, d)
+					sig, _, err = p.mod.ctx.Crypt(sh, useSign, callMech{Code: pkcs11.CKM_ECDSA}, h, d)
 					return err
 				})
 				if err != nil {
@@ -349,14 +348,24 @@ func TestTwoInstancesShareModule(t *testing.T) {
 	}
 }
 
-// The provider conformance suite, on a fresh SoftHSM2 token.
+// The provider conformance suite, on a fresh SoftHSM2 token, with the
+// module in a host process (the default) and in this process.
 func TestConformance(t *testing.T) {
 	testbed.ProcessSoftHSM(t)
-	providertest.Run(t, func(t *testing.T) provider.Provider {
-		p, err := Open(context.Background(), "hsm", TypePKCS11, testConfig(t, 8), slog.New(slog.DiscardHandler))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return p
-	})
+	for _, isolation := range []string{IsolationProcess, IsolationInProcess} {
+		t.Run(isolation, func(t *testing.T) {
+			providertest.Run(t, func(t *testing.T) provider.Provider {
+				c := testConfig(t, 8)
+				c.Isolation = isolation
+				// RSA-3072 and -4096 generation on a loaded 2-core machine
+				// can take longer than the default 5 s.
+				c.OperationTimeout = duration.Duration(30 * time.Second)
+				p, err := Open(context.Background(), "hsm", TypePKCS11, c, slog.New(slog.DiscardHandler))
+				if err != nil {
+					t.Fatal(err)
+				}
+				return p
+			})
+		})
+	}
 }

@@ -118,8 +118,8 @@ type mechanism struct {
 	// the flags of uses.
 	mech mech
 	uses use
-	// params builds the mechanism parameters of one call (nil: none).
-	params func(a alg.Info, c args) (any, error)
+	// params sets the mechanism parameters of one call (nil: none).
+	params func(a alg.Info, c args, m *callMech)
 	// input checks the request's bytes and shapes them into what the token
 	// is given (nil: as they are).
 	input func(a alg.Info, in []byte) ([]byte, error)
@@ -254,13 +254,13 @@ var (
 
 // pssParams: the algorithm's hash, MGF1 with the same hash, salt as long as
 // the hash.
-func pssParams(a alg.Info, _ args) (any, error) {
-	return pkcs11.NewPSSParams(hashMech[a.Hash], mgfMech[a.Hash], uint(a.Hash.Size())), nil
+func pssParams(a alg.Info, _ args, m *callMech) {
+	m.Kind, m.Raw = paramsRaw, pkcs11.NewPSSParams(hashMech[a.Hash], mgfMech[a.Hash], uint(a.Hash.Size()))
 }
 
 // oaepParams: one hash for OAEP and MGF1, no label.
-func oaepParams(a alg.Info, _ args) (any, error) {
-	return pkcs11.NewOAEPParams(hashMech[a.Hash], mgfMech[a.Hash], pkcs11.CKZ_DATA_SPECIFIED, nil), nil
+func oaepParams(a alg.Info, _ args, m *callMech) {
+	m.Kind, m.Hash, m.MGF, m.Source = paramsOAEP, hashMech[a.Hash], mgfMech[a.Hash], pkcs11.CKZ_DATA_SPECIFIED
 }
 
 const (
@@ -269,8 +269,8 @@ const (
 )
 
 // gcmParams: the call's 96-bit IV, its AAD, a 128-bit tag.
-func gcmParams(_ alg.Info, c args) (any, error) {
-	return pkcs11.NewGCMParams(c.iv, c.aad, gcmTagBits), nil
+func gcmParams(_ alg.Info, c args, m *callMech) {
+	m.Kind, m.IV, m.AAD, m.TagBits = paramsGCM, c.iv, c.aad, gcmTagBits
 }
 
 // digest checks that the input is a digest of the algorithm's hash.
@@ -286,38 +286,13 @@ func digestInfo(a alg.Info, in []byte) ([]byte, error) {
 	return alg.DigestInfo(a.Hash, in)
 }
 
-// built is the mechanism of one call.
-type built struct {
-	mechs  []*pkcs11.Mechanism
-	params any
-}
-
 // build makes the mechanism of one call of m for a.
-func (m mechanism) build(a alg.Info, c args) (built, error) {
-	var params any
+func (m mechanism) build(a alg.Info, c args) callMech {
+	cm := callMech{Code: m.mech.code}
 	if m.params != nil {
-		var err error
-		if params, err = m.params(a, c); err != nil {
-			return built{}, err
-		}
+		m.params(a, c, &cm)
 	}
-	return built{mechs: []*pkcs11.Mechanism{pkcs11.NewMechanism(m.mech.code, params)}, params: params}, nil
-}
-
-// free releases the C memory of the parameters (AES-GCM's).
-func (b built) free() {
-	if g, ok := b.params.(*pkcs11.GCMParams); ok {
-		g.Free()
-	}
-}
-
-// iv is the IV to record after an AES-GCM encryption sent with IV sent.
-func (b built) iv(sent []byte) []byte {
-	g, ok := b.params.(*pkcs11.GCMParams)
-	if !ok {
-		return nil
-	}
-	return gcmNonce(sent, g.IV())
+	return cm
 }
 
 // gcmNonce chooses the IV to record: the one in the parameters after the
