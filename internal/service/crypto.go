@@ -437,7 +437,7 @@ func (s *Service) PublicKey(ctx context.Context, ref string, n int) (out *Public
 	if err != nil {
 		return nil, err
 	}
-	if k.KeyType == string(alg.AES) {
+	if alg.Secret(alg.KeyType(k.KeyType)) {
 		return nil, kgerr.Invalid(fmt.Sprintf("key %q is a secret key: it has no public key", k.Name))
 	}
 	v, err := version(k, n)

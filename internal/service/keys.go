@@ -189,7 +189,7 @@ func (s *Service) findMaterial(ctx context.Context, p provider.Provider, k *stor
 		return provider.CreatedKey{}, false, err
 	}
 	created := provider.CreatedKey{Ref: ref}
-	if k.KeyType != string(alg.AES) {
+	if !alg.Secret(alg.KeyType(k.KeyType)) {
 		if created.PublicKey, err = p.PublicKey(ctx, ref); err != nil {
 			return provider.CreatedKey{}, false, err
 		}

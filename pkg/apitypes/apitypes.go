@@ -19,6 +19,7 @@ const (
 	CodeKeyAlreadyExists     ErrorCode = "KEY_ALREADY_EXISTS"
 	CodeKeyInactive          ErrorCode = "KEY_INACTIVE"
 	CodeKeyExpired           ErrorCode = "KEY_EXPIRED"
+	CodeKeyNotExtractable    ErrorCode = "KEY_NOT_EXTRACTABLE"
 	CodeUsageNotPermitted    ErrorCode = "USAGE_NOT_PERMITTED"
 	CodeConflict             ErrorCode = "CONFLICT"
 	CodeDecryptionFailed     ErrorCode = "DECRYPTION_FAILED"
