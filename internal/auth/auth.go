@@ -66,11 +66,19 @@ const (
 	ActionWrap       Action = "wrap"
 	ActionUnwrap     Action = "unwrap"
 	ActionProviders  Action = "providers"
+	// ActionRewrap decrypts and encrypts again under the newest version;
+	// ActionRandom returns random bytes from a provider.
+	ActionRewrap Action = "rewrap"
+	ActionRandom Action = "random"
+	// ActionImport (the wrapping key and imports) and ActionExport
+	// (wrapped export of extractable keys) are admin's only by default.
+	ActionImport Action = "import"
+	ActionExport Action = "export"
 )
 
 var (
 	readActions   = []Action{ActionGet, ActionList, ActionPublicKey, ActionProviders}
-	cryptoActions = []Action{ActionSign, ActionVerify, ActionEncrypt, ActionDecrypt, ActionWrap, ActionUnwrap}
+	cryptoActions = []Action{ActionSign, ActionVerify, ActionEncrypt, ActionDecrypt, ActionWrap, ActionUnwrap, ActionRewrap, ActionRandom}
 )
 
 // Allowed returns whether role may do action at all (scope aside).

@@ -261,6 +261,11 @@ func (s *Service) Encrypt(ctx context.Context, req EncryptRequest) (out *Encrypt
 	o := s.begin(opEncrypt)
 	defer withhold(&out, &err)
 	defer s.finish(ctx, o, &err)
+	return s.encrypt(ctx, o, req)
+}
+
+// encrypt is Encrypt within operation o.
+func (s *Service) encrypt(ctx context.Context, o *op, req EncryptRequest) (*EncryptResult, error) {
 	k, a, p, err := s.prepare(ctx, o, req.Key, useEncrypt, req.Algorithm)
 	if err != nil {
 		return nil, err
@@ -313,6 +318,11 @@ func (s *Service) Decrypt(ctx context.Context, req DecryptRequest) (out *Decrypt
 	o := s.begin(opDecrypt)
 	defer withhold(&out, &err)
 	defer s.finish(ctx, o, &err)
+	return s.decrypt(ctx, o, req)
+}
+
+// decrypt is Decrypt within operation o.
+func (s *Service) decrypt(ctx context.Context, o *op, req DecryptRequest) (*DecryptResult, error) {
 	k, a, p, err := s.prepare(ctx, o, req.Key, useDecrypt, req.Algorithm)
 	if err != nil {
 		return nil, err

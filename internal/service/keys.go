@@ -57,81 +57,9 @@ func (s *Service) CreateKey(ctx context.Context, req CreateKeyRequest) (out *Key
 	defer withhold(&out, &err)
 	defer s.finish(ctx, o, &err)
 
-	if err := allow(ctx, opCreate.action); err != nil {
-		return nil, err
-	}
-	if !namePattern.MatchString(req.Name) {
-		return nil, kgerr.Invalid("name must be 1 to 128 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit")
-	}
-	provName := req.Provider
-	if provName == "" {
-		provName = s.defProv
-	}
-	p, ok := s.providers[provName]
-	if !ok {
-		return nil, kgerr.Invalid(fmt.Sprintf("provider %q is not configured (configured: %v)", provName, s.names))
-	}
-	o.provider = provName
-	if pr := CallerFrom(ctx).Auth; !pr.InScope(req.Name, provName) {
-		o.key = &store.Key{Name: req.Name, Provider: provName}
-		return nil, denied(pr, opCreate.action)
-	}
-	spec, err := alg.NewSpec(req.Spec.KeyType, req.Spec.KeySize, req.Spec.Curve)
+	k, p, err := s.newRecord(ctx, o, req)
 	if err != nil {
 		return nil, err
-	}
-	caps := p.Capabilities()
-	if err := caps.CheckSpec(spec); err != nil {
-		return nil, onProvider(provName, err)
-	}
-	usage, err := alg.ParseUsage(spec.Type, req.Spec.Usage)
-	if err != nil {
-		return nil, err
-	}
-	var a alg.Info
-	if req.Spec.Algorithm != "" {
-		if a, err = alg.Lookup(req.Spec.Algorithm); err != nil {
-			return nil, err
-		}
-		if err := alg.Compatible(spec, a); err != nil {
-			return nil, err
-		}
-	} else if a, err = alg.Lookup(string(alg.Default(spec, usage))); err != nil {
-		return nil, err
-	}
-	o.algorithm = string(a.Name)
-	if err := caps.CheckAlgorithm(a.Name); err != nil {
-		return nil, onProvider(provName, err)
-	}
-	if len(usage) == 0 {
-		usage = alg.DefaultUsage(a)
-	}
-	if !slices.ContainsFunc(alg.DefaultUsage(a), func(u alg.Usage) bool { return slices.Contains(usage, u) }) {
-		return nil, kgerr.Invalid(fmt.Sprintf("algorithm %s does not serve any of the key's usages %v", a.Name, usage))
-	}
-	if err := validateMetadata(req.Metadata); err != nil {
-		return nil, err
-	}
-	now := s.now().UTC()
-	if req.ExpiresAt != nil && !req.ExpiresAt.After(now) {
-		return nil, kgerr.Invalid("expires_at must be in the future")
-	}
-	id, err := uuid.NewV7()
-	if err != nil {
-		return nil, err
-	}
-	k := &store.Key{
-		ID: id.String(), Name: req.Name, Provider: provName, KeyType: string(spec.Type), KeySize: spec.Size,
-		Curve: spec.Curve, Algorithm: string(a.Name), Extractable: req.Spec.Extractable,
-		State: store.StatePending, Metadata: req.Metadata, CreatedAt: now, UpdatedAt: now,
-		Versions: []store.Version{{Version: 1, ObjectID: newObjectID(), State: store.StatePending, CreatedAt: now}},
-	}
-	for _, u := range usage {
-		k.Usage = append(k.Usage, string(u))
-	}
-	if req.ExpiresAt != nil {
-		t := req.ExpiresAt.UTC()
-		k.ExpiresAt = &t
 	}
 	o.key, o.version = k, 1
 	if err := s.auditReady(ctx); err != nil {
@@ -155,6 +83,88 @@ func (s *Service) CreateKey(ctx context.Context, req CreateKeyRequest) (out *Key
 		return nil, err
 	}
 	return s.view(k), nil
+}
+
+// newRecord validates a request for a new key (a create or an import) and
+// returns its pending record, not yet stored, and its provider.
+func (s *Service) newRecord(ctx context.Context, o *op, req CreateKeyRequest) (*store.Key, provider.Provider, error) {
+	if err := allow(ctx, o.op.action); err != nil {
+		return nil, nil, err
+	}
+	if !namePattern.MatchString(req.Name) {
+		return nil, nil, kgerr.Invalid("name must be 1 to 128 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit")
+	}
+	provName := req.Provider
+	if provName == "" {
+		provName = s.defProv
+	}
+	p, ok := s.providers[provName]
+	if !ok {
+		return nil, nil, kgerr.Invalid(fmt.Sprintf("provider %q is not configured (configured: %v)", provName, s.names))
+	}
+	o.provider = provName
+	if pr := CallerFrom(ctx).Auth; !pr.InScope(req.Name, provName) {
+		o.key = &store.Key{Name: req.Name, Provider: provName}
+		return nil, nil, denied(pr, o.op.action)
+	}
+	spec, err := alg.NewSpec(req.Spec.KeyType, req.Spec.KeySize, req.Spec.Curve)
+	if err != nil {
+		return nil, nil, err
+	}
+	caps := p.Capabilities()
+	if err := caps.CheckSpec(spec); err != nil {
+		return nil, nil, onProvider(provName, err)
+	}
+	usage, err := alg.ParseUsage(spec.Type, req.Spec.Usage)
+	if err != nil {
+		return nil, nil, err
+	}
+	var a alg.Info
+	if req.Spec.Algorithm != "" {
+		if a, err = alg.Lookup(req.Spec.Algorithm); err != nil {
+			return nil, nil, err
+		}
+		if err := alg.Compatible(spec, a); err != nil {
+			return nil, nil, err
+		}
+	} else if a, err = alg.Lookup(string(alg.Default(spec, usage))); err != nil {
+		return nil, nil, err
+	}
+	o.algorithm = string(a.Name)
+	if err := caps.CheckAlgorithm(a.Name); err != nil {
+		return nil, nil, onProvider(provName, err)
+	}
+	if len(usage) == 0 {
+		usage = alg.DefaultUsage(a)
+	}
+	if !slices.ContainsFunc(alg.DefaultUsage(a), func(u alg.Usage) bool { return slices.Contains(usage, u) }) {
+		return nil, nil, kgerr.Invalid(fmt.Sprintf("algorithm %s does not serve any of the key's usages %v", a.Name, usage))
+	}
+	if err := validateMetadata(req.Metadata); err != nil {
+		return nil, nil, err
+	}
+	now := s.now().UTC()
+	if req.ExpiresAt != nil && !req.ExpiresAt.After(now) {
+		return nil, nil, kgerr.Invalid("expires_at must be in the future")
+	}
+	id, err := uuid.NewV7()
+	if err != nil {
+		return nil, nil, err
+	}
+	k := &store.Key{
+		ID: id.String(), Name: req.Name, Provider: provName, KeyType: string(spec.Type), KeySize: spec.Size,
+		Curve: spec.Curve, Algorithm: string(a.Name), Extractable: req.Spec.Extractable,
+		State: store.StatePending, Metadata: req.Metadata, CreatedAt: now, UpdatedAt: now,
+		Versions: []store.Version{{Version: 1, ObjectID: newObjectID(), State: store.StatePending, CreatedAt: now}},
+	}
+	for _, u := range usage {
+		k.Usage = append(k.Usage, string(u))
+	}
+	if req.ExpiresAt != nil {
+		t := req.ExpiresAt.UTC()
+		k.ExpiresAt = &t
+	}
+	return k, p, nil
 }
 
 // makeMaterial asks the provider for a version's key material. If the call

@@ -67,7 +67,7 @@ func (p *Provider) Random(_ context.Context, n int) ([]byte, error) {
 }
 
 // wrappingFile is the keystore file of the wrapping key.
-const wrappingFile = "wrapping.key"
+const wrappingFile = "import-wrapping-key.sealed"
 
 var wrappingAAD = []byte("keygrid software wrapping key v1")
 
