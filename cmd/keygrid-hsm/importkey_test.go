@@ -68,7 +68,9 @@ func TestCLIImportExport(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("keys export: %d %s", code, errs)
 	}
-	var ex struct{ WrappedKey []byte `json:"wrapped_key"` }
+	var ex struct {
+		WrappedKey []byte `json:"wrapped_key"`
+	}
 	if err := json.Unmarshal([]byte(out), &ex); err != nil {
 		t.Fatalf("%v: %s", err, out)
 	}
