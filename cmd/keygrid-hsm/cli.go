@@ -171,6 +171,14 @@ func dispatchClient(ctx context.Context, args []string, stdin io.Reader, stdout,
 		return cmdHealth(ctx, args[1:], stdin, stdout, stderr)
 	case "xks":
 		return cmdXKS(ctx, args[1:], stdin, stdout, stderr)
+	case "csr":
+		return cmdCSR(ctx, args[1:], stdin, stdout, stderr)
+	case "cert":
+		return cmdCert(ctx, args[1:], stdin, stdout, stderr)
+	case "jwt":
+		return cmdJWT(ctx, args[1:], stdin, stdout, stderr)
+	case "jwks":
+		return cmdJWKS(ctx, args[1:], stdin, stdout, stderr)
 	}
 	return fmt.Errorf("unknown command %q (run keygrid-hsm help)", args[0])
 }
@@ -180,7 +188,7 @@ func cmdKeys(ctx context.Context, sub string, args []string, stdin io.Reader, st
 	var (
 		name, prov, keyType, curve, algorithm, usage, expires, metadata, state, pageToken, format, in string
 		size, limit, version                                                                          int
-		extractable, all                                                                              bool
+		extractable, all, publish                                                                     bool
 	)
 	switch sub {
 	case "create":
@@ -194,6 +202,7 @@ func cmdKeys(ctx context.Context, sub string, args []string, stdin io.Reader, st
 		c.fs.BoolVar(&extractable, "extractable", false, "make the key extractable (exportable, wrapped, with keys export)")
 		c.fs.StringVar(&expires, "expires-at", "", "expiry time, RFC 3339")
 		c.fs.StringVar(&metadata, "metadata", "", "comma-separated k=v pairs")
+		c.fs.BoolVar(&publish, "publish-jwks", false, "list the key in the unauthenticated /.well-known/jwks.json")
 	case "import":
 		c.fs.StringVar(&name, "name", "", "key name (required)")
 		c.fs.StringVar(&prov, "provider", "", "provider (required: its wrapping key wraps the material)")
@@ -248,7 +257,7 @@ func cmdKeys(ctx context.Context, sub string, args []string, stdin io.Reader, st
 		return c.printKeys([]apitypes.Key{*k})
 	case "create":
 		req := apitypes.CreateKeyRequest{Provider: prov, Name: name, KeySpec: apitypes.KeySpec{
-			KeyType: keyType, KeySize: size, Curve: curve, Algorithm: algorithm, Extractable: extractable}}
+			KeyType: keyType, KeySize: size, Curve: curve, Algorithm: algorithm, Extractable: extractable}, PublishJWKS: publish}
 		if usage != "" {
 			req.KeySpec.Usage = strings.Split(usage, ",")
 		}

@@ -39,6 +39,11 @@ Server:
 Client (talks to a running server: --server URL or KEYGRID_ADDR):
   keys create|list|get|delete|activate|deactivate|rotate|public
   sign | verify | encrypt | decrypt | wrap | unwrap
+  csr KEY      a PKCS#10 request signed by the key (--cn, --org, --dns, --ip, --email, --uri, --out)
+  cert issue CA-KEY   a certificate from the key (--csr FILE | --self-signed --cn … | --public-key FILE; --validity 720h, --ca, …)
+  cert attach KEY CHAIN.pem | cert get KEY   the certificate chain of the key's version
+  jwt sign KEY        a JWT (--claim sub=…, --exp 15m, --header k=v)
+  jwks KEY | jwks --published   a key's JWKS, or the server's /.well-known/jwks.json
   providers    list providers and what they can do
   health       check the server's liveness and readiness
   bench        load-test a running server (--op, --key, --concurrency, --duration)

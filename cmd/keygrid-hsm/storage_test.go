@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -42,11 +43,12 @@ func openStoreOf(t *testing.T, cfgPath string) store.Store {
 func TestMigrateBackupRestore(t *testing.T) {
 	ctx := context.Background()
 	src := gatewayConfig(t)
+	latest := latestSchemaVersion(t)
 	code, out, errOut := cliRun("", "migrate", "--config", src)
-	if code != 0 || !strings.HasPrefix(out, "schema version 1 (sqlite ") {
+	if code != 0 || !strings.HasPrefix(out, fmt.Sprintf("schema version %d (sqlite ", latest)) {
 		t.Fatalf("migrate: %d %q %q", code, out, errOut)
 	}
-	if code, out, _ := cliRun("", "migrate", "--config", src); code != 0 || !strings.HasPrefix(out, "schema version 1 ") {
+	if code, out, _ := cliRun("", "migrate", "--config", src); code != 0 || !strings.HasPrefix(out, fmt.Sprintf("schema version %d ", latest)) {
 		t.Fatalf("second migrate: %d %q", code, out)
 	}
 	st := openStoreOf(t, src)
@@ -80,7 +82,7 @@ func TestMigrateBackupRestore(t *testing.T) {
 		Header *store.BackupHeader `json:"header"`
 	}
 	if err := json.Unmarshal(sc.Bytes(), &first); err != nil || first.Header == nil || first.Header.Format != store.BackupFormat ||
-		first.Header.Driver != "sqlite" || first.Header.SchemaVersion != 1 {
+		first.Header.Driver != "sqlite" || first.Header.SchemaVersion != latest {
 		t.Fatalf("backup header: %s (%v)", sc.Bytes(), err)
 	}
 	f.Close()
@@ -139,4 +141,15 @@ func TestStorageCommandsRefuseBadUse(t *testing.T) {
 	if code, _, errOut := cliRun("", "restore", "--config", cfg, "--in", bad); code == 0 || !strings.Contains(errOut, "nothing was restored") {
 		t.Fatalf("restore of a truncated backup: %d %q", code, errOut)
 	}
+}
+
+// latestSchemaVersion is the schema version this binary migrates to.
+func latestSchemaVersion(t *testing.T) int {
+	t.Helper()
+	s, err := store.OpenSQLite(context.Background(), filepath.Join(t.TempDir(), "latest.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	return s.(store.Migrator).LatestSchemaVersion()
 }

@@ -11,10 +11,11 @@ import (
 )
 
 // protected reports whether a request needs a credential: everything but
-// /health, and /ready and /metrics unless configured to.
+// /health and the published JWKS, and /ready and /metrics unless
+// configured to.
 func (a *API) protected(r *http.Request) bool {
 	switch r.URL.Path {
-	case "/health":
+	case "/health", wellKnownJWKS:
 		return false
 	case "/ready":
 		return a.protectReady

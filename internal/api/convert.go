@@ -14,7 +14,7 @@ import (
 // service's own: the only place that knows both.
 
 func createKeyRequest(r apitypes.CreateKeyRequest) service.CreateKeyRequest {
-	return service.CreateKeyRequest{Provider: r.Provider, Name: r.Name, Metadata: r.Metadata, ExpiresAt: r.ExpiresAt,
+	return service.CreateKeyRequest{Provider: r.Provider, Name: r.Name, Metadata: r.Metadata, ExpiresAt: r.ExpiresAt, PublishJWKS: r.PublishJWKS,
 		Spec: service.KeySpec{KeyType: r.KeySpec.KeyType, KeySize: r.KeySpec.KeySize, Curve: r.KeySpec.Curve,
 			Algorithm: r.KeySpec.Algorithm, Usage: r.KeySpec.Usage, Extractable: r.KeySpec.Extractable}}
 }
@@ -23,7 +23,7 @@ func keyOut(k *service.Key) *apitypes.Key {
 	out := &apitypes.Key{
 		ID: k.ID, Name: k.Name, Provider: k.Provider, KeyType: k.KeyType, KeySize: k.KeySize, Curve: k.Curve,
 		Algorithm: k.Algorithm, Usage: k.Usage, Extractable: k.Extractable, State: k.State, Version: k.Version,
-		Metadata: k.Metadata, CreatedAt: k.CreatedAt, UpdatedAt: k.UpdatedAt, ExpiresAt: k.ExpiresAt,
+		Metadata: k.Metadata, CreatedAt: k.CreatedAt, UpdatedAt: k.UpdatedAt, ExpiresAt: k.ExpiresAt, PublishJWKS: k.PublishJWKS,
 	}
 	if out.Usage == nil {
 		out.Usage = []string{}

@@ -30,6 +30,12 @@ var bodySeeds = []string{
 	`{}`, ``, `null`, `[]`, `{"data":null}`, `{"data":"!!"}`, `{"data":"aGVsbG8="}{}`, `{"x":1}`,
 	`{"metadata":{"a":[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]}}`, `{"data":"\u0000\ud800"}`, `{"key_version":1e400}`,
 	`{"key_version":-1}`, `{"name":"` + strings.Repeat("é", 200) + `"}`, `{"expires_at":"yesterday"}`,
+	`{"subject":{"common_name":"a","organization":["b"]},"dns_names":["a.example"],"ip_addresses":["192.0.2.1"]}`,
+	`{"csr":"-----BEGIN CERTIFICATE REQUEST-----\nMIIB\n-----END CERTIFICATE REQUEST-----\n","validity":"720h","is_ca":true,"max_path_len":0}`,
+	`{"self_signed":true,"subject":{"common_name":"r"},"not_after":"2031-01-01T00:00:00Z","key_usage":["cert_sign"]}`,
+	`{"chain":"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"}`,
+	`{"claims":{"sub":"a","n":1,"x":[1,{"y":null}]},"header":{"typ":"at+jwt"},"expires_in":"15m"}`,
+	`{"payload":"aGVsbG8=","detached":true}`,
 }
 
 // requestTypes are the body types of the routes, by route name.
@@ -42,6 +48,11 @@ var requestTypes = map[string]func() any{
 	"wrap":    func() any { return new(apitypes.WrapRequest) },
 	"unwrap":  func() any { return new(apitypes.UnwrapRequest) },
 	"state":   func() any { return new(struct{}) }, // activate, deactivate, rotate
+	"csr":     func() any { return new(apitypes.CSRRequest) },
+	"issue":   func() any { return new(apitypes.IssueCertificateRequest) },
+	"attach":  func() any { return new(apitypes.AttachChainRequest) },
+	"jwt":     func() any { return new(apitypes.JWTRequest) },
+	"jws":     func() any { return new(apitypes.JWSRequest) },
 }
 
 // FuzzDecodeRequest decodes arbitrary bodies into the request type of each
@@ -137,5 +148,28 @@ func FuzzRoutes(f *testing.F) {
 				t.Fatalf("%s %s: error body %s (status %d)", r.method, r.path, out, code)
 			}
 		}
+	})
+}
+
+// FuzzPEMInputs feeds arbitrary text to the PEM translations of the
+// certificate routes: they never panic and fail only with INVALID_INPUT.
+func FuzzPEMInputs(f *testing.F) {
+	for _, s := range []string{"", "not pem", "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+		"-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\ntrailing",
+		"-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEA\n-----END PUBLIC KEY-----\n", "-----BEGIN PRIVATE KEY-----\nAA==\n-----END PRIVATE KEY-----\n"} {
+		f.Add(s, "720h")
+	}
+	f.Fuzz(func(t *testing.T, text, validity string) {
+		check := func(what string, err error) {
+			if err != nil && kgerr.KindOf(err) != kgerr.KindInvalidInput {
+				t.Fatalf("%s: %v (kind %s), want INVALID_INPUT", what, err, kgerr.KindOf(err))
+			}
+		}
+		_, err := chainIn("k", apitypes.AttachChainRequest{Chain: text})
+		check("chain", err)
+		_, err = issueRequest("k", apitypes.IssueCertificateRequest{CSR: text, PublicKey: text, Validity: validity})
+		check("issue", err)
+		_, err = jwtRequest("k", apitypes.JWTRequest{Claims: map[string]any{}, ExpiresIn: validity})
+		check("jwt", err)
 	})
 }

@@ -199,7 +199,7 @@ func keyOp[Wire, Req, Res, WireRes any](a *API, in func(key string, w Wire) (Req
 // wrong method (405 with Allow).
 func (a *API) notFound(w http.ResponseWriter, r *http.Request) {
 	var allow []string
-	for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodDelete} {
+	for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodPut, http.MethodDelete} {
 		r2 := r.Clone(r.Context())
 		r2.Method = m
 		if _, p := a.mux.Handler(r2); p != "/" && p != "" {

@@ -30,6 +30,15 @@ type Service interface {
 	Decrypt(ctx context.Context, req service.DecryptRequest) (*service.DecryptResult, error)
 	Wrap(ctx context.Context, req service.WrapRequest) (*service.WrapResult, error)
 	Unwrap(ctx context.Context, req service.UnwrapRequest) (*service.UnwrapResult, error)
+	CreateCSR(ctx context.Context, req service.CSRRequest) (*service.CSRResult, error)
+	IssueCertificate(ctx context.Context, req service.IssueCertificateRequest) (*service.CertificateResult, error)
+	AttachChain(ctx context.Context, req service.AttachChainRequest) (*service.ChainResult, error)
+	GetChain(ctx context.Context, ref string, version int) (*service.ChainResult, error)
+	KeyJWKS(ctx context.Context, ref string) ([]service.JWK, error)
+	// PublishedJWKS needs no principal (/.well-known/jwks.json).
+	PublishedJWKS(ctx context.Context) ([]service.JWK, error)
+	SignJWT(ctx context.Context, req service.JWTRequest) (*service.TokenResult, error)
+	SignJWS(ctx context.Context, req service.JWSRequest) (*service.TokenResult, error)
 	Providers(ctx context.Context) []service.ProviderInfo
 	ProviderHealth(ctx context.Context, name string) (*service.ProviderHealth, error)
 	Ready(ctx context.Context) (bool, []service.ProviderStatus)
@@ -120,6 +129,15 @@ func (a *API) routes() {
 	m.HandleFunc("POST /api/v1/keys/{key}/rewrap", keyOp(a, rewrapRequest, a.svc.Rewrap, encryptOut))
 	m.HandleFunc("POST /api/v1/keys/{key}/mac", a.serveKeyOp(a.ops["mac"]))
 	m.HandleFunc("POST /api/v1/keys/{key}/verify-mac", a.serveKeyOp(a.ops["verify-mac"]))
+
+	m.HandleFunc("POST /api/v1/keys/{key}/csr", keyOp(a, csrRequest, a.svc.CreateCSR, csrOut))
+	m.HandleFunc("POST /api/v1/keys/{key}/certificate/issue", keyOp(a, issueRequest, a.svc.IssueCertificate, certificateOut))
+	m.HandleFunc("PUT /api/v1/keys/{key}/certificate", keyOp(a, chainIn, a.svc.AttachChain, chainOut))
+	m.HandleFunc("GET /api/v1/keys/{key}/certificate", a.getChain)
+	m.HandleFunc("GET /api/v1/keys/{key}/jwks", a.keyJWKS)
+	m.HandleFunc("POST /api/v1/keys/{key}/jwt", keyOp(a, jwtRequest, a.svc.SignJWT, tokenOut))
+	m.HandleFunc("POST /api/v1/keys/{key}/jws", keyOp(a, jwsRequest, a.svc.SignJWS, tokenOut))
+	m.HandleFunc("GET "+wellKnownJWKS, a.publishedJWKS)
 
 	m.HandleFunc("/", a.notFound)
 }

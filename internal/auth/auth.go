@@ -74,11 +74,21 @@ const (
 	// (wrapped export of extractable keys) are admin's only by default.
 	ActionImport Action = "import"
 	ActionExport Action = "export"
+	// Certificates and tokens (every one of them also signs, and so also
+	// needs ActionSign, except attaching and reading chains and JWKS).
+	ActionCSR               Action = "csr"
+	ActionIssueCertificate  Action = "issue_certificate"
+	ActionAttachCertificate Action = "attach_certificate"
+	ActionGetCertificate    Action = "get_certificate"
+	ActionJWKS              Action = "jwks"
+	ActionSignJWT           Action = "sign_jwt"
+	ActionSignJWS           Action = "sign_jws"
 )
 
 var (
-	readActions   = []Action{ActionGet, ActionList, ActionPublicKey, ActionProviders}
-	cryptoActions = []Action{ActionSign, ActionVerify, ActionEncrypt, ActionDecrypt, ActionWrap, ActionUnwrap, ActionRewrap, ActionRandom}
+	readActions   = []Action{ActionGet, ActionList, ActionPublicKey, ActionProviders, ActionGetCertificate, ActionJWKS}
+	cryptoActions = []Action{ActionSign, ActionVerify, ActionEncrypt, ActionDecrypt, ActionWrap, ActionUnwrap,
+		ActionCSR, ActionIssueCertificate, ActionSignJWT, ActionSignJWS, ActionRewrap, ActionRandom}
 )
 
 // Allowed returns whether role may do action at all (scope aside).

@@ -730,7 +730,7 @@ func testReplicasBackupRestore(t *testing.T, b *replicaBed) {
 	fresh := b.pg.NewDatabase(t)
 	cfg := b.writeConfig(t)
 	out, err = b.run(t, cfg, fresh, "migrate")
-	if err != nil || !strings.HasPrefix(out, "schema version 1 (postgres postgres://keygrid@127.0.0.1:") || strings.Contains(out, dsnPassword(fresh)) {
+	if err != nil || !strings.HasPrefix(out, fmt.Sprintf("schema version %d (postgres postgres://keygrid@127.0.0.1:", latestSchemaVersion(t))) || strings.Contains(out, dsnPassword(fresh)) {
 		t.Fatalf("migrate: %v %q", err, out)
 	}
 	out, err = b.run(t, cfg, fresh, "restore", "--in", file)
@@ -823,4 +823,16 @@ func TestReconcileDestroysHalfAKeyPair(t *testing.T) {
 	if objs := tokenObjects(t, prefix); len(objs) != 0 {
 		t.Fatalf("token objects left: %+v", objs)
 	}
+}
+
+// latestSchemaVersion is the schema version this binary migrates to (the
+// same on both databases).
+func latestSchemaVersion(t *testing.T) int {
+	t.Helper()
+	s, err := store.OpenSQLite(context.Background(), filepath.Join(t.TempDir(), "latest.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	return s.(store.Migrator).LatestSchemaVersion()
 }

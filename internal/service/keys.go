@@ -115,6 +115,9 @@ func (s *Service) newRecord(ctx context.Context, o *op, req CreateKeyRequest) (*
 	if err := caps.CheckSpec(spec); err != nil {
 		return nil, nil, onProvider(provName, err)
 	}
+	if req.PublishJWKS && alg.Secret(spec.Type) {
+		return nil, nil, kgerr.Invalid(fmt.Sprintf("publish_jwks: a %s key has no public key to publish", spec.Type))
+	}
 	usage, err := alg.ParseUsage(spec.Type, req.Spec.Usage)
 	if err != nil {
 		return nil, nil, err
@@ -154,7 +157,7 @@ func (s *Service) newRecord(ctx context.Context, o *op, req CreateKeyRequest) (*
 	k := &store.Key{
 		ID: id.String(), Name: req.Name, Provider: provName, KeyType: string(spec.Type), KeySize: spec.Size,
 		Curve: spec.Curve, Algorithm: string(a.Name), Extractable: req.Spec.Extractable,
-		State: store.StatePending, Metadata: req.Metadata, CreatedAt: now, UpdatedAt: now,
+		State: store.StatePending, Metadata: req.Metadata, CreatedAt: now, UpdatedAt: now, PublishJWKS: req.PublishJWKS,
 		Versions: []store.Version{{Version: 1, ObjectID: newObjectID(), State: store.StatePending, CreatedAt: now}},
 	}
 	for _, u := range usage {
@@ -470,7 +473,7 @@ func (s *Service) view(k *store.Key) *Key {
 		ID: k.ID, Name: k.Name, Provider: k.Provider, KeyType: k.KeyType, KeySize: k.KeySize, Curve: k.Curve,
 		Algorithm: k.Algorithm, Usage: append([]string{}, k.Usage...), Extractable: k.Extractable,
 		State: string(k.State), Metadata: k.Metadata, CreatedAt: k.CreatedAt, UpdatedAt: k.UpdatedAt,
-		ExpiresAt: k.ExpiresAt,
+		ExpiresAt: k.ExpiresAt, PublishJWKS: k.PublishJWKS,
 	}
 	if c := k.Current(); c != nil {
 		out.Version = c.Version

@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"sort"
 	"sync"
 	"time"
@@ -192,6 +193,9 @@ type op struct {
 	version   int
 	provider  string
 	algorithm string
+	// attrs are facts of the operation for its audit record (an issued
+	// certificate's serial and subject); never a secret.
+	attrs map[string]string
 }
 
 func (s *Service) begin(o operation) *op { return &op{op: o, start: s.now()} }
@@ -216,6 +220,12 @@ func (s *Service) finish(ctx context.Context, o *op, errp *error) {
 		if e.Provider == "" {
 			e.Provider = o.key.Provider
 		}
+	}
+	if len(o.attrs) > 0 {
+		m := make(map[string]string, len(e.Attributes)+len(o.attrs))
+		maps.Copy(m, e.Attributes)
+		maps.Copy(m, o.attrs)
+		e.Attributes = m
 	}
 	if *errp != nil {
 		c.fail(&e, *errp)

@@ -45,6 +45,14 @@ var (
 	opDataKey     = operation{"generate_data_key", auth.ActionEncrypt}
 	opRewrap      = operation{"rewrap", auth.ActionRewrap}
 	opRandom      = operation{"random", auth.ActionRandom}
+
+	opCSR              = operation{"csr", auth.ActionCSR}
+	opIssueCertificate = operation{"issue_certificate", auth.ActionIssueCertificate}
+	opAttachChain      = operation{"attach_certificate", auth.ActionAttachCertificate}
+	opGetChain         = operation{"get_certificate", auth.ActionGetCertificate}
+	opJWKS             = operation{"jwks", auth.ActionJWKS}
+	opSignJWT          = operation{"sign_jwt", auth.ActionSignJWT}
+	opSignJWS          = operation{"sign_jws", auth.ActionSignJWS}
 )
 
 // KeySpec describes the key to create. Sizes and curves follow alg.NewSpec;
@@ -65,6 +73,9 @@ type CreateKeyRequest struct {
 	Spec      KeySpec
 	Metadata  map[string]string
 	ExpiresAt *time.Time
+	// PublishJWKS lists the key's public versions in the unauthenticated
+	// /.well-known/jwks.json.
+	PublishJWKS bool
 }
 
 // Key is the service's view of a managed key.
@@ -87,6 +98,8 @@ type Key struct {
 	CreatedAt time.Time
 	UpdatedAt time.Time
 	ExpiresAt *time.Time
+	// PublishJWKS: the key is in /.well-known/jwks.json.
+	PublishJWKS bool
 }
 
 // KeyVersion is one version of a key. ProviderRef names its material in
@@ -295,6 +308,143 @@ type ProviderStatus struct {
 	Type    string
 	Healthy bool
 	State   string
+}
+
+// Subject is an X.509 distinguished name.
+type Subject struct {
+	CommonName         string
+	Organization       []string
+	OrganizationalUnit []string
+	Country            []string
+	Province           []string
+	Locality           []string
+	StreetAddress      []string
+	PostalCode         []string
+	SerialNumber       string
+}
+
+// AltNames are a certificate's subject alternative names, as text (the
+// service parses and checks them).
+type AltNames struct {
+	DNSNames       []string
+	IPAddresses    []string
+	EmailAddresses []string
+	URIs           []string
+}
+
+// CSRRequest asks for a PKCS#10 certificate signing request signed by the
+// current version of a key (Algorithm: the key's default signature
+// algorithm when empty).
+type CSRRequest struct {
+	Key       string
+	Algorithm string
+	Subject   Subject
+	AltNames  AltNames
+}
+
+// CSRResult is the request, DER.
+type CSRResult struct {
+	CSR        []byte
+	Algorithm  string
+	KeyID      string
+	KeyVersion int
+}
+
+// IssueCertificateRequest asks the key (the issuer) to sign a certificate.
+// The subject and its public key come from CSR (DER, its signature
+// checked) or from Subject, AltNames and PublicKey (DER
+// SubjectPublicKeyInfo); with SelfSigned, the key certifies its own public
+// key under Subject. Validity is a duration from now, or NotBefore (default
+// now) and NotAfter.
+type IssueCertificateRequest struct {
+	Key        string
+	Algorithm  string
+	SelfSigned bool
+	CSR        []byte
+	Subject    *Subject
+	AltNames   AltNames
+	PublicKey  []byte
+	Validity   time.Duration
+	NotBefore  *time.Time
+	NotAfter   *time.Time
+	IsCA       bool
+	// MaxPathLen constrains a CA certificate (nil: no constraint, or one
+	// below the issuer's when the issuer has one).
+	MaxPathLen            *int
+	KeyUsage              []string
+	ExtKeyUsage           []string
+	CRLDistributionPoints []string
+	OCSPServers           []string
+}
+
+// CertificateResult is an issued certificate, DER, and its serial number
+// (lower-case hex).
+type CertificateResult struct {
+	Certificate []byte
+	Serial      string
+	Algorithm   string
+	KeyID       string
+	KeyVersion  int
+}
+
+// AttachChainRequest attaches a certificate chain (DER certificates, leaf
+// first) to the current version of a key.
+type AttachChainRequest struct {
+	Key   string
+	Chain [][]byte
+}
+
+// ChainResult is the chain of one version, DER certificates, leaf first.
+type ChainResult struct {
+	Chain      [][]byte
+	KeyID      string
+	KeyVersion int
+}
+
+// JWK is one public key of a JWKS: a version of a key.
+type JWK struct {
+	// KID is "<key id>.<version>".
+	KID        string
+	KeyID      string
+	KeyVersion int
+	Key        crypto.PublicKey
+	// Algorithm is the JOSE algorithm; Use "sig" or "enc".
+	Algorithm string
+	Use       string
+	// Chain is the version's certificate chain (DER, leaf first), if any.
+	Chain [][]byte
+}
+
+// JWTRequest asks for a JWT signed by the current version of a key. With
+// ExpiresIn, "iat" and "exp" are set (and must not be in Claims); with
+// IssuedAt, "iat" is. Header adds protected header parameters ("typ"
+// defaults to "JWT"; "alg", "kid" and "crit" are the gateway's).
+type JWTRequest struct {
+	Key       string
+	Algorithm string
+	Claims    map[string]any
+	Header    map[string]any
+	ExpiresIn time.Duration
+	IssuedAt  bool
+}
+
+// JWSRequest asks for a compact JWS over Payload; Detached leaves the
+// payload out of the serialization.
+type JWSRequest struct {
+	Key       string
+	Algorithm string
+	Payload   []byte
+	Header    map[string]any
+	Detached  bool
+}
+
+// TokenResult is a compact JWS (a JWT for JWTRequest).
+type TokenResult struct {
+	Token      string
+	KID        string
+	Algorithm  string
+	KeyID      string
+	KeyVersion int
 }
 
 // WrappingKeyInfo is a provider's import wrapping key.

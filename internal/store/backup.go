@@ -76,26 +76,28 @@ type backupKey struct {
 	CreatedAt   time.Time         `json:"created_at"`
 	UpdatedAt   time.Time         `json:"updated_at"`
 	ExpiresAt   *time.Time        `json:"expires_at,omitempty"`
+	PublishJWKS bool              `json:"publish_jwks,omitempty"`
 	Revision    int64             `json:"revision"`
 	Versions    []backupVersion   `json:"versions"`
 }
 
 type backupVersion struct {
-	Version     int       `json:"version"`
-	ObjectID    string    `json:"object_id"`
-	ProviderRef string    `json:"provider_ref,omitempty"`
-	PublicKey   []byte    `json:"public_key,omitempty"` // DER SubjectPublicKeyInfo
-	State       State     `json:"state"`
-	CreatedAt   time.Time `json:"created_at"`
+	Version          int       `json:"version"`
+	ObjectID         string    `json:"object_id"`
+	ProviderRef      string    `json:"provider_ref,omitempty"`
+	PublicKey        []byte    `json:"public_key,omitempty"`        // DER SubjectPublicKeyInfo
+	CertificateChain []byte    `json:"certificate_chain,omitempty"` // PEM, leaf first
+	State            State     `json:"state"`
+	CreatedAt        time.Time `json:"created_at"`
 }
 
 func toBackup(k *Key) *backupKey {
 	b := &backupKey{ID: k.ID, Name: k.Name, Provider: k.Provider, KeyType: k.KeyType, KeySize: k.KeySize, Curve: k.Curve,
 		Algorithm: k.Algorithm, Usage: k.Usage, Extractable: k.Extractable, State: k.State, Metadata: k.Metadata,
-		CreatedAt: k.CreatedAt, UpdatedAt: k.UpdatedAt, ExpiresAt: k.ExpiresAt, Revision: k.Revision}
+		CreatedAt: k.CreatedAt, UpdatedAt: k.UpdatedAt, ExpiresAt: k.ExpiresAt, PublishJWKS: k.PublishJWKS, Revision: k.Revision}
 	for _, v := range k.Versions {
 		b.Versions = append(b.Versions, backupVersion{Version: v.Version, ObjectID: v.ObjectID, ProviderRef: v.ProviderRef,
-			PublicKey: v.PublicKey, State: v.State, CreatedAt: v.CreatedAt})
+			PublicKey: v.PublicKey, CertificateChain: v.CertificateChain, State: v.State, CreatedAt: v.CreatedAt})
 	}
 	return b
 }
@@ -103,13 +105,13 @@ func toBackup(k *Key) *backupKey {
 func (b *backupKey) toKey() *Key {
 	k := &Key{ID: b.ID, Name: b.Name, Provider: b.Provider, KeyType: b.KeyType, KeySize: b.KeySize, Curve: b.Curve,
 		Algorithm: b.Algorithm, Usage: b.Usage, Extractable: b.Extractable, State: b.State, Metadata: b.Metadata,
-		CreatedAt: b.CreatedAt, UpdatedAt: b.UpdatedAt, ExpiresAt: b.ExpiresAt, Revision: b.Revision}
+		CreatedAt: b.CreatedAt, UpdatedAt: b.UpdatedAt, ExpiresAt: b.ExpiresAt, PublishJWKS: b.PublishJWKS, Revision: b.Revision}
 	if k.Usage == nil {
 		k.Usage = []string{}
 	}
 	for _, v := range b.Versions {
 		k.Versions = append(k.Versions, Version{Version: v.Version, ObjectID: v.ObjectID, ProviderRef: v.ProviderRef,
-			PublicKey: v.PublicKey, State: v.State, CreatedAt: v.CreatedAt})
+			PublicKey: v.PublicKey, CertificateChain: v.CertificateChain, State: v.State, CreatedAt: v.CreatedAt})
 	}
 	return k
 }

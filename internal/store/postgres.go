@@ -52,6 +52,8 @@ var postgresMigrations = []string{
 		created_at   BIGINT NOT NULL,
 		PRIMARY KEY (key_id, version)
 	);`,
+	`ALTER TABLE keys ADD COLUMN publish_jwks BOOLEAN NOT NULL DEFAULT false;
+	ALTER TABLE key_versions ADD COLUMN certificate_chain BYTEA;`,
 }
 
 // Advisory lock ids (pg_advisory_xact_lock): any constant shared by every

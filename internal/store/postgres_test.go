@@ -100,7 +100,7 @@ func TestPostgresNoMigrate(t *testing.T) {
 	}
 	s := openPG(t, dsn, store.PostgresOptions{})
 	v, err := s.(store.Migrator).Migrate(ctx) // again: a no-op
-	if err != nil || v != 1 {
+	if err != nil || v != s.(store.Migrator).LatestSchemaVersion() {
 		t.Fatalf("migrate: %d, %v", v, err)
 	}
 	s2, err := store.Open(ctx, o)

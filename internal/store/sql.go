@@ -143,9 +143,9 @@ func (s *sqlStore) fail(what string, err error) error {
 	return fmt.Errorf("%s store: %s: %w", s.d.name, what, err)
 }
 
-const keyColumns = `id, name, provider, key_type, key_size, curve, algorithm, usage, extractable, state, metadata, created_at, updated_at, expires_at, revision`
+const keyColumns = `id, name, provider, key_type, key_size, curve, algorithm, usage, extractable, state, metadata, created_at, updated_at, expires_at, revision, publish_jwks`
 
-const versionColumns = `version, object_id, provider_ref, public_key, state, created_at`
+const versionColumns = `version, object_id, provider_ref, public_key, state, created_at, certificate_chain`
 
 // prefixed qualifies every column of a list with a table alias.
 func prefixed(alias, cols string) string {
@@ -194,9 +194,9 @@ func (s *sqlStore) insertKey(ctx context.Context, tx *sql.Tx, k *Key) error {
 	if k.ExpiresAt != nil {
 		exp = sql.NullInt64{Int64: nanos(*k.ExpiresAt), Valid: true}
 	}
-	_, err := tx.ExecContext(ctx, s.q(`INSERT INTO keys (`+keyColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
+	_, err := tx.ExecContext(ctx, s.q(`INSERT INTO keys (`+keyColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
 		k.ID, k.Name, k.Provider, k.KeyType, k.KeySize, k.Curve, k.Algorithm, encodeJSON(k.Usage), k.Extractable,
-		string(k.State), encodeJSON(k.Metadata), nanos(k.CreatedAt), nanos(k.UpdatedAt), exp, k.Revision)
+		string(k.State), encodeJSON(k.Metadata), nanos(k.CreatedAt), nanos(k.UpdatedAt), exp, k.Revision, k.PublishJWKS)
 	if err != nil {
 		if s.d.isUnique(err) {
 			return kgerr.New(kgerr.KindAlreadyExists, fmt.Sprintf("a key named %q already exists", k.Name))
@@ -223,10 +223,10 @@ func (s *sqlStore) writeVersions(ctx context.Context, tx *sql.Tx, k *Key) error 
 	}
 	for _, v := range k.Versions {
 		_, err := tx.ExecContext(ctx, s.q(`INSERT INTO key_versions (key_id, `+versionColumns+`)
-			VALUES (?, ?, ?, ?, ?, ?, ?)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?)
 			ON CONFLICT (key_id, version) DO UPDATE SET provider_ref = excluded.provider_ref,
-				public_key = excluded.public_key, state = excluded.state`),
-			k.ID, v.Version, v.ObjectID, v.ProviderRef, v.PublicKey, string(v.State), nanos(v.CreatedAt))
+				public_key = excluded.public_key, state = excluded.state, certificate_chain = excluded.certificate_chain`),
+			k.ID, v.Version, v.ObjectID, v.ProviderRef, v.PublicKey, string(v.State), nanos(v.CreatedAt), v.CertificateChain)
 		if err != nil {
 			if s.d.isUnique(err) {
 				return kgerr.New(kgerr.KindConflict, fmt.Sprintf("object id %s of version %d is already in use", v.ObjectID, v.Version))
@@ -250,7 +250,7 @@ func scanKey(r rowScanner, extra ...any) (*Key, error) {
 		extractable        bool
 	)
 	dest := append([]any{&k.ID, &k.Name, &k.Provider, &k.KeyType, &k.KeySize, &curve, &algorithm, &usage, &extractable,
-		&state, &meta, &created, &updated, &exp, &k.Revision}, extra...)
+		&state, &meta, &created, &updated, &exp, &k.Revision, &k.PublishJWKS}, extra...)
 	if err := r.Scan(dest...); err != nil {
 		return nil, err
 	}
@@ -276,10 +276,11 @@ type versionScan struct {
 	publicKey     []byte
 	state         sql.NullString
 	created       sql.NullInt64
+	chain         []byte
 }
 
 func (v *versionScan) dest() []any {
-	return []any{&v.version, &v.objectID, &v.ref, &v.publicKey, &v.state, &v.created}
+	return []any{&v.version, &v.objectID, &v.ref, &v.publicKey, &v.state, &v.created, &v.chain}
 }
 
 func (v *versionScan) get() (Version, bool) {
@@ -287,7 +288,7 @@ func (v *versionScan) get() (Version, bool) {
 		return Version{}, false
 	}
 	return Version{Version: int(v.version.Int64), ObjectID: v.objectID.String, ProviderRef: v.ref.String,
-		PublicKey: v.publicKey, State: State(v.state.String), CreatedAt: fromNanos(v.created.Int64)}, true
+		PublicKey: v.publicKey, State: State(v.state.String), CreatedAt: fromNanos(v.created.Int64), CertificateChain: v.chain}, true
 }
 
 // loadVersions fills the versions of keys with one query.
@@ -403,6 +404,9 @@ func (s *sqlStore) listKeys(ctx context.Context, q querier, o ListOptions) ([]*K
 	if o.State != "" {
 		where, args = append(where, "state = ?"), append(args, string(o.State))
 	}
+	if o.PublishedJWKS {
+		where, args = append(where, "publish_jwks = ?"), append(args, true)
+	}
 	if o.PageToken != "" {
 		after, err := decodePageToken(o.PageToken)
 		if err != nil {
@@ -471,8 +475,8 @@ func (s *sqlStore) UpdateKey(ctx context.Context, k *Key) error {
 	// until it commits; then this statement sees its new revision and
 	// matches nothing.
 	res, err := tx.ExecContext(ctx, s.q(`UPDATE keys SET algorithm = ?, usage = ?, state = ?, metadata = ?,
-		updated_at = ?, expires_at = ?, revision = revision + 1 WHERE id = ? AND revision = ?`),
-		k.Algorithm, encodeJSON(k.Usage), string(k.State), encodeJSON(k.Metadata), nanos(k.UpdatedAt), exp, k.ID, k.Revision)
+		updated_at = ?, expires_at = ?, publish_jwks = ?, revision = revision + 1 WHERE id = ? AND revision = ?`),
+		k.Algorithm, encodeJSON(k.Usage), string(k.State), encodeJSON(k.Metadata), nanos(k.UpdatedAt), exp, k.PublishJWKS, k.ID, k.Revision)
 	if err != nil {
 		return s.fail("update key", err)
 	}

@@ -42,6 +42,10 @@ var sqliteMigrations = []string{
 		created_at   BIGINT NOT NULL,
 		PRIMARY KEY (key_id, version)
 	);`,
+	// Certificates and JWKS: the chain attached to each version and the
+	// keys published in /.well-known/jwks.json.
+	`ALTER TABLE keys ADD COLUMN publish_jwks BOOLEAN NOT NULL DEFAULT 0;
+	ALTER TABLE key_versions ADD COLUMN certificate_chain BLOB;`,
 }
 
 // OpenSQLite opens (creating and migrating) the SQLite store at path. The

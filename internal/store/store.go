@@ -48,6 +48,9 @@ type Key struct {
 	CreatedAt   time.Time
 	UpdatedAt   time.Time
 	ExpiresAt   *time.Time
+	// PublishJWKS puts the key's public versions in the unauthenticated
+	// /.well-known/jwks.json.
+	PublishJWKS bool
 	// Revision grows by one with every update; updates compare it.
 	Revision int64
 	// Versions in ascending order; the last active one is current.
@@ -64,8 +67,11 @@ type Version struct {
 	ProviderRef string
 	// PublicKey is the DER SubjectPublicKeyInfo (nil for secret keys).
 	PublicKey []byte
-	State     State
-	CreatedAt time.Time
+	// CertificateChain is the PEM chain attached to this version, leaf
+	// first (nil: none). Each version keeps its own across rotations.
+	CertificateChain []byte
+	State            State
+	CreatedAt        time.Time
 }
 
 // Current returns the newest active version, or nil.
@@ -110,6 +116,8 @@ func (k *Key) Clone() *Key {
 type ListOptions struct {
 	Provider string
 	State    State
+	// PublishedJWKS lists only keys with PublishJWKS set.
+	PublishedJWKS bool
 	// Limit is the page size: 100 when 0, at most 1000.
 	Limit     int
 	PageToken string

@@ -154,6 +154,9 @@ type CreateKeyRequest struct {
 	KeySpec   KeySpec           `json:"key_spec"`
 	Metadata  map[string]string `json:"metadata,omitempty"`
 	ExpiresAt *time.Time        `json:"expires_at,omitempty"`
+	// PublishJWKS lists the key in the unauthenticated
+	// /.well-known/jwks.json.
+	PublishJWKS bool `json:"publish_jwks,omitempty"`
 }
 
 // Key is the public view of a managed key.
@@ -174,6 +177,7 @@ type Key struct {
 	CreatedAt   time.Time         `json:"created_at"`
 	UpdatedAt   time.Time         `json:"updated_at"`
 	ExpiresAt   *time.Time        `json:"expires_at,omitempty"`
+	PublishJWKS bool              `json:"publish_jwks"`
 	// Origin is "imported" in the answer to an import.
 	Origin string `json:"origin,omitempty"`
 }
@@ -298,6 +302,119 @@ type UnwrapResponse struct {
 	KeyMaterial []byte `json:"key_material"`
 	KeyID       string `json:"key_id"`
 	KeyVersion  int    `json:"key_version"`
+}
+
+// Subject is an X.509 distinguished name.
+type Subject struct {
+	CommonName         string   `json:"common_name,omitempty"`
+	Organization       []string `json:"organization,omitempty"`
+	OrganizationalUnit []string `json:"organizational_unit,omitempty"`
+	Country            []string `json:"country,omitempty"`
+	Province           []string `json:"province,omitempty"`
+	Locality           []string `json:"locality,omitempty"`
+	StreetAddress      []string `json:"street_address,omitempty"`
+	PostalCode         []string `json:"postal_code,omitempty"`
+	SerialNumber       string   `json:"serial_number,omitempty"`
+}
+
+// CSRRequest is the body of POST /api/v1/keys/{key}/csr.
+type CSRRequest struct {
+	Subject        Subject  `json:"subject"`
+	DNSNames       []string `json:"dns_names,omitempty"`
+	IPAddresses    []string `json:"ip_addresses,omitempty"`
+	EmailAddresses []string `json:"email_addresses,omitempty"`
+	URIs           []string `json:"uris,omitempty"`
+	Algorithm      string   `json:"algorithm,omitempty"`
+}
+
+// CSRResponse is a PEM certificate request.
+type CSRResponse struct {
+	CSR        string `json:"csr"`
+	Algorithm  string `json:"algorithm"`
+	KeyID      string `json:"key_id"`
+	KeyVersion int    `json:"key_version"`
+}
+
+// IssueCertificateRequest is the body of POST
+// /api/v1/keys/{key}/certificate/issue: a csr (PEM), or the subject fields
+// and a public_key (PEM SubjectPublicKeyInfo), or self_signed; validity (a
+// duration such as "720h") or not_before/not_after.
+type IssueCertificateRequest struct {
+	SelfSigned            bool       `json:"self_signed,omitempty"`
+	CSR                   string     `json:"csr,omitempty"`
+	Subject               *Subject   `json:"subject,omitempty"`
+	DNSNames              []string   `json:"dns_names,omitempty"`
+	IPAddresses           []string   `json:"ip_addresses,omitempty"`
+	EmailAddresses        []string   `json:"email_addresses,omitempty"`
+	URIs                  []string   `json:"uris,omitempty"`
+	PublicKey             string     `json:"public_key,omitempty"`
+	Validity              string     `json:"validity,omitempty"`
+	NotBefore             *time.Time `json:"not_before,omitempty"`
+	NotAfter              *time.Time `json:"not_after,omitempty"`
+	IsCA                  bool       `json:"is_ca,omitempty"`
+	MaxPathLen            *int       `json:"max_path_len,omitempty"`
+	KeyUsage              []string   `json:"key_usage,omitempty"`
+	ExtKeyUsage           []string   `json:"ext_key_usage,omitempty"`
+	CRLDistributionPoints []string   `json:"crl_distribution_points,omitempty"`
+	OCSPServers           []string   `json:"ocsp_servers,omitempty"`
+	Algorithm             string     `json:"algorithm,omitempty"`
+}
+
+// CertificateResponse is an issued certificate (PEM) and its serial
+// (lower-case hex).
+type CertificateResponse struct {
+	Certificate string `json:"certificate"`
+	Serial      string `json:"serial"`
+	Algorithm   string `json:"algorithm"`
+	KeyID       string `json:"key_id"`
+	KeyVersion  int    `json:"key_version"`
+}
+
+// AttachChainRequest is the body of PUT /api/v1/keys/{key}/certificate:
+// PEM certificates, leaf first.
+type AttachChainRequest struct {
+	Chain string `json:"chain"`
+}
+
+// ChainResponse is the chain of a key version (PEM, leaf first).
+type ChainResponse struct {
+	Chain      string `json:"chain"`
+	KeyID      string `json:"key_id"`
+	KeyVersion int    `json:"key_version"`
+}
+
+// JWKS is a JSON Web Key Set (RFC 7517); each key has kid
+// "<key id>.<version>", use and alg.
+type JWKS struct {
+	Keys []map[string]any `json:"keys"`
+}
+
+// JWTRequest is the body of POST /api/v1/keys/{key}/jwt. expires_in (such
+// as "15m") sets iat and exp; issued_at sets iat.
+type JWTRequest struct {
+	Claims    map[string]any `json:"claims"`
+	Header    map[string]any `json:"header,omitempty"`
+	ExpiresIn string         `json:"expires_in,omitempty"`
+	IssuedAt  bool           `json:"issued_at,omitempty"`
+	Algorithm string         `json:"algorithm,omitempty"`
+}
+
+// JWSRequest is the body of POST /api/v1/keys/{key}/jws: a payload
+// (base64) signed as a compact JWS, optionally detached.
+type JWSRequest struct {
+	Payload   []byte         `json:"payload"`
+	Header    map[string]any `json:"header,omitempty"`
+	Detached  bool           `json:"detached,omitempty"`
+	Algorithm string         `json:"algorithm,omitempty"`
+}
+
+// TokenResponse is a compact JWS (or JWT).
+type TokenResponse struct {
+	Token      string `json:"token"`
+	KID        string `json:"kid"`
+	Algorithm  string `json:"algorithm"`
+	KeyID      string `json:"key_id"`
+	KeyVersion int    `json:"key_version"`
 }
 
 // WrappingKeyResponse is the body of GET /api/v1/providers/{name}/wrapping-key.

@@ -31,6 +31,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 	t.Run("import refuses a non-empty store", func(t *testing.T) { testImportNotEmpty(t, open(t)) })
 	t.Run("import is all or nothing", func(t *testing.T) { testImportAtomic(t, open(t)) })
 	t.Run("export is one snapshot", func(t *testing.T) { testExportSnapshot(t, open(t)) })
+	t.Run("certificate chains and published keys", func(t *testing.T) { testChainsPublished(t, open(t)) })
 }
 
 // RunShared runs the cases that need two store instances on one database,
@@ -41,6 +42,7 @@ func RunShared(t *testing.T, open func(t *testing.T) (a, b store.Store)) {
 	t.Run("shared updates one winner", func(t *testing.T) { testSharedUpdate(t, open) })
 	t.Run("shared rotate against delete", func(t *testing.T) { testSharedRotateDelete(t, open) })
 	t.Run("shared change visible at once", func(t *testing.T) { testSharedVisible(t, open) })
+	t.Run("shared chain visible at once", func(t *testing.T) { testSharedChain(t, open) })
 }
 
 // NewKey returns a valid key record for tests.
@@ -692,5 +694,71 @@ func testSharedVisible(t *testing.T, open func(t *testing.T) (a, b store.Store))
 		if got.State != want || got.Revision != cur.Revision {
 			t.Fatalf("change %d: the other instance reads %s rev %d right after the write of %s rev %d", i, got.State, got.Revision, want, cur.Revision)
 		}
+	}
+}
+
+// testChainsPublished: a chain is stored per version (a new version leaves
+// the old one's chain), publish_jwks round trips and filters listings.
+func testChainsPublished(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	k := NewKey("chained", "software")
+	k.PublishJWKS = true
+	if err := s.CreateKey(ctx, k); err != nil {
+		t.Fatal(err)
+	}
+	other := NewKey("unpublished", "software")
+	if err := s.CreateKey(ctx, other); err != nil {
+		t.Fatal(err)
+	}
+	k.Versions[0].CertificateChain = []byte("chain of v1")
+	k.Versions = append(k.Versions, store.Version{Version: 2, ObjectID: fmt.Sprintf("%x", uuid.New()), State: store.StateActive,
+		CreatedAt: time.Now(), CertificateChain: []byte("chain of v2")})
+	if err := s.UpdateKey(ctx, k); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.GetKey(ctx, k.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !got.PublishJWKS || len(got.Versions) != 2 || string(got.Versions[0].CertificateChain) != "chain of v1" ||
+		string(got.Versions[1].CertificateChain) != "chain of v2" {
+		t.Fatalf("stored %+v", got)
+	}
+	if o, _ := s.GetKey(ctx, other.ID); o.PublishJWKS || o.Versions[0].CertificateChain != nil {
+		t.Fatalf("unpublished key read back %+v", o)
+	}
+	keys, _, err := s.ListKeys(ctx, store.ListOptions{PublishedJWKS: true})
+	if err != nil || len(keys) != 1 || keys[0].ID != k.ID || len(keys[0].Versions) != 2 ||
+		string(keys[0].Versions[1].CertificateChain) != "chain of v2" {
+		t.Fatalf("published listing: %+v, %v", keys, err)
+	}
+	got.PublishJWKS = false
+	if err := s.UpdateKey(ctx, got); err != nil {
+		t.Fatal(err)
+	}
+	if keys, _, err := s.ListKeys(ctx, store.ListOptions{PublishedJWKS: true}); err != nil || len(keys) != 0 {
+		t.Fatalf("published listing after unpublishing: %d keys, %v", len(keys), err)
+	}
+}
+
+// testSharedChain: a chain attached through one instance is read by the
+// other at once.
+func testSharedChain(t *testing.T, open func(t *testing.T) (a, b store.Store)) {
+	a, b := open(t)
+	ctx := context.Background()
+	k := NewKey("shared-chain", "software")
+	if err := a.CreateKey(ctx, k); err != nil {
+		t.Fatal(err)
+	}
+	k.Versions[0].CertificateChain = []byte("the chain")
+	if err := a.UpdateKey(ctx, k); err != nil {
+		t.Fatal(err)
+	}
+	got, err := b.GetKey(ctx, k.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(got.Versions[0].CertificateChain) != "the chain" {
+		t.Fatalf("the other instance reads chain %q", got.Versions[0].CertificateChain)
 	}
 }
