@@ -33,6 +33,7 @@ var restErrors = map[kgerr.Kind]restError{
 	kgerr.KindKeyInactive:          {http.StatusConflict, apitypes.CodeKeyInactive},
 	kgerr.KindKeyExpired:           {http.StatusConflict, apitypes.CodeKeyExpired},
 	kgerr.KindConflict:             {http.StatusConflict, apitypes.CodeConflict},
+	kgerr.KindKeyNotExtractable:    {http.StatusConflict, apitypes.CodeKeyNotExtractable},
 	kgerr.KindUnavailable:          {http.StatusServiceUnavailable, apitypes.CodeServiceUnavailable},
 	kgerr.KindTimeout:              {http.StatusGatewayTimeout, apitypes.CodeHSMTimeout},
 	kgerr.KindInternal:             {http.StatusInternalServerError, apitypes.CodeInternal},

@@ -42,6 +42,8 @@ const (
 	KindKeyInactive   Kind = "KEY_INACTIVE"
 	KindKeyExpired    Kind = "KEY_EXPIRED"
 	KindConflict      Kind = "CONFLICT"
+	// KindKeyNotExtractable: an export of a key not made extractable.
+	KindKeyNotExtractable Kind = "KEY_NOT_EXTRACTABLE"
 	// Ours, or a dependency's.
 	KindUnavailable Kind = "SERVICE_UNAVAILABLE"
 	KindTimeout     Kind = "HSM_TIMEOUT"
@@ -53,7 +55,7 @@ var Kinds = []Kind{
 	KindInvalidInput, KindUnsupportedAlgorithm, KindUsageNotPermitted, KindDecryptionFailed, KindTooLarge,
 	KindUnauthenticated, KindPermissionDenied, KindRateLimited,
 	KindKeyNotFound, KindProviderNotFound, KindNotFound,
-	KindAlreadyExists, KindKeyInactive, KindKeyExpired, KindConflict,
+	KindAlreadyExists, KindKeyInactive, KindKeyExpired, KindConflict, KindKeyNotExtractable,
 	KindUnavailable, KindTimeout, KindInternal,
 }
 

@@ -100,6 +100,8 @@ func specFor(a alg.Info) KeySpec {
 		if a.Name == alg.A128GCM {
 			s.KeySize = 128
 		}
+	case alg.HMAC:
+		s.KeySize = a.KeySize
 	}
 	switch a.Kind {
 	case alg.KindEncrypt:

@@ -60,6 +60,7 @@ var names = map[kgerr.Kind]string{
 	kgerr.KindAlreadyExists:        InternalException,
 	kgerr.KindKeyInactive:          InvalidStateException,
 	kgerr.KindKeyExpired:           InvalidStateException,
+	kgerr.KindKeyNotExtractable:    InvalidStateException,
 	kgerr.KindConflict:             InternalException,
 	// An HSM that cannot be reached (or an audit log that cannot be
 	// written) is a failure of the key manager; one that does not answer
