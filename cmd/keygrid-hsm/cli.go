@@ -158,7 +158,7 @@ func dispatchClient(ctx context.Context, args []string, stdin io.Reader, stdout,
 	switch args[0] {
 	case "keys":
 		if len(args) < 2 {
-			return errors.New("keys: give a subcommand: create, list, get, update, delete, cancel-deletion, activate, deactivate, rotate, public")
+			return errors.New("keys: give a subcommand: create, import, export, list, get, update, delete, cancel-deletion, activate, deactivate, rotate, public")
 		}
 		return cmdKeys(ctx, args[1], args[2:], stdin, stdout, stderr)
 	case "sign", "verify", "encrypt", "decrypt", "wrap", "unwrap":
@@ -186,10 +186,10 @@ func dispatchClient(ctx context.Context, args []string, stdin io.Reader, stdout,
 func cmdKeys(ctx context.Context, sub string, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	c := newCLI("keys "+sub, stdin, stdout, stderr)
 	var (
-		name, prov, keyType, curve, algorithm, usage, expires, metadata, state, pageToken, format string
-		description, rotation, window                                                             string
-		size, limit, version, days, minDecrypt                                                    int
-		extractable, all, publish                                                                 bool
+		name, prov, keyType, curve, algorithm, usage, expires, metadata, state, pageToken, format, in string
+		description, rotation, window                                                                 string
+		size, limit, version, days, minDecrypt                                                        int
+		extractable, all, publish                                                                     bool
 	)
 	switch sub {
 	case "create":
@@ -200,7 +200,7 @@ func cmdKeys(ctx context.Context, sub string, args []string, stdin io.Reader, st
 		c.fs.StringVar(&curve, "curve", "", "EC curve: P-256, P-384, P-521")
 		c.fs.StringVar(&algorithm, "algorithm", "", "default algorithm (RS256, PS256, ES256, EdDSA, RSA-OAEP-256, A256GCM, AES-KWP, …)")
 		c.fs.StringVar(&usage, "usage", "", "comma-separated usages: sign,verify,encrypt,decrypt,wrap,unwrap")
-		c.fs.BoolVar(&extractable, "extractable", false, "record the key as extractable (no route exports managed keys yet)")
+		c.fs.BoolVar(&extractable, "extractable", false, "make the key extractable (exportable, wrapped, with keys export)")
 		c.fs.StringVar(&expires, "expires-at", "", "expiry time, RFC 3339")
 		c.fs.StringVar(&metadata, "metadata", "", "comma-separated k=v pairs")
 		c.fs.StringVar(&description, "description", "", "free text")
@@ -216,6 +216,17 @@ func cmdKeys(ctx context.Context, sub string, args []string, stdin io.Reader, st
 	case "delete":
 		c.fs.IntVar(&days, "pending-window-days", 0, "days before the key is destroyed (default: the server's, 30 days)")
 		c.fs.StringVar(&window, "pending-window", "", "time before the key is destroyed, e.g. 168h (when the server's floor allows)")
+	case "import":
+		c.fs.StringVar(&name, "name", "", "key name (required)")
+		c.fs.StringVar(&prov, "provider", "", "provider (required: its wrapping key wraps the material)")
+		c.fs.StringVar(&in, "in", "", "the key: a PEM or DER private key, or raw AES/HMAC bytes with --type (required)")
+		c.fs.StringVar(&keyType, "type", "", "AES or HMAC for raw material (private keys: read from the key)")
+		c.fs.StringVar(&algorithm, "algorithm", "", "default algorithm")
+		c.fs.StringVar(&usage, "usage", "", "comma-separated usages")
+		c.fs.BoolVar(&extractable, "extractable", false, "import the key extractable (exportable with keys export)")
+	case "export":
+		c.fs.StringVar(&in, "public-key", "", "PEM RSA public key (≥ 2048 bits) to wrap for (required)")
+		c.fs.IntVar(&version, "version", 0, "key version (default: newest)")
 	case "list":
 		c.fs.StringVar(&prov, "provider", "", "only keys of this provider")
 		c.fs.StringVar(&state, "state", "", "only keys in this state (active, inactive, pending, pending_deletion, deleting)")
@@ -237,6 +248,26 @@ func cmdKeys(ctx context.Context, sub string, args []string, stdin io.Reader, st
 		return err
 	}
 	switch sub {
+	case "import":
+		if name == "" || prov == "" || in == "" {
+			return errors.New("keys import: --name, --provider and --in are required")
+		}
+		key, err := readImportKey(in, keyType)
+		if err != nil {
+			return err
+		}
+		spec := apitypes.KeySpec{KeyType: keyType, Algorithm: algorithm, Extractable: extractable}
+		if usage != "" {
+			spec.Usage = strings.Split(usage, ",")
+		}
+		k, err := cl.Import(ctx, prov, name, spec, key)
+		if b, ok := key.([]byte); ok {
+			clear(b)
+		}
+		if err != nil {
+			return err
+		}
+		return c.printKeys([]apitypes.Key{*k})
 	case "create":
 		req := apitypes.CreateKeyRequest{Provider: prov, Name: name, Description: description, KeySpec: apitypes.KeySpec{
 			KeyType: keyType, KeySize: size, Curve: curve, Algorithm: algorithm, Extractable: extractable}, PublishJWKS: publish}
@@ -290,6 +321,19 @@ func cmdKeys(ctx context.Context, sub string, args []string, stdin io.Reader, st
 	}
 	var k *apitypes.Key
 	switch sub {
+	case "export":
+		if in == "" {
+			return errors.New("keys export: --public-key is required")
+		}
+		pub, err := os.ReadFile(in)
+		if err != nil {
+			return err
+		}
+		out, err := cl.Export(ctx, key, apitypes.ExportKeyRequest{PublicKey: string(pub), Version: version})
+		if err != nil {
+			return err
+		}
+		return c.json(out)
 	case "get":
 		k, err = cl.GetKey(ctx, key)
 	case "activate":

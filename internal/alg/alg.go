@@ -22,6 +22,8 @@ const (
 	EC      KeyType = "EC"
 	Ed25519 KeyType = "Ed25519"
 	AES     KeyType = "AES"
+	// HMAC is a generic secret key for HMAC (PKCS#11 CKK_GENERIC_SECRET).
+	HMAC KeyType = "HMAC"
 )
 
 // Usage is what a key may be used for.
@@ -57,6 +59,9 @@ const (
 	A128GCM    Algorithm = "A128GCM"
 	A256GCM    Algorithm = "A256GCM"
 	AESKWP     Algorithm = "AES-KWP"
+	HS256      Algorithm = "HS256"
+	HS384      Algorithm = "HS384"
+	HS512      Algorithm = "HS512"
 )
 
 // Kind is what an algorithm does.
@@ -67,6 +72,8 @@ const (
 	KindSign Kind = iota + 1
 	KindEncrypt
 	KindWrap
+	// KindMAC computes and checks message authentication codes (HMAC).
+	KindMAC
 )
 
 // Info describes an algorithm.
@@ -81,7 +88,8 @@ type Info struct {
 	PSS bool
 	// Curve is the curve an ECDSA algorithm belongs to.
 	Curve string
-	// KeySize is the AES key size in bits an AES-GCM algorithm needs (0: any).
+	// KeySize is the key size in bits an AES-GCM or HMAC algorithm needs
+	// (0: any).
 	KeySize int
 }
 
@@ -101,6 +109,9 @@ var table = map[Algorithm]Info{
 	A128GCM:    {Name: A128GCM, KeyType: AES, Kind: KindEncrypt, KeySize: 128},
 	A256GCM:    {Name: A256GCM, KeyType: AES, Kind: KindEncrypt, KeySize: 256},
 	AESKWP:     {Name: AESKWP, KeyType: AES, Kind: KindWrap},
+	HS256:      {Name: HS256, KeyType: HMAC, Kind: KindMAC, Hash: crypto.SHA256, KeySize: 256},
+	HS384:      {Name: HS384, KeyType: HMAC, Kind: KindMAC, Hash: crypto.SHA384, KeySize: 384},
+	HS512:      {Name: HS512, KeyType: HMAC, Kind: KindMAC, Hash: crypto.SHA512, KeySize: 512},
 }
 
 // All returns every algorithm name, sorted.
@@ -157,10 +168,12 @@ func ParseKeyType(s string) (KeyType, error) {
 		return Ed25519, nil
 	case "AES":
 		return AES, nil
+	case "HMAC":
+		return HMAC, nil
 	case "":
-		return "", kgerr.Invalid("key_spec.key_type is required (RSA, EC, Ed25519 or AES)")
+		return "", kgerr.Invalid("key_spec.key_type is required (RSA, EC, Ed25519, AES or HMAC)")
 	}
-	return "", kgerr.New(kgerr.KindUnsupportedAlgorithm, fmt.Sprintf("unsupported key_type %q (RSA, EC, Ed25519 or AES)", kgerr.Clip(s)))
+	return "", kgerr.New(kgerr.KindUnsupportedAlgorithm, fmt.Sprintf("unsupported key_type %q (RSA, EC, Ed25519, AES or HMAC)", kgerr.Clip(s)))
 }
 
 // ParseCurve normalises a curve name ("P-256", "p256", "secp256r1", "prime256v1").
@@ -230,9 +243,19 @@ func NewSpec(keyType string, size int, curve string) (Spec, error) {
 		if size != 128 && size != 256 {
 			return Spec{}, kgerr.Invalid(fmt.Sprintf("key_spec.key_size %d is not allowed for AES keys (128 or 256)", size))
 		}
+	case HMAC:
+		if curve != "" {
+			return Spec{}, kgerr.Invalid("key_spec.curve does not apply to HMAC keys")
+		}
+		if size != 256 && size != 384 && size != 512 {
+			return Spec{}, kgerr.Invalid(fmt.Sprintf("key_spec.key_size %d is not allowed for HMAC keys (256, 384 or 512)", size))
+		}
 	}
 	return s, nil
 }
+
+// Secret reports whether keys of type t are secret keys (no public key).
+func Secret(t KeyType) bool { return t == AES || t == HMAC }
 
 // Compatible returns an error unless algorithm a can be used with a key of
 // spec s.
@@ -244,7 +267,7 @@ func Compatible(s Spec, a Info) error {
 		return kgerr.New(kgerr.KindUnsupportedAlgorithm, fmt.Sprintf("algorithm %s needs curve %s, the key is %s", a.Name, a.Curve, s))
 	}
 	if a.KeySize != 0 && a.KeySize != s.Size {
-		return kgerr.New(kgerr.KindUnsupportedAlgorithm, fmt.Sprintf("algorithm %s needs an AES-%d key, the key is %s", a.Name, a.KeySize, s))
+		return kgerr.New(kgerr.KindUnsupportedAlgorithm, fmt.Sprintf("algorithm %s needs an %s-%d key, the key is %s", a.Name, a.KeyType, a.KeySize, s))
 	}
 	return nil
 }
@@ -278,6 +301,14 @@ func Default(s Spec, usage []Usage) Algorithm {
 			return A128GCM
 		}
 		return A256GCM
+	case HMAC:
+		switch s.Size {
+		case 384:
+			return HS384
+		case 512:
+			return HS512
+		}
+		return HS256
 	}
 	return ""
 }
@@ -286,7 +317,7 @@ func Default(s Spec, usage []Usage) Algorithm {
 // algorithm does.
 func DefaultUsage(a Info) []Usage {
 	switch a.Kind {
-	case KindSign:
+	case KindSign, KindMAC:
 		return []Usage{UsageSign, UsageVerify}
 	case KindWrap:
 		return []Usage{UsageWrap, UsageUnwrap}
@@ -302,6 +333,7 @@ func ParseUsage(t KeyType, in []string) ([]Usage, error) {
 		EC:      {UsageSign, UsageVerify},
 		Ed25519: {UsageSign, UsageVerify},
 		AES:     {UsageEncrypt, UsageDecrypt, UsageWrap, UsageUnwrap},
+		HMAC:    {UsageSign, UsageVerify},
 	}[t]
 	var out []Usage
 	for _, s := range in {

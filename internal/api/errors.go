@@ -35,6 +35,7 @@ var restErrors = map[kgerr.Kind]restError{
 	kgerr.KindKeyPendingDeletion:   {http.StatusConflict, apitypes.CodeKeyPendingDeletion},
 	kgerr.KindKeyVersionDisabled:   {http.StatusConflict, apitypes.CodeKeyVersionDisabled},
 	kgerr.KindConflict:             {http.StatusConflict, apitypes.CodeConflict},
+	kgerr.KindKeyNotExtractable:    {http.StatusConflict, apitypes.CodeKeyNotExtractable},
 	kgerr.KindUnavailable:          {http.StatusServiceUnavailable, apitypes.CodeServiceUnavailable},
 	kgerr.KindTimeout:              {http.StatusGatewayTimeout, apitypes.CodeHSMTimeout},
 	kgerr.KindInternal:             {http.StatusInternalServerError, apitypes.CodeInternal},

@@ -278,29 +278,49 @@ func (a *API) publicKey(w http.ResponseWriter, r *http.Request) {
 	a.write(w, http.StatusOK, out)
 }
 
-// keyOp serves a cryptographic operation on a key: decode the wire
-// request, translate it (in, which may refuse it), call the service,
-// translate the result back (out).
+// keyOpFunc is one operation on a key, from its wire request (decoded by
+// decode) to its wire response: the one path of a single request and of a
+// batch item.
+type keyOpFunc func(ctx context.Context, key string, decode func(v any) error) (any, error)
+
+// keyOpOf makes the keyOpFunc of an operation: decode the wire request,
+// translate it (in, which may refuse it), call the service, translate the
+// result back (out).
+func keyOpOf[Wire, Req, Res, WireRes any](in func(key string, w Wire) (Req, error),
+	fn func(context.Context, Req) (Res, error), out func(Res) WireRes) keyOpFunc {
+	return func(ctx context.Context, key string, decode func(v any) error) (any, error) {
+		var wire Wire
+		if err := decode(&wire); err != nil {
+			return nil, err
+		}
+		req, err := in(key, wire)
+		if err != nil {
+			return nil, err
+		}
+		res, err := fn(ctx, req)
+		if err != nil {
+			return nil, err
+		}
+		return out(res), nil
+	}
+}
+
+// serveKeyOp serves a keyOpFunc as a route with {key} in its path.
+func (a *API) serveKeyOp(f keyOpFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		res, err := f(r.Context(), r.PathValue("key"), func(v any) error { return a.decode(w, r, v) })
+		if err != nil {
+			a.fail(w, r, err)
+			return
+		}
+		a.write(w, http.StatusOK, res)
+	}
+}
+
+// keyOp serves a cryptographic operation on a key (keyOpOf as a route).
 func keyOp[Wire, Req, Res, WireRes any](a *API, in func(key string, w Wire) (Req, error),
 	fn func(context.Context, Req) (Res, error), out func(Res) WireRes) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		var wire Wire
-		if err := a.decode(w, r, &wire); err != nil {
-			a.fail(w, r, err)
-			return
-		}
-		req, err := in(r.PathValue("key"), wire)
-		if err != nil {
-			a.fail(w, r, err)
-			return
-		}
-		res, err := fn(r.Context(), req)
-		if err != nil {
-			a.fail(w, r, err)
-			return
-		}
-		a.write(w, http.StatusOK, out(res))
-	}
+	return a.serveKeyOp(keyOpOf(in, fn, out))
 }
 
 // notFound answers routes that do not exist (404) and known paths with the

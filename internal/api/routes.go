@@ -45,6 +45,7 @@ type Service interface {
 	Providers(ctx context.Context) []service.ProviderInfo
 	ProviderHealth(ctx context.Context, name string) (*service.ProviderHealth, error)
 	Ready(ctx context.Context) (bool, []service.ProviderStatus)
+	MaterialService
 	// AuthenticationFailed audits a request refused with 401.
 	AuthenticationFailed(ctx context.Context, detail string)
 }
@@ -76,7 +77,8 @@ type API struct {
 	version string
 	stack   *httpstack.Stack
 	mux     *http.ServeMux
-	handler http.Handler // the routes inside the stack
+	ops     map[string]keyOpFunc // the operations of batch items
+	handler http.Handler         // the routes inside the stack
 
 	auth                         atomic.Pointer[auth.Authenticator] // swapped by SetAuthenticator
 	protectReady, protectMetrics bool
@@ -112,8 +114,13 @@ func (a *API) routes() {
 	m.HandleFunc("GET /api/v1/providers", a.listProviders)
 	m.HandleFunc("GET /api/v1/providers/{name}/health", a.providerHealth)
 	m.HandleFunc("GET /api/v1/providers/{name}/info", a.providerInfo)
+	m.HandleFunc("GET /api/v1/providers/{name}/wrapping-key", a.wrappingKey)
+	m.HandleFunc("POST /api/v1/random", a.random)
+	m.HandleFunc("POST /api/v1/batch", a.batch)
+	a.ops = a.batchOps()
 
 	m.HandleFunc("POST /api/v1/keys", a.createKey)
+	m.HandleFunc("POST /api/v1/keys/import", a.importKey)
 	m.HandleFunc("GET /api/v1/keys", a.listKeys)
 	m.HandleFunc("GET /api/v1/keys/{key}", a.getKey)
 	m.HandleFunc("PATCH /api/v1/keys/{key}", a.updateKey)
@@ -123,12 +130,17 @@ func (a *API) routes() {
 	m.HandleFunc("POST /api/v1/keys/{key}/deactivate", a.keyState(a.svc.DeactivateKey, "deactivated"))
 	m.HandleFunc("POST /api/v1/keys/{key}/rotate", a.rotateKey)
 	m.HandleFunc("GET /api/v1/keys/{key}/public", a.publicKey)
-	m.HandleFunc("POST /api/v1/keys/{key}/sign", keyOp(a, signRequest, a.svc.Sign, signOut))
-	m.HandleFunc("POST /api/v1/keys/{key}/verify", keyOp(a, verifyRequest, a.svc.Verify, verifyOut))
-	m.HandleFunc("POST /api/v1/keys/{key}/encrypt", keyOp(a, encryptRequest, a.svc.Encrypt, encryptOut))
-	m.HandleFunc("POST /api/v1/keys/{key}/decrypt", keyOp(a, decryptRequest, a.svc.Decrypt, decryptOut))
+	m.HandleFunc("POST /api/v1/keys/{key}/sign", a.serveKeyOp(a.ops["sign"]))
+	m.HandleFunc("POST /api/v1/keys/{key}/verify", a.serveKeyOp(a.ops["verify"]))
+	m.HandleFunc("POST /api/v1/keys/{key}/encrypt", a.serveKeyOp(a.ops["encrypt"]))
+	m.HandleFunc("POST /api/v1/keys/{key}/decrypt", a.serveKeyOp(a.ops["decrypt"]))
 	m.HandleFunc("POST /api/v1/keys/{key}/wrap", keyOp(a, wrapRequest, a.svc.Wrap, wrapOut))
 	m.HandleFunc("POST /api/v1/keys/{key}/unwrap", keyOp(a, unwrapRequest, a.svc.Unwrap, unwrapOut))
+	m.HandleFunc("POST /api/v1/keys/{key}/export", keyOp(a, exportRequest, a.svc.ExportKey, exportOut))
+	m.HandleFunc("POST /api/v1/keys/{key}/datakey", keyOp(a, dataKeyRequest, a.svc.GenerateDataKey, dataKeyOut))
+	m.HandleFunc("POST /api/v1/keys/{key}/rewrap", keyOp(a, rewrapRequest, a.svc.Rewrap, encryptOut))
+	m.HandleFunc("POST /api/v1/keys/{key}/mac", a.serveKeyOp(a.ops["mac"]))
+	m.HandleFunc("POST /api/v1/keys/{key}/verify-mac", a.serveKeyOp(a.ops["verify-mac"]))
 
 	m.HandleFunc("POST /api/v1/keys/{key}/csr", keyOp(a, csrRequest, a.svc.CreateCSR, csrOut))
 	m.HandleFunc("POST /api/v1/keys/{key}/certificate/issue", keyOp(a, issueRequest, a.svc.IssueCertificate, certificateOut))

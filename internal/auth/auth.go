@@ -62,7 +62,7 @@ const (
 	// ActionCancelDeletion takes a key out of pending deletion.
 	ActionCancelDeletion Action = "cancel_deletion"
 	// ActionUpdate changes a key's metadata, description, expiry, rotation
-	// period or min_decrypt_version.
+	// period, min_decrypt_version or publish_jwks.
 	ActionUpdate    Action = "update"
 	ActionSign      Action = "sign"
 	ActionVerify    Action = "verify"
@@ -71,6 +71,14 @@ const (
 	ActionWrap      Action = "wrap"
 	ActionUnwrap    Action = "unwrap"
 	ActionProviders Action = "providers"
+	// ActionRewrap decrypts and encrypts again under the newest version;
+	// ActionRandom returns random bytes from a provider.
+	ActionRewrap Action = "rewrap"
+	ActionRandom Action = "random"
+	// ActionImport (the wrapping key and imports) and ActionExport
+	// (wrapped export of extractable keys) are admin's only by default.
+	ActionImport Action = "import"
+	ActionExport Action = "export"
 	// Certificates and tokens (every one of them also signs, and so also
 	// needs ActionSign, except attaching and reading chains and JWKS).
 	ActionCSR               Action = "csr"
@@ -85,7 +93,7 @@ const (
 var (
 	readActions   = []Action{ActionGet, ActionList, ActionPublicKey, ActionProviders, ActionGetCertificate, ActionJWKS}
 	cryptoActions = []Action{ActionSign, ActionVerify, ActionEncrypt, ActionDecrypt, ActionWrap, ActionUnwrap,
-		ActionCSR, ActionIssueCertificate, ActionSignJWT, ActionSignJWS}
+		ActionCSR, ActionIssueCertificate, ActionSignJWT, ActionSignJWS, ActionRewrap, ActionRandom}
 )
 
 // Allowed returns whether role may do action at all (scope aside).

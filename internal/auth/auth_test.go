@@ -12,12 +12,14 @@ import (
 
 func TestRoles(t *testing.T) {
 	all := []Action{ActionCreate, ActionGet, ActionList, ActionPublicKey, ActionActivate, ActionDeactivate, ActionRotate,
-		ActionDelete, ActionCancelDeletion, ActionUpdate, ActionSign, ActionVerify, ActionEncrypt, ActionDecrypt, ActionWrap, ActionUnwrap, ActionProviders}
+		ActionDelete, ActionCancelDeletion, ActionUpdate, ActionSign, ActionVerify, ActionEncrypt, ActionDecrypt, ActionWrap, ActionUnwrap, ActionProviders,
+		ActionRewrap, ActionRandom, ActionImport, ActionExport}
 	allowed := map[Role][]Action{
-		RoleAdmin:    all,
-		RoleOperator: {ActionGet, ActionList, ActionPublicKey, ActionProviders, ActionSign, ActionVerify, ActionEncrypt, ActionDecrypt, ActionWrap, ActionUnwrap},
-		RoleAuditor:  {ActionGet, ActionList, ActionPublicKey, ActionProviders},
-		"root":       nil,
+		RoleAdmin: all,
+		RoleOperator: {ActionGet, ActionList, ActionPublicKey, ActionProviders, ActionSign, ActionVerify, ActionEncrypt, ActionDecrypt, ActionWrap, ActionUnwrap,
+			ActionRewrap, ActionRandom},
+		RoleAuditor: {ActionGet, ActionList, ActionPublicKey, ActionProviders},
+		"root":      nil,
 	}
 	for role, yes := range allowed {
 		for _, a := range all {

@@ -88,3 +88,13 @@ func clientHost(addr string) string {
 	}
 	return addr
 }
+
+// TakeRate takes one request from p's bucket, for a front end that counts
+// the parts of one request as requests (the items of a REST batch). A nil
+// principal (an unprotected route) is not limited.
+func (s *Stack) TakeRate(p *auth.Principal) error {
+	if p == nil {
+		return nil
+	}
+	return s.rateLimit(p)
+}

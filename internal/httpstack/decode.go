@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"reflect"
 	"strings"
+	"sync"
 
 	"github.com/keygrid/keygrid-hsm/internal/kgerr"
 )
@@ -218,7 +219,7 @@ func strictValue(dec *json.Decoder, t reflect.Type, path string, unknownOK bool)
 			if strings.ContainsAny(v, "\r\n") {
 				return &strictError{fmt.Sprintf("field %s is not canonical base64: it has a line break", kgerr.Quote(path))}
 			}
-			if _, err := base64.StdEncoding.Strict().DecodeString(v); err != nil {
+			if !canonicalBase64(v) {
 				return &strictError{fmt.Sprintf("field %s is not canonical standard base64 (padded, no line breaks, zero trailing bits)", kgerr.Quote(path))}
 			}
 		}
@@ -275,9 +276,64 @@ func strictObject(dec *json.Decoder, t reflect.Type, path string, unknownOK bool
 	return err
 }
 
+// canonicalBase64 reports whether s is canonical padded standard base64
+// (what base64.StdEncoding.Strict decodes) without decoding it: the
+// decoder that follows does that once.
+func canonicalBase64(s string) bool {
+	if len(s)%4 != 0 {
+		return false
+	}
+	pad := 0
+	if n := len(s); n > 0 && s[n-1] == '=' {
+		pad = 1
+		if s[n-2] == '=' {
+			pad = 2
+		}
+	}
+	body := s[:len(s)-pad]
+	for i := 0; i < len(body); i++ {
+		if b64Index[body[i]] < 0 {
+			return false
+		}
+	}
+	if pad == 0 {
+		return true
+	}
+	// The bits the padding leaves over in the last symbol must be zero.
+	last := b64Index[body[len(body)-1]]
+	if pad == 1 {
+		return last&0x3 == 0
+	}
+	return last&0xf == 0
+}
+
+// b64Index is the value of each standard base64 symbol, -1 for the rest.
+var b64Index = func() (t [256]int8) {
+	for i := range t {
+		t[i] = -1
+	}
+	for i, c := range "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/" {
+		t[c] = int8(i)
+	}
+	return t
+}()
+
+// fieldCache holds jsonFields by type: request types are few and fixed.
+var fieldCache sync.Map // reflect.Type → map[string]reflect.Type
+
 // jsonFields maps the JSON names of a struct's fields (embedded structs'
-// included) to their types, as encoding/json names them.
+// included) to their types, as encoding/json names them. The map is shared:
+// never change it.
 func jsonFields(t reflect.Type) map[string]reflect.Type {
+	if m, ok := fieldCache.Load(t); ok {
+		return m.(map[string]reflect.Type)
+	}
+	m := structFields(t)
+	fieldCache.Store(t, m)
+	return m
+}
+
+func structFields(t reflect.Type) map[string]reflect.Type {
 	out := map[string]reflect.Type{}
 	for i := 0; i < t.NumField(); i++ {
 		f := t.Field(i)
@@ -292,7 +348,7 @@ func jsonFields(t reflect.Type) map[string]reflect.Type {
 				ft = ft.Elem()
 			}
 			if ft.Kind() == reflect.Struct {
-				for n, typ := range jsonFields(ft) {
+				for n, typ := range structFields(ft) {
 					if _, ok := out[n]; !ok {
 						out[n] = typ
 					}

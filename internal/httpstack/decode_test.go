@@ -1,6 +1,7 @@
 package httpstack
 
 import (
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"strings"
@@ -132,4 +133,19 @@ func TestDecodeStrict(t *testing.T) {
 			}
 		})
 	}
+}
+
+// canonicalBase64 agrees with base64.StdEncoding.Strict on every input the
+// strict check sees, without decoding.
+func FuzzCanonicalBase64(f *testing.F) {
+	for _, s := range []string{"", "QQ==", "QR==", "QUE=", "QUF=", "QUFB", "QUFB\n", "QQ", "Q===", "====", "QUFBQQ==", "a+/9", "-_A="} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		_, err := base64.StdEncoding.Strict().DecodeString(s)
+		want := err == nil && !strings.ContainsAny(s, "\r\n")
+		if got := canonicalBase64(s); got != want {
+			t.Fatalf("canonicalBase64(%q) = %v, Strict decoding says %v", s, got, want)
+		}
+	})
 }

@@ -49,6 +49,8 @@ const (
 	// min_decrypt_version.
 	KindKeyVersionDisabled Kind = "KEY_VERSION_DISABLED"
 	KindConflict           Kind = "CONFLICT"
+	// KindKeyNotExtractable: an export of a key not made extractable.
+	KindKeyNotExtractable Kind = "KEY_NOT_EXTRACTABLE"
 	// Ours, or a dependency's.
 	KindUnavailable Kind = "SERVICE_UNAVAILABLE"
 	KindTimeout     Kind = "HSM_TIMEOUT"
@@ -61,6 +63,7 @@ var Kinds = []Kind{
 	KindUnauthenticated, KindPermissionDenied, KindRateLimited,
 	KindKeyNotFound, KindProviderNotFound, KindNotFound,
 	KindAlreadyExists, KindKeyInactive, KindKeyExpired, KindKeyPendingDeletion, KindKeyVersionDisabled, KindConflict,
+	KindKeyNotExtractable,
 	KindUnavailable, KindTimeout, KindInternal,
 }
 

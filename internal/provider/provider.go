@@ -385,3 +385,82 @@ func (r Registry) Types() []string {
 	sort.Strings(out)
 	return out
 }
+
+// The optional capabilities below are separate interfaces, found by type
+// assertion: a provider that cannot do one does not implement it, and the
+// service refuses the operation with UNSUPPORTED_ALGORITHM naming the
+// provider.
+
+// MACer computes HMACs with secret keys of type alg.HMAC. Checking a MAC is
+// the service's (a constant-time comparison with MAC's result).
+type MACer interface {
+	MAC(ctx context.Context, req MACRequest) ([]byte, error)
+}
+
+// MACRequest asks for the MAC of Data.
+type MACRequest struct {
+	Ref       string
+	Spec      alg.Spec
+	Algorithm alg.Info
+	Data      []byte
+}
+
+// Randomer returns bytes from the provider's random number generator
+// (C_GenerateRandom on a token).
+type Randomer interface {
+	Random(ctx context.Context, n int) ([]byte, error)
+}
+
+// WrappingKey is the public half of a provider's import wrapping key.
+type WrappingKey struct {
+	// ID names the key; an import names the ID it was wrapped for.
+	ID string
+	// PublicKey is the DER SubjectPublicKeyInfo of an RSA-4096 key.
+	PublicKey []byte
+}
+
+// Importer takes key material wrapped with alg.RSAAESKeyWrapSHA256 under
+// its wrapping key. It opens the material inside the provider (on a token:
+// C_UnwrapKey, so the material never exists in the gateway's memory in the
+// clear), checks it is of the spec asked for and, for key pairs, that the
+// public key given belongs to it; on any failure nothing is left behind.
+type Importer interface {
+	// WrappingKey returns the wrapping key, making it on first use and
+	// keeping it afterwards.
+	WrappingKey(ctx context.Context) (WrappingKey, error)
+	// ImportKey stores the material under ObjectID. Errors: INVALID_INPUT
+	// for a wrong wrapping key id, wrapping that does not open, material of
+	// another spec, or a public key that does not match.
+	ImportKey(ctx context.Context, req ImportKeyRequest) (CreatedKey, error)
+}
+
+// ImportKeyRequest asks to import wrapped key material.
+type ImportKeyRequest struct {
+	ObjectID      string
+	Label         string
+	Spec          alg.Spec
+	Usage         []alg.Usage
+	Extractable   bool
+	WrappingKeyID string
+	Wrapped       []byte
+	// PublicKey is the DER SubjectPublicKeyInfo the caller says belongs to
+	// the private key (required for key pairs, nil for secret keys).
+	PublicKey []byte
+}
+
+// Exporter wraps the material of an extractable key for the holder of an
+// RSA public key with alg.RSAAESKeyWrapSHA256. The service checks that the
+// key is extractable and the caller allowed; the provider refuses material
+// it holds as not extractable.
+type Exporter interface {
+	ExportKey(ctx context.Context, req ExportKeyRequest) ([]byte, error)
+}
+
+// ExportKeyRequest asks to export the material of Ref.
+type ExportKeyRequest struct {
+	Ref  string
+	Spec alg.Spec
+	// WrappingKey is the DER SubjectPublicKeyInfo of an RSA key of at
+	// least 2048 bits.
+	WrappingKey []byte
+}

@@ -674,7 +674,7 @@ func TestBadInput(t *testing.T) {
 		e.fails(t, http.MethodPost, "/api/v1/keys/rsa/sign", map[string]any{"data": b64(make([]byte, 600<<10))}, http.StatusRequestEntityTooLarge, apitypes.CodePayloadTooLarge)
 	})
 	t.Run("fail unknown route", func(t *testing.T) {
-		for _, p := range []string{"/api/v2/keys", "/nope", "/api/v1/keys/rsa/sign/extra", "/api/v1/keys/rsa/export"} {
+		for _, p := range []string{"/api/v2/keys", "/nope", "/api/v1/keys/rsa/sign/extra", "/api/v1/keys/rsa/teleport"} {
 			e.fails(t, http.MethodGet, p, nil, http.StatusNotFound, apitypes.CodeNotFound)
 		}
 	})

@@ -299,6 +299,11 @@ func (s *Service) Encrypt(ctx context.Context, req EncryptRequest) (out *Encrypt
 	o := s.begin(opEncrypt)
 	defer withhold(&out, &err)
 	defer s.finish(ctx, o, &err)
+	return s.encrypt(ctx, o, req)
+}
+
+// encrypt is Encrypt within operation o.
+func (s *Service) encrypt(ctx context.Context, o *op, req EncryptRequest) (*EncryptResult, error) {
 	k, a, p, err := s.prepare(ctx, o, req.Key, useEncrypt, req.Algorithm)
 	if err != nil {
 		return nil, err
@@ -351,6 +356,11 @@ func (s *Service) Decrypt(ctx context.Context, req DecryptRequest) (out *Decrypt
 	o := s.begin(opDecrypt)
 	defer withhold(&out, &err)
 	defer s.finish(ctx, o, &err)
+	return s.decrypt(ctx, o, req)
+}
+
+// decrypt is Decrypt within operation o.
+func (s *Service) decrypt(ctx context.Context, o *op, req DecryptRequest) (*DecryptResult, error) {
 	k, a, p, err := s.prepare(ctx, o, req.Key, useDecrypt, req.Algorithm)
 	if err != nil {
 		return nil, err
@@ -481,7 +491,7 @@ func (s *Service) PublicKey(ctx context.Context, ref string, n int) (out *Public
 	if err != nil {
 		return nil, err
 	}
-	if k.KeyType == string(alg.AES) {
+	if alg.Secret(alg.KeyType(k.KeyType)) {
 		return nil, kgerr.Invalid(fmt.Sprintf("key %q is a secret key: it has no public key", k.Name))
 	}
 	v, err := version(k, n)

@@ -73,7 +73,7 @@ func (s *Service) KeyJWKS(ctx context.Context, ref string) ([]JWK, error) {
 		s.auditDenied(ctx, opJWKS, k, err)
 		return nil, err
 	}
-	if k.KeyType == string(alg.AES) {
+	if alg.Secret(alg.KeyType(k.KeyType)) {
 		return nil, kgerr.Invalid(fmt.Sprintf("key %q is a secret key: it has no JWKS", k.Name))
 	}
 	if k.State != store.StateActive {

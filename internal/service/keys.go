@@ -84,11 +84,55 @@ func (s *Service) CreateKey(ctx context.Context, req CreateKeyRequest) (out *Key
 	defer withhold(&out, &err)
 	defer s.finish(ctx, o, &err)
 
-	if err := allow(ctx, opCreate.action); err != nil {
+	k, p, err := s.newRecord(ctx, o, req)
+	if err != nil {
 		return nil, err
 	}
-	if err := validateName(req.Name); err != nil {
+	return s.makeNew(ctx, o, p, k, func(v *store.Version) (provider.CreatedKey, error) {
+		return s.makeMaterial(ctx, p, k, v)
+	})
+}
+
+// makeNew is the create protocol of a new key (created or imported): the
+// pending record reserves the name before the provider is touched (of two
+// creates with one name, the loser makes nothing), make makes the first
+// version's material, its audit record is written, and only then is the
+// key made active.
+func (s *Service) makeNew(ctx context.Context, o *op, p provider.Provider, k *store.Key, make func(v *store.Version) (provider.CreatedKey, error)) (*Key, error) {
+	o.key, o.version = k, 1
+	if err := s.auditReady(ctx); err != nil {
 		return nil, err
+	}
+	if err := s.store.CreateKey(ctx, k); err != nil {
+		// Nothing was stored: audit the name asked for, not an id that
+		// never existed.
+		o.key, o.version = &store.Key{Name: k.Name, Provider: k.Provider}, 0
+		return nil, s.hideTakenName(ctx, k.Name, err)
+	}
+	created, err := make(&k.Versions[0])
+	if err != nil {
+		s.abandonPending(ctx, p, k, 1)
+		return nil, err
+	}
+	if err := s.recordAhead(context.WithoutCancel(ctx), o); err != nil {
+		s.discardMaterial(ctx, p, k, 1, created)
+		return nil, err
+	}
+	k, err = s.completeVersion(ctx, p, k.ID, 1, created)
+	if err != nil {
+		return nil, err
+	}
+	return s.view(k), nil
+}
+
+// newRecord validates a request for a new key (a create or an import) and
+// returns its pending record, not yet stored, and its provider.
+func (s *Service) newRecord(ctx context.Context, o *op, req CreateKeyRequest) (*store.Key, provider.Provider, error) {
+	if err := allow(ctx, o.op.action); err != nil {
+		return nil, nil, err
+	}
+	if err := validateName(req.Name); err != nil {
+		return nil, nil, err
 	}
 	provName := req.Provider
 	if provName == "" {
@@ -96,62 +140,62 @@ func (s *Service) CreateKey(ctx context.Context, req CreateKeyRequest) (out *Key
 	}
 	p, ok := s.providers[provName]
 	if !ok {
-		return nil, kgerr.Invalid(fmt.Sprintf("provider %s is not configured (configured: %v)", kgerr.Quote(provName), s.names))
+		return nil, nil, kgerr.Invalid(fmt.Sprintf("provider %s is not configured (configured: %v)", kgerr.Quote(provName), s.names))
 	}
 	o.provider = provName
 	if pr := CallerFrom(ctx).Auth; !pr.InScope(req.Name, provName) {
 		o.key = &store.Key{Name: req.Name, Provider: provName}
-		return nil, denied(pr, opCreate.action)
+		return nil, nil, denied(pr, o.op.action)
 	}
 	spec, err := alg.NewSpec(req.Spec.KeyType, req.Spec.KeySize, req.Spec.Curve)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	caps := p.Capabilities()
 	if err := caps.CheckSpec(spec); err != nil {
-		return nil, onProvider(provName, err)
+		return nil, nil, onProvider(provName, err)
 	}
-	if req.PublishJWKS && spec.Type == alg.AES {
-		return nil, kgerr.Invalid("publish_jwks: an AES key has no public key to publish")
+	if req.PublishJWKS && alg.Secret(spec.Type) {
+		return nil, nil, kgerr.Invalid(fmt.Sprintf("publish_jwks: a %s key has no public key to publish", spec.Type))
 	}
 	usage, err := alg.ParseUsage(spec.Type, req.Spec.Usage)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	var a alg.Info
 	if req.Spec.Algorithm != "" {
 		if a, err = alg.Lookup(req.Spec.Algorithm); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		if err := alg.Compatible(spec, a); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	} else if a, err = alg.Lookup(string(alg.Default(spec, usage))); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	o.algorithm = string(a.Name)
 	if err := caps.CheckAlgorithm(a.Name); err != nil {
-		return nil, onProvider(provName, err)
+		return nil, nil, onProvider(provName, err)
 	}
 	if len(usage) == 0 {
 		usage = alg.DefaultUsage(a)
 	}
 	if !slices.ContainsFunc(alg.DefaultUsage(a), func(u alg.Usage) bool { return slices.Contains(usage, u) }) {
-		return nil, kgerr.Invalid(fmt.Sprintf("algorithm %s does not serve any of the key's usages %v", a.Name, usage))
+		return nil, nil, kgerr.Invalid(fmt.Sprintf("algorithm %s does not serve any of the key's usages %v", a.Name, usage))
 	}
 	if err := validateMetadata(req.Metadata); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if err := validateDescription(req.Description); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	now := s.now().UTC()
 	if req.ExpiresAt != nil && !req.ExpiresAt.After(now) {
-		return nil, kgerr.Invalid("expires_at must be in the future")
+		return nil, nil, kgerr.Invalid("expires_at must be in the future")
 	}
 	id, err := uuid.NewV7()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	k := &store.Key{
 		ID: id.String(), Name: req.Name, Provider: provName, KeyType: string(spec.Type), KeySize: spec.Size,
@@ -167,32 +211,7 @@ func (s *Service) CreateKey(ctx context.Context, req CreateKeyRequest) (out *Key
 		t := req.ExpiresAt.UTC()
 		k.ExpiresAt = &t
 	}
-	o.key, o.version = k, 1
-	if err := s.auditReady(ctx); err != nil {
-		return nil, err
-	}
-	// The pending record reserves the name before the provider is touched:
-	// of two creates with one name, the loser makes nothing.
-	if err := s.store.CreateKey(ctx, k); err != nil {
-		// Nothing was stored: audit the name asked for, not an id that
-		// never existed.
-		o.key, o.version = &store.Key{Name: k.Name, Provider: k.Provider}, 0
-		return nil, s.hideTakenName(ctx, k.Name, err)
-	}
-	created, err := s.makeMaterial(ctx, p, k, &k.Versions[0])
-	if err != nil {
-		s.abandonPending(ctx, p, k, 1)
-		return nil, err
-	}
-	if err := s.recordAhead(context.WithoutCancel(ctx), o); err != nil {
-		s.discardMaterial(ctx, p, k, 1, created)
-		return nil, err
-	}
-	k, err = s.completeVersion(ctx, p, k.ID, 1, created)
-	if err != nil {
-		return nil, err
-	}
-	return s.view(k), nil
+	return k, p, nil
 }
 
 // makeMaterial asks the provider for a version's key material. If the call
@@ -227,7 +246,7 @@ func (s *Service) findMaterial(ctx context.Context, p provider.Provider, k *stor
 		return provider.CreatedKey{}, false, err
 	}
 	created := provider.CreatedKey{Ref: ref}
-	if k.KeyType != string(alg.AES) {
+	if !alg.Secret(alg.KeyType(k.KeyType)) {
 		if created.PublicKey, err = p.PublicKey(ctx, ref); err != nil {
 			return provider.CreatedKey{}, false, err
 		}

@@ -556,7 +556,7 @@ func (s *Service) AttachChain(ctx context.Context, req AttachChainRequest) (out 
 	if k.State != store.StateActive && k.State != store.StateInactive {
 		return nil, kgerr.New(kgerr.KindKeyInactive, fmt.Sprintf("key %q is %s", k.Name, k.State))
 	}
-	if k.KeyType == string(alg.AES) {
+	if alg.Secret(alg.KeyType(k.KeyType)) {
 		return nil, kgerr.Invalid(fmt.Sprintf("key %q is a secret key: no certificate can certify it", k.Name))
 	}
 	certs, err := checkChain(req.Chain)

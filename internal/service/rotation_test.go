@@ -266,3 +266,44 @@ func TestAutomaticRotationRetries(t *testing.T) {
 		}
 	}
 }
+
+// TestMinDecryptVersionMACAndRewrap: a MAC of a version below the floor no
+// longer verifies (named: KEY_VERSION_DISABLED; unnamed: not valid), and a
+// ciphertext below it cannot be rewrapped.
+func TestMinDecryptVersionMACAndRewrap(t *testing.T) {
+	f := newFixture(t)
+	ctx := as(operatorP)
+	f.create("mac", KeySpec{KeyType: "HMAC", KeySize: 256})
+	f.create("dek", specAES256)
+	data := []byte("authenticated by v1")
+	m1, err := f.svc.MAC(ctx, MACRequest{Key: "mac", Data: data})
+	wantErr(t, err, nil)
+	ct1, err := f.svc.Encrypt(ctx, EncryptRequest{Key: "dek", Plaintext: data, Format: testFormat{}})
+	wantErr(t, err, nil)
+	for _, name := range []string{"mac", "dek"} {
+		if _, err := f.svc.RotateKey(f.admin(), name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err = f.svc.Rewrap(ctx, RewrapRequest{Key: "dek", Ciphertext: testFormat{}.seal(ct1), Format: testFormat{}})
+	wantErr(t, err, nil) // below no floor yet
+	for _, name := range []string{"mac", "dek"} {
+		if _, err := f.svc.UpdateKey(f.admin(), UpdateKeyRequest{Key: name, MinDecryptVersion: Set(2)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err = f.svc.VerifyMAC(ctx, VerifyMACRequest{Key: "mac", Data: data, MAC: m1.MAC, KeyVersion: 1})
+	wantErr(t, err, kgerr.ErrKeyVersionDisabled)
+	v, err := f.svc.VerifyMAC(ctx, VerifyMACRequest{Key: "mac", Data: data, MAC: m1.MAC})
+	wantErr(t, err, nil)
+	if v.Valid {
+		t.Fatal("a MAC of a disabled version verified")
+	}
+	m2, err := f.svc.MAC(ctx, MACRequest{Key: "mac", Data: data})
+	wantErr(t, err, nil)
+	if v, err := f.svc.VerifyMAC(ctx, VerifyMACRequest{Key: "mac", Data: data, MAC: m2.MAC}); err != nil || !v.Valid || v.KeyVersion != 2 {
+		t.Fatalf("a MAC of the current version: %+v %v", v, err)
+	}
+	_, err = f.svc.Rewrap(ctx, RewrapRequest{Key: "dek", Ciphertext: testFormat{}.seal(ct1), Format: testFormat{}})
+	wantErr(t, err, kgerr.ErrKeyVersionDisabled)
+}

@@ -230,6 +230,10 @@ func (s *Service) finish(ctx context.Context, o *op, errp *error) {
 	d := s.now().Sub(o.start)
 	e := s.opEvent(ctx, o, d)
 	if *errp != nil {
+		// Classified once, here: the caller gets the kind the audit
+		// record names (a deadline passed in the store is a timeout in
+		// both), the cause still in the chain.
+		*errp = kgerr.Classify(*errp)
 		CallerFrom(ctx).fail(&e, *errp)
 	}
 	if o.recorded && *errp == nil {

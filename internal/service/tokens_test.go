@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/keygrid/keygrid-hsm/internal/alg"
+	"github.com/keygrid/keygrid-hsm/internal/duration"
 	"github.com/keygrid/keygrid-hsm/internal/kgerr"
 	"github.com/keygrid/keygrid-hsm/internal/provider"
 	"github.com/keygrid/keygrid-hsm/internal/provider/pkcs11"
@@ -59,6 +60,9 @@ func TestServiceOnTokens(t *testing.T) {
 	for _, tok := range tokens {
 		t.Run(tok.name, func(t *testing.T) {
 			cfg := tok.open(t)
+			// RSA key generation on a loaded 2-core machine can pass the
+			// default 5 s; these tests are about behaviour, not speed.
+			cfg.OperationTimeout = duration.Duration(time.Minute)
 			p, err := pkcs11.Open(context.Background(), "hsm", pkcs11.TypePKCS11, cfg, slog.New(slog.DiscardHandler))
 			if err != nil {
 				t.Fatal(err)
@@ -96,6 +100,8 @@ func specFor(a alg.Info) KeySpec {
 		if a.Name == alg.A128GCM {
 			s.KeySize = 128
 		}
+	case alg.HMAC:
+		s.KeySize = a.KeySize
 	}
 	switch a.Kind {
 	case alg.KindEncrypt:

@@ -42,6 +42,15 @@ var (
 	opWrap             = operation{"wrap", auth.ActionWrap}
 	opUnwrap           = operation{"unwrap", auth.ActionUnwrap}
 
+	opWrappingKey = operation{"wrapping_key", auth.ActionImport}
+	opImport      = operation{"import", auth.ActionImport}
+	opExport      = operation{"export", auth.ActionExport}
+	opMAC         = operation{"mac", auth.ActionSign}
+	opVerifyMAC   = operation{"verify_mac", auth.ActionVerify}
+	opDataKey     = operation{"generate_data_key", auth.ActionEncrypt}
+	opRewrap      = operation{"rewrap", auth.ActionRewrap}
+	opRandom      = operation{"random", auth.ActionRandom}
+
 	opCSR              = operation{"csr", auth.ActionCSR}
 	opIssueCertificate = operation{"issue_certificate", auth.ActionIssueCertificate}
 	opAttachChain      = operation{"attach_certificate", auth.ActionAttachCertificate}
@@ -494,4 +503,96 @@ type TokenResult struct {
 	Algorithm  string
 	KeyID      string
 	KeyVersion int
+}
+
+// WrappingKeyInfo is a provider's import wrapping key.
+type WrappingKeyInfo struct {
+	Provider string
+	ID       string
+	// PublicKey is the DER SubjectPublicKeyInfo (RSA-4096).
+	PublicKey []byte
+	Algorithm string // alg.RSAAESKeyWrapSHA256
+}
+
+// ImportKeyRequest asks to import key material wrapped with
+// RSA_AES_KEY_WRAP_SHA_256 under a provider's wrapping key as a new key.
+// PublicKey (DER SubjectPublicKeyInfo) is required for key pairs.
+type ImportKeyRequest struct {
+	CreateKeyRequest
+	WrappingKeyID string
+	WrappedKey    []byte
+	PublicKey     []byte
+}
+
+// ExportKeyRequest asks for a version (0: newest) of an extractable key,
+// wrapped for the holder of PublicKey (DER SubjectPublicKeyInfo, RSA of at
+// least 2048 bits).
+type ExportKeyRequest struct {
+	Key       string
+	Version   int
+	PublicKey []byte
+}
+
+// ExportResult is the wrapped material.
+type ExportResult struct {
+	WrappedKey []byte
+	Algorithm  string
+	KeyID      string
+	KeyVersion int
+}
+
+// MACRequest computes an HMAC of Data with the current version.
+type MACRequest struct {
+	Key       string
+	Algorithm string
+	Data      []byte
+}
+
+// MACResult is the MAC.
+type MACResult struct {
+	MAC        []byte
+	Algorithm  string
+	KeyID      string
+	KeyVersion int
+}
+
+// VerifyMACRequest checks a MAC with KeyVersion (0: every active version,
+// newest first).
+type VerifyMACRequest struct {
+	Key        string
+	Algorithm  string
+	Data       []byte
+	MAC        []byte
+	KeyVersion int
+}
+
+// RandomRequest asks a provider (empty: the default) for Bytes random bytes.
+type RandomRequest struct {
+	Provider string
+	Bytes    int
+}
+
+// DataKeyRequest asks for a fresh AES data key of KeySize bits (128 or
+// 256), encrypted under the current version of Key like any Encrypt.
+type DataKeyRequest struct {
+	Key              string
+	KeySize          int
+	IncludePlaintext bool
+	AAD              []byte
+	Format           CiphertextFormat
+}
+
+// DataKeyResult is the data key encrypted, and in the clear when asked.
+type DataKeyResult struct {
+	Plaintext []byte
+	EncryptResult
+}
+
+// RewrapRequest decrypts a ciphertext of Key and encrypts the plaintext
+// again under the current version; the plaintext is never returned.
+type RewrapRequest struct {
+	Key        string
+	Ciphertext []byte
+	AAD        []byte
+	Format     CiphertextFormat
 }

@@ -1,6 +1,7 @@
 package testbed
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -101,7 +102,7 @@ func (s *P11KitServer) Stop() error {
 // required, without p11-kit.
 func StartP11Kit(t *testing.T, label, pin string) (client string, srv *P11KitServer) {
 	t.Helper()
-	Require(t, "p11-kit", "softhsm2-util", SoftHSMModule)
+	Require(t, "p11-kit", "pkcs11-tool", "softhsm2-util", SoftHSMModule)
 	if client = P11KitClientModule(); client == "" {
 		Require(t, "/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so")
 	}
@@ -121,5 +122,20 @@ func StartP11Kit(t *testing.T, label, pin string) (client string, srv *P11KitSer
 	}
 	t.Cleanup(func() { srv.Stop() })
 	t.Setenv("P11_KIT_SERVER_ADDRESS", srv.Address())
+	// The socket exists before the server serves the token (on a loaded
+	// machine a first client can see no slot): wait until a client lists it.
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		cmd := exec.Command("pkcs11-tool", "--module", client, "-L")
+		cmd.Env = append(os.Environ(), "P11_KIT_SERVER_ADDRESS="+srv.Address())
+		out, err := cmd.CombinedOutput()
+		if err == nil && bytes.Contains(out, []byte(label)) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("p11-kit server does not list token %s: %v\n%s", label, err, out)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	return client, srv
 }

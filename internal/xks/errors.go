@@ -64,6 +64,7 @@ var names = map[kgerr.Kind]string{
 	// min_decrypt_version: the key's state refuses it.
 	kgerr.KindKeyPendingDeletion: InvalidStateException,
 	kgerr.KindKeyVersionDisabled: InvalidStateException,
+	kgerr.KindKeyNotExtractable:  InvalidStateException,
 	kgerr.KindConflict:           InternalException,
 	// An HSM that cannot be reached (or an audit log that cannot be
 	// written) is a failure of the key manager; one that does not answer

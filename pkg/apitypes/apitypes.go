@@ -24,6 +24,7 @@ const (
 	CodeKeyExpired           ErrorCode = "KEY_EXPIRED"
 	CodeKeyPendingDeletion   ErrorCode = "KEY_PENDING_DELETION"
 	CodeKeyVersionDisabled   ErrorCode = "KEY_VERSION_DISABLED"
+	CodeKeyNotExtractable    ErrorCode = "KEY_NOT_EXTRACTABLE"
 	CodeUsageNotPermitted    ErrorCode = "USAGE_NOT_PERMITTED"
 	CodeConflict             ErrorCode = "CONFLICT"
 	CodeDecryptionFailed     ErrorCode = "DECRYPTION_FAILED"
@@ -210,6 +211,8 @@ type Key struct {
 	UpdatedAt     time.Time         `json:"updated_at"`
 	ExpiresAt     *time.Time        `json:"expires_at,omitempty"`
 	PublishJWKS   bool              `json:"publish_jwks"`
+	// Origin is "imported" in the answer to an import.
+	Origin string `json:"origin,omitempty"`
 	// DeletionDate is when a key in state pending_deletion is destroyed.
 	DeletionDate *time.Time `json:"deletion_date,omitempty"`
 	// RotationPeriod is a Go duration ("2160h0m0s"); NextRotationAt when
@@ -524,4 +527,117 @@ type TokenResponse struct {
 	Algorithm  string `json:"algorithm"`
 	KeyID      string `json:"key_id"`
 	KeyVersion int    `json:"key_version"`
+}
+
+// WrappingKeyResponse is the body of GET /api/v1/providers/{name}/wrapping-key.
+type WrappingKeyResponse struct {
+	ID        string `json:"id"`
+	Provider  string `json:"provider"`
+	PublicKey string `json:"public_key"` // PEM SubjectPublicKeyInfo, RSA-4096
+	Algorithm string `json:"algorithm"`  // RSA_AES_KEY_WRAP_SHA_256
+}
+
+// ImportKeyRequest is the body of POST /api/v1/keys/import: key material
+// wrapped with RSA_AES_KEY_WRAP_SHA_256 under the provider's wrapping key.
+type ImportKeyRequest struct {
+	Provider      string            `json:"provider,omitempty"`
+	Name          string            `json:"name"`
+	KeySpec       KeySpec           `json:"key_spec"`
+	Metadata      map[string]string `json:"metadata,omitempty"`
+	ExpiresAt     *time.Time        `json:"expires_at,omitempty"`
+	WrappedKey    []byte            `json:"wrapped_key"`
+	WrappingKeyID string            `json:"wrapping_key_id"`
+	// PublicKey (PEM) is required for RSA, EC and Ed25519 keys.
+	PublicKey string `json:"public_key,omitempty"`
+}
+
+// ExportKeyRequest is the body of POST /api/v1/keys/{key}/export.
+type ExportKeyRequest struct {
+	PublicKey string `json:"public_key"` // PEM, RSA ≥ 2048
+	Version   int    `json:"version,omitempty"`
+}
+
+// ExportKeyResponse is the wrapped key material.
+type ExportKeyResponse struct {
+	WrappedKey []byte `json:"wrapped_key"`
+	Algorithm  string `json:"algorithm"`
+	KeyID      string `json:"key_id"`
+	KeyVersion int    `json:"key_version"`
+}
+
+// DataKeyRequest is the body of POST /api/v1/keys/{key}/datakey.
+type DataKeyRequest struct {
+	KeySize          int    `json:"key_size"`
+	IncludePlaintext bool   `json:"include_plaintext,omitempty"`
+	AAD              []byte `json:"aad,omitempty"`
+}
+
+// DataKeyResponse is a data key encrypted under the key, and in the clear
+// when asked.
+type DataKeyResponse struct {
+	Plaintext  []byte `json:"plaintext,omitempty"`
+	Ciphertext []byte `json:"ciphertext"`
+	Algorithm  string `json:"algorithm"`
+	KeyID      string `json:"key_id"`
+	KeyVersion int    `json:"key_version"`
+}
+
+// RewrapRequest is the body of POST /api/v1/keys/{key}/rewrap; the answer
+// is an EncryptResponse.
+type RewrapRequest struct {
+	Ciphertext []byte `json:"ciphertext"`
+	AAD        []byte `json:"aad,omitempty"`
+}
+
+// MACRequest is the body of POST /api/v1/keys/{key}/mac.
+type MACRequest struct {
+	Data      []byte `json:"data"`
+	Algorithm string `json:"algorithm,omitempty"`
+}
+
+// MACResponse is a MAC.
+type MACResponse struct {
+	MAC        []byte `json:"mac"`
+	Algorithm  string `json:"algorithm"`
+	KeyID      string `json:"key_id"`
+	KeyVersion int    `json:"key_version"`
+}
+
+// VerifyMACRequest is the body of POST /api/v1/keys/{key}/verify-mac; the
+// answer is a VerifyResponse.
+type VerifyMACRequest struct {
+	Data       []byte `json:"data"`
+	MAC        []byte `json:"mac"`
+	Algorithm  string `json:"algorithm,omitempty"`
+	KeyVersion int    `json:"key_version,omitempty"`
+}
+
+// RandomRequest is the body of POST /api/v1/random.
+type RandomRequest struct {
+	Bytes    int    `json:"bytes"`
+	Provider string `json:"provider,omitempty"`
+}
+
+// RandomResponse is random bytes.
+type RandomResponse struct {
+	Random []byte `json:"random"`
+}
+
+// BatchRequest is the body of POST /api/v1/batch: each item is an object
+// with "op" (sign, verify, encrypt, decrypt, mac, verify-mac), "key" and the
+// fields of that operation's single request.
+type BatchRequest struct {
+	Items []json.RawMessage `json:"items"`
+}
+
+// BatchResponse has one result per item, in order: the single operation's
+// response, or a BatchError.
+type BatchResponse struct {
+	Results []json.RawMessage `json:"results"`
+}
+
+// BatchError is the result of an item that failed.
+type BatchError struct {
+	Error  ErrorDetail `json:"error"`
+	Status int         `json:"status"`
 }

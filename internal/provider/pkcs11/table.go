@@ -164,7 +164,13 @@ var mechanisms = []mechanism{
 
 // notPerformed names the algorithms of package alg this provider does not
 // perform, with the reason. Every algorithm is in mechanisms or here.
-var notPerformed = map[alg.Algorithm]string{}
+var notPerformed = map[alg.Algorithm]string{
+	// CKM_SHA*_HMAC with CKK_GENERIC_SECRET keys is the way; this provider
+	// does not implement provider.MACer yet.
+	alg.HS256: "this gateway does not yet perform HMAC on PKCS#11 tokens",
+	alg.HS384: "this gateway does not yet perform HMAC on PKCS#11 tokens",
+	alg.HS512: "this gateway does not yet perform HMAC on PKCS#11 tokens",
+}
 
 // byAlg indexes the table.
 var byAlg = func() map[alg.Algorithm]mechanism {

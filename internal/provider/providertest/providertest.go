@@ -78,6 +78,10 @@ func Run(t *testing.T, open func(t *testing.T) provider.Provider) {
 	t.Run("DecryptOAEP", s.testDecryptOAEP)
 	t.Run("AESGCM", s.testAESGCM)
 	t.Run("WrapUnwrap", s.testWrapUnwrap)
+	t.Run("MAC", s.testMAC)
+	t.Run("Random", s.testRandom)
+	t.Run("Import", s.testImport)
+	t.Run("Export", s.testExport)
 	t.Run("DeleteKey", s.testDeleteKey)
 	t.Run("CheckHealth", s.testCheckHealth)
 	t.Run("Concurrency", s.testConcurrency)
@@ -201,7 +205,7 @@ func (s *suite) cheapSpec(asymmetric bool) (alg.Spec, bool) {
 // exercise can use.
 func (s *suite) usable(spec alg.Spec) bool {
 	return len(s.algsFor(spec, alg.KindSign)) > 0 || len(s.algsFor(spec, alg.KindEncrypt)) > 0 ||
-		len(s.algsFor(spec, alg.KindWrap)) > 0
+		len(s.algsFor(spec, alg.KindWrap)) > 0 || len(s.algsFor(spec, alg.KindMAC)) > 0
 }
 
 func usagesFor(t alg.KeyType) []alg.Usage {
@@ -224,7 +228,7 @@ func (s *suite) createKey(ctx context.Context, p provider.Provider, spec alg.Spe
 		return k, err
 	}
 	k.ref, k.der = created.Ref, created.PublicKey
-	if spec.Type != alg.AES {
+	if !alg.Secret(spec.Type) {
 		if k.pub, err = x509.ParsePKIXPublicKey(k.der); err != nil {
 			return k, fmt.Errorf("CreateKey returned a public key that x509.ParsePKIXPublicKey refuses: %w", err)
 		}
@@ -333,7 +337,7 @@ func checkSignature(k testKey, a alg.Info, input, sig []byte) error {
 // result. It returns the provider's error as is, or an error describing a
 // wrong result.
 func (s *suite) exercise(ctx context.Context, p provider.Provider, k testKey) error {
-	for _, kind := range []alg.Kind{alg.KindSign, alg.KindEncrypt, alg.KindWrap} {
+	for _, kind := range []alg.Kind{alg.KindSign, alg.KindEncrypt, alg.KindWrap, alg.KindMAC} {
 		if as := s.algsFor(k.spec, kind); len(as) > 0 {
 			return perform(ctx, p, k, as[0])
 		}
@@ -413,6 +417,8 @@ func perform(ctx context.Context, p provider.Provider, k testKey, a alg.Info) er
 			return fmt.Errorf("unwrap of a tampered wrapped key: %v, want DECRYPTION_FAILED", err)
 		}
 		return nil
+	case a.Kind == alg.KindMAC:
+		return performMAC(ctx, p, k, a)
 	}
 	return fmt.Errorf("the suite does not know how to perform %s", a.Name)
 }
@@ -485,6 +491,9 @@ func (s *suite) testCapabilities(t *testing.T) {
 			t.Errorf("Capabilities lists %s keys, but no listed algorithm applies to them", specName(sp))
 		}
 	}
+	if _, ok := s.p.(provider.MACer); !ok && slices.ContainsFunc(s.algs, func(a alg.Info) bool { return a.Kind == alg.KindMAC }) {
+		t.Error("Capabilities lists an HMAC algorithm, but the provider does not implement provider.MACer")
+	}
 	if !capsEqual(s.caps, s.p.Capabilities()) {
 		t.Error("Capabilities() changed while the provider is open")
 	}
@@ -511,7 +520,7 @@ func (s *suite) testCreateKey(t *testing.T) {
 				t.Fatal("CreateKey returned an empty Ref")
 			}
 			ctx := t.Context()
-			if sp.Type == alg.AES {
+			if alg.Secret(sp.Type) {
 				if len(k.der) != 0 {
 					t.Errorf("CreateKey returned a public key for a secret key: %x", k.der)
 				}
@@ -637,6 +646,8 @@ func specFor(a alg.Info) alg.Spec {
 		return alg.Spec{Type: alg.Ed25519, Size: 256}
 	case a.KeyType == alg.AES:
 		return alg.Spec{Type: alg.AES, Size: cmp.Or(a.KeySize, 256)}
+	case a.KeyType == alg.HMAC:
+		return alg.Spec{Type: alg.HMAC, Size: cmp.Or(a.KeySize, 256)}
 	}
 	return alg.Spec{Type: a.KeyType, Size: 2048}
 }
@@ -721,6 +732,16 @@ func refusedCalls(k testKey, a alg.Info) map[string]func(context.Context, provid
 			},
 			"Decrypt": func(ctx context.Context, p provider.Provider) ([]byte, error) {
 				return p.Decrypt(ctx, provider.DecryptRequest{Ref: k.ref, Spec: k.spec, Algorithm: a, Ciphertext: slices.Concat(msg, msg[:16]), Nonce: msg[:12]})
+			},
+		}
+	case a.Kind == alg.KindMAC:
+		return map[string]func(context.Context, provider.Provider) ([]byte, error){
+			"MAC": func(ctx context.Context, p provider.Provider) ([]byte, error) {
+				m, ok := p.(provider.MACer)
+				if !ok { // no MACer: nothing to call, the refusal is the missing interface
+					return nil, kgerr.ErrUnsupportedAlgorithm
+				}
+				return m.MAC(ctx, provider.MACRequest{Ref: k.ref, Spec: k.spec, Algorithm: a, Data: msg})
 			},
 		}
 	}
@@ -1129,7 +1150,7 @@ func (s *suite) testDeleteKey(t *testing.T) {
 			}
 			err = noPanic(t, "operation after delete", func() error { return s.exercise(ctx, s.p, k) })
 			wantErr(t, "operation after delete", err, kgerr.ErrKeyNotFound)
-			if sp.Type != alg.AES {
+			if !alg.Secret(sp.Type) {
 				_, err := publicKey(t, s.p, k.ref)
 				wantErr(t, "PublicKey after delete", err, kgerr.ErrKeyNotFound)
 			}
@@ -1267,7 +1288,7 @@ func (s *suite) testClose(t *testing.T, open func(t *testing.T) provider.Provide
 			err := noPanic(t, "operation", func() error { return s.exercise(ctx, p, k) })
 			wantErr(t, "operation after Close", err, closed...)
 		})
-		if k.spec.Type != alg.AES {
+		if !alg.Secret(k.spec.Type) {
 			t.Run("fail PublicKey "+specName(k.spec), func(t *testing.T) {
 				_, err := publicKey(t, p, k.ref)
 				wantErr(t, "PublicKey after Close", err, closed...)

@@ -64,6 +64,9 @@ type Provider struct {
 	table map[alg.Algorithm]performer // how each algorithm is performed (table.go)
 	caps  provider.Capabilities
 
+	wrapMu   sync.Mutex      // serialises the making of the wrapping key
+	wrapping *rsa.PrivateKey // the import wrapping key, once loaded
+
 	mu     sync.RWMutex
 	cache  map[string]any // object id → *rsa.PrivateKey | *ecdsa.PrivateKey | ed25519.PrivateKey | cipher.Block
 	closed bool
@@ -232,7 +235,10 @@ func (p *Provider) Capabilities() provider.Capabilities { return p.caps }
 type keyFile struct {
 	Version int    `json:"v"`
 	Spec    string `json:"spec"`
-	Sealed  []byte `json:"sealed"` // nonce ‖ AES-256-GCM(PKCS#8 or raw AES key)
+	// Extractable is set for keys made or imported extractable: only
+	// those may be exported.
+	Extractable bool   `json:"extractable,omitempty"`
+	Sealed      []byte `json:"sealed"` // nonce ‖ AES-256-GCM(PKCS#8 or raw secret key)
 }
 
 func (p *Provider) path(objectID string) string { return filepath.Join(p.dir, objectID+".key") }
@@ -285,7 +291,7 @@ func (p *Provider) CreateKey(ctx context.Context, req provider.CreateKeyRequest)
 		priv, err = ecdsa.GenerateKey(alg.Curve(req.Spec.Curve), rand.Reader)
 	case alg.Ed25519:
 		_, priv, err = ed25519.GenerateKey(rand.Reader)
-	case alg.AES:
+	case alg.AES, alg.HMAC:
 		raw = make([]byte, req.Spec.Size/8)
 		_, err = rand.Read(raw)
 	}
@@ -300,33 +306,42 @@ func (p *Provider) CreateKey(ctx context.Context, req provider.CreateKeyRequest)
 			return provider.CreatedKey{}, err
 		}
 	}
-	sealed, err := p.seal(raw, aadFor(req.ObjectID, req.Spec))
-	clear(raw)
-	if err != nil {
+	defer clear(raw)
+	if err := p.storeKey(ctx, req.ObjectID, req.Spec, req.Extractable, raw, priv); err != nil {
 		return provider.CreatedKey{}, err
 	}
-	b, err := json.Marshal(keyFile{Version: 1, Spec: req.Spec.String(), Sealed: sealed})
+	return provider.CreatedKey{Ref: req.ObjectID, PublicKey: pub}, nil
+}
+
+// storeKey seals raw (PKCS#8 or a secret key's bytes) and writes it as the
+// file of objectID, caching priv (nil for secret keys).
+func (p *Provider) storeKey(ctx context.Context, objectID string, spec alg.Spec, extractable bool, raw []byte, priv any) error {
+	sealed, err := p.seal(raw, aadFor(objectID, spec))
 	if err != nil {
-		return provider.CreatedKey{}, err
+		return err
+	}
+	b, err := json.Marshal(keyFile{Version: 1, Spec: spec.String(), Extractable: extractable, Sealed: sealed})
+	if err != nil {
+		return err
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if err := p.checkOpen(); err != nil {
-		return provider.CreatedKey{}, err
+		return err
 	}
 	if err := ctx.Err(); err != nil {
-		return provider.CreatedKey{}, err
+		return err
 	}
-	if err := fsutil.CreateFile(p.path(req.ObjectID), b, 0o600); err != nil {
+	if err := fsutil.CreateFile(p.path(objectID), b, 0o600); err != nil {
 		if errors.Is(err, fs.ErrExist) {
-			return provider.CreatedKey{}, kgerr.New(kgerr.KindAlreadyExists, "key material for this object id exists already")
+			return kgerr.New(kgerr.KindAlreadyExists, "key material for this object id exists already")
 		}
-		return provider.CreatedKey{}, fmt.Errorf("software provider %q: write key: %w", p.name, err)
+		return fmt.Errorf("software provider %q: write key: %w", p.name, err)
 	}
 	if priv != nil {
-		p.cache[req.ObjectID] = priv
+		p.cache[objectID] = priv
 	}
-	return provider.CreatedKey{Ref: req.ObjectID, PublicKey: pub}, nil
+	return nil
 }
 
 // FindKey implements provider.Provider.
@@ -415,7 +430,10 @@ func (p *Provider) load(ref string, spec alg.Spec) (any, error) {
 	if err != nil {
 		return nil, fmt.Errorf("software provider %q: key %s does not open under the master key", p.name, ref)
 	}
-	if spec.Type == alg.AES {
+	switch spec.Type {
+	case alg.HMAC:
+		k = macKey(raw)
+	case alg.AES:
 		block, err := aes.NewCipher(raw)
 		if err != nil {
 			return nil, err
@@ -425,7 +443,7 @@ func (p *Provider) load(ref string, spec alg.Spec) (any, error) {
 			return nil, err
 		}
 		k = &aesKey{raw: raw, gcm: g}
-	} else {
+	default:
 		k, err = x509.ParsePKCS8PrivateKey(raw)
 		clear(raw)
 		if err != nil {

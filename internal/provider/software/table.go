@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"crypto/ecdsa"
 	"crypto/ed25519"
+	"crypto/hmac"
 	"crypto/rand"
 	"crypto/rsa"
 	"fmt"
@@ -28,6 +29,7 @@ type performer struct {
 	decrypt func(key any, a alg.Info, req provider.DecryptRequest) ([]byte, error)
 	wrap    func(k *aesKey, material []byte) ([]byte, error)
 	unwrap  func(k *aesKey, wrapped []byte) ([]byte, error)
+	mac     func(k macKey, a alg.Info, data []byte) []byte
 }
 
 var performers = map[alg.Algorithm]performer{
@@ -46,6 +48,9 @@ var performers = map[alg.Algorithm]performer{
 	alg.A128GCM:    {encrypt: sealGCM, decrypt: openGCM},
 	alg.A256GCM:    {encrypt: sealGCM, decrypt: openGCM},
 	alg.AESKWP:     {wrap: wrapKWP, unwrap: unwrapKWP},
+	alg.HS256:      {mac: macHMAC},
+	alg.HS384:      {mac: macHMAC},
+	alg.HS512:      {mac: macHMAC},
 }
 
 // notPerformed names the algorithms of package alg this provider does not
@@ -58,6 +63,7 @@ var keyTypes = []provider.KeyTypeCaps{
 	{Type: alg.EC, Curves: []string{"P-256", "P-384", "P-521"}},
 	{Type: alg.Ed25519},
 	{Type: alg.AES, Sizes: []int{128, 256}},
+	{Type: alg.HMAC, Sizes: []int{256, 384, 512}},
 }
 
 // capabilities derives the capabilities from keyTypes and a table (the
@@ -89,6 +95,7 @@ const (
 	useDecrypt use = "decrypt"
 	useWrap    use = "wrap"
 	useUnwrap  use = "unwrap"
+	useMAC     use = "mac"
 )
 
 // does reports whether the performer has a call for u.
@@ -104,6 +111,8 @@ func (f performer) does(u use) bool {
 		return f.wrap != nil
 	case useUnwrap:
 		return f.unwrap != nil
+	case useMAC:
+		return f.mac != nil
 	}
 	return false
 }
@@ -212,4 +221,14 @@ func unwrapKWP(k *aesKey, wrapped []byte) ([]byte, error) {
 		return nil, kgerr.Wrap(kgerr.KindDecryptionFailed, err, "unwrap failed: the wrapped key does not authenticate under this key")
 	}
 	return out, nil
+}
+
+// macKey is a cached HMAC key: its bytes.
+type macKey []byte
+
+// macHMAC computes the HMAC of data with the algorithm's hash.
+func macHMAC(k macKey, a alg.Info, data []byte) []byte {
+	m := hmac.New(a.Hash.New, k)
+	m.Write(data)
+	return m.Sum(nil)
 }

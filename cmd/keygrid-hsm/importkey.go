@@ -1,0 +1,47 @@
+package main
+
+import (
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+)
+
+// readImportKey reads the key of keys import: a PEM private key (PKCS#8,
+// PKCS#1 or SEC 1), a DER PKCS#8 key, or with keyType AES or HMAC the raw
+// bytes of a secret key.
+func readImportKey(path, keyType string) (any, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	switch strings.ToUpper(keyType) {
+	case "AES", "HMAC":
+		return b, nil
+	case "":
+	default:
+		return nil, fmt.Errorf("--type %s: give --type only for raw AES or HMAC material (private keys carry their type)", keyType)
+	}
+	defer clear(b)
+	der := b
+	if blk, _ := pem.Decode(b); blk != nil {
+		der = blk.Bytes
+		defer clear(blk.Bytes)
+		switch blk.Type {
+		case "RSA PRIVATE KEY":
+			return x509.ParsePKCS1PrivateKey(der)
+		case "EC PRIVATE KEY":
+			return x509.ParseECPrivateKey(der)
+		case "PRIVATE KEY":
+		default:
+			return nil, fmt.Errorf("%s: a PEM %s is not a private key", path, blk.Type)
+		}
+	}
+	k, err := x509.ParsePKCS8PrivateKey(der)
+	if err != nil {
+		return nil, errors.New(path + ": not a PKCS#8, PKCS#1 or SEC 1 private key (raw AES/HMAC material needs --type)")
+	}
+	return k, nil
+}
