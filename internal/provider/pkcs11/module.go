@@ -32,6 +32,9 @@ type module struct {
 	// goes. hostMu serialises restarts; restarts counts them.
 	isolated bool
 	host     *hostClient // guarded by hostMu
+	// pid is the host's process id, readable without hostMu (which a
+	// restart holds while it waits for the calls in flight to leave).
+	pid      atomic.Int64
 	env      []string
 	log      *slog.Logger
 	hostMu   sync.Mutex
@@ -88,6 +91,7 @@ func openModule(path, isolation string, env []string, log *slog.Logger) (*module
 			return nil, err
 		}
 		m := &module{path: path, ctx: h, host: h, isolated: true, env: env, log: log, refs: 1, logins: map[string]int{}}
+		m.pid.Store(int64(h.pid))
 		modules.m[key] = m
 		return m, nil
 	}
@@ -199,6 +203,7 @@ func (m *module) restartHost(seen uint64) (uint64, error) {
 		return g, err // ctx stays the dead host: every call fails until the next attempt
 	}
 	m.host, m.ctx = h, h
+	m.pid.Store(int64(h.pid))
 	m.restarts.Add(1)
 	return g, nil
 }
@@ -208,7 +213,5 @@ func (m *module) hostPID() int {
 	if !m.isolated {
 		return 0
 	}
-	m.hostMu.Lock()
-	defer m.hostMu.Unlock()
-	return m.host.pid
+	return int(m.pid.Load())
 }
