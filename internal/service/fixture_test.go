@@ -29,6 +29,7 @@ import (
 	"github.com/keygrid/keygrid-hsm/internal/provider"
 	"github.com/keygrid/keygrid-hsm/internal/provider/software"
 	"github.com/keygrid/keygrid-hsm/internal/store"
+	"github.com/keygrid/keygrid-hsm/internal/testbed"
 )
 
 // testClock is the service's clock in tests: it stands still until moved.
@@ -49,25 +50,6 @@ func (c *testClock) Advance(d time.Duration) {
 	c.t = c.t.Add(d)
 }
 
-// lockedBuffer collects the service's log lines (written from several
-// goroutines).
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
 type fixture struct {
 	t         *testing.T
 	dir       string
@@ -78,7 +60,7 @@ type fixture struct {
 	auditPath string
 	metrics   *metrics.Metrics
 	clock     *testClock
-	logs      *lockedBuffer
+	logs      *testbed.LogBuffer
 	svc       *Service
 }
 
@@ -90,7 +72,7 @@ type fixtureOption func(f *fixture, o *Options)
 func newFixture(t *testing.T, opts ...fixtureOption) *fixture {
 	t.Helper()
 	ctx := context.Background()
-	f := &fixture{t: t, dir: t.TempDir(), logs: &lockedBuffer{},
+	f := &fixture{t: t, dir: t.TempDir(), logs: &testbed.LogBuffer{},
 		clock: &testClock{t: time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)}}
 	var err error
 	if f.store, err = store.OpenSQLite(ctx, filepath.Join(f.dir, "meta.db")); err != nil {
