@@ -112,6 +112,11 @@ type Options struct {
 	// Record returns, and on disk within SyncInterval (an OS crash or power
 	// loss may lose that much). 0, the default, fsyncs every batch.
 	SyncInterval time.Duration
+	// OnRotate, when set, is called (on a goroutine of its own, so that it
+	// may Record) after each rotation, size-driven or by Rotate, with the
+	// old file's new name and its last record's sequence number and hash:
+	// where the server signs a checkpoint of the file it closed.
+	OnRotate func(old string, lastSeq uint64, lastHash string)
 }
 
 // Log is a hash-chained JSON-lines audit file. It is safe for concurrent
@@ -515,6 +520,9 @@ func (l *Log) rotateLocked() (string, error) {
 	}
 	l.f.Close()
 	l.opts.Logger.Info("audit log rotated", "old", old, "last_seq", l.seq, "last_hash", l.lastHash)
+	if hook := l.opts.OnRotate; hook != nil {
+		go hook(old, l.seq, l.lastHash)
+	}
 	l.f, l.size, l.seq, l.lastHash = nf, int64(len(b)), l.seq+1, h
 	return old, nil
 }
