@@ -342,3 +342,23 @@ func LogFiles(path string) ([]string, error) {
 	}
 	return out, nil
 }
+
+// ErrKeyMismatch: the audit public key the metadata store holds is not
+// the provider's key (the store's copy was replaced).
+var ErrKeyMismatch = errors.New("the stored audit public key is not the provider's")
+
+// LogReplica returns the replica the checkpoint lines of a log name (the
+// last one found); "" when the log has none.
+func LogReplica(paths []string) (string, error) {
+	bySeq, _, _, err := readChain(paths)
+	if err != nil {
+		return "", err
+	}
+	replica := ""
+	for _, seq := range sortedSeqs(bySeq) {
+		if r := bySeq[seq]; r.Operation == OpCheckpoint && r.Attributes["replica"] != "" {
+			replica = r.Attributes["replica"]
+		}
+	}
+	return replica, nil
+}

@@ -239,6 +239,16 @@ type checkpointer struct {
 	closed bool
 }
 
+// auditKeyRef is the reference checkpoints name their key by: the
+// configured provider/key-name, and for a software provider, whose keystore
+// is the replica's own, @replica after it (each replica has its own key).
+func auditKeyRef(configured, providerType, replica string) string {
+	if providerType == "software" {
+		return configured + "@" + replica
+	}
+	return configured
+}
+
 // startCheckpoints builds the checkpointer of cfg (nil when
 // audit.signing_key is off).
 func (s *Server) startCheckpoints(cfg *config.Config) error {
@@ -261,8 +271,9 @@ func (s *Server) startCheckpoints(cfg *config.Config) error {
 			return fmt.Errorf("audit replica id: %w", err)
 		}
 	}
+	ref := auditKeyRef(cfg.Audit.SigningKey, p.Type(), replica)
 	c := &checkpointer{log: s.audit, path: cfg.Audit.Path, replica: replica, cs: cs, logger: s.log, timeout: cfg.Server.RequestTimeout.D(),
-		signer: &auditSigner{ref: cfg.Audit.SigningKey, keyName: kname, prov: p, cs: cs, log: s.log}}
+		signer: &auditSigner{ref: ref, keyName: kname, prov: p, cs: cs, log: s.log}}
 	s.ckpt.Store(c)
 	return nil
 }
@@ -382,4 +393,97 @@ func (c *checkpointer) signLocked(ctx context.Context, file string, seq uint64, 
 		c.quiet = h2
 	}
 	return nil
+}
+
+// AuditEvidence is what `keygrid-hsm audit verify --config` checks a log
+// against.
+type AuditEvidence struct {
+	Checkpoints []audit.Checkpoint
+	Keys        audit.KeySet
+	// Replica is the configured replica id, or the one kept beside the
+	// configured log ("" when there is neither).
+	Replica string
+}
+
+// LoadAuditEvidence reads the checkpoints and audit public keys from the
+// metadata store cfg names (without migrating it), and checks the stored
+// public key of the configured signing key against the key its provider
+// holds (audit.ErrKeyMismatch when they differ: the store's copy cannot
+// vouch for itself). replica, when not empty, is the replica whose key is
+// checked (for a software provider's per-replica key).
+func LoadAuditEvidence(ctx context.Context, cfg *config.Config, reg provider.Registry, replica string) (*AuditEvidence, error) {
+	ev := &AuditEvidence{Replica: replica}
+	if ev.Replica == "" {
+		ev.Replica = cfg.Audit.ReplicaID
+	}
+	if ev.Replica == "" {
+		if id, err := audit.ReadReplicaID(cfg.Audit.Path); err == nil {
+			ev.Replica = id
+		} else if !errors.Is(err, audit.ErrNoReplicaID) {
+			return nil, err
+		}
+	}
+	st, err := OpenStore(ctx, cfg, false)
+	if err != nil {
+		return nil, err
+	}
+	defer st.Close()
+	cs, ok := store.Checkpoints(st)
+	if !ok {
+		return nil, fmt.Errorf("the metadata store (%T) keeps no audit checkpoints", st)
+	}
+	cps, _, err := cs.ListCheckpoints(ctx, store.CheckpointFilter{Limit: -1})
+	if err != nil {
+		return nil, err
+	}
+	recs, err := cs.AuditKeys(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, c := range cps {
+		ev.Checkpoints = append(ev.Checkpoints, service.CheckpointFromStore(c))
+	}
+	if ev.Keys, err = service.ParseAuditKeys(recs); err != nil {
+		return nil, err
+	}
+	pname, _, on := cfg.Audit.AuditSigningKey()
+	if !on {
+		return ev, nil
+	}
+	typ := cfg.ProviderType(pname)
+	ref := auditKeyRef(cfg.Audit.SigningKey, typ, ev.Replica)
+	var rec *store.AuditKey
+	for i := range recs {
+		if recs[i].Ref == ref && len(recs[i].PublicKey) > 0 {
+			rec = &recs[i]
+		}
+	}
+	if rec == nil {
+		return ev, nil // never made: no checkpoint names it
+	}
+	factory, ok := reg[typ]
+	if !ok {
+		return nil, fmt.Errorf("provider %s: type %q is not in this build", pname, typ)
+	}
+	p, err := factory(ctx, provider.Params{Name: pname, Type: typ, DataDir: cfg.DataDir, Embedded: cfg.Embedded,
+		Decode: func(out any) error { return cfg.DecodeProviderConfig(pname, out) }, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		return nil, fmt.Errorf("provider %s (to check the audit key): %w", pname, err)
+	}
+	defer p.Close()
+	objRef, found, err := p.FindKey(ctx, rec.ObjectID)
+	if err != nil {
+		return nil, fmt.Errorf("audit key %s: %w", ref, err)
+	}
+	if !found {
+		return nil, fmt.Errorf("%w: audit key %s: provider %s holds no object %s", audit.ErrKeyMismatch, ref, pname, rec.ObjectID)
+	}
+	pub, err := p.PublicKey(ctx, objRef)
+	if err != nil {
+		return nil, err
+	}
+	if !bytes.Equal(pub, rec.PublicKey) {
+		return nil, fmt.Errorf("%w: audit key %s", audit.ErrKeyMismatch, ref)
+	}
+	return ev, nil
 }
