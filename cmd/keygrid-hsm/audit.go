@@ -69,13 +69,18 @@ func cmdAudit(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		c.fs.Usage()
 		return &exitError{2, errors.New("audit verify: name at least one file (or --config)")}
 	}
-	return auditVerify(ctx, o, stdout)
+	err := auditVerify(ctx, o, stdout)
+	var ee *exitError
+	if err != nil && !errors.As(err, &ee) {
+		return &exitError{1, err}
+	}
+	return err
 }
 
 // auditVerify verifies a log: its chain, and with a configuration or a
 // server its signed checkpoints. A broken chain or a problem a checkpoint
-// shows exits 1 naming it (an error wrapping *audit.Problem, or one of the
-// audit.Err* kinds).
+// shows is an error naming it (wrapping an *audit.Problem, or one of the
+// audit.Err* kinds); cmdAudit exits 1 on any error.
 func auditVerify(ctx context.Context, o auditVerifyOptions, stdout io.Writer) error {
 	if o.Config == "" && o.Client == nil {
 		s, err := audit.VerifyFiles(o.Files, o.Anchor)
@@ -113,9 +118,9 @@ func auditVerify(ctx context.Context, o auditVerifyOptions, stdout io.Writer) er
 func verifyFailed(err error) error {
 	var p *audit.Problem
 	if errors.As(err, &p) {
-		return &exitError{1, fmt.Errorf("audit chain broken: %w", err)}
+		return fmt.Errorf("audit chain broken: %w", err)
 	}
-	return &exitError{1, fmt.Errorf("audit log not verified: %w", err)}
+	return fmt.Errorf("audit log not verified: %w", err)
 }
 
 func evidenceFromConfig(ctx context.Context, o auditVerifyOptions, vo *audit.VerifyOptions) error {
