@@ -275,6 +275,13 @@ func (s *Server) startCheckpoints(cfg *config.Config) error {
 	c := &checkpointer{log: s.audit, path: cfg.Audit.Path, replica: replica, cs: cs, logger: s.log, timeout: cfg.Server.RequestTimeout.D(),
 		signer: &auditSigner{ref: ref, keyName: kname, prov: p, cs: cs, log: s.log}}
 	s.ckpt.Store(c)
+	// The key is made (or found) at start; when the provider cannot now,
+	// the background loop tries again at each interval.
+	ctx, cancel := context.WithTimeout(context.Background(), min(c.timeout, 10*time.Second))
+	defer cancel()
+	if err := c.signer.ensure(ctx); err != nil {
+		c.logger.Error("audit signing key not ready; retrying at each checkpoint", "key", ref, "err", err)
+	}
 	return nil
 }
 
@@ -286,18 +293,12 @@ func (s *Server) onAuditRotate(old string, seq uint64, head string) {
 	}
 }
 
-// runCheckpoints makes the audit key and then signs a checkpoint every
-// interval until ctx ends.
+// runCheckpoints signs a checkpoint every interval until ctx ends.
 func (s *Server) runCheckpoints(ctx context.Context, interval time.Duration) {
 	c := s.ckpt.Load()
 	if c == nil {
 		return
 	}
-	ectx, cancel := context.WithTimeout(ctx, c.timeout)
-	if err := c.signer.ensure(ectx); err != nil && ctx.Err() == nil {
-		c.logger.Error("audit signing key not ready; retrying at each checkpoint", "key", c.signer.ref, "err", err)
-	}
-	cancel()
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
@@ -358,6 +359,8 @@ func (c *checkpointer) checkpoint(ctx context.Context) error {
 	if seq == 0 || head == c.quiet {
 		return nil
 	}
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
 	return c.signLocked(ctx, filepath.Base(c.path), seq, head)
 }
 
