@@ -51,6 +51,9 @@ type auditSigner struct {
 
 	mu     sync.Mutex
 	objRef string // the provider's reference; "" until the key is ready
+	// claimed is the object id of this signer's stored claim, kept so that
+	// a make that failed (the HSM away) is tried again under it at once.
+	claimed string
 	spec   alg.Spec
 	algo   alg.Info
 }
@@ -82,10 +85,14 @@ func (a *auditSigner) ensure(ctx context.Context) error {
 	for {
 		oid := randomObjectID()
 		rec, mine, err := a.cs.ClaimAuditKey(ctx, store.AuditKey{Ref: a.ref, ObjectID: oid, CreatedAt: time.Now().UTC()})
+		if err == nil && !mine && len(rec.PublicKey) == 0 && rec.ObjectID == a.claimed {
+			mine, oid = true, a.claimed
+		}
 		switch {
 		case err != nil:
 			return err
 		case mine:
+			a.claimed = oid
 			done, err := a.make(ctx, oid)
 			if done || err != nil {
 				return err
@@ -111,6 +118,26 @@ func (a *auditSigner) ensure(ctx context.Context) error {
 // is false when the claim was taken over meanwhile (the material made is
 // destroyed again).
 func (a *auditSigner) make(ctx context.Context, oid string) (bool, error) {
+	// A make that failed earlier under this claim may have made the
+	// material anyway: look before making it again.
+	ref, found, err := a.prov.FindKey(ctx, oid)
+	var ie *provider.IncompleteKeyError
+	if errors.As(err, &ie) {
+		err = a.prov.DeleteKey(ctx, ie.Ref)
+	}
+	if err != nil {
+		return false, fmt.Errorf("audit key %s: %w", a.ref, err)
+	}
+	if found {
+		pub, err := a.prov.PublicKey(ctx, ref)
+		if err != nil {
+			return false, err
+		}
+		if err := a.cs.CompleteAuditKey(ctx, a.ref, oid, pub); err != nil && !errors.Is(err, kgerr.ErrConflict) {
+			return false, err
+		}
+		return false, nil // the next round adopts it
+	}
 	caps := a.prov.Capabilities()
 	for _, ch := range auditKeyChoices {
 		if caps.CheckSpec(ch.spec) != nil || caps.CheckAlgorithm(alg.Algorithm(ch.name)) != nil {
@@ -164,6 +191,7 @@ func (a *auditSigner) takeOver(ctx context.Context, rec store.AuditKey, oid stri
 	if err != nil || !ok {
 		return false, err
 	}
+	a.claimed = oid
 	return a.make(ctx, oid)
 }
 
