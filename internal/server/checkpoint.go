@@ -54,8 +54,8 @@ type auditSigner struct {
 	// claimed is the object id of this signer's stored claim, kept so that
 	// a make that failed (the HSM away) is tried again under it at once.
 	claimed string
-	spec   alg.Spec
-	algo   alg.Info
+	spec    alg.Spec
+	algo    alg.Info
 }
 
 // auditKeyChoices are the key specs and algorithms the audit key may have,
