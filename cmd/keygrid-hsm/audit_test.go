@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/keygrid/keygrid-hsm/internal/audit"
 	"github.com/keygrid/keygrid-hsm/internal/config"
@@ -418,5 +419,49 @@ func TestAuditCheckpointsTwoReplicasOnPostgres(t *testing.T) {
 	}
 	if code, _, _ := cliRun("", append([]string{"audit", "verify", "--config", cfgB}, filesA...)...); code != 1 {
 		t.Fatalf("replica A's log as B's: exit %d", code)
+	}
+}
+
+// The HSM cut off (p11-kit's server stopped) when a checkpoint is due: it
+// fails and says so, nothing half-made is stored or logged; once the HSM
+// is back the next one signs, and the log verifies.
+func TestAuditCheckpointWhileTheHSMIsAway(t *testing.T) {
+	const pin = "audit-pin-8642"
+	module, p11 := testbed.StartP11Kit(t, "keygrid-audit-away", pin)
+	t.Setenv("KG_AUDIT_PIN", pin)
+	dataDir := t.TempDir()
+	yaml := "data_dir: " + dataDir + "\n" + testbed.Providers(testbed.PKCS11Provider{Library: module, TokenLabel: "keygrid-audit-away", PinEnv: "KG_AUDIT_PIN"})
+	g := startAuditGateway(t, yaml)
+	g.work(t, "away-key", 2)
+	if err := p11.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.srv.Checkpoint(context.Background()); err == nil {
+		t.Fatal("a checkpoint was signed with the HSM away")
+	}
+	if n := len(g.checkpoints(t)); n != 0 {
+		t.Fatalf("%d checkpoints stored while the HSM was away", n)
+	}
+	if err := p11.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// The provider reconnects at its next health check or call (generous
+	// deadline: a loaded machine).
+	for deadline := time.Now().Add(90 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		err := g.srv.Checkpoint(context.Background())
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no checkpoint 90s after the HSM came back: %v", err)
+		}
+	}
+	if n := len(g.checkpoints(t)); n != 1 {
+		t.Fatalf("%d checkpoints, want 1", n)
+	}
+	g.work(t, "away-key", 1)
+	g.close()
+	if code, out, stderr := cliRun("", "audit", "verify", "--config", testbed.WriteConfig(t, yaml)); code != 0 {
+		t.Fatalf("exit %d\n%s%s", code, out, stderr)
 	}
 }
