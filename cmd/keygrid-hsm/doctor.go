@@ -36,6 +36,7 @@ func cmdDoctor(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err := cfg.Validate(reg.Types()); err != nil {
 		return err
 	}
+	fmt.Fprintln(stdout, rateLimitLine(cfg))
 	failed, checked := false, 0
 	for _, name := range cfg.EnabledProviders() {
 		if *only != "" && name != *only {
@@ -78,4 +79,14 @@ func cmdDoctor(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	fmt.Fprintln(stdout, "all checks passed")
 	return nil
+}
+
+// rateLimitLine says whether requests are rate limited per principal and
+// how to set a limit when they are not (none is the default).
+func rateLimitLine(cfg *config.Config) string {
+	if l := cfg.Limits; l.RatePerPrincipal > 0 {
+		return fmt.Sprintf("INFO  %-12s %g requests/s per principal, burst %d (limits.rate_per_principal, limits.burst)", "rate-limit", l.RatePerPrincipal, l.Burst)
+	}
+	return fmt.Sprintf("INFO  %-12s off: no per-principal rate limit; set limits.rate_per_principal: N (requests/s, burst limits.burst, default 2N), "+
+		"or rate_per_second on a principal in auth.principals", "rate-limit")
 }
