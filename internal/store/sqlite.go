@@ -47,6 +47,8 @@ var sqliteMigrations = []string{
 	`ALTER TABLE keys ADD COLUMN publish_jwks BOOLEAN NOT NULL DEFAULT 0;
 	ALTER TABLE key_versions ADD COLUMN certificate_chain BLOB;`,
 	lifecycleMigration,
+	// Audit checkpoints and the audit signing key.
+	checkpointMigration("TEXT", "BLOB"),
 }
 
 // lifecycleMigration (3) adds what scheduled deletion, automatic rotation
