@@ -223,3 +223,52 @@ func TestFailedSignInsAreLimitedAndAudited(t *testing.T) {
 		t.Error("the audit log holds the token")
 	}
 }
+
+// An operator posting an action its role does not allow is refused by the
+// service (the console adds no way around authorization), and a key
+// outside its scope is not reachable by URL.
+func TestOperatorRefusedByTheService(t *testing.T) {
+	g := newGateway(t, nil)
+	svc := g.srv.Service()
+	a, err := svc.CreateKey(adminCtx(), service.CreateKeyRequest{Name: "team-a-1", Spec: service.KeySpec{KeyType: "EC", Curve: "P-256"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := svc.CreateKey(adminCtx(), service.CreateKeyRequest{Name: "team-b-1", Spec: service.KeySpec{KeyType: "EC", Curve: "P-256"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := g.browser(t)
+	csrf := g.signIn(t, c, operatorToken)
+	resp, _ := post(t, c, g.ts.URL+"/ui/keys/"+a.ID+"/rotate", url.Values{"csrf": {csrf}, "confirm": {"team-a-1"}})
+	if resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("operator rotate: %d", resp.StatusCode)
+	}
+	if k, _ := svc.GetKey(adminCtx(), a.ID); k.Version != 1 {
+		t.Fatalf("rotated to %d by an operator", k.Version)
+	}
+	for _, p := range []string{"/ui/keys/" + b.ID, "/ui/keys/team-b-1", "/ui/keys/" + b.ID + "/public.pem", "/ui/keys/" + b.ID + "/deactivate"} {
+		resp, body := get(t, c, g.ts.URL+p)
+		if resp.StatusCode != http.StatusForbidden || strings.Contains(body, b.ID) && !strings.Contains(p, b.ID) {
+			t.Errorf("%s: %d", p, resp.StatusCode)
+		}
+		if strings.Contains(body, "BEGIN PUBLIC KEY") {
+			t.Errorf("%s shows team-b's public key", p)
+		}
+	}
+	if k, _ := svc.GetKey(adminCtx(), b.ID); k.State != "active" {
+		t.Fatalf("team-b-1 is %s", k.State)
+	}
+	// The admin's rotate through the same form works.
+	c2 := g.browser(t)
+	csrf = g.signIn(t, c2, adminToken)
+	if resp, _ := post(t, c2, g.ts.URL+"/ui/keys/"+a.ID+"/rotate", url.Values{"csrf": {csrf}, "confirm": {"wrong"}}); resp.StatusCode != http.StatusBadRequest {
+		t.Fatalf("rotate with the wrong name: %d", resp.StatusCode)
+	}
+	if resp, _ := post(t, c2, g.ts.URL+"/ui/keys/"+a.ID+"/rotate", url.Values{"csrf": {csrf}, "confirm": {"team-a-1"}}); resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("admin rotate: %d", resp.StatusCode)
+	}
+	if k, _ := svc.GetKey(adminCtx(), a.ID); k.Version != 2 {
+		t.Fatalf("version %d after the admin's rotate", k.Version)
+	}
+}
