@@ -45,6 +45,7 @@ type Config struct {
 	Keys            Keys                      `yaml:"keys"`
 	Debug           Debug                     `yaml:"debug"`
 	XKS             XKS                       `yaml:"xks"`
+	Console         Console                   `yaml:"console"`
 
 	// Embedded is true when no file was given: the zero-configuration
 	// default (software provider, SQLite, ./data, 127.0.0.1:8080).
@@ -309,6 +310,7 @@ func (c *Config) setDefaults() {
 	def(&c.Keys.DeletionWindow, maxDeletionWindow)
 	def(&c.Keys.DeletionSweepInterval, time.Minute)
 	def(&c.Keys.MinRotationPeriod, time.Hour)
+	c.Console.defaults()
 	c.setAuditDefaults()
 }
 
@@ -386,6 +388,9 @@ func (c *Config) validate(knownTypes []string) error {
 		}
 	}
 	if err := c.Storage.validate(); err != nil {
+		return err
+	}
+	if err := c.Console.validate(); err != nil {
 		return err
 	}
 	if err := c.Keys.validate(); err != nil {

@@ -20,7 +20,9 @@ import (
 
 	"github.com/keygrid/keygrid-hsm/internal/api"
 	"github.com/keygrid/keygrid-hsm/internal/audit"
+	"github.com/keygrid/keygrid-hsm/internal/auth"
 	"github.com/keygrid/keygrid-hsm/internal/config"
+	"github.com/keygrid/keygrid-hsm/internal/console"
 	"github.com/keygrid/keygrid-hsm/internal/httpstack"
 	"github.com/keygrid/keygrid-hsm/internal/metrics"
 	"github.com/keygrid/keygrid-hsm/internal/provider"
@@ -51,6 +53,7 @@ type Server struct {
 	// swapped), the metrics and version the XKS front end is rebuilt with,
 	// and the reload lock.
 	rest     *api.API
+	console  *console.Console // nil: console.enabled is off
 	metrics  *metrics.Metrics
 	version  string
 	reloadMu sync.Mutex
@@ -160,7 +163,29 @@ func New(ctx context.Context, cfg *config.Config, reg provider.Registry, log *sl
 			return nil, err
 		}
 	}
+	if cfg.ConsoleEnabled() {
+		if err := s.mountConsole(cfg, authn); err != nil {
+			return nil, err
+		}
+	}
 	return s, nil
+}
+
+// mountConsole serves the operator console at /ui/ (internal/console) over
+// the shared HTTP stack and the key service, its sign-ins checked by the
+// API's authenticator.
+func (s *Server) mountConsole(cfg *config.Config, authn *auth.Authenticator) error {
+	c, err := console.New(console.Options{
+		Service: s.svc, Stack: s.stack, Auth: authn, Logger: s.log, Version: s.version,
+		AuditPath: cfg.Audit.Path, AuditHead: s.audit.Head,
+		SessionTTL: cfg.Console.SessionTTL.D(), IdleTimeout: cfg.Console.IdleTimeout.D(),
+		MinDeletionWindow: cfg.Keys.MinDeletionWindow.D(),
+	})
+	if err != nil {
+		return err
+	}
+	s.console = c
+	return s.Mount(FrontEnd{Name: "console", Claims: console.Claims, Handler: c})
 }
 
 // xksFrontEnd builds the XKS proxy front end of cfg.
