@@ -20,6 +20,7 @@ import (
 type MaterialService interface {
 	WrappingKey(ctx context.Context, provider string) (*service.WrappingKeyInfo, error)
 	ImportKey(ctx context.Context, req service.ImportKeyRequest) (*service.Key, error)
+	ImportKeyVersion(ctx context.Context, req service.ImportVersionRequest) (*service.Key, error)
 	ExportKey(ctx context.Context, req service.ExportKeyRequest) (*service.ExportResult, error)
 	GenerateDataKey(ctx context.Context, req service.DataKeyRequest) (*service.DataKeyResult, error)
 	Rewrap(ctx context.Context, req service.RewrapRequest) (*service.EncryptResult, error)
@@ -90,7 +91,17 @@ func importKeyRequest(r apitypes.ImportKeyRequest) (service.ImportKeyRequest, er
 	if err != nil {
 		return service.ImportKeyRequest{}, err
 	}
-	return service.ImportKeyRequest{CreateKeyRequest: c, WrappingKeyID: r.WrappingKeyID, WrappedKey: r.WrappedKey, PublicKey: pub}, nil
+	return service.ImportKeyRequest{CreateKeyRequest: c,
+		WrappingKeyID: r.WrappingKeyID, WrappingAlgorithm: r.WrappingAlgorithm, WrappedKey: r.WrappedKey, PublicKey: pub}, nil
+}
+
+func importVersionRequest(key string, r apitypes.ImportVersionRequest) (service.ImportVersionRequest, error) {
+	pub, err := publicKeyDER("public_key", r.PublicKey)
+	if err != nil {
+		return service.ImportVersionRequest{}, err
+	}
+	return service.ImportVersionRequest{Key: key, WrappedMaterial: service.WrappedMaterial{
+		WrappingKeyID: r.WrappingKeyID, WrappingAlgorithm: r.WrappingAlgorithm, WrappedKey: r.WrappedKey, PublicKey: pub}}, nil
 }
 
 func exportRequest(key string, r apitypes.ExportKeyRequest) (service.ExportKeyRequest, error) {
