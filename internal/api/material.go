@@ -77,9 +77,7 @@ func (a *API) importKey(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Header().Set("Location", "/api/v1/keys/"+k.ID)
-	out := keyOut(k)
-	out.Origin = "imported"
-	a.write(w, http.StatusCreated, out)
+	a.write(w, http.StatusCreated, keyOut(k))
 }
 
 func importKeyRequest(r apitypes.ImportKeyRequest) (service.ImportKeyRequest, error) {

@@ -200,7 +200,7 @@ func (s *Service) newRecord(ctx context.Context, o *op, req CreateKeyRequest) (*
 	k := &store.Key{
 		ID: id.String(), Name: req.Name, Provider: provName, KeyType: string(spec.Type), KeySize: spec.Size,
 		Curve: spec.Curve, Algorithm: string(a.Name), Extractable: req.Spec.Extractable,
-		State: store.StatePending, Metadata: req.Metadata, Description: req.Description, CreatedAt: now, UpdatedAt: now,
+		State: store.StatePending, Metadata: req.Metadata, Description: req.Description, Origin: store.OriginGenerated, CreatedAt: now, UpdatedAt: now,
 		PublishJWKS: req.PublishJWKS,
 		Versions:    []store.Version{{Version: 1, ObjectID: newObjectID(), State: store.StatePending, CreatedAt: now}},
 	}
@@ -608,7 +608,7 @@ func (s *Service) view(k *store.Key) *Key {
 	out := &Key{
 		ID: k.ID, Name: k.Name, Provider: k.Provider, KeyType: k.KeyType, KeySize: k.KeySize, Curve: k.Curve,
 		Algorithm: k.Algorithm, Usage: append([]string{}, k.Usage...), Extractable: k.Extractable,
-		State: string(k.State), Metadata: k.Metadata, Description: k.Description, CreatedAt: k.CreatedAt, UpdatedAt: k.UpdatedAt,
+		State: string(k.State), Metadata: k.Metadata, Description: k.Description, Origin: k.Origin, CreatedAt: k.CreatedAt, UpdatedAt: k.UpdatedAt,
 		ExpiresAt: k.ExpiresAt, DeletionDate: k.DeletionDate, RotationPeriod: k.RotationPeriod, NextRotationAt: k.NextRotationAt,
 		MinDecryptVersion: k.MinDecryptVersion, Revision: k.Revision, PublishJWKS: k.PublishJWKS,
 	}

@@ -96,6 +96,7 @@ func (s *Service) ImportKey(ctx context.Context, req ImportKeyRequest) (out *Key
 	if err != nil {
 		return nil, err
 	}
+	k.Origin = store.OriginImported
 	m := req.material()
 	im, err := s.importerFor(ctx, p, k, m)
 	if err != nil {

@@ -16,6 +16,7 @@ import (
 	"github.com/keygrid/keygrid-hsm/internal/duration"
 	"github.com/keygrid/keygrid-hsm/internal/kgerr"
 	"github.com/keygrid/keygrid-hsm/internal/provider/pkcs11"
+	"github.com/keygrid/keygrid-hsm/internal/store"
 	"github.com/keygrid/keygrid-hsm/internal/testbed"
 )
 
@@ -133,6 +134,9 @@ func TestImportOpenSSLMaterialOnSoftHSM(t *testing.T) {
 				WrappingKeyID: wk.ID, WrappingAlgorithm: wk.Algorithm, WrappedKey: wrapped, PublicKey: derOfPEM(t, pubPEM)})
 			if err != nil {
 				t.Fatalf("ImportKey: %v", err)
+			}
+			if k.Origin != "imported" {
+				t.Errorf("origin %q, want imported", k.Origin)
 			}
 			sig, err := f.svc.Sign(ctx, SignRequest{Key: name, Algorithm: c.alg, Data: data})
 			if err != nil {
@@ -326,4 +330,77 @@ func TestImportRefusedOnSoftHSM(t *testing.T) {
 func testbedP384(t *testing.T) string {
 	_, pub := testbed.OpenSSLGenKey(t, "EC", 0, "P-384")
 	return pub
+}
+
+// A key's origin is stored: generated for a create, imported for an import,
+// as read back from the store; an imported version does not change it.
+func TestOriginIsStored(t *testing.T) {
+	f := newFixture(t)
+	ctx := f.admin()
+	wk, wpem := f.wrappingPEM()
+	made, err := f.svc.CreateKey(ctx, CreateKeyRequest{Name: "origin-made", Spec: specAES256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	brought, err := f.svc.ImportKey(ctx, ImportKeyRequest{CreateKeyRequest: CreateKeyRequest{Name: "origin-brought", Spec: specAES256},
+		WrappingKeyID: wk.ID, WrappedKey: testbed.OpenSSLWrapRSAAES(t, wpem, bytes.Repeat([]byte{3}, 32))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.svc.ImportKeyVersion(ctx, ImportVersionRequest{Key: made.ID, WrappedMaterial: WrappedMaterial{
+		WrappingKeyID: wk.ID, WrappedKey: testbed.OpenSSLWrapRSAAES(t, wpem, bytes.Repeat([]byte{4}, 32))}}); err != nil {
+		t.Fatalf("ImportKeyVersion: %v", err)
+	}
+	for id, want := range map[string]string{made.ID: store.OriginGenerated, brought.ID: store.OriginImported} {
+		rec, err := f.store.GetKey(context.Background(), id)
+		if err != nil || rec.Origin != want {
+			t.Errorf("stored origin of %s: %q (%v), want %q", id, rec.Origin, err, want)
+		}
+		k, err := f.svc.GetKey(ctx, id)
+		if err != nil || k.Origin != want {
+			t.Errorf("origin of %s: %q (%v), want %q", id, k.Origin, err, want)
+		}
+	}
+}
+
+// An import-version is refused like an import (bad material: INVALID_INPUT,
+// nothing added), and a key that is not active takes no version.
+func TestImportVersionRefused(t *testing.T) {
+	f := newFixture(t)
+	ctx := f.admin()
+	wk, wpem := f.wrappingPEM()
+	k, err := f.svc.CreateKey(ctx, CreateKeyRequest{Name: "iv-target", Spec: specAES256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	short := testbed.OpenSSLWrapRSAAES(t, wpem, bytes.Repeat([]byte{5}, 16))
+	ec, ecPub := testbed.OpenSSLGenKey(t, "EC", 0, "P-256")
+	for name, m := range map[string]WrappedMaterial{
+		"material of another size":   {WrappingKeyID: wk.ID, WrappedKey: short},
+		"material of another type":   {WrappingKeyID: wk.ID, WrappedKey: testbed.OpenSSLWrapRSAAES(t, wpem, ec)},
+		"public key on a secret key": {WrappingKeyID: wk.ID, WrappedKey: short, PublicKey: derOfPEM(t, ecPub)},
+		"wrong wrapping key id":      {WrappingKeyID: "00", WrappedKey: short},
+		"unknown wrapping algorithm": {WrappingKeyID: wk.ID, WrappingAlgorithm: "RSA_AES_KEY_WRAP_MD5", WrappedKey: short},
+	} {
+		t.Run("fail "+name, func(t *testing.T) {
+			_, err := f.svc.ImportKeyVersion(ctx, ImportVersionRequest{Key: k.ID, WrappedMaterial: m})
+			wantErr(t, err, kgerr.ErrInvalidInput)
+			rec, _ := f.store.GetKey(context.Background(), k.ID)
+			if len(rec.Versions) != 1 {
+				t.Errorf("%d versions after a refused import-version, want 1", len(rec.Versions))
+			}
+		})
+	}
+	t.Run("fail inactive key", func(t *testing.T) {
+		if _, err := f.svc.DeactivateKey(ctx, k.ID); err != nil {
+			t.Fatal(err)
+		}
+		_, err := f.svc.ImportKeyVersion(ctx, ImportVersionRequest{Key: k.ID, WrappedMaterial: WrappedMaterial{WrappingKeyID: wk.ID,
+			WrappedKey: testbed.OpenSSLWrapRSAAES(t, wpem, bytes.Repeat([]byte{5}, 32))}})
+		wantErr(t, err, kgerr.ErrKeyInactive)
+	})
+	t.Run("fail operator may not import a version", func(t *testing.T) {
+		_, err := f.svc.ImportKeyVersion(as(operatorP), ImportVersionRequest{Key: k.ID, WrappedMaterial: WrappedMaterial{WrappingKeyID: wk.ID, WrappedKey: short}})
+		wantErr(t, err, kgerr.ErrAuthorizationFailed)
+	})
 }

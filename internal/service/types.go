@@ -103,9 +103,11 @@ type Key struct {
 	Versions    []KeyVersion
 	Metadata    map[string]string
 	Description string
-	CreatedAt   time.Time
-	UpdatedAt   time.Time
-	ExpiresAt   *time.Time
+	// Origin is "generated" or "imported".
+	Origin    string
+	CreatedAt time.Time
+	UpdatedAt time.Time
+	ExpiresAt *time.Time
 	// DeletionDate is when a key pending deletion is destroyed.
 	DeletionDate *time.Time
 	// RotationPeriod is how often the key rotates by itself (0: never),

@@ -211,7 +211,7 @@ type Key struct {
 	UpdatedAt     time.Time         `json:"updated_at"`
 	ExpiresAt     *time.Time        `json:"expires_at,omitempty"`
 	PublishJWKS   bool              `json:"publish_jwks"`
-	// Origin is "imported" in the answer to an import.
+	// Origin is how the key was made: "generated" or "imported".
 	Origin string `json:"origin,omitempty"`
 	// DeletionDate is when a key in state pending_deletion is destroyed.
 	DeletionDate *time.Time `json:"deletion_date,omitempty"`
