@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"sync"
+	"sync/atomic"
 
 	"github.com/keygrid/keygrid-hsm/internal/httpstack"
 	"github.com/keygrid/keygrid-hsm/internal/kgerr"
@@ -186,25 +187,34 @@ func (a *API) batch(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, kgerr.New(kgerr.KindTooLarge, fmt.Sprintf("a batch has at most %d items", MaxBatchItems)))
 		return
 	}
-	ctx := r.Context()
-	principal := service.CallerFrom(ctx).Auth
+	principal := service.CallerFrom(r.Context()).Auth
 	results := make([]json.RawMessage, len(req.Items))
-	sem := make(chan struct{}, batchParallel)
-	var wg sync.WaitGroup
-	for i, item := range req.Items {
+	// Rate first, in order, as if the items came one after the other (the
+	// first rides on the request's own count); then the admitted items run
+	// on a few workers, which keep their grown stacks from item to item.
+	run := make([]int, 0, len(req.Items))
+	for i := range req.Items {
 		if i > 0 {
 			if err := a.stack.TakeRate(principal); err != nil {
 				results[i] = a.itemError(r, err)
 				continue
 			}
 		}
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			results[i] = a.runItem(r, item)
-		}()
+		run = append(run, i)
+	}
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(batchParallel, len(run)) {
+		wg.Go(func() {
+			for {
+				n := int(next.Add(1)) - 1
+				if n >= len(run) {
+					return
+				}
+				i := run[n]
+				results[i] = a.runItem(r, req.Items[i])
+			}
+		})
 	}
 	wg.Wait()
 	a.write(w, http.StatusOK, apitypes.BatchResponse{Results: results})
