@@ -2,7 +2,7 @@
 //
 //	keygrid-hsm serve [--config FILE] [--listen ADDR] [--data-dir DIR]
 //	keygrid-hsm doctor --config FILE
-//	keygrid-hsm audit verify [--anchor HASH] FILE…
+//	keygrid-hsm audit verify [--anchor HASH] FILE… | --config FILE [FILE…] | --server URL FILE…
 //	keygrid-hsm migrate|backup|restore --config FILE …
 //	keygrid-hsm keys create|list|get|update|delete|cancel-deletion|activate|deactivate|rotate|public …
 //	keygrid-hsm sign|verify|encrypt|decrypt|wrap|unwrap …
@@ -36,7 +36,8 @@ Server:
   migrate      apply the metadata schema migrations, print the version (--config FILE)
   backup       write the key metadata to a file, consistent while serving (--config FILE --out FILE)
   restore      load a backup into an empty store, or replace with --force (--config FILE --in FILE)
-  audit verify check the audit log's hash chain (FILE… in rotation order, oldest first)
+  audit verify check the audit log's hash chain (FILE… in rotation order, oldest first), and with
+               --config FILE (or --server URL) its signed checkpoints: cut, re-hashed, missing files
   version      print the version
 
 Client (talks to a running server: --server URL or KEYGRID_ADDR):
@@ -96,7 +97,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	case "restore":
 		err = cmdRestore(ctx, args[1:], stdout, stderr)
 	case "audit":
-		err = cmdAudit(args[1:], stdout, stderr)
+		err = cmdAudit(ctx, args[1:], stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "keygrid-hsm", version)
 	default:

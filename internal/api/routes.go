@@ -46,6 +46,7 @@ type Service interface {
 	ProviderHealth(ctx context.Context, name string) (*service.ProviderHealth, error)
 	Ready(ctx context.Context) (bool, []service.ProviderStatus)
 	MaterialService
+	AuditCheckpoints(ctx context.Context, o service.CheckpointListOptions) (*service.CheckpointList, error)
 	// AuthenticationFailed audits a request refused with 401.
 	AuthenticationFailed(ctx context.Context, detail string)
 }
@@ -151,6 +152,7 @@ func (a *API) routes() {
 	m.HandleFunc("POST /api/v1/keys/{key}/jwt", keyOp(a, jwtRequest, a.svc.SignJWT, tokenOut))
 	m.HandleFunc("POST /api/v1/keys/{key}/jws", keyOp(a, jwsRequest, a.svc.SignJWS, tokenOut))
 	m.HandleFunc("GET "+wellKnownJWKS, a.publishedJWKS)
+	m.HandleFunc("GET /api/v1/audit/checkpoints", a.auditCheckpoints)
 
 	m.HandleFunc("/", a.notFound)
 }

@@ -132,6 +132,20 @@ type Audit struct {
 	// process loses none) and fsynced every interval (an OS crash or power
 	// loss may lose that much). See docs/operations.md.
 	FsyncInterval duration.Duration `yaml:"fsync_interval"`
+	// SigningKey is the key that signs the audit checkpoints,
+	// provider/key-name (see docs/security.md): made on the provider at
+	// first start (sign only, never extractable). Default: keygrid-audit
+	// on the first enabled pkcs11 or aws-cloudhsm provider, else on the
+	// first enabled provider; "off" signs no checkpoints.
+	SigningKey string `yaml:"signing_key"`
+	// CheckpointInterval is how often a checkpoint is signed while records
+	// were written (default 1m); one is also signed at every rotation and
+	// at shutdown.
+	CheckpointInterval duration.Duration `yaml:"checkpoint_interval"`
+	// ReplicaID names this replica's log in its checkpoints. Default: the
+	// id kept beside the log in <path>.replica, made from the host name at
+	// first start.
+	ReplicaID string `yaml:"replica_id"`
 }
 
 // Log configures the server log.
@@ -295,6 +309,7 @@ func (c *Config) setDefaults() {
 	def(&c.Keys.DeletionWindow, maxDeletionWindow)
 	def(&c.Keys.DeletionSweepInterval, time.Minute)
 	def(&c.Keys.MinRotationPeriod, time.Hour)
+	c.setAuditDefaults()
 }
 
 // ProviderType returns the type of a provider instance.
@@ -409,6 +424,9 @@ func (c *Config) validate(knownTypes []string) error {
 		}
 	}
 	if err := c.validateSecurity(); err != nil {
+		return err
+	}
+	if err := c.validateAudit(); err != nil {
 		return err
 	}
 	return c.XKS.validate(c.Server.TLS)

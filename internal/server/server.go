@@ -54,6 +54,10 @@ type Server struct {
 	metrics  *metrics.Metrics
 	version  string
 	reloadMu sync.Mutex
+
+	// ckpt signs the audit checkpoints (nil when they are off); see
+	// checkpoint.go.
+	ckpt atomic.Pointer[checkpointer]
 }
 
 // New builds a server. On error, whatever was opened is closed again.
@@ -73,7 +77,8 @@ func New(ctx context.Context, cfg *config.Config, reg provider.Registry, log *sl
 	if err := s.openStore(ctx); err != nil {
 		return nil, err
 	}
-	if s.audit, err = audit.OpenWith(cfg.Audit.Path, audit.Options{MaxBytes: cfg.Audit.MaxBytes, Logger: log, SyncInterval: cfg.Audit.FsyncInterval.D()}); err != nil {
+	if s.audit, err = audit.OpenWith(cfg.Audit.Path, audit.Options{MaxBytes: cfg.Audit.MaxBytes, Logger: log, SyncInterval: cfg.Audit.FsyncInterval.D(),
+		OnRotate: s.onAuditRotate}); err != nil {
 		return nil, fmt.Errorf("audit log: %w", err)
 	}
 	authn, err := newAuthenticator(cfg, log)
@@ -119,15 +124,19 @@ func New(ctx context.Context, cfg *config.Config, reg provider.Registry, log *sl
 			r.SetEventSink(func(e provider.Event) { s.svc.ProviderEvent(name, e) })
 		}
 	}
+	if err := s.startCheckpoints(cfg); err != nil {
+		return nil, err
+	}
 	bctx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	s.stop, s.done = stop, make(chan struct{})
 	go func() {
 		defer close(s.done)
 		var wg sync.WaitGroup
-		wg.Add(3)
+		wg.Add(4)
 		go func() { defer wg.Done(); s.svc.RunReconciler(bctx, cfg.Reconcile.Interval.D()) }()
 		go func() { defer wg.Done(); s.svc.RunHealthChecks(bctx, cfg.Health.Interval.D()) }()
 		go func() { defer wg.Done(); s.svc.RunLifecycle(bctx, cfg.Keys.DeletionSweepInterval.D()) }()
+		go func() { defer wg.Done(); s.runCheckpoints(bctx, cfg.Audit.CheckpointInterval.D()) }()
 		wg.Wait()
 	}()
 	s.stack = httpstack.New(httpstack.Options{
@@ -345,6 +354,9 @@ func (s *Server) Close() error {
 		s.stop = nil
 	}
 	var errs []error
+	if s.audit != nil {
+		s.closeCheckpoints() // while the providers are open
+	}
 	if s.svc != nil {
 		errs = append(errs, s.svc.Close())
 	}

@@ -59,6 +59,8 @@ var (
 	opJWKS             = operation{"jwks", auth.ActionJWKS}
 	opSignJWT          = operation{"sign_jwt", auth.ActionSignJWT}
 	opSignJWS          = operation{"sign_jws", auth.ActionSignJWS}
+
+	opAuditCheckpoints = operation{"audit_checkpoints", auth.ActionAuditCheckpoints}
 )
 
 // KeySpec describes the key to create. Sizes and curves follow alg.NewSpec;

@@ -627,6 +627,11 @@ func (s *sqlStore) Import(ctx context.Context, o ImportOptions, next func() (*Ke
 		}
 		count++
 	}
+	if o.Audit != nil {
+		if err := s.importAudit(ctx, tx, o.Audit()); err != nil {
+			return 0, err
+		}
+	}
 	if err := tx.Commit(); err != nil {
 		return 0, s.fail("commit", err)
 	}

@@ -47,10 +47,12 @@ var sqliteMigrations = []string{
 	`ALTER TABLE keys ADD COLUMN publish_jwks BOOLEAN NOT NULL DEFAULT 0;
 	ALTER TABLE key_versions ADD COLUMN certificate_chain BLOB;`,
 	lifecycleMigration,
+	// Audit checkpoints and the audit signing key.
+	checkpointMigration("TEXT", "BLOB"),
 	originMigration,
 }
 
-// originMigration (4) stores how a key was made; keys made before it were
+// originMigration (5) stores how a key was made; keys made before it were
 // generated. It is the same on both databases.
 const originMigration = `ALTER TABLE keys ADD COLUMN origin TEXT NOT NULL DEFAULT 'generated';`
 

@@ -214,7 +214,12 @@ type Snapshotter interface {
 // ImportOptions configure an import.
 type ImportOptions struct {
 	// Replace removes every stored key first (a restore with --force).
+	// Audit checkpoints and audit key records are never removed.
 	Replace bool
+	// Audit, when set, is called once the last key is read; the audit
+	// records it returns are added (to those stored) in the same
+	// transaction.
+	Audit func() AuditRecords
 }
 
 // NotEmptyError refuses an import into a store that holds keys.

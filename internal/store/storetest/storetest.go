@@ -36,6 +36,9 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 	t.Run("list due for deletion and rotation", func(t *testing.T) { testListDue(t, open(t)) })
 	t.Run("concurrent claims of due keys", func(t *testing.T) { testClaims(t, open(t), nil) })
 	t.Run("certificate chains and published keys", func(t *testing.T) { testChainsPublished(t, open(t)) })
+	t.Run("audit checkpoints", func(t *testing.T) { testCheckpoints(t, open(t)) })
+	t.Run("audit key claimed once", func(t *testing.T) { s := open(t); testAuditKeyClaim(t, s, s) })
+	t.Run("audit checkpoints backed up and restored", func(t *testing.T) { testCheckpointsBackup(t, open(t), open(t)) })
 }
 
 // RunShared runs the cases that need two store instances on one database,
@@ -51,6 +54,10 @@ func RunShared(t *testing.T, open func(t *testing.T) (a, b store.Store)) {
 		testClaims(t, a, b)
 	})
 	t.Run("shared chain visible at once", func(t *testing.T) { testSharedChain(t, open) })
+	t.Run("shared audit key claimed once", func(t *testing.T) {
+		a, b := open(t)
+		testAuditKeyClaim(t, a, b)
+	})
 }
 
 // NewKey returns a valid key record for tests.
