@@ -157,6 +157,11 @@ func (s *suite) importer(t *testing.T) (provider.Importer, provider.WrappingKey,
 		t.Skip("the provider does not implement provider.Importer")
 	}
 	wk, err := im.WrappingKey(t.Context())
+	if errors.Is(err, kgerr.ErrUnsupportedAlgorithm) {
+		// This backend lacks what imports need (a token without AES-KWP)
+		// and says why.
+		t.Skipf("the provider cannot import here: %v", err)
+	}
 	if err != nil {
 		t.Fatalf("WrappingKey: %v", err)
 	}
