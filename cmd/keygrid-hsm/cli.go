@@ -187,7 +187,7 @@ func cmdKeys(ctx context.Context, sub string, args []string, stdin io.Reader, st
 	c := newCLI("keys "+sub, stdin, stdout, stderr)
 	var (
 		name, prov, keyType, curve, algorithm, usage, expires, metadata, state, pageToken, format, in string
-		description, rotation, window                                                                 string
+		description, rotation, window, versionOf                                                      string
 		size, limit, version, days, minDecrypt                                                        int
 		extractable, all, publish                                                                     bool
 	)
@@ -224,6 +224,7 @@ func cmdKeys(ctx context.Context, sub string, args []string, stdin io.Reader, st
 		c.fs.StringVar(&algorithm, "algorithm", "", "default algorithm")
 		c.fs.StringVar(&usage, "usage", "", "comma-separated usages")
 		c.fs.BoolVar(&extractable, "extractable", false, "import the key extractable (exportable with keys export)")
+		c.fs.StringVar(&versionOf, "version-of", "", "import the material as the new current version of this key (then no --name or --provider)")
 	case "export":
 		c.fs.StringVar(&in, "public-key", "", "PEM RSA public key (≥ 2048 bits) to wrap for (required)")
 		c.fs.IntVar(&version, "version", 0, "key version (default: newest)")
@@ -249,6 +250,9 @@ func cmdKeys(ctx context.Context, sub string, args []string, stdin io.Reader, st
 	}
 	switch sub {
 	case "import":
+		if versionOf != "" {
+			return c.importVersion(ctx, cl, versionOf, in, keyType, name != "" || prov != "")
+		}
 		if name == "" || prov == "" || in == "" {
 			return errors.New("keys import: --name, --provider and --in are required")
 		}

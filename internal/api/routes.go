@@ -137,6 +137,7 @@ func (a *API) routes() {
 	m.HandleFunc("POST /api/v1/keys/{key}/decrypt", a.serveKeyOp(a.ops["decrypt"]))
 	m.HandleFunc("POST /api/v1/keys/{key}/wrap", keyOp(a, wrapRequest, a.svc.Wrap, wrapOut))
 	m.HandleFunc("POST /api/v1/keys/{key}/unwrap", keyOp(a, unwrapRequest, a.svc.Unwrap, unwrapOut))
+	m.HandleFunc("POST /api/v1/keys/{key}/import-version", keyOp(a, importVersionRequest, a.svc.ImportKeyVersion, keyOut))
 	m.HandleFunc("POST /api/v1/keys/{key}/export", keyOp(a, exportRequest, a.svc.ExportKey, exportOut))
 	m.HandleFunc("POST /api/v1/keys/{key}/datakey", keyOp(a, dataKeyRequest, a.svc.GenerateDataKey, dataKeyOut))
 	m.HandleFunc("POST /api/v1/keys/{key}/rewrap", keyOp(a, rewrapRequest, a.svc.Rewrap, encryptOut))

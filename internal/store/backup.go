@@ -114,6 +114,8 @@ type backupKey struct {
 	RotationPeriod    time.Duration `json:"rotation_period_ns,omitempty"`
 	NextRotationAt    *time.Time    `json:"next_rotation_at,omitempty"`
 	MinDecryptVersion int           `json:"min_decrypt_version,omitempty"`
+	// Origin; absent (older backups): generated.
+	Origin string `json:"origin,omitempty"`
 }
 
 type backupVersion struct {
@@ -131,7 +133,7 @@ func toBackup(k *Key) *backupKey {
 		Algorithm: k.Algorithm, Usage: k.Usage, Extractable: k.Extractable, State: k.State, Metadata: k.Metadata,
 		CreatedAt: k.CreatedAt, UpdatedAt: k.UpdatedAt, ExpiresAt: k.ExpiresAt, PublishJWKS: k.PublishJWKS, Revision: k.Revision,
 		Description: k.Description, DeletionDate: k.DeletionDate, RotationPeriod: k.RotationPeriod,
-		NextRotationAt: k.NextRotationAt, MinDecryptVersion: k.MinDecryptVersion}
+		NextRotationAt: k.NextRotationAt, MinDecryptVersion: k.MinDecryptVersion, Origin: k.Origin}
 	for _, v := range k.Versions {
 		b.Versions = append(b.Versions, backupVersion{Version: v.Version, ObjectID: v.ObjectID, ProviderRef: v.ProviderRef,
 			PublicKey: v.PublicKey, CertificateChain: v.CertificateChain, State: v.State, CreatedAt: v.CreatedAt})
@@ -144,7 +146,10 @@ func (b *backupKey) toKey() *Key {
 		Algorithm: b.Algorithm, Usage: b.Usage, Extractable: b.Extractable, State: b.State, Metadata: b.Metadata,
 		CreatedAt: b.CreatedAt, UpdatedAt: b.UpdatedAt, ExpiresAt: b.ExpiresAt, PublishJWKS: b.PublishJWKS, Revision: b.Revision,
 		Description: b.Description, DeletionDate: b.DeletionDate, RotationPeriod: b.RotationPeriod,
-		NextRotationAt: b.NextRotationAt, MinDecryptVersion: b.MinDecryptVersion}
+		NextRotationAt: b.NextRotationAt, MinDecryptVersion: b.MinDecryptVersion, Origin: b.Origin}
+	if k.Origin == "" {
+		k.Origin = OriginGenerated
+	}
 	if k.Usage == nil {
 		k.Usage = []string{}
 	}

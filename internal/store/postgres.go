@@ -56,6 +56,7 @@ var postgresMigrations = []string{
 	ALTER TABLE key_versions ADD COLUMN certificate_chain BYTEA;`,
 	lifecycleMigration,
 	checkpointMigration(`TEXT COLLATE "C"`, "BYTEA"),
+	originMigration,
 }
 
 // Advisory lock ids (pg_advisory_xact_lock): any constant shared by every

@@ -49,7 +49,12 @@ var sqliteMigrations = []string{
 	lifecycleMigration,
 	// Audit checkpoints and the audit signing key.
 	checkpointMigration("TEXT", "BLOB"),
+	originMigration,
 }
+
+// originMigration (5) stores how a key was made; keys made before it were
+// generated. It is the same on both databases.
+const originMigration = `ALTER TABLE keys ADD COLUMN origin TEXT NOT NULL DEFAULT 'generated';`
 
 // lifecycleMigration (3) adds what scheduled deletion, automatic rotation
 // and updates need; it is the same on both databases.

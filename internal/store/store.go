@@ -59,6 +59,9 @@ type Key struct {
 	PublishJWKS bool
 	// Description is free text for people.
 	Description string
+	// Origin is how the key was made: OriginGenerated (by its provider)
+	// or OriginImported (material brought in wrapped).
+	Origin string
 	// DeletionDate is when a key pending deletion is destroyed (nil
 	// otherwise).
 	DeletionDate *time.Time
@@ -74,6 +77,12 @@ type Key struct {
 	// Versions in ascending order; the last active one is current.
 	Versions []Version
 }
+
+// Origins of a key.
+const (
+	OriginGenerated = "generated"
+	OriginImported  = "imported"
+)
 
 // Version is one version of a key's material.
 type Version struct {
