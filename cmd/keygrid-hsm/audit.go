@@ -2,50 +2,47 @@ package main
 
 import (
 	"errors"
-	"flag"
 	"fmt"
 	"io"
+
+	"github.com/spf13/cobra"
 
 	"github.com/keygrid/keygrid-hsm/internal/audit"
 )
 
-// cmdAudit runs "audit verify [--anchor HASH] FILE…": it checks the hash
-// chain of audit log files given in rotation order (oldest first, the live
-// file last) and reports the first line that was changed, removed, inserted
-// or reordered, exiting 1. With one file that continues a rotated one, the
-// check starts at its rotation record (or at --anchor, the last hash of the
-// file before it).
-func cmdAudit(args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 || args[0] != "verify" {
-		return errors.New("audit: give a subcommand: verify FILE…")
+// auditVerifyOptions are the flags and files of audit verify.
+type auditVerifyOptions struct {
+	anchor string
+	files  []string
+}
+
+func auditCmd(s *streams) *cobra.Command {
+	var o auditVerifyOptions
+	verify := &cobra.Command{
+		Use:   "verify FILE...",
+		Short: "check the audit log's hash chain (rotated files oldest first, the live file last)",
+		Long: `Check the hash chain of audit log files given in rotation order (oldest first, the live file last)
+and report the first line that was changed, removed, inserted or reordered (exit 1). With one file
+that continues a rotated one, the check starts at its rotation record (or at --anchor, the last hash
+of the file before it).`,
+		Example: "  keygrid-hsm audit verify data/audit.log.2026-01-01T00-00-00Z data/audit.log",
+		Args:    minArgs(1, "at least one FILE"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			o.files = args
+			return runAuditVerify(o, s.stdout)
+		},
 	}
-	fs := flag.NewFlagSet("audit verify", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	anchor := fs.String("anchor", "", "prev_hash the first line must carry (the last hash of the file before it; default: the file must begin a chain or a rotation)")
-	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: keygrid-hsm audit verify [--anchor HASH] FILE… (rotated files oldest first, the live file last)")
-		fs.PrintDefaults()
-	}
-	var files []string
-	rest := args[1:]
-	for {
-		if err := fs.Parse(rest); err != nil {
-			return err
-		}
-		if fs.NArg() == 0 {
-			break
-		}
-		files, rest = append(files, fs.Arg(0)), fs.Args()[1:]
-	}
-	if len(files) == 0 {
-		fs.Usage()
-		return &exitError{2, errors.New("audit verify: name at least one file")}
-	}
-	s, err := audit.VerifyFiles(files, *anchor)
+	verify.Flags().StringVar(&o.anchor, "anchor", "", "prev_hash the first line must carry (the last hash of the file before it; default: the file must begin a chain or a rotation)")
+	return parent("audit", "the audit log: verify its hash chain", verify)
+}
+
+// runAuditVerify checks the chain of o.files.
+func runAuditVerify(o auditVerifyOptions, stdout io.Writer) error {
+	s, err := audit.VerifyFiles(o.files, o.anchor)
 	if err != nil {
 		var p *audit.Problem
 		if errors.As(err, &p) {
-			return &exitError{1, fmt.Errorf("audit chain broken: %s: line %d: %s", p.File, p.Line, p.Reason)}
+			return fmt.Errorf("audit chain broken: %s: line %d: %s", p.File, p.Line, p.Reason)
 		}
 		return err
 	}
