@@ -5,9 +5,11 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/keygrid/keygrid-hsm/internal/audit"
 	"github.com/keygrid/keygrid-hsm/internal/config"
@@ -35,52 +37,52 @@ type auditVerifyOptions struct {
 	Replica string
 }
 
-// cmdAudit parses "audit verify" and runs auditVerify:
-//
-//	audit verify [--anchor HASH] FILE…              the hash chain only
-//	audit verify --config FILE [--replica ID] [FILE…]  chain and checkpoints from the store
-//	audit verify --server URL [credentials] FILE…   chain and checkpoints from a server
-func cmdAudit(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 || args[0] != "verify" {
-		return errors.New("audit: give a subcommand: verify FILE…")
-	}
-	c := newCLI("audit verify", nil, stdout, stderr)
+func auditCmd(s *streams) *cobra.Command {
 	var o auditVerifyOptions
-	c.fs.StringVar(&o.Anchor, "anchor", "", "prev_hash the first line must carry (chain only; default: the file must begin a chain or a rotation)")
-	c.fs.StringVar(&o.Config, "config", "", "the gateway's configuration: check signed checkpoints from its metadata store and provider")
-	c.fs.StringVar(&o.Replica, "replica", "", "the replica the log is of (default: the configured one, or the one the log names)")
-	c.fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: keygrid-hsm audit verify [--anchor HASH] FILE…\n"+
-			"       keygrid-hsm audit verify --config FILE [--replica ID] [FILE…]\n"+
-			"       keygrid-hsm audit verify --server URL [--token …] [--replica ID] FILE…\n"+
-			"(rotated files oldest first, the live file last)")
-		c.fs.PrintDefaults()
+	verify := &cobra.Command{
+		Use:   "verify [FILE...]",
+		Short: "check the audit log's hash chain, and with --config or --server its signed checkpoints",
+		Long: `Check the hash chain of audit log files given in rotation order (oldest first, the live file last)
+and report the first line that was changed, removed, inserted or reordered (exit 1). With one file
+that continues a rotated one, the check starts at its rotation record (or at --anchor, the last hash
+of the file before it).
+
+With --config (the gateway's configuration: its metadata store and audit key) or --server (a running
+gateway's /api/v1/audit/checkpoints) the signed checkpoints are checked too: a log cut after a
+checkpoint, re-hashed from an edit onward, a missing or emptied file, or another replica's log is
+reported (exit 1). With --config and no FILE, the configured log and its rotated files are checked.`,
+		Example: `  keygrid-hsm audit verify data/audit.log.2026-01-01T00-00-00Z data/audit.log
+  keygrid-hsm audit verify --config keygrid.yaml
+  keygrid-hsm audit verify --server https://kg.example:8443 --token-file auditor.token audit.log`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 0 && !cmd.Flags().Changed("config") {
+				return usageErr(cmd, "audit verify needs at least one FILE (or --config)")
+			}
+			return nil
+		},
 	}
-	if err := c.parse(args[1:]); err != nil {
-		return err
-	}
-	o.Files = c.posArgs
-	c.fs.Visit(func(f *flag.Flag) {
-		if f.Name == "server" {
-			o.Client = c.client
+	verify = clientCmd(s, verify, nil, func(c *cli, f *pflag.FlagSet) func(context.Context) error {
+		f.StringVar(&o.Anchor, "anchor", "", "prev_hash the first line must carry (chain only; default: the file must begin a chain or a rotation)")
+		f.StringVar(&o.Config, "config", "", "the gateway's configuration: check signed checkpoints from its metadata store and provider")
+		f.StringVar(&o.Replica, "replica", "", "the replica the log is of (default: the configured one, or the one the log names)")
+		return func(ctx context.Context) error {
+			o.Files = c.posArgs
+			if c.changed("server") {
+				o.Client = c.client
+			}
+			if o.Anchor != "" && (o.Config != "" || o.Client != nil) {
+				return usageErr(c.cmd, "audit verify: --anchor checks a chain alone; checkpoints need the whole log")
+			}
+			return auditVerify(ctx, o, c.stdout)
 		}
 	})
-	if len(o.Files) == 0 && o.Config == "" {
-		c.fs.Usage()
-		return &exitError{2, errors.New("audit verify: name at least one file (or --config)")}
-	}
-	err := auditVerify(ctx, o, stdout)
-	var ee *exitError
-	if err != nil && !errors.As(err, &ee) {
-		return &exitError{1, err}
-	}
-	return err
+	return parent("audit", "the audit log: verify its hash chain and signed checkpoints", verify)
 }
 
 // auditVerify verifies a log: its chain, and with a configuration or a
 // server its signed checkpoints. A broken chain or a problem a checkpoint
 // shows is an error naming it (wrapping an *audit.Problem, or one of the
-// audit.Err* kinds); cmdAudit exits 1 on any error.
+// audit.Err* kinds): exit 1.
 func auditVerify(ctx context.Context, o auditVerifyOptions, stdout io.Writer) error {
 	if o.Config == "" && o.Client == nil {
 		s, err := audit.VerifyFiles(o.Files, o.Anchor)
@@ -89,9 +91,6 @@ func auditVerify(ctx context.Context, o auditVerifyOptions, stdout io.Writer) er
 		}
 		fmt.Fprintf(stdout, "audit chain OK: %d lines in %d files; last hash %s\n", s.Lines, s.Files, s.LastHash)
 		return nil
-	}
-	if o.Anchor != "" {
-		return &exitError{2, errors.New("audit verify: --anchor checks a chain alone; checkpoints need the whole log")}
 	}
 	vo := audit.VerifyOptions{Paths: o.Files, Replica: o.Replica}
 	var err error

@@ -30,7 +30,7 @@ func TestCLIImportExport(t *testing.T) {
 	var logs testbed.LogBuffer
 	ctx, cancel := context.WithCancel(context.Background())
 	served := make(chan error, 1)
-	go func() { served <- cmdServe(ctx, []string{"--listen", "127.0.0.1:0"}, &logs) }()
+	go func() { served <- runServe(ctx, serveOptions{listen: "127.0.0.1:0"}, &logs) }()
 	t.Cleanup(func() { cancel(); <-served })
 	addrRE := regexp.MustCompile(`msg="keygrid-hsm serving" addr=(\S+)`)
 	waitFor(t, "the server to listen", func() bool { return addrRE.MatchString(logs.String()) })

@@ -51,7 +51,7 @@ func TestEmbeddedDefaultAndCLI(t *testing.T) {
 	var logs testbed.LogBuffer
 	ctx, cancel := context.WithCancel(context.Background())
 	served := make(chan error, 1)
-	go func() { served <- cmdServe(ctx, []string{"--listen", "127.0.0.1:0"}, &logs) }()
+	go func() { served <- runServe(ctx, serveOptions{listen: "127.0.0.1:0"}, &logs) }()
 	stopped := false
 	stop := func() {
 		if !stopped {

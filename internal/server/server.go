@@ -325,6 +325,12 @@ func (s *Server) Serve(ctx context.Context, ready func(addr net.Addr)) error {
 	if err != nil {
 		return err
 	}
+	return s.ServeListener(ctx, ln, ready)
+}
+
+// ServeListener is Serve on a listener bound already (keygrid-hsm serve
+// binds before it writes the data directory); it closes ln.
+func (s *Server) ServeListener(ctx context.Context, ln net.Listener, ready func(addr net.Addr)) (err error) {
 	if addr := s.cfg.Debug.PprofListen; addr != "" {
 		stop, err := servePprof(addr, s.log)
 		if err != nil {
