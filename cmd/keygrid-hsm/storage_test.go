@@ -44,7 +44,15 @@ func TestMigrateBackupRestore(t *testing.T) {
 	ctx := context.Background()
 	src := gatewayConfig(t)
 	latest := latestSchemaVersion(t)
+	// A store that does not exist is not made without --create.
 	code, out, errOut := cliRun("", "migrate", "--config", src)
+	if code != 1 || !strings.Contains(errOut, "no metadata store at "+storePathOf(t, src)) || !strings.Contains(errOut, "--create") {
+		t.Fatalf("migrate of a missing store: %d %q %q", code, out, errOut)
+	}
+	if _, err := os.Stat(filepath.Dir(storePathOf(t, src))); err == nil {
+		t.Fatal("a refused migrate made the data directory")
+	}
+	code, out, errOut = cliRun("", "migrate", "--config", src, "--create")
 	if code != 0 || !strings.HasPrefix(out, fmt.Sprintf("schema version %d (sqlite ", latest)) {
 		t.Fatalf("migrate: %d %q %q", code, out, errOut)
 	}
@@ -88,7 +96,10 @@ func TestMigrateBackupRestore(t *testing.T) {
 	f.Close()
 
 	dst := gatewayConfig(t)
-	code, out, errOut = cliRun("", "restore", "--config", dst, "--in", backup)
+	if code, _, errOut := cliRun("", "restore", "--config", dst, "--in", backup); code != 1 || !strings.Contains(errOut, "--create") {
+		t.Fatalf("restore into a missing store: %d %q", code, errOut)
+	}
+	code, out, errOut = cliRun("", "restore", "--config", dst, "--in", backup, "--create")
 	if code != 0 || !strings.Contains(out, "restored 3 keys") {
 		t.Fatalf("restore: %d %q %q", code, out, errOut)
 	}
@@ -118,8 +129,29 @@ func TestMigrateBackupRestore(t *testing.T) {
 	}
 }
 
+// storePathOf is the SQLite store path of a configuration.
+func storePathOf(t *testing.T, cfgPath string) string {
+	t.Helper()
+	cfg, err := config.Load(cfgPath, config.Flags{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg.Storage.Path
+}
+
 func TestStorageCommandsRefuseBadUse(t *testing.T) {
-	cfg, fresh := gatewayConfig(t), gatewayConfig(t)
+	cfg, fresh, missing := gatewayConfig(t), gatewayConfig(t), gatewayConfig(t)
+	if code, _, errOut := cliRun("", "migrate", "--config", cfg, "--create"); code != 0 {
+		t.Fatalf("migrate --create: %s", errOut)
+	}
+	// fresh: a store file that exists but was never migrated (an empty
+	// SQLite database).
+	if err := os.MkdirAll(filepath.Dir(storePathOf(t, fresh)), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(storePathOf(t, fresh), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	for _, c := range []struct {
 		args   []string
 		stderr string
@@ -127,13 +159,28 @@ func TestStorageCommandsRefuseBadUse(t *testing.T) {
 		{[]string{"backup", "--config", cfg}, "--out FILE is required"},
 		{[]string{"restore", "--config", cfg}, "--in FILE is required"},
 		{[]string{"restore", "--config", cfg, "--in", filepath.Join(t.TempDir(), "missing")}, "no such file"},
-		{[]string{"migrate", "--config", cfg, "extra"}, "unexpected argument"},
+		{[]string{"migrate", "--config", cfg, "extra"}, "takes no arguments"},
 		// Backup never migrates: an unmigrated store is refused.
 		{[]string{"backup", "--config", fresh, "--out", filepath.Join(t.TempDir(), "b")}, "run keygrid-hsm migrate"},
+		// Backup never creates a store: a missing one is named.
+		{[]string{"backup", "--config", missing, "--out", filepath.Join(t.TempDir(), "b")}, "no metadata store at " + storePathOf(t, missing)},
 	} {
 		if code, _, errOut := cliRun("", c.args...); code == 0 || !strings.Contains(errOut, c.stderr) {
 			t.Errorf("%v: exit %d, stderr %q; want a failure saying %q", c.args, code, errOut, c.stderr)
 		}
+	}
+	if _, err := os.Stat(filepath.Dir(storePathOf(t, missing))); err == nil {
+		t.Error("a refused backup made the data directory")
+	}
+	// Without --config, in a directory with no ./data: the embedded
+	// default's store is missing, and nothing is made.
+	t.Chdir(t.TempDir())
+	if code, out, errOut := cliRun("", "backup", "--out", "b"); code != 1 || !strings.Contains(errOut, "no metadata store at data/keygrid.db") ||
+		!strings.Contains(errOut, "give --config") {
+		t.Errorf("backup without a store: %d %q %q", code, out, errOut)
+	}
+	if left, _ := os.ReadDir("."); len(left) != 0 {
+		t.Errorf("a refused backup left %v", left)
 	}
 	// A damaged file restores nothing.
 	bad := filepath.Join(t.TempDir(), "bad.backup")
