@@ -63,6 +63,9 @@ type Report struct {
 	LatencyC1              Row     `json:"latency_c1_es256"`
 	Scale                  *Scale  `json:"key_count_scaling,omitempty"`
 	TotalSeconds           float64 `json:"total_seconds"`
+
+	// HSM is the HSM-path section (bench/hsm.go).
+	HSM *HSMReport `json:"hsm_path,omitempty"`
 }
 
 // Scale is the key-count row: ES256 through the HTTP API with few and with
@@ -267,8 +270,13 @@ func run(ctx context.Context, o options) error {
 		s.Ratio, s.RawRatio = s.Many.OpsPerSec/s.Few.OpsPerSec, s.RawMany.OpsPerSec/s.RawFew.OpsPerSec
 		rep.Scale = s
 	}
+	fmt.Fprintln(os.Stderr, "bench: HSM path (isolation, remote HSM)")
+	if rep.HSM, err = runHSM(ctx, hsmOptions{duration: o.duration, warmup: o.warmup, rounds: 3, remote: true}, b.gateway); err != nil {
+		return err
+	}
 	rep.TotalSeconds = time.Since(start).Seconds()
 	printTable(os.Stdout, rep)
+	printHSM(os.Stdout, rep.HSM)
 	if o.out != "" {
 		if err := os.MkdirAll(filepath.Dir(o.out), 0o755); err != nil {
 			return err
