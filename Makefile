@@ -18,7 +18,9 @@ run: build
 test: test-deps
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
 	$(GO) vet ./...
-	$(GO) test -race -count=1 -timeout 20m ./...
+	@artifacts=$${KEYGRID_ARTIFACTS:-$$(mktemp -d /tmp/keygrid-artifacts.XXXXXX)}; \
+	echo "test artifacts (console screenshots): $$artifacts"; \
+	KEYGRID_ARTIFACTS=$$artifacts $(GO) test -race -count=1 -timeout 20m ./...
 
 test-deps:
 	@scripts/test-deps.sh

@@ -37,7 +37,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -272,7 +271,7 @@ func runHSM(ctx context.Context, o hsmOptions, gateway string) (*HSMReport, erro
 }
 
 // remoteHSM is part 2: the gateway on p11-kit's client module.
-func remoteHSM(ctx context.Context, o hsmOptions, rep *HSMReport, dir string, soft *testbed.SoftHSM, env []string, gateway, self string) error {
+func remoteHSM(ctx context.Context, o hsmOptions, rep *HSMReport, dir string, soft *testbed.SoftHSM, env []string, gatewayBin, self string) error {
 	clientMod := testbed.P11KitClientModule()
 	if clientMod == "" || testbed.Missing("p11-kit") != "" {
 		return errors.New("p11-kit or its client module is missing (run scripts/test-deps.sh)")
@@ -285,9 +284,9 @@ func remoteHSM(ctx context.Context, o hsmOptions, rep *HSMReport, dir string, so
 	env = append(env, "P11_KIT_SERVER_ADDRESS="+srv.Address())
 	type gw struct {
 		name, bin, bench string
-		g                *gatewayProc
+		g                *gateway
 	}
-	gws := []*gw{{name: "new", bin: gateway, bench: self}}
+	gws := []*gw{{name: "new", bin: gatewayBin, bench: self}}
 	if o.oldGateway != "" && o.oldBench != "" {
 		gws = append(gws, &gw{name: "old", bin: o.oldGateway, bench: o.oldBench})
 	}
@@ -304,7 +303,7 @@ func remoteHSM(ctx context.Context, o hsmOptions, rep *HSMReport, dir string, so
 			os.Remove(filepath.Join(d, "audit.log.lock"))
 		}
 		var err error
-		if g.g, err = startGateway(g.bin, dir, d, env, clientMod, soft.Label); err != nil {
+		if g.g, err = startHSMGateway(g.bin, d, env, clientMod, soft.Label); err != nil {
 			return err
 		}
 		defer g.g.stop()
@@ -359,74 +358,20 @@ func remoteHSM(ctx context.Context, o hsmOptions, rep *HSMReport, dir string, so
 	return nil
 }
 
-// gatewayProc is a `keygrid-hsm serve` of part 2.
-type gatewayProc struct {
-	bin, url, token string
-	cmd             *exec.Cmd
-}
-
-func startGateway(bin, dir, data string, env []string, module, label string) (*gatewayProc, error) {
-	addr, err := freePort()
-	if err != nil {
-		return nil, err
-	}
-	cfgPath := data + ".yaml"
-	cfg := fmt.Sprintf("server:\n  listen: %s\ndefault_provider: hsm\n", addr) + testbed.Providers(
-		testbed.PKCS11Provider{Library: module, TokenLabel: label, PinEnv: "BENCH_PIN", MaxSessions: 16},
-		testbed.SoftwareProvider{MasterKeyEnv: "BENCH_MASTER_KEY"},
-	) + "limits:\n  rate_per_principal: -1\nlog:\n  level: warn\n"
-	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
-		return nil, err
-	}
-	g := &gatewayProc{bin: bin, url: "http://" + addr}
-	g.cmd = exec.Command(bin, "serve", "--config", cfgPath, "--data-dir", data)
-	g.cmd.Env = env
-	g.cmd.Stderr = os.Stderr
-	if err := g.cmd.Start(); err != nil {
-		return nil, err
-	}
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		if resp, err := http.Get(g.url + "/ready"); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				break
-			}
-		}
-		if time.Now().After(deadline) {
-			g.stop()
-			return nil, errors.New("the gateway on p11-kit did not become ready")
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	tok, err := os.ReadFile(filepath.Join(data, "admin.token"))
-	if err != nil {
-		g.stop()
-		return nil, fmt.Errorf("admin token: %w", err)
-	}
-	g.token = strings.TrimSpace(string(tok))
-	return g, nil
-}
-
-func (g *gatewayProc) stop() {
-	if g.cmd == nil || g.cmd.Process == nil {
-		return
-	}
-	g.cmd.Process.Signal(os.Interrupt)
-	done := make(chan struct{})
-	go func() { g.cmd.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(20 * time.Second):
-		g.cmd.Process.Kill()
-		<-done
-	}
-	g.cmd = nil
+// startHSMGateway starts a gateway of part 2: its default provider the
+// token label behind the PKCS#11 module (p11-kit's client), data in data.
+func startHSMGateway(bin, data string, env []string, module, label string) (*gateway, error) {
+	return startGateway(bin, data+".yaml", data, env, func(addr string) string {
+		return fmt.Sprintf("server:\n  listen: %s\ndefault_provider: hsm\n", addr) + testbed.Providers(
+			testbed.PKCS11Provider{Library: module, TokenLabel: label, PinEnv: "BENCH_PIN", MaxSessions: 16},
+			testbed.SoftwareProvider{MasterKeyEnv: "BENCH_MASTER_KEY"},
+		) + "limits:\n  rate_per_principal: -1\nlog:\n  level: warn\n"
+	})
 }
 
 // makeKeys makes the EC and RSA keys of part 2 and returns their CKA_IDs
 // (hex) for the raw loop.
-func (g *gatewayProc) makeKeys(ctx context.Context) (map[string]string, error) {
+func (g *gateway) makeKeys(ctx context.Context) (map[string]string, error) {
 	c, err := client.New(g.url, client.WithToken(g.token))
 	if err != nil {
 		return nil, err
@@ -452,7 +397,7 @@ func (g *gatewayProc) makeKeys(ctx context.Context) (map[string]string, error) {
 // httpCPU drives the gateway with `keygrid-hsm bench` at concurrency 16
 // and reads the gateway's CPU time (its own and its module host's) over
 // the measured period.
-func (g *gatewayProc) httpCPU(key, algorithm string, o hsmOptions) (CPUResult, error) {
+func (g *gateway) httpCPU(key, algorithm string, o hsmOptions) (CPUResult, error) {
 	args := func(d, w time.Duration) []string {
 		return []string{"bench", "--server", g.url, "--token", g.token, "--op", "sign", "--key", "remote-" + key,
 			"--algorithm", algorithm, "--size", "32", "--concurrency", "16", "--duration", d.String(), "--warmup", w.String(),

@@ -16,6 +16,12 @@
 // ops/s, p50/p99 and the ratios 2/1 and 3/1, the added latency at
 // concurrency 1, the sign throughput with 10 and with 2,000 keys on the
 // token, and writes the table as JSON (bench/results/latest.json).
+//
+// Then the sweep (sweep.go): the software provider, ES256 and AES-GCM on
+// 1 KiB, at concurrency 1, 4, 16 and 64 (-sweep), with the default durable
+// audit and with audit.fsync_interval 10ms, over HTTP and in process, with
+// the gateway's and the load generator's CPU time per request; -compare
+// measures an older build beside this one in the same run.
 package main
 
 import (
@@ -50,7 +56,17 @@ func main() {
 	fs.IntVar(&o.concurrency, "concurrency", 2, "workers = HSM sessions")
 	fs.IntVar(&o.scaleKeys, "scale-keys", 2000, "keys on the token for the key-count row (0: skip)")
 	fs.StringVar(&o.out, "out", "bench/results/latest.json", "where to write the JSON table")
+	sweep := fs.String("sweep", "1,4,16,64", "concurrencies of the software-provider sweep (both audit modes, HTTP and in process; empty: no sweep)")
+	fs.DurationVar(&o.sweepDuration, "sweep-duration", 2*time.Second, "measured time per sweep measurement")
+	fs.DurationVar(&o.sweepWarmup, "sweep-warmup", 500*time.Millisecond, "unmeasured warm-up per sweep measurement")
+	fs.StringVar(&o.compare, "compare", "", "another keygrid-hsm binary (an older build) to measure in the sweep, interleaved with this one")
+	fs.BoolVar(&o.sweepOnly, "sweep-only", false, "run only the sweep (no SoftHSM rows)")
 	fs.Parse(os.Args[1:])
+	var err error
+	if o.sweep, err = parseInts(*sweep); err != nil {
+		fmt.Fprintln(os.Stderr, "bench: -sweep:", err)
+		os.Exit(2)
+	}
 	ctx := context.Background()
 	if err := run(ctx, o); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)

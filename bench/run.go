@@ -28,6 +28,11 @@ type options struct {
 	concurrency      int
 	scaleKeys        int
 	out              string
+	// The sweep (sweep.go).
+	sweep                      []int
+	sweepDuration, sweepWarmup time.Duration
+	compare                    string
+	sweepOnly                  bool
 }
 
 // Row is one line of the table.
@@ -62,6 +67,7 @@ type Report struct {
 	AddedLatencyP50Batched float64 `json:"added_latency_p50_us_es256_c1_audit_fsync_10ms"`
 	LatencyC1              Row     `json:"latency_c1_es256"`
 	Scale                  *Scale  `json:"key_count_scaling,omitempty"`
+	Sweep                  *Sweep  `json:"sweep,omitempty"`
 	TotalSeconds           float64 `json:"total_seconds"`
 
 	// HSM is the HSM-path section (bench/hsm.go).
@@ -104,7 +110,7 @@ const benchPIN = "bench-pin-1234"
 
 func run(ctx context.Context, o options) error {
 	start := time.Now()
-	if m := testbed.Missing("softhsm2-util", testbed.SoftHSMModule); m != "" {
+	if m := testbed.Missing("softhsm2-util", testbed.SoftHSMModule); m != "" && !o.sweepOnly {
 		return fmt.Errorf("%s is missing (run scripts/test-deps.sh)", m)
 	}
 	dir, err := os.MkdirTemp("", "keygrid-bench-")
@@ -119,6 +125,15 @@ func run(ctx context.Context, o options) error {
 	fmt.Fprintln(os.Stderr, "bench: building keygrid-hsm")
 	if out, err := exec.Command("go", "build", "-o", b.gateway, "./cmd/keygrid-hsm").CombinedOutput(); err != nil {
 		return fmt.Errorf("go build: %v\n%s", err, out)
+	}
+	if o.sweepOnly {
+		b.env = append(os.Environ(), "BENCH_MASTER_KEY="+strings.Repeat("5a", 32))
+		rep := Report{Time: time.Now().UTC(), Machine: machine(), Duration: o.duration.String()}
+		if rep.Sweep, err = b.runSweep(ctx); err != nil {
+			return err
+		}
+		rep.TotalSeconds = time.Since(start).Seconds()
+		return writeReport(rep, o.out)
 	}
 	if b.soft, err = testbed.NewSoftHSM(dir, "keygrid-bench", benchPIN); err != nil {
 		return err
@@ -270,23 +285,37 @@ func run(ctx context.Context, o options) error {
 		s.Ratio, s.RawRatio = s.Many.OpsPerSec/s.Few.OpsPerSec, s.RawMany.OpsPerSec/s.RawFew.OpsPerSec
 		rep.Scale = s
 	}
+	b.stopServer()
+	if len(o.sweep) > 0 {
+		if rep.Sweep, err = b.runSweep(ctx); err != nil {
+			return err
+		}
+	}
 	fmt.Fprintln(os.Stderr, "bench: HSM path (isolation, remote HSM)")
 	if rep.HSM, err = runHSM(ctx, hsmOptions{duration: o.duration, warmup: o.warmup, rounds: 3, remote: true}, b.gateway); err != nil {
 		return err
 	}
 	rep.TotalSeconds = time.Since(start).Seconds()
+	return writeReport(rep, o.out)
+}
+
+// writeReport prints the table and writes the JSON (out "": not written).
+func writeReport(rep Report, out string) error {
 	printTable(os.Stdout, rep)
-	printHSM(os.Stdout, rep.HSM)
-	if o.out != "" {
-		if err := os.MkdirAll(filepath.Dir(o.out), 0o755); err != nil {
-			return err
-		}
-		buf, _ := json.MarshalIndent(rep, "", "  ")
-		if err := os.WriteFile(o.out, append(buf, '\n'), 0o644); err != nil {
-			return err
-		}
-		fmt.Fprintln(os.Stderr, "bench: wrote", o.out)
+	if rep.HSM != nil {
+		printHSM(os.Stdout, rep.HSM)
 	}
+	if out == "" {
+		return nil
+	}
+	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
+		return err
+	}
+	buf, _ := json.MarshalIndent(rep, "", "  ")
+	if err := os.WriteFile(out, append(buf, '\n'), 0o644); err != nil {
+		return err
+	}
+	fmt.Fprintln(os.Stderr, "bench: wrote", out)
 	return nil
 }
 

@@ -12,7 +12,7 @@ set -euo pipefail
 
 packages=(softhsm2 opensc p11-kit p11-kit-modules openssl postgresql gcc curl
   swtpm swtpm-tools tpm2-tools tpm2-abrmd libtss2-tcti-tabrmd0 libtss2-tcti-swtpm0
-  libtpm2-pkcs11-1 libtpm2-pkcs11-tools dbus-daemon)
+  libtpm2-pkcs11-1 libtpm2-pkcs11-tools dbus-daemon chromium)
 missing=()
 have() { command -v "$1" >/dev/null 2>&1; }
 pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1; }
@@ -35,6 +35,8 @@ ls /usr/lib/*/pkcs11/libtpm2_pkcs11.so >/dev/null 2>&1 || missing+=(libtpm2-pkcs
 have tpm2_ptool || missing+=(libtpm2-pkcs11-tools)
 have dbus-daemon || missing+=(dbus-daemon)
 have curl || missing+=(curl)
+# The console's browser tests drive a headless Chromium (chromedp).
+have chromium || missing+=(chromium)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"github.com/keygrid/keygrid-hsm/pkg/apitypes"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 )
 
 // BenchResult is the outcome of `keygrid-hsm bench` (its --output json).
@@ -41,169 +43,172 @@ type BenchResult struct {
 // cmdBench is a load generator against a running server: one operation on
 // one key, from `concurrency` workers over keep-alive connections, for a
 // duration or a number of requests.
-func cmdBench(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	c := newCLI("bench", stdin, stdout, stderr)
-	var (
-		op, key, keyType, curve, algorithm string
-		size, conc, keySize                int
-		count                              int64
-		dur, warmup                        time.Duration
-		progress                           bool
-	)
-	c.fs.StringVar(&op, "op", "sign", "operation: sign, verify, encrypt, decrypt, create")
-	c.fs.StringVar(&key, "key", "", "key id or name (made with --key-type … when it does not exist; not for create)")
-	c.fs.StringVar(&keyType, "key-type", "", "key type to create a key (or, for create, each key) with: RSA, EC, Ed25519, AES")
-	c.fs.IntVar(&keySize, "key-size", 0, "key size for --key-type")
-	c.fs.StringVar(&curve, "curve", "", "EC curve for --key-type")
-	c.fs.StringVar(&algorithm, "algorithm", "", "algorithm (default: the key's)")
-	c.fs.IntVar(&size, "size", 32, "payload bytes (data to sign, plaintext to encrypt)")
-	c.fs.IntVar(&conc, "concurrency", 1, "parallel workers, each with its own keep-alive connection")
-	c.fs.DurationVar(&dur, "duration", 10*time.Second, "how long to run (unless --count)")
-	c.fs.Int64Var(&count, "count", 0, "stop after this many requests")
-	c.fs.DurationVar(&warmup, "warmup", time.Second, "unmeasured warm-up before the run")
-	c.fs.BoolVar(&progress, "progress", isTerminal(stderr), "a live progress line on stderr")
-	if err := c.parse(args); err != nil {
-		return err
-	}
-	if conc < 1 || size < 0 {
-		return errors.New("bench: --concurrency must be at least 1 and --size not negative")
-	}
-	cl, err := c.client()
-	if err != nil {
-		return err
-	}
-	token, err := c.resolveToken()
-	if err != nil {
-		return err
-	}
-	spec := apitypes.KeySpec{KeyType: keyType, KeySize: keySize, Curve: curve, Algorithm: algorithm}
-	if op != "create" {
-		if key == "" {
-			return errors.New("bench: --key is required")
-		}
-		if _, err := cl.GetKey(ctx, key); err != nil {
-			if keyType == "" {
-				return fmt.Errorf("bench: key %q: %w (give --key-type to create it)", key, err)
+func benchCmd(s *streams) *cobra.Command {
+	cmd := &cobra.Command{Use: "bench --key KEY", Short: "load-test a running server: one operation on one key from many workers",
+		Example: "  keygrid-hsm bench --op sign --key bench-ec --key-type EC --curve P-256 --concurrency 8 --duration 30s",
+		Args:    noArgs}
+	return clientCmd(s, cmd, nil, func(c *cli, fs *pflag.FlagSet) func(context.Context) error {
+		var (
+			op, key, keyType, curve, algorithm string
+			size, conc, keySize                int
+			count                              int64
+			dur, warmup                        time.Duration
+			progress                           bool
+		)
+		fs.StringVar(&op, "op", "sign", "operation: sign, verify, encrypt, decrypt, create")
+		fs.StringVar(&key, "key", "", "key id or name (made with --key-type … when it does not exist; not for create)")
+		fs.StringVar(&keyType, "key-type", "", "key type to create a key (or, for create, each key) with: RSA, EC, Ed25519, AES")
+		fs.IntVar(&keySize, "key-size", 0, "key size for --key-type")
+		fs.StringVar(&curve, "curve", "", "EC curve for --key-type")
+		fs.StringVar(&algorithm, "algorithm", "", "algorithm (default: the key's)")
+		fs.IntVar(&size, "size", 32, "payload bytes (data to sign, plaintext to encrypt)")
+		fs.IntVar(&conc, "concurrency", 1, "parallel workers, each with its own keep-alive connection")
+		fs.DurationVar(&dur, "duration", 10*time.Second, "how long to run (unless --count)")
+		fs.Int64Var(&count, "count", 0, "stop after this many requests")
+		fs.DurationVar(&warmup, "warmup", time.Second, "unmeasured warm-up before the run")
+		fs.BoolVar(&progress, "progress", isTerminal(c.stderr), "a live progress line on c.stderr")
+		return func(ctx context.Context) error {
+			if conc < 1 || size < 0 {
+				return errors.New("bench: --concurrency must be at least 1 and --size not negative")
 			}
-			if op == "encrypt" || op == "decrypt" {
-				spec.Usage = []string{"encrypt", "decrypt"}
+			cl, err := c.client()
+			if err != nil {
+				return err
 			}
-			if _, err := cl.CreateKey(ctx, apitypes.CreateKeyRequest{Name: key, KeySpec: spec}); err != nil {
-				return fmt.Errorf("bench: create key %q: %w", key, err)
+			token, err := c.resolveToken()
+			if err != nil {
+				return err
 			}
-		}
-	} else if keyType == "" {
-		return errors.New("bench: create needs --key-type")
-	}
+			spec := apitypes.KeySpec{KeyType: keyType, KeySize: keySize, Curve: curve, Algorithm: algorithm}
+			if op != "create" {
+				if key == "" {
+					return errors.New("bench: --key is required")
+				}
+				if _, err := cl.GetKey(ctx, key); err != nil {
+					if keyType == "" {
+						return fmt.Errorf("bench: key %q: %w (give --key-type to create it)", key, err)
+					}
+					if op == "encrypt" || op == "decrypt" {
+						spec.Usage = []string{"encrypt", "decrypt"}
+					}
+					if _, err := cl.CreateKey(ctx, apitypes.CreateKeyRequest{Name: key, KeySpec: spec}); err != nil {
+						return fmt.Errorf("bench: create key %q: %w", key, err)
+					}
+				}
+			} else if keyType == "" {
+				return errors.New("bench: create needs --key-type")
+			}
 
-	payload := make([]byte, size)
-	rand.Read(payload)
-	var run func(int, int64) (int, []byte, error)
-	reqBody := func(v any) []byte { b, _ := json.Marshal(v); return b }
-	base := strings.TrimRight(*c.server, "/") + "/api/v1/keys/"
-	switch op {
-	case "sign":
-		body := reqBody(apitypes.SignRequest{Data: payload, Algorithm: algorithm})
-		run = func(int, int64) (int, []byte, error) { return post(base+key+"/sign", body, token) }
-	case "verify":
-		s, err := cl.Sign(ctx, key, apitypes.SignRequest{Data: payload, Algorithm: algorithm})
-		if err != nil {
-			return err
-		}
-		body := reqBody(apitypes.VerifyRequest{Data: payload, Signature: s.Signature, Algorithm: algorithm})
-		run = func(int, int64) (int, []byte, error) { return post(base+key+"/verify", body, token) }
-	case "encrypt":
-		body := reqBody(apitypes.EncryptRequest{Plaintext: payload, Algorithm: algorithm})
-		run = func(int, int64) (int, []byte, error) { return post(base+key+"/encrypt", body, token) }
-	case "decrypt":
-		e, err := cl.Encrypt(ctx, key, apitypes.EncryptRequest{Plaintext: payload, Algorithm: algorithm})
-		if err != nil {
-			return err
-		}
-		body := reqBody(apitypes.DecryptRequest{Ciphertext: e.Ciphertext, Algorithm: algorithm})
-		run = func(int, int64) (int, []byte, error) { return post(base+key+"/decrypt", body, token) }
-	case "create":
-		prefix := fmt.Sprintf("bench-%d", time.Now().UnixNano())
-		run = func(w int, i int64) (int, []byte, error) {
-			return post(strings.TrimSuffix(base, "/"), reqBody(apitypes.CreateKeyRequest{Name: fmt.Sprintf("%s-%d-%d", prefix, w, i), KeySpec: spec}), token)
-		}
-	default:
-		return fmt.Errorf("bench: unknown --op %q", op)
-	}
+			payload := make([]byte, size)
+			rand.Read(payload)
+			var run func(int, int64) (int, []byte, error)
+			reqBody := func(v any) []byte { b, _ := json.Marshal(v); return b }
+			base := strings.TrimRight(c.server, "/") + "/api/v1/keys/"
+			switch op {
+			case "sign":
+				body := reqBody(apitypes.SignRequest{Data: payload, Algorithm: algorithm})
+				run = func(int, int64) (int, []byte, error) { return post(base+key+"/sign", body, token) }
+			case "verify":
+				s, err := cl.Sign(ctx, key, apitypes.SignRequest{Data: payload, Algorithm: algorithm})
+				if err != nil {
+					return err
+				}
+				body := reqBody(apitypes.VerifyRequest{Data: payload, Signature: s.Signature, Algorithm: algorithm})
+				run = func(int, int64) (int, []byte, error) { return post(base+key+"/verify", body, token) }
+			case "encrypt":
+				body := reqBody(apitypes.EncryptRequest{Plaintext: payload, Algorithm: algorithm})
+				run = func(int, int64) (int, []byte, error) { return post(base+key+"/encrypt", body, token) }
+			case "decrypt":
+				e, err := cl.Encrypt(ctx, key, apitypes.EncryptRequest{Plaintext: payload, Algorithm: algorithm})
+				if err != nil {
+					return err
+				}
+				body := reqBody(apitypes.DecryptRequest{Ciphertext: e.Ciphertext, Algorithm: algorithm})
+				run = func(int, int64) (int, []byte, error) { return post(base+key+"/decrypt", body, token) }
+			case "create":
+				prefix := fmt.Sprintf("bench-%d", time.Now().UnixNano())
+				run = func(w int, i int64) (int, []byte, error) {
+					return post(strings.TrimSuffix(base, "/"), reqBody(apitypes.CreateKeyRequest{Name: fmt.Sprintf("%s-%d-%d", prefix, w, i), KeySpec: spec}), token)
+				}
+			default:
+				return fmt.Errorf("bench: unknown --op %q", op)
+			}
 
-	transport := &http.Transport{MaxIdleConns: conc * 2, MaxIdleConnsPerHost: conc * 2, IdleConnTimeout: time.Minute}
-	benchHTTP = &http.Client{Transport: transport, Timeout: time.Minute}
-	defer transport.CloseIdleConnections()
+			transport := &http.Transport{MaxIdleConns: conc * 2, MaxIdleConnsPerHost: conc * 2, IdleConnTimeout: time.Minute}
+			benchHTTP = &http.Client{Transport: transport, Timeout: time.Minute}
+			defer transport.CloseIdleConnections()
 
-	if warmup > 0 && op != "create" {
-		wctx, cancel := context.WithTimeout(ctx, warmup)
-		runWorkers(wctx, conc, 0, run, nil)
-		cancel()
-	}
-	res := BenchResult{Operation: op, Key: key, Algorithm: algorithm, PayloadSize: size, Concurrency: conc, ErrorCodes: map[string]int64{}}
-	rctx := ctx
-	if count == 0 {
-		var cancel context.CancelFunc
-		rctx, cancel = context.WithTimeout(ctx, dur)
-		defer cancel()
-	}
-	var done, failed atomic.Int64
-	stopProgress := make(chan struct{})
-	start := time.Now()
-	if progress {
-		go func() {
-			t := time.NewTicker(500 * time.Millisecond)
-			defer t.Stop()
-			for {
-				select {
-				case <-stopProgress:
-					fmt.Fprint(stderr, "\r\033[K")
-					return
-				case <-t.C:
-					el := time.Since(start).Seconds()
-					fmt.Fprintf(stderr, "\r\033[K%s %s: %.0f ops/s, %d requests, %d errors, %.1fs", op, key,
-						float64(done.Load())/el, done.Load(), failed.Load(), el)
+			if warmup > 0 && op != "create" {
+				wctx, cancel := context.WithTimeout(ctx, warmup)
+				runWorkers(wctx, conc, 0, run, nil)
+				cancel()
+			}
+			res := BenchResult{Operation: op, Key: key, Algorithm: algorithm, PayloadSize: size, Concurrency: conc, ErrorCodes: map[string]int64{}}
+			rctx := ctx
+			if count == 0 {
+				var cancel context.CancelFunc
+				rctx, cancel = context.WithTimeout(ctx, dur)
+				defer cancel()
+			}
+			var done, failed atomic.Int64
+			stopProgress := make(chan struct{})
+			start := time.Now()
+			if progress {
+				go func() {
+					t := time.NewTicker(500 * time.Millisecond)
+					defer t.Stop()
+					for {
+						select {
+						case <-stopProgress:
+							fmt.Fprint(c.stderr, "\r\033[K")
+							return
+						case <-t.C:
+							el := time.Since(start).Seconds()
+							fmt.Fprintf(c.stderr, "\r\033[K%s %s: %.0f ops/s, %d requests, %d errors, %.1fs", op, key,
+								float64(done.Load())/el, done.Load(), failed.Load(), el)
+						}
+					}
+				}()
+			}
+			lat, codes := runWorkers(rctx, conc, count, run, &stats{done: &done, failed: &failed})
+			elapsed := time.Since(start)
+			close(stopProgress)
+
+			res.Requests, res.Errors, res.Seconds = done.Load(), failed.Load(), elapsed.Seconds()
+			for k, v := range codes {
+				res.ErrorCodes[k] = v
+			}
+			res.OpsPerSec = float64(res.Requests-res.Errors) / res.Seconds
+			slices.Sort(lat)
+			pct := func(q float64) float64 {
+				if len(lat) == 0 {
+					return 0
+				}
+				return float64(lat[min(len(lat)-1, int(q*float64(len(lat))))].Microseconds())
+			}
+			res.P50us, res.P90us, res.P99us = pct(0.50), pct(0.90), pct(0.99)
+			if len(lat) > 0 {
+				res.MaxUs = float64(lat[len(lat)-1].Microseconds())
+			}
+			if c.output == "json" {
+				return c.json(res)
+			}
+			fmt.Fprintf(c.stdout, "%s on %s (%s, %d bytes), concurrency %d, %.1fs\n", op, key, orDefault(algorithm, "key's algorithm"), size, conc, res.Seconds)
+			fmt.Fprintf(c.stdout, "  %.0f ops/s  %d requests  %d errors\n", res.OpsPerSec, res.Requests, res.Errors)
+			fmt.Fprintf(c.stdout, "  latency p50 %.0fµs  p90 %.0fµs  p99 %.0fµs  max %.0fµs\n", res.P50us, res.P90us, res.P99us, res.MaxUs)
+			if len(res.ErrorCodes) > 0 {
+				keys := make([]string, 0, len(res.ErrorCodes))
+				for k := range res.ErrorCodes {
+					keys = append(keys, k)
+				}
+				sort.Strings(keys)
+				for _, k := range keys {
+					fmt.Fprintf(c.stdout, "  error %s: %d\n", k, res.ErrorCodes[k])
 				}
 			}
-		}()
-	}
-	lat, codes := runWorkers(rctx, conc, count, run, &stats{done: &done, failed: &failed})
-	elapsed := time.Since(start)
-	close(stopProgress)
-
-	res.Requests, res.Errors, res.Seconds = done.Load(), failed.Load(), elapsed.Seconds()
-	for k, v := range codes {
-		res.ErrorCodes[k] = v
-	}
-	res.OpsPerSec = float64(res.Requests-res.Errors) / res.Seconds
-	slices.Sort(lat)
-	pct := func(q float64) float64 {
-		if len(lat) == 0 {
-			return 0
+			return nil
 		}
-		return float64(lat[min(len(lat)-1, int(q*float64(len(lat))))].Microseconds())
-	}
-	res.P50us, res.P90us, res.P99us = pct(0.50), pct(0.90), pct(0.99)
-	if len(lat) > 0 {
-		res.MaxUs = float64(lat[len(lat)-1].Microseconds())
-	}
-	if *c.output == "json" {
-		return c.json(res)
-	}
-	fmt.Fprintf(stdout, "%s on %s (%s, %d bytes), concurrency %d, %.1fs\n", op, key, orDefault(algorithm, "key's algorithm"), size, conc, res.Seconds)
-	fmt.Fprintf(stdout, "  %.0f ops/s  %d requests  %d errors\n", res.OpsPerSec, res.Requests, res.Errors)
-	fmt.Fprintf(stdout, "  latency p50 %.0fµs  p90 %.0fµs  p99 %.0fµs  max %.0fµs\n", res.P50us, res.P90us, res.P99us, res.MaxUs)
-	if len(res.ErrorCodes) > 0 {
-		keys := make([]string, 0, len(res.ErrorCodes))
-		for k := range res.ErrorCodes {
-			keys = append(keys, k)
-		}
-		sort.Strings(keys)
-		for _, k := range keys {
-			fmt.Fprintf(stdout, "  error %s: %d\n", k, res.ErrorCodes[k])
-		}
-	}
-	return nil
+	})
 }
 
 func orDefault(s, d string) string {

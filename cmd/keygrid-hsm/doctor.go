@@ -3,32 +3,52 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
+
+	"github.com/spf13/cobra"
 
 	"github.com/keygrid/keygrid-hsm/internal/config"
 	"github.com/keygrid/keygrid-hsm/internal/provider"
 	"github.com/keygrid/keygrid-hsm/internal/provider/pkcs11"
 	"github.com/keygrid/keygrid-hsm/internal/provider/registry"
+	"github.com/keygrid/keygrid-hsm/internal/provider/software"
 )
 
-// cmdDoctor verifies connectivity to the HSM of every PKCS#11 provider in a
+// doctorOptions are the flags of doctor.
+type doctorOptions struct {
+	config, provider string
+}
+
+func doctorCmd(s *streams) *cobra.Command {
+	var o doctorOptions
+	cmd := &cobra.Command{
+		Use:   "doctor --config FILE",
+		Short: "check that each provider reaches its HSM and can do what the gateway offers",
+		Long: `Check every enabled provider of a configuration (or one, with --provider): PKCS#11 providers load
+the module, find the token, log in, and compare the token's mechanisms with the gateway's full
+algorithm table, listing what this token cannot do. Doctor writes nothing.`,
+		Example: "  keygrid-hsm doctor --config /etc/keygrid-hsm/config.yaml\n  keygrid-hsm doctor --config config.yaml --provider hsm",
+		Args:    noArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if o.config == "" {
+				// The embedded default has no HSM to check.
+				return usageErr(cmd, "doctor: --config FILE is required (the configuration whose providers to check)")
+			}
+			return runDoctor(cmd.Context(), o, s.stdout)
+		},
+	}
+	cmd.Flags().StringVarP(&o.config, "config", "c", "", "configuration file (YAML)")
+	cmd.Flags().StringVar(&o.provider, "provider", "", "check only this provider")
+	return cmd
+}
+
+// runDoctor verifies connectivity to the HSM of every PKCS#11 provider in a
 // configuration (or of one, with --provider), a PASS/FAIL line per check.
-func cmdDoctor(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("doctor", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	cfgPath := fs.String("config", "", "configuration file (YAML)")
-	only := fs.String("provider", "", "check only this provider")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if *cfgPath == "" {
-		// The embedded default has no HSM to check, and opening it would
-		// write a data directory here.
-		return errors.New("doctor: --config FILE is required (the configuration whose providers to check)")
-	}
-	cfg, err := config.Load(*cfgPath, config.Flags{})
+func runDoctor(ctx context.Context, o doctorOptions, stdout io.Writer) error {
+	cfg, err := config.Load(o.config, config.Flags{})
 	if err != nil {
 		return err
 	}
@@ -36,9 +56,10 @@ func cmdDoctor(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err := cfg.Validate(reg.Types()); err != nil {
 		return err
 	}
+	fmt.Fprintln(stdout, rateLimitLine(cfg))
 	failed, checked := false, 0
 	for _, name := range cfg.EnabledProviders() {
-		if *only != "" && name != *only {
+		if o.provider != "" && name != o.provider {
 			continue
 		}
 		typ := cfg.ProviderType(name)
@@ -53,6 +74,10 @@ func cmdDoctor(ctx context.Context, args []string, stdout, stderr io.Writer) err
 				continue
 			}
 			if !pkcs11.Doctor(name, typ, c, stdout) {
+				failed = true
+			}
+		case software.Type:
+			if !doctorSoftware(ctx, cfg, name, stdout) {
 				failed = true
 			}
 		default:
@@ -71,11 +96,58 @@ func cmdDoctor(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		}
 	}
 	if checked == 0 {
-		return fmt.Errorf("no enabled provider named %q", *only)
+		return fmt.Errorf("no enabled provider named %q", o.provider)
 	}
 	if failed {
-		return &exitError{1, errors.New("doctor: some checks failed")}
+		return errors.New("doctor: some checks failed")
 	}
 	fmt.Fprintln(stdout, "all checks passed")
 	return nil
+}
+
+// rateLimitLine says whether requests are rate limited per principal and
+// how to set a limit when they are not (none is the default).
+func rateLimitLine(cfg *config.Config) string {
+	if l := cfg.Limits; l.RatePerPrincipal > 0 {
+		return fmt.Sprintf("INFO  %-12s %g requests/s per principal, burst %d (limits.rate_per_principal, limits.burst)", "rate-limit", l.RatePerPrincipal, l.Burst)
+	}
+	return fmt.Sprintf("INFO  %-12s off: no per-principal rate limit; set limits.rate_per_principal: N (requests/s, burst limits.burst, default 2N), "+
+		"or rate_per_second on a principal in auth.principals", "rate-limit")
+}
+
+// doctorSoftware checks a software provider without writing: a keystore
+// that does not exist yet (serve makes it, with its master key when
+// embedded) is reported, not created.
+func doctorSoftware(ctx context.Context, cfg *config.Config, name string, stdout io.Writer) bool {
+	var sc software.Config
+	if err := cfg.DecodeProviderConfig(name, &sc); err != nil {
+		fmt.Fprintf(stdout, "FAIL  %-12s %v\n", "config", err)
+		return false
+	}
+	dir := sc.KeystoreDir
+	if dir == "" {
+		dir = filepath.Join(cfg.DataDir, "keystore", name)
+	}
+	need := []string{filepath.Join(dir, "master.check")}
+	if sc.MasterKeyFile == "" && sc.MasterKeyEnv == "" {
+		need = append(need, filepath.Join(cfg.DataDir, "master.key"))
+	}
+	for _, p := range need {
+		if _, err := os.Stat(p); err != nil {
+			fmt.Fprintf(stdout, "SKIP  %-12s %s does not exist yet (serve creates the keystore); nothing opened\n", "open", p)
+			return true
+		}
+	}
+	p, err := software.New(ctx, provider.Params{Name: name, Type: software.Type, DataDir: cfg.DataDir, Embedded: cfg.Embedded,
+		Decode: func(out any) error { return cfg.DecodeProviderConfig(name, out) }})
+	if err == nil {
+		err = p.CheckHealth(ctx)
+		p.Close()
+	}
+	if err != nil {
+		fmt.Fprintf(stdout, "FAIL  %-12s %v\n", "open", err)
+		return false
+	}
+	fmt.Fprintf(stdout, "PASS  %-12s keystore %s opened and healthy\n", "open", dir)
+	return true
 }

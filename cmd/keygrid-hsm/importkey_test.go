@@ -30,7 +30,7 @@ func TestCLIImportExport(t *testing.T) {
 	var logs testbed.LogBuffer
 	ctx, cancel := context.WithCancel(context.Background())
 	served := make(chan error, 1)
-	go func() { served <- cmdServe(ctx, []string{"--listen", "127.0.0.1:0"}, &logs) }()
+	go func() { served <- runServe(ctx, serveOptions{listen: "127.0.0.1:0"}, &logs) }()
 	t.Cleanup(func() { cancel(); <-served })
 	addrRE := regexp.MustCompile(`msg="keygrid-hsm serving" addr=(\S+)`)
 	waitFor(t, "the server to listen", func() bool { return addrRE.MatchString(logs.String()) })
@@ -81,6 +81,26 @@ func TestCLIImportExport(t *testing.T) {
 	if got := string(sh("pkey", "-inform", "DER", "-in", der, "-pubout")); got != pubPEM {
 		t.Errorf("the exported key's public key is\n%s\nwant\n%s", got, pubPEM)
 	}
+
+	// --version-of: a second openssl key becomes the key's version 2 and
+	// signs from then on.
+	key2 := filepath.Join(dir, "ec2.pem")
+	sh("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", key2)
+	pub2 := string(sh("pkey", "-in", key2, "-pubout"))
+	if code, out, errs := cliRun("", "keys", "import", "--version-of", "cli-imported", "--in", key2, "--output", "json"); code != 0 || !strings.Contains(out, `"version": 2`) {
+		t.Fatalf("keys import --version-of: %d\n%s%s", code, out, errs)
+	}
+	if code, _, errs := cliRun("", "keys", "import", "--version-of", "cli-imported", "--name", "x", "--in", key2); code == 0 || !strings.Contains(errs, "--name") {
+		t.Errorf("keys import --version-of with --name: %d %s", code, errs)
+	}
+	code, out, errs = cliRun("hello", "sign", "cli-imported", "--output", "json")
+	if code != 0 {
+		t.Fatalf("sign: %d %s", code, errs)
+	}
+	if err := json.Unmarshal([]byte(out), &sig); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	testbed.OpenSSLVerify(t, pub2, "ES256", []byte("hello"), sig.Signature)
 
 	raw := filepath.Join(dir, "aes.bin")
 	os.WriteFile(raw, bytes.Repeat([]byte{7}, 32), 0o600)

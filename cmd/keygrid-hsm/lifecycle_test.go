@@ -33,7 +33,7 @@ func TestKeysLifecycleCLI(t *testing.T) {
 	var logs testbed.LogBuffer
 	ctx, cancel := context.WithCancel(context.Background())
 	served := make(chan error, 1)
-	go func() { served <- cmdServe(ctx, []string{"--config", cfgPath, "--listen", "127.0.0.1:0"}, &logs) }()
+	go func() { served <- runServe(ctx, serveOptions{config: cfgPath, listen: "127.0.0.1:0"}, &logs) }()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-served; err != nil {

@@ -12,12 +12,16 @@ import (
 	"time"
 
 	"github.com/keygrid/keygrid-hsm/pkg/apitypes"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 )
 
 // listFlag is a repeatable flag whose values may also be comma-separated.
 type listFlag []string
 
 func (l *listFlag) String() string { return strings.Join(*l, ",") }
+
+func (l *listFlag) Type() string { return "strings" }
 
 func (l *listFlag) Set(v string) error {
 	for _, s := range strings.Split(v, ",") {
@@ -35,18 +39,18 @@ type subjectFlags struct {
 	dns, ip, email, uri               listFlag
 }
 
-func (s *subjectFlags) add(c *cli) {
-	c.fs.StringVar(&s.cn, "cn", "", "subject common name")
-	c.fs.Var(&s.org, "org", "subject organization (repeatable)")
-	c.fs.Var(&s.ou, "ou", "subject organizational unit (repeatable)")
-	c.fs.Var(&s.country, "country", "subject country (repeatable)")
-	c.fs.Var(&s.province, "province", "subject state or province (repeatable)")
-	c.fs.Var(&s.local, "locality", "subject locality (repeatable)")
-	c.fs.StringVar(&s.serial, "subject-serial", "", "subject serial number attribute")
-	c.fs.Var(&s.dns, "dns", "DNS subject alternative name (repeatable, or comma-separated)")
-	c.fs.Var(&s.ip, "ip", "IP subject alternative name (repeatable)")
-	c.fs.Var(&s.email, "email", "e-mail subject alternative name (repeatable)")
-	c.fs.Var(&s.uri, "uri", "URI subject alternative name (repeatable)")
+func (s *subjectFlags) add(fs *pflag.FlagSet) {
+	fs.StringVar(&s.cn, "cn", "", "subject common name")
+	fs.Var(&s.org, "org", "subject organization (repeatable)")
+	fs.Var(&s.ou, "ou", "subject organizational unit (repeatable)")
+	fs.Var(&s.country, "country", "subject country (repeatable)")
+	fs.Var(&s.province, "province", "subject state or province (repeatable)")
+	fs.Var(&s.local, "locality", "subject locality (repeatable)")
+	fs.StringVar(&s.serial, "subject-serial", "", "subject serial number attribute")
+	fs.Var(&s.dns, "dns", "DNS subject alternative name (repeatable, or comma-separated)")
+	fs.Var(&s.ip, "ip", "IP subject alternative name (repeatable)")
+	fs.Var(&s.email, "email", "e-mail subject alternative name (repeatable)")
+	fs.Var(&s.uri, "uri", "URI subject alternative name (repeatable)")
 }
 
 func (s *subjectFlags) subject() apitypes.Subject {
@@ -68,171 +72,175 @@ func (c *cli) writeOut(path, text string) error {
 }
 
 // cmdCSR: keygrid-hsm csr KEY --cn … --dns … [--out FILE].
-func cmdCSR(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	c := newCLI("csr", stdin, stdout, stderr)
-	var (
-		sf             subjectFlags
-		algorithm, out string
-	)
-	sf.add(c)
-	c.fs.StringVar(&algorithm, "algorithm", "", "signature algorithm (default: the key's)")
-	c.fs.StringVar(&out, "out", "", "write the PEM CSR to this file (default: stdout)")
-	if err := c.parse(args); err != nil {
-		return err
-	}
-	key, err := c.key("")
-	if err != nil {
-		return err
-	}
-	cl, err := c.client()
-	if err != nil {
-		return err
-	}
-	r, err := cl.CreateCSR(ctx, key, apitypes.CSRRequest{Subject: sf.subject(), DNSNames: sf.dns, IPAddresses: sf.ip,
-		EmailAddresses: sf.email, URIs: sf.uri, Algorithm: algorithm})
-	if err != nil {
-		return err
-	}
-	if *c.output == "json" {
-		return c.json(r)
-	}
-	return c.writeOut(out, r.CSR)
-}
-
-// cmdCert: keygrid-hsm cert issue|attach|get.
-func cmdCert(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	if len(args) == 0 {
-		return errors.New("cert: give a subcommand: issue, attach, get")
-	}
-	switch args[0] {
-	case "issue":
-		return cmdCertIssue(ctx, args[1:], stdin, stdout, stderr)
-	case "attach", "get":
-	default:
-		return fmt.Errorf("cert: unknown subcommand %q", args[0])
-	}
-	c := newCLI("cert "+args[0], stdin, stdout, stderr)
-	version := 0
-	if args[0] == "get" {
-		c.fs.IntVar(&version, "version", 0, "key version (default: current)")
-	}
-	if err := c.parse(args[1:]); err != nil {
-		return err
-	}
-	cl, err := c.client()
-	if err != nil {
-		return err
-	}
-	var r *apitypes.ChainResponse
-	if args[0] == "attach" {
-		if len(c.posArgs) != 2 {
-			return errors.New("cert attach KEY CHAIN.pem: the key and a PEM file of its chain, leaf first")
-		}
-		b, err := os.ReadFile(c.posArgs[1])
-		if err != nil {
-			return err
-		}
-		if r, err = cl.AttachChain(ctx, c.posArgs[0], string(b)); err != nil {
-			return err
-		}
-		if *c.output != "json" {
-			fmt.Fprintf(c.stdout, "attached to version %d of %s\n", r.KeyVersion, r.KeyID)
-			return nil
-		}
-		return c.json(r)
-	}
-	key, err := c.key("")
-	if err != nil {
-		return err
-	}
-	if r, err = cl.Chain(ctx, key, version); err != nil {
-		return err
-	}
-	if *c.output == "json" {
-		return c.json(r)
-	}
-	_, err = io.WriteString(c.stdout, r.Chain)
-	return err
-}
-
-func cmdCertIssue(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	c := newCLI("cert issue", stdin, stdout, stderr)
-	var (
-		sf                                                         subjectFlags
-		csrFile, pubFile, validity, notBefore, notAfter, algo, out string
-		selfSigned, isCA                                           bool
-		maxPath                                                    = -1
-		ku, eku, crl, ocsp                                         listFlag
-	)
-	sf.add(c)
-	c.fs.StringVar(&csrFile, "csr", "", "PEM CSR of the subject")
-	c.fs.StringVar(&pubFile, "public-key", "", "PEM public key of the subject (with --cn and the like)")
-	c.fs.BoolVar(&selfSigned, "self-signed", false, "certify the key's own public key")
-	c.fs.StringVar(&validity, "validity", "", "validity from now, such as 720h")
-	c.fs.StringVar(&notBefore, "not-before", "", "start of validity, RFC 3339")
-	c.fs.StringVar(&notAfter, "not-after", "", "end of validity, RFC 3339")
-	c.fs.BoolVar(&isCA, "ca", false, "issue a CA certificate")
-	c.fs.IntVar(&maxPath, "max-path-len", -1, "path length constraint of a CA certificate")
-	c.fs.Var(&ku, "key-usage", "key usage: digital_signature, key_encipherment, cert_sign, crl_sign, … (repeatable)")
-	c.fs.Var(&eku, "ext-key-usage", "extended key usage: server_auth, client_auth, code_signing, … (repeatable)")
-	c.fs.Var(&crl, "crl", "CRL distribution point URL (repeatable)")
-	c.fs.Var(&ocsp, "ocsp", "OCSP server URL (repeatable)")
-	c.fs.StringVar(&algo, "algorithm", "", "signature algorithm (default: the issuer key's)")
-	c.fs.StringVar(&out, "out", "", "write the PEM certificate to this file (default: stdout)")
-	if err := c.parse(args); err != nil {
-		return err
-	}
-	key, err := c.key("")
-	if err != nil {
-		return err
-	}
-	req := apitypes.IssueCertificateRequest{SelfSigned: selfSigned, Validity: validity, IsCA: isCA, KeyUsage: ku,
-		ExtKeyUsage: eku, CRLDistributionPoints: crl, OCSPServers: ocsp, Algorithm: algo,
-		DNSNames: sf.dns, IPAddresses: sf.ip, EmailAddresses: sf.email, URIs: sf.uri}
-	if sf.hasSubject() {
-		s := sf.subject()
-		req.Subject = &s
-	}
-	if maxPath >= 0 {
-		req.MaxPathLen = &maxPath
-	}
-	for _, f := range []struct {
-		path string
-		dst  *string
-	}{{csrFile, &req.CSR}, {pubFile, &req.PublicKey}} {
-		if f.path != "" {
-			b, err := os.ReadFile(f.path)
+func csrCmd(s *streams) *cobra.Command {
+	cmd := &cobra.Command{Use: "csr KEY", Short: "a PKCS#10 certificate request signed by the key",
+		Example: "  keygrid-hsm csr web-tls --cn www.example.com --dns www.example.com,example.com --out web.csr",
+		Args:    keyArg("")}
+	return clientCmd(s, cmd, nil, func(c *cli, fs *pflag.FlagSet) func(context.Context) error {
+		var (
+			sf             subjectFlags
+			algorithm, out string
+		)
+		sf.add(fs)
+		fs.StringVar(&algorithm, "algorithm", "", "signature algorithm (default: the key's)")
+		fs.StringVar(&out, "out", "", "write the PEM CSR to this file (default: stdout)")
+		return func(ctx context.Context) error {
+			key, err := c.key("")
 			if err != nil {
 				return err
 			}
-			*f.dst = string(b)
-		}
-	}
-	for _, f := range []struct {
-		name, v string
-		dst     **time.Time
-	}{{"--not-before", notBefore, &req.NotBefore}, {"--not-after", notAfter, &req.NotAfter}} {
-		if f.v != "" {
-			t, err := time.Parse(time.RFC3339, f.v)
+			cl, err := c.client()
 			if err != nil {
-				return fmt.Errorf("%s: %w", f.name, err)
+				return err
 			}
-			*f.dst = &t
+			r, err := cl.CreateCSR(ctx, key, apitypes.CSRRequest{Subject: sf.subject(), DNSNames: sf.dns, IPAddresses: sf.ip,
+				EmailAddresses: sf.email, URIs: sf.uri, Algorithm: algorithm})
+			if err != nil {
+				return err
+			}
+			if c.output == "json" {
+				return c.json(r)
+			}
+			return c.writeOut(out, r.CSR)
 		}
-	}
-	cl, err := c.client()
-	if err != nil {
-		return err
-	}
-	r, err := cl.IssueCertificate(ctx, key, req)
-	if err != nil {
-		return err
-	}
-	if *c.output == "json" {
-		return c.json(r)
-	}
-	fmt.Fprintf(c.stderr, "serial %s\n", r.Serial)
-	return c.writeOut(out, r.Certificate)
+	})
+}
+
+// certCmd: keygrid-hsm cert issue|attach|get.
+func certCmd(s *streams) *cobra.Command {
+	attach := &cobra.Command{Use: "attach KEY CHAIN.pem", Short: "attach a certificate chain (leaf first) to the key's current version",
+		Example: "  keygrid-hsm cert attach web-tls web-chain.pem", Args: exactArgs(2, "KEY and CHAIN.pem: the key and a PEM file of its chain, leaf first")}
+	attach = clientCmd(s, attach, nil, func(c *cli, fs *pflag.FlagSet) func(context.Context) error {
+		return func(ctx context.Context) error {
+			cl, err := c.client()
+			if err != nil {
+				return err
+			}
+			b, err := os.ReadFile(c.posArgs[1])
+			if err != nil {
+				return err
+			}
+			r, err := cl.AttachChain(ctx, c.posArgs[0], string(b))
+			if err != nil {
+				return err
+			}
+			if c.output != "json" {
+				fmt.Fprintf(c.stdout, "attached to version %d of %s\n", r.KeyVersion, r.KeyID)
+				return nil
+			}
+			return c.json(r)
+		}
+	})
+	get := &cobra.Command{Use: "get KEY", Short: "print the certificate chain of the key's version (PEM, leaf first)",
+		Example: "  keygrid-hsm cert get web-tls > web-chain.pem", Args: keyArg("")}
+	get = clientCmd(s, get, nil, func(c *cli, fs *pflag.FlagSet) func(context.Context) error {
+		version := 0
+		fs.IntVar(&version, "version", 0, "key version (default: current)")
+		return func(ctx context.Context) error {
+			cl, err := c.client()
+			if err != nil {
+				return err
+			}
+			r, err := cl.Chain(ctx, c.posArgs[0], version)
+			if err != nil {
+				return err
+			}
+			if c.output == "json" {
+				return c.json(r)
+			}
+			_, err = io.WriteString(c.stdout, r.Chain)
+			return err
+		}
+	})
+	return parent("cert", "issue certificates with a key, attach and read its chain", certIssueCmd(s), attach, get)
+}
+
+// jwtCmd: keygrid-hsm jwt sign KEY --claim sub=… --exp 15m.
+func jwtCmd(s *streams) *cobra.Command {
+	return parent("jwt", "sign JWTs with a key", jwtSignCmd(s))
+}
+
+func certIssueCmd(s *streams) *cobra.Command {
+	cmd := &cobra.Command{Use: "issue CA-KEY", Short: "issue a certificate signed by the key: for a CSR, a public key, or the key itself (--self-signed)",
+		Example: "  keygrid-hsm cert issue root-ca --self-signed --cn \"Example Root\" --ca --validity 87600h --out root.pem\n  keygrid-hsm cert issue root-ca --csr web.csr --validity 720h --ext-key-usage server_auth --out web.pem",
+		Args:    keyArg("")}
+	return clientCmd(s, cmd, nil, func(c *cli, fs *pflag.FlagSet) func(context.Context) error {
+		var (
+			sf                                                         subjectFlags
+			csrFile, pubFile, validity, notBefore, notAfter, algo, out string
+			selfSigned, isCA                                           bool
+			maxPath                                                    = -1
+			ku, eku, crl, ocsp                                         listFlag
+		)
+		sf.add(fs)
+		fs.StringVar(&csrFile, "csr", "", "PEM CSR of the subject")
+		fs.StringVar(&pubFile, "public-key", "", "PEM public key of the subject (with --cn and the like)")
+		fs.BoolVar(&selfSigned, "self-signed", false, "certify the key's own public key")
+		fs.StringVar(&validity, "validity", "", "validity from now, such as 720h")
+		fs.StringVar(&notBefore, "not-before", "", "start of validity, RFC 3339")
+		fs.StringVar(&notAfter, "not-after", "", "end of validity, RFC 3339")
+		fs.BoolVar(&isCA, "ca", false, "issue a CA certificate")
+		fs.IntVar(&maxPath, "max-path-len", -1, "path length constraint of a CA certificate")
+		fs.Var(&ku, "key-usage", "key usage: digital_signature, key_encipherment, cert_sign, crl_sign, … (repeatable)")
+		fs.Var(&eku, "ext-key-usage", "extended key usage: server_auth, client_auth, code_signing, … (repeatable)")
+		fs.Var(&crl, "crl", "CRL distribution point URL (repeatable)")
+		fs.Var(&ocsp, "ocsp", "OCSP server URL (repeatable)")
+		fs.StringVar(&algo, "algorithm", "", "signature algorithm (default: the issuer key's)")
+		fs.StringVar(&out, "out", "", "write the PEM certificate to this file (default: stdout)")
+		return func(ctx context.Context) error {
+			key, err := c.key("")
+			if err != nil {
+				return err
+			}
+			req := apitypes.IssueCertificateRequest{SelfSigned: selfSigned, Validity: validity, IsCA: isCA, KeyUsage: ku,
+				ExtKeyUsage: eku, CRLDistributionPoints: crl, OCSPServers: ocsp, Algorithm: algo,
+				DNSNames: sf.dns, IPAddresses: sf.ip, EmailAddresses: sf.email, URIs: sf.uri}
+			if sf.hasSubject() {
+				s := sf.subject()
+				req.Subject = &s
+			}
+			if maxPath >= 0 {
+				req.MaxPathLen = &maxPath
+			}
+			for _, f := range []struct {
+				path string
+				dst  *string
+			}{{csrFile, &req.CSR}, {pubFile, &req.PublicKey}} {
+				if f.path != "" {
+					b, err := os.ReadFile(f.path)
+					if err != nil {
+						return err
+					}
+					*f.dst = string(b)
+				}
+			}
+			for _, f := range []struct {
+				name, v string
+				dst     **time.Time
+			}{{"--not-before", notBefore, &req.NotBefore}, {"--not-after", notAfter, &req.NotAfter}} {
+				if f.v != "" {
+					t, err := time.Parse(time.RFC3339, f.v)
+					if err != nil {
+						return fmt.Errorf("%s: %w", f.name, err)
+					}
+					*f.dst = &t
+				}
+			}
+			cl, err := c.client()
+			if err != nil {
+				return err
+			}
+			r, err := cl.IssueCertificate(ctx, key, req)
+			if err != nil {
+				return err
+			}
+			if c.output == "json" {
+				return c.json(r)
+			}
+			fmt.Fprintf(c.stderr, "serial %s\n", r.Serial)
+			return c.writeOut(out, r.Certificate)
+		}
+	})
 }
 
 // claimValue reads a --claim value: JSON when it parses as JSON (numbers,
@@ -245,96 +253,97 @@ func claimValue(v string) any {
 	return v
 }
 
-// cmdJWT: keygrid-hsm jwt sign KEY --claim sub=… --exp 15m.
-func cmdJWT(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	if len(args) == 0 || args[0] != "sign" {
-		return errors.New("jwt: give a subcommand: sign")
-	}
-	c := newCLI("jwt sign", stdin, stdout, stderr)
-	var (
-		claims, headers       listFlag
-		claimsJSON, exp, algo string
-		iat                   bool
-	)
-	c.fs.Var(&claims, "claim", "claim name=value (repeatable; JSON values are parsed: n=1, a=[1,2])")
-	c.fs.StringVar(&claimsJSON, "claims-json", "", "claims as one JSON object (merged under --claim)")
-	c.fs.Var(&headers, "header", "protected header name=value (repeatable)")
-	c.fs.StringVar(&exp, "exp", "", "expire this long after issue (sets iat and exp), such as 15m")
-	c.fs.BoolVar(&iat, "iat", false, "set iat")
-	c.fs.StringVar(&algo, "algorithm", "", "JWS algorithm (default: the key's)")
-	if err := c.parse(args[1:]); err != nil {
-		return err
-	}
-	key, err := c.key("")
-	if err != nil {
-		return err
-	}
-	req := apitypes.JWTRequest{Claims: map[string]any{}, ExpiresIn: exp, IssuedAt: iat, Algorithm: algo}
-	if claimsJSON != "" {
-		if err := json.Unmarshal([]byte(claimsJSON), &req.Claims); err != nil {
-			return fmt.Errorf("--claims-json: %w", err)
+func jwtSignCmd(s *streams) *cobra.Command {
+	cmd := &cobra.Command{Use: "sign KEY", Short: "sign a JWT with the key",
+		Example: "  keygrid-hsm jwt sign app-signing --claim sub=alice --claim aud=api --exp 15m",
+		Args:    keyArg("")}
+	return clientCmd(s, cmd, nil, func(c *cli, fs *pflag.FlagSet) func(context.Context) error {
+		var (
+			claims, headers       listFlag
+			claimsJSON, exp, algo string
+			iat                   bool
+		)
+		fs.Var(&claims, "claim", "claim name=value (repeatable; JSON values are parsed: n=1, a=[1,2])")
+		fs.StringVar(&claimsJSON, "claims-json", "", "claims as one JSON object (merged under --claim)")
+		fs.Var(&headers, "header", "protected header name=value (repeatable)")
+		fs.StringVar(&exp, "exp", "", "expire this long after issue (sets iat and exp), such as 15m")
+		fs.BoolVar(&iat, "iat", false, "set iat")
+		fs.StringVar(&algo, "algorithm", "", "JWS algorithm (default: the key's)")
+		return func(ctx context.Context) error {
+			key, err := c.key("")
+			if err != nil {
+				return err
+			}
+			req := apitypes.JWTRequest{Claims: map[string]any{}, ExpiresIn: exp, IssuedAt: iat, Algorithm: algo}
+			if claimsJSON != "" {
+				if err := json.Unmarshal([]byte(claimsJSON), &req.Claims); err != nil {
+					return fmt.Errorf("--claims-json: %w", err)
+				}
+			}
+			for _, kv := range claims {
+				k, v, ok := strings.Cut(kv, "=")
+				if !ok {
+					return fmt.Errorf("--claim %q is not name=value", kv)
+				}
+				req.Claims[k] = claimValue(v)
+			}
+			for _, kv := range headers {
+				k, v, ok := strings.Cut(kv, "=")
+				if !ok {
+					return fmt.Errorf("--header %q is not name=value", kv)
+				}
+				if req.Header == nil {
+					req.Header = map[string]any{}
+				}
+				req.Header[k] = claimValue(v)
+			}
+			cl, err := c.client()
+			if err != nil {
+				return err
+			}
+			r, err := cl.SignJWT(ctx, key, req)
+			if err != nil {
+				return err
+			}
+			if c.output == "json" {
+				return c.json(r)
+			}
+			fmt.Fprintln(c.stdout, r.Token)
+			return nil
 		}
-	}
-	for _, kv := range claims {
-		k, v, ok := strings.Cut(kv, "=")
-		if !ok {
-			return fmt.Errorf("--claim %q is not name=value", kv)
-		}
-		req.Claims[k] = claimValue(v)
-	}
-	for _, kv := range headers {
-		k, v, ok := strings.Cut(kv, "=")
-		if !ok {
-			return fmt.Errorf("--header %q is not name=value", kv)
-		}
-		if req.Header == nil {
-			req.Header = map[string]any{}
-		}
-		req.Header[k] = claimValue(v)
-	}
-	cl, err := c.client()
-	if err != nil {
-		return err
-	}
-	r, err := cl.SignJWT(ctx, key, req)
-	if err != nil {
-		return err
-	}
-	if *c.output == "json" {
-		return c.json(r)
-	}
-	fmt.Fprintln(c.stdout, r.Token)
-	return nil
+	})
 }
 
 // cmdJWKS: keygrid-hsm jwks KEY, or jwks --published.
-func cmdJWKS(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	c := newCLI("jwks", stdin, stdout, stderr)
-	published := c.fs.Bool("published", false, "the server's /.well-known/jwks.json")
-	if err := c.parse(args); err != nil {
-		return err
-	}
-	cl, err := c.client()
-	if err != nil {
-		return err
-	}
-	if *published {
-		if len(c.posArgs) != 0 {
-			return errors.New("jwks --published takes no key")
+func jwksCmd(s *streams) *cobra.Command {
+	cmd := &cobra.Command{Use: "jwks [KEY | --published]", Short: "a key's JWKS, or the server's /.well-known/jwks.json",
+		Example: "  keygrid-hsm jwks app-signing\n  keygrid-hsm jwks --published"}
+	return clientCmd(s, cmd, nil, func(c *cli, fs *pflag.FlagSet) func(context.Context) error {
+		published := fs.Bool("published", false, "the server's /.well-known/jwks.json")
+		return func(ctx context.Context) error {
+			cl, err := c.client()
+			if err != nil {
+				return err
+			}
+			if *published {
+				if len(c.posArgs) != 0 {
+					return errors.New("jwks --published takes no key")
+				}
+				set, err := cl.PublishedJWKS(ctx)
+				if err != nil {
+					return err
+				}
+				return c.json(set)
+			}
+			key, err := c.key("")
+			if err != nil {
+				return err
+			}
+			set, err := cl.KeyJWKS(ctx, key)
+			if err != nil {
+				return err
+			}
+			return c.json(set)
 		}
-		set, err := cl.PublishedJWKS(ctx)
-		if err != nil {
-			return err
-		}
-		return c.json(set)
-	}
-	key, err := c.key("")
-	if err != nil {
-		return err
-	}
-	set, err := cl.KeyJWKS(ctx, key)
-	if err != nil {
-		return err
-	}
-	return c.json(set)
+	})
 }

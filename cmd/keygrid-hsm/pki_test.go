@@ -30,7 +30,7 @@ func TestPKICommands(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	served := make(chan error, 1)
 	go func() {
-		served <- cmdServe(ctx, []string{"--listen", "127.0.0.1:0", "--data-dir", filepath.Join(dir, "data")}, &logs)
+		served <- runServe(ctx, serveOptions{listen: "127.0.0.1:0", dataDir: filepath.Join(dir, "data")}, &logs)
 	}()
 	t.Cleanup(func() {
 		cancel()

@@ -51,7 +51,7 @@ func TestEmbeddedDefaultAndCLI(t *testing.T) {
 	var logs testbed.LogBuffer
 	ctx, cancel := context.WithCancel(context.Background())
 	served := make(chan error, 1)
-	go func() { served <- cmdServe(ctx, []string{"--listen", "127.0.0.1:0"}, &logs) }()
+	go func() { served <- runServe(ctx, serveOptions{listen: "127.0.0.1:0"}, &logs) }()
 	stopped := false
 	stop := func() {
 		if !stopped {
@@ -130,8 +130,8 @@ func TestEmbeddedDefaultAndCLI(t *testing.T) {
 		t.Fatal(err)
 	}
 	ls := strings.SplitAfter(strings.TrimSuffix(string(raw), "\n"), "\n")
-	if len(ls) != 4 {
-		t.Fatalf("live audit file has %d lines, want 4 (rotation record and 3 signs):\n%s", len(ls), raw)
+	if len(ls) != 6 || strings.Count(string(raw), `"operation":"sign"`) != 3 || strings.Count(string(raw), `"operation":"audit_checkpoint"`) != 2 {
+		t.Fatalf("live audit file has %d lines, want 6 (rotation record, 3 signs, the checkpoints of the rotation and the shutdown):\n%s", len(ls), raw)
 	}
 	edited := append([]string{}, ls...)
 	edited[2] = strings.Replace(edited[2], `"outcome":"success"`, `"outcome":"failure"`, 1)

@@ -2,16 +2,18 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
+
+	"github.com/spf13/cobra"
 
 	"github.com/keygrid/keygrid-hsm/internal/config"
 	"github.com/keygrid/keygrid-hsm/internal/fsutil"
@@ -29,25 +31,59 @@ func newLogger(c *config.Config, w io.Writer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, opts))
 }
 
-func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
-	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	cfgPath := fs.String("config", "", "configuration file (YAML); none: the embedded default")
-	listen := fs.String("listen", "", "listen address host:port (env KEYGRID_LISTEN; default 127.0.0.1:8080)")
-	dataDir := fs.String("data-dir", "", "data directory (env KEYGRID_DATA_DIR; default ./data)")
-	if err := fs.Parse(args); err != nil {
-		return err
+// serveOptions are the flags of serve.
+type serveOptions struct {
+	config, listen, dataDir string
+}
+
+func serveCmd(s *streams) *cobra.Command {
+	var o serveOptions
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "run the gateway (SIGHUP reloads principals, tokens, limits and XKS credentials, then rotates the audit log)",
+		Long: `Run the gateway. With no --config it runs the embedded default: the software provider and a SQLite
+store in the data directory (./data), on 127.0.0.1:8080, with a generated admin token in
+<data dir>/admin.token. The configuration is checked and the listen address bound before anything is
+written to the data directory.`,
+		Example: `  keygrid-hsm serve
+  keygrid-hsm serve --listen 127.0.0.1:9090 --data-dir /var/lib/keygrid-hsm
+  keygrid-hsm serve --config /etc/keygrid-hsm/config.yaml`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, args []string) error { return runServe(cmd.Context(), o, s.stderr) },
 	}
+	f := cmd.Flags()
+	f.StringVarP(&o.config, "config", "c", "", "configuration file (YAML); none: the embedded default")
+	f.StringVarP(&o.listen, "listen", "l", "", "listen address host:port (env KEYGRID_LISTEN; default 127.0.0.1:8080)")
+	f.StringVarP(&o.dataDir, "data-dir", "d", "", "data directory (env KEYGRID_DATA_DIR; default ./data)")
+	return cmd
+}
+
+// runServe loads and validates the configuration, binds the listener, and
+// only then opens the server (which writes the data directory: database,
+// keystore, master key, admin token).
+func runServe(ctx context.Context, o serveOptions, stderr io.Writer) error {
 	// Everything the server writes (database, WAL, keystore, audit log,
 	// master key) is for its own user only.
 	syscall.Umask(0o077)
-	cfg, err := config.Load(*cfgPath, config.Flags{Listen: *listen, DataDir: *dataDir})
+	flags := config.Flags{Listen: o.listen, DataDir: o.dataDir}
+	cfg, err := config.Load(o.config, flags)
 	if err != nil {
 		return err
+	}
+	if err := cfg.Validate(registry.All().Types()); err != nil {
+		return err
+	}
+	if _, err := server.TLSConfig(cfg.Server.TLS); err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", cfg.Server.Listen)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w (nothing was written to %s)", cfg.Server.Listen, err, cfg.DataDir)
 	}
 	log := newLogger(cfg, stderr)
 	srv, err := server.New(ctx, cfg, registry.All(), log, version)
 	if err != nil {
+		ln.Close()
 		return err
 	}
 	defer srv.Close()
@@ -57,9 +93,8 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	} else {
 		defer os.Remove(pidFile)
 	}
-	flags := config.Flags{Listen: *listen, DataDir: *dataDir}
-	onHUP(ctx, srv, log, func() (*config.Config, error) { return config.Load(*cfgPath, flags) })
-	return srv.Serve(ctx, nil)
+	onHUP(ctx, srv, log, func() (*config.Config, error) { return config.Load(o.config, flags) })
+	return srv.ServeListener(ctx, ln, nil)
 }
 
 // pidFileName is the file in the data directory that holds the serving
@@ -96,17 +131,29 @@ func onHUP(ctx context.Context, srv *server.Server, log *slog.Logger, load func(
 	}()
 }
 
-// cmdReload asks the server of a configuration to reload it: it sends
-// SIGHUP to the process whose id is in the data directory's pid file.
-func cmdReload(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("reload", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	cfgPath := fs.String("config", "", "the server's configuration file (YAML); none: the embedded default")
-	dataDir := fs.String("data-dir", "", "data directory (env KEYGRID_DATA_DIR; default ./data)")
-	if err := fs.Parse(args); err != nil {
-		return err
+// reloadOptions are the flags of reload.
+type reloadOptions struct {
+	config, dataDir string
+}
+
+func reloadCmd(s *streams) *cobra.Command {
+	var o reloadOptions
+	cmd := &cobra.Command{
+		Use:     "reload",
+		Short:   "make the running server reload its configuration (finds it by the pid file in its data directory)",
+		Example: "  keygrid-hsm reload --config /etc/keygrid-hsm/config.yaml",
+		Args:    noArgs,
+		RunE:    func(cmd *cobra.Command, args []string) error { return runReload(o, s.stdout) },
 	}
-	cfg, err := config.Load(*cfgPath, config.Flags{DataDir: *dataDir})
+	cmd.Flags().StringVarP(&o.config, "config", "c", "", "the server's configuration file (YAML); none: the embedded default")
+	cmd.Flags().StringVarP(&o.dataDir, "data-dir", "d", "", "data directory (env KEYGRID_DATA_DIR; default ./data)")
+	return cmd
+}
+
+// runReload asks the server of a configuration to reload it: it sends
+// SIGHUP to the process whose id is in the data directory's pid file.
+func runReload(o reloadOptions, stdout io.Writer) error {
+	cfg, err := config.Load(o.config, config.Flags{DataDir: o.dataDir})
 	if err != nil {
 		return err
 	}

@@ -25,6 +25,8 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/keygrid/keygrid-hsm/internal/config"
 	"github.com/keygrid/keygrid-hsm/internal/xks"
@@ -32,25 +34,10 @@ import (
 	"github.com/keygrid/keygrid-hsm/pkg/client"
 )
 
-const xksUsage = `keygrid-hsm xks — the AWS KMS external key store proxy
-
-  xks credentials new [--prefix PATH]   a fresh SigV4 credential and the file the KMS console takes
-  xks keys STORE --config FILE          the keys a store serves, with their XKS metadata
-  xks bench --config FILE --store NAME --key KEY [--rate N] [--concurrency N] [--duration D]
-                                        load-test a store with requests signed here
-`
-
-func cmdXKS(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	switch {
-	case len(args) >= 2 && args[0] == "credentials" && args[1] == "new":
-		return cmdXKSCredentials(args[2:], stdin, stdout, stderr)
-	case len(args) >= 1 && args[0] == "keys":
-		return cmdXKSKeys(ctx, args[1:], stdin, stdout, stderr)
-	case len(args) >= 1 && args[0] == "bench":
-		return cmdXKSBench(ctx, args[1:], stdin, stdout, stderr)
-	}
-	fmt.Fprint(stderr, xksUsage)
-	return errors.New("xks: give a subcommand: credentials new, keys, bench")
+func xksCmd(s *streams) *cobra.Command {
+	return parent("xks", "the AWS KMS external key store (XKS) proxy: credentials, keys, load tests",
+		parent("credentials", "SigV4 credentials for an external key store", xksCredentialsNewCmd(s)),
+		xksKeysCmd(s), xksBenchCmd(s))
 }
 
 // newXKSCredential makes an access key id (24 characters of A-Z and 2-7:
@@ -74,33 +61,36 @@ type kmsProxyFile struct {
 	} `json:"XksProxyAuthenticationCredential"`
 }
 
-func cmdXKSCredentials(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	c := newCLI("xks credentials new", stdin, stdout, stderr)
-	prefix := c.fs.String("prefix", "", "the store's uri_prefix (for XksProxyUriPath)")
-	store := c.fs.String("store", "main", "the store's name (for the configuration snippet)")
-	if err := c.parse(args); err != nil {
-		return err
-	}
-	st := config.XKSStore{URIPrefix: strings.Trim(*prefix, "/")}
-	id, secret := newXKSCredential()
-	var f kmsProxyFile
-	f.XksProxyURIPath = st.XKSPath()
-	f.XksProxyAuthenticationCredential.AccessKeyID = id
-	f.XksProxyAuthenticationCredential.RawSecretAccessKey = secret
-	if *c.output == "json" {
-		return c.json(f)
-	}
-	env := "XKS_" + strings.ToUpper(strings.NewReplacer("-", "_").Replace(*store)) + "_SECRET"
-	fmt.Fprintf(stdout, "access key id:      %s\nsecret access key:  %s\n\n", id, secret)
-	fmt.Fprintln(stdout, "For the AWS KMS console (save as a file and upload it; then delete it):")
-	b, _ := json.MarshalIndent(f, "", "  ")
-	fmt.Fprintf(stdout, "%s\n\n", b)
-	fmt.Fprintf(stdout, `For keygrid.yaml (the secret goes into the environment variable or a file, never the YAML):
+func xksCredentialsNewCmd(s *streams) *cobra.Command {
+	cmd := &cobra.Command{Use: "new", Short: "a fresh SigV4 credential and the file the KMS console takes",
+		Example: "  keygrid-hsm xks credentials new --prefix keystores/team-a --store team-a",
+		Args:    noArgs}
+	return clientCmd(s, cmd, nil, func(c *cli, fs *pflag.FlagSet) func(context.Context) error {
+		prefix := fs.String("prefix", "", "the store's uri_prefix (for XksProxyUriPath)")
+		store := fs.String("store", "main", "the store's name (for the configuration snippet)")
+		return func(ctx context.Context) error {
+			st := config.XKSStore{URIPrefix: strings.Trim(*prefix, "/")}
+			id, secret := newXKSCredential()
+			var f kmsProxyFile
+			f.XksProxyURIPath = st.XKSPath()
+			f.XksProxyAuthenticationCredential.AccessKeyID = id
+			f.XksProxyAuthenticationCredential.RawSecretAccessKey = secret
+			if c.output == "json" {
+				return c.json(f)
+			}
+			env := "XKS_" + strings.ToUpper(strings.NewReplacer("-", "_").Replace(*store)) + "_SECRET"
+			fmt.Fprintf(c.stdout, "access key id:      %s\nsecret access key:  %s\n\n", id, secret)
+			fmt.Fprintln(c.stdout, "For the AWS KMS console (save as a file and upload it; then delete it):")
+			b, _ := json.MarshalIndent(f, "", "  ")
+			fmt.Fprintf(c.stdout, "%s\n\n", b)
+			fmt.Fprintf(c.stdout, `For keygrid.yaml (the secret goes into the environment variable or a file, never the YAML):
       credentials:
         - access_key_id: %s
           secret_access_key_env: %s
 `, id, env)
-	return nil
+			return nil
+		}
+	})
 }
 
 // xksStore reads the configuration and returns the store named name.
@@ -132,55 +122,58 @@ type xksKey struct {
 	KeyStatus string   `json:"keyStatus"`
 }
 
-func cmdXKSKeys(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	c := newCLI("xks keys", stdin, stdout, stderr)
-	cfgPath := c.fs.String("config", "", "the gateway's configuration file (required)")
-	if err := c.parse(args); err != nil {
-		return err
-	}
-	if len(c.posArgs) != 1 {
-		return errors.New("xks keys: name one store")
-	}
-	st, err := xksStore(*cfgPath, c.posArgs[0])
-	if err != nil {
-		return err
-	}
-	cl, err := c.client()
-	if err != nil {
-		return err
-	}
-	var out []xksKey
-	now := time.Now()
-	for token := ""; ; {
-		page, err := cl.ListKeys(ctx, client.ListOptions{Limit: 1000, PageToken: token})
-		if err != nil {
-			return err
-		}
-		for _, k := range page.Keys {
-			if k.KeyType != "AES" || !xks.Serves(st, k.Name) || (k.State != "active" && k.State != "inactive") {
-				continue
+func xksKeysCmd(s *streams) *cobra.Command {
+	cmd := &cobra.Command{Use: "keys STORE --config FILE", Short: "the keys a store serves, with their XKS metadata",
+		Example: "  keygrid-hsm xks keys main --config /etc/keygrid-hsm/config.yaml",
+		Args:    exactArgs(1, "STORE: the name of an XKS store in the configuration")}
+	return clientCmd(s, cmd, nil, func(c *cli, fs *pflag.FlagSet) func(context.Context) error {
+		cfgPath := fs.String("config", "", "the gateway's configuration file (required)")
+		return func(ctx context.Context) error {
+			if len(c.posArgs) != 1 {
+				return errors.New("xks keys: name one store")
 			}
-			spec, usage, status := xks.KeyMetadata(k.KeySize, k.Usage, k.State, k.ExpiresAt, now)
-			out = append(out, xksKey{Name: k.Name, Provider: k.Provider, Version: k.Version, KeySpec: spec, KeyUsage: usage, KeyStatus: status})
+			st, err := xksStore(*cfgPath, c.posArgs[0])
+			if err != nil {
+				return err
+			}
+			cl, err := c.client()
+			if err != nil {
+				return err
+			}
+			var out []xksKey
+			now := time.Now()
+			for token := ""; ; {
+				page, err := cl.ListKeys(ctx, client.ListOptions{Limit: 1000, PageToken: token})
+				if err != nil {
+					return err
+				}
+				for _, k := range page.Keys {
+					if k.KeyType != "AES" || !xks.Serves(st, k.Name) || (k.State != "active" && k.State != "inactive") {
+						continue
+					}
+					spec, usage, status := xks.KeyMetadata(k.KeySize, k.Usage, k.State, k.ExpiresAt, now)
+					out = append(out, xksKey{Name: k.Name, Provider: k.Provider, Version: k.Version, KeySpec: spec, KeyUsage: usage, KeyStatus: status})
+				}
+				if token = page.NextPageToken; token == "" {
+					break
+				}
+			}
+			sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+			if c.output == "json" {
+				if out == nil {
+					out = []xksKey{}
+				}
+				return c.json(map[string]any{"store": st.Name, "xksProxyUriPath": st.XKSPath(), "keys": out})
+			}
+			fmt.Fprintf(c.stdout, "store %s at %s (keys %s)\n", st.Name, st.XKSPath(), strings.Join(st.Keys, " "))
+			tw := tabwriter.NewWriter(c.stdout, 2, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "EXTERNAL KEY ID\tPROVIDER\tVERSION\tKEY SPEC\tKEY USAGE\tKEY STATUS")
+			for _, k := range out {
+				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\n", k.Name, k.Provider, k.Version, k.KeySpec, strings.Join(k.KeyUsage, ","), k.KeyStatus)
+			}
+			return tw.Flush()
 		}
-		if token = page.NextPageToken; token == "" {
-			break
-		}
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
-	if *c.output == "json" {
-		if out == nil {
-			out = []xksKey{}
-		}
-		return c.json(map[string]any{"store": st.Name, "xksProxyUriPath": st.XKSPath(), "keys": out})
-	}
-	fmt.Fprintf(stdout, "store %s at %s (keys %s)\n", st.Name, st.XKSPath(), strings.Join(st.Keys, " "))
-	tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "EXTERNAL KEY ID\tPROVIDER\tVERSION\tKEY SPEC\tKEY USAGE\tKEY STATUS")
-	for _, k := range out {
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\n", k.Name, k.Provider, k.Version, k.KeySpec, strings.Join(k.KeyUsage, ","), k.KeyStatus)
-	}
-	return tw.Flush()
+	})
 }
 
 // XKSBenchResult is the outcome of `keygrid-hsm xks bench`.
@@ -208,114 +201,117 @@ type XKSBenchResult struct {
 // loop: each latency counts from the moment the request was due, so a
 // server that falls behind shows it); without, each worker sends as fast
 // as answers come.
-func cmdXKSBench(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	c := newCLI("xks bench", stdin, stdout, stderr)
-	var (
-		cfgPath, storeName, key, op, createOn string
-		conc, size                            int
-		rate                                  float64
-		dur, warmup                           time.Duration
-	)
-	c.fs.StringVar(&cfgPath, "config", "", "the gateway's configuration file (required: the store's prefix, region and credential)")
-	c.fs.StringVar(&storeName, "store", "", "the store (required)")
-	c.fs.StringVar(&key, "key", "", "the external key id (a gateway AES key the store serves; not for health)")
-	c.fs.StringVar(&op, "op", "encrypt", "operation: encrypt, decrypt, metadata, health")
-	c.fs.StringVar(&createOn, "create-on", "", "create --key on this provider when it does not exist (REST API, admin token)")
-	c.fs.IntVar(&conc, "concurrency", 32, "parallel workers, each with its own keep-alive connection")
-	c.fs.IntVar(&size, "size", 32, "plaintext bytes (a data key is 32)")
-	c.fs.Float64Var(&rate, "rate", 0, "requests per second on a fixed schedule (0: as fast as the server answers)")
-	c.fs.DurationVar(&dur, "duration", 10*time.Second, "how long to run")
-	c.fs.DurationVar(&warmup, "warmup", time.Second, "unmeasured warm-up before the run")
-	if err := c.parse(args); err != nil {
-		return err
-	}
-	if conc < 1 || size < 1 || rate < 0 {
-		return errors.New("xks bench: --concurrency and --size must be at least 1, --rate not negative")
-	}
-	st, err := xksStore(cfgPath, storeName)
-	if err != nil {
-		return err
-	}
-	if op != "health" && key == "" {
-		return errors.New("xks bench: --key is required")
-	}
-	secret, err := st.Credentials[0].SecretAccessKey("credentials[0]", nil)
-	if err != nil {
-		return err
-	}
-	if createOn != "" {
-		cl, err := c.client()
-		if err != nil {
-			return err
-		}
-		if _, err := cl.GetKey(ctx, key); err != nil {
-			if _, err := cl.CreateKey(ctx, apitypes.CreateKeyRequest{Name: key, Provider: createOn,
-				KeySpec: apitypes.KeySpec{KeyType: "AES", KeySize: 256, Usage: []string{"encrypt", "decrypt"}}}); err != nil {
-				return fmt.Errorf("xks bench: create key %q: %w", key, err)
+func xksBenchCmd(s *streams) *cobra.Command {
+	cmd := &cobra.Command{Use: "bench --config FILE --store NAME --key KEY", Short: "load-test a store with requests signed like KMS's",
+		Example: "  keygrid-hsm xks bench --config config.yaml --store main --key xks-bench --create-on software --rate 500",
+		Args:    noArgs}
+	return clientCmd(s, cmd, nil, func(c *cli, fs *pflag.FlagSet) func(context.Context) error {
+		var (
+			cfgPath, storeName, key, op, createOn string
+			conc, size                            int
+			rate                                  float64
+			dur, warmup                           time.Duration
+		)
+		fs.StringVar(&cfgPath, "config", "", "the gateway's configuration file (required: the store's prefix, region and credential)")
+		fs.StringVar(&storeName, "store", "", "the store (required)")
+		fs.StringVar(&key, "key", "", "the external key id (a gateway AES key the store serves; not for health)")
+		fs.StringVar(&op, "op", "encrypt", "operation: encrypt, decrypt, metadata, health")
+		fs.StringVar(&createOn, "create-on", "", "create --key on this provider when it does not exist (REST API, admin token)")
+		fs.IntVar(&conc, "concurrency", 32, "parallel workers, each with its own keep-alive connection")
+		fs.IntVar(&size, "size", 32, "plaintext bytes (a data key is 32)")
+		fs.Float64Var(&rate, "rate", 0, "requests per second on a fixed schedule (0: as fast as the server answers)")
+		fs.DurationVar(&dur, "duration", 10*time.Second, "how long to run")
+		fs.DurationVar(&warmup, "warmup", time.Second, "unmeasured warm-up before the run")
+		return func(ctx context.Context) error {
+			if conc < 1 || size < 1 || rate < 0 {
+				return errors.New("xks bench: --concurrency and --size must be at least 1, --rate not negative")
 			}
+			st, err := xksStore(cfgPath, storeName)
+			if err != nil {
+				return err
+			}
+			if op != "health" && key == "" {
+				return errors.New("xks bench: --key is required")
+			}
+			secret, err := st.Credentials[0].SecretAccessKey("credentials[0]", nil)
+			if err != nil {
+				return err
+			}
+			if createOn != "" {
+				cl, err := c.client()
+				if err != nil {
+					return err
+				}
+				if _, err := cl.GetKey(ctx, key); err != nil {
+					if _, err := cl.CreateKey(ctx, apitypes.CreateKeyRequest{Name: key, Provider: createOn,
+						KeySpec: apitypes.KeySpec{KeyType: "AES", KeySize: 256, Usage: []string{"encrypt", "decrypt"}}}); err != nil {
+						return fmt.Errorf("xks bench: create key %q: %w", key, err)
+					}
+				}
+			}
+			transport := &http.Transport{MaxIdleConns: conc * 2, MaxIdleConnsPerHost: conc * 2, IdleConnTimeout: time.Minute}
+			if tc, err := c.tlsConfig(); err != nil {
+				return err
+			} else if tc != nil {
+				transport.TLSClientConfig = tc
+			}
+			defer transport.CloseIdleConnections()
+			b := &xksBencher{hc: &http.Client{Transport: transport, Timeout: 30 * time.Second}, signer: v4.NewSigner(),
+				base: strings.TrimRight(c.server, "/") + st.XKSPath(), region: st.Region,
+				creds: aws.Credentials{AccessKeyID: st.Credentials[0].AccessKeyID, SecretAccessKey: secret}}
+			path, body, err := b.request(ctx, op, key, size)
+			if err != nil {
+				return err
+			}
+			if warmup > 0 {
+				wctx, cancel := context.WithTimeout(ctx, warmup)
+				b.run(wctx, conc, 0, path, body)
+				cancel()
+			}
+			rctx, cancel := context.WithTimeout(ctx, dur)
+			defer cancel()
+			start := time.Now()
+			lat, names, failed := b.run(rctx, conc, rate, path, body)
+			res := XKSBenchResult{Operation: op, Store: st.Name, Key: key, PayloadSize: size, Concurrency: conc, TargetRate: rate,
+				Errors: failed, ErrorNames: names, Seconds: time.Since(start).Seconds()}
+			res.Requests = int64(len(lat)) + failed
+			res.Rate = float64(len(lat)) / res.Seconds
+			slices.Sort(lat)
+			pct := func(q float64) float64 {
+				if len(lat) == 0 {
+					return 0
+				}
+				return float64(lat[min(len(lat)-1, int(q*float64(len(lat))))].Microseconds()) / 1000
+			}
+			res.P50ms, res.P90ms, res.P99ms = pct(0.50), pct(0.90), pct(0.99)
+			if len(lat) > 0 {
+				res.MaxMs = float64(lat[len(lat)-1].Microseconds()) / 1000
+			}
+			if c.output == "json" {
+				return c.json(res)
+			}
+			target := "as fast as answered"
+			if rate > 0 {
+				target = fmt.Sprintf("target %.0f/s", rate)
+			}
+			fmt.Fprintf(c.stdout, "xks %s on %s/%s (%d bytes), concurrency %d, %s, %.1fs\n", op, st.Name, key, size, conc, target, res.Seconds)
+			fmt.Fprintf(c.stdout, "  %.0f requests/s  %d requests  %d errors\n", res.Rate, res.Requests, res.Errors)
+			fmt.Fprintf(c.stdout, "  latency p50 %.1fms  p90 %.1fms  p99 %.1fms  max %.1fms\n", res.P50ms, res.P90ms, res.P99ms, res.MaxMs)
+			for _, n := range slices.Sorted(maps.Keys(names)) {
+				fmt.Fprintf(c.stdout, "  error %s: %d\n", n, names[n])
+			}
+			return nil
 		}
-	}
-	transport := &http.Transport{MaxIdleConns: conc * 2, MaxIdleConnsPerHost: conc * 2, IdleConnTimeout: time.Minute}
-	if tc, err := c.tlsConfig(); err != nil {
-		return err
-	} else if tc != nil {
-		transport.TLSClientConfig = tc
-	}
-	defer transport.CloseIdleConnections()
-	b := &xksBencher{hc: &http.Client{Transport: transport, Timeout: 30 * time.Second}, signer: v4.NewSigner(),
-		base: strings.TrimRight(*c.server, "/") + st.XKSPath(), region: st.Region,
-		creds: aws.Credentials{AccessKeyID: st.Credentials[0].AccessKeyID, SecretAccessKey: secret}}
-	path, body, err := b.request(ctx, op, key, size)
-	if err != nil {
-		return err
-	}
-	if warmup > 0 {
-		wctx, cancel := context.WithTimeout(ctx, warmup)
-		b.run(wctx, conc, 0, path, body)
-		cancel()
-	}
-	rctx, cancel := context.WithTimeout(ctx, dur)
-	defer cancel()
-	start := time.Now()
-	lat, names, failed := b.run(rctx, conc, rate, path, body)
-	res := XKSBenchResult{Operation: op, Store: st.Name, Key: key, PayloadSize: size, Concurrency: conc, TargetRate: rate,
-		Errors: failed, ErrorNames: names, Seconds: time.Since(start).Seconds()}
-	res.Requests = int64(len(lat)) + failed
-	res.Rate = float64(len(lat)) / res.Seconds
-	slices.Sort(lat)
-	pct := func(q float64) float64 {
-		if len(lat) == 0 {
-			return 0
-		}
-		return float64(lat[min(len(lat)-1, int(q*float64(len(lat))))].Microseconds()) / 1000
-	}
-	res.P50ms, res.P90ms, res.P99ms = pct(0.50), pct(0.90), pct(0.99)
-	if len(lat) > 0 {
-		res.MaxMs = float64(lat[len(lat)-1].Microseconds()) / 1000
-	}
-	if *c.output == "json" {
-		return c.json(res)
-	}
-	target := "as fast as answered"
-	if rate > 0 {
-		target = fmt.Sprintf("target %.0f/s", rate)
-	}
-	fmt.Fprintf(stdout, "xks %s on %s/%s (%d bytes), concurrency %d, %s, %.1fs\n", op, st.Name, key, size, conc, target, res.Seconds)
-	fmt.Fprintf(stdout, "  %.0f requests/s  %d requests  %d errors\n", res.Rate, res.Requests, res.Errors)
-	fmt.Fprintf(stdout, "  latency p50 %.1fms  p90 %.1fms  p99 %.1fms  max %.1fms\n", res.P50ms, res.P90ms, res.P99ms, res.MaxMs)
-	for _, n := range slices.Sorted(maps.Keys(names)) {
-		fmt.Fprintf(stdout, "  error %s: %d\n", n, names[n])
-	}
-	return nil
+	})
 }
 
 // tlsConfig is the client TLS configuration of the common flags (nil:
 // none).
 func (c *cli) tlsConfig() (*tls.Config, error) {
-	if *c.caFile == "" && *c.certFile == "" && *c.certKey == "" {
+	if c.caFile == "" && c.certFile == "" && c.certKey == "" {
 		return nil, nil
 	}
-	return client.LoadTLSConfig(*c.caFile, *c.certFile, *c.certKey)
+	return client.LoadTLSConfig(c.caFile, c.certFile, c.certKey)
 }
 
 // xksBencher sends signed XKS requests.

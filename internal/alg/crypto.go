@@ -78,7 +78,43 @@ func ECDSARawToDER(raw []byte) ([]byte, error) {
 		return nil, kgerr.Invalid("raw ECDSA signature has an odd length")
 	}
 	n := len(raw) / 2
-	return asn1.Marshal(ecdsaSig{new(big.Int).SetBytes(raw[:n]), new(big.Int).SetBytes(raw[n:])})
+	if n > 120 { // no curve has such coordinates (the length would need two bytes): asn1 takes them
+		return asn1.Marshal(ecdsaSig{new(big.Int).SetBytes(raw[:n]), new(big.Int).SetBytes(raw[n:])})
+	}
+	// SEQUENCE { INTEGER r, INTEGER s }, by hand: this runs once per
+	// signature, and encoding/asn1 costs a dozen allocations of reflection.
+	r, s := derUint(raw[:n]), derUint(raw[n:])
+	body := 4 + len(r) + len(s) + pad(r) + pad(s)
+	out := make([]byte, 0, 3+body)
+	out = append(out, 0x30)
+	if body >= 0x80 {
+		out = append(out, 0x81)
+	}
+	out = append(out, byte(body))
+	for _, v := range [2][]byte{r, s} {
+		out = append(out, 0x02, byte(len(v)+pad(v)))
+		if pad(v) == 1 {
+			out = append(out, 0)
+		}
+		out = append(out, v...)
+	}
+	return out, nil
+}
+
+// derUint is the big-endian unsigned b without leading zeros (at least one
+// byte); pad says whether DER needs a zero before it to keep it positive.
+func derUint(b []byte) []byte {
+	for len(b) > 1 && b[0] == 0 {
+		b = b[1:]
+	}
+	return b
+}
+
+func pad(v []byte) int {
+	if v[0]&0x80 != 0 {
+		return 1
+	}
+	return 0
 }
 
 // ECDSADERToRaw converts an ASN.1 DER signature to fixed-width r‖s.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/ecdsa"
 	"crypto/rand"
+	"encoding/asn1"
 	"errors"
 	"math/big"
 	"testing"
@@ -123,6 +124,28 @@ func FuzzECDSADERToRaw(f *testing.F) {
 		}
 		if !bytes.Equal(back, der) {
 			t.Fatalf("ECDSADERToRaw accepted non-canonical %x (canonical: %x)", der, back)
+		}
+	})
+}
+
+// FuzzECDSARawToDERMatchesASN1 holds the hand-written DER encoder to
+// encoding/asn1's encoding of the same two integers.
+func FuzzECDSARawToDERMatchesASN1(f *testing.F) {
+	for _, s := range [][]byte{fixedRS(32, []byte{1}, []byte{1}), fixedRS(32, []byte{0x80}, []byte{0, 0x7f}), bytes.Repeat([]byte{0xff}, 132), make([]byte, 64), {0, 0}} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		got, err := alg.ECDSARawToDER(raw)
+		if len(raw) == 0 || len(raw)%2 != 0 {
+			if err == nil {
+				t.Fatalf("ECDSARawToDER(%x) accepted an odd length", raw)
+			}
+			return
+		}
+		n := len(raw) / 2
+		want, werr := asn1.Marshal(struct{ R, S *big.Int }{new(big.Int).SetBytes(raw[:n]), new(big.Int).SetBytes(raw[n:])})
+		if err != nil || werr != nil || !bytes.Equal(got, want) {
+			t.Fatalf("ECDSARawToDER(%x) = %x, %v; encoding/asn1: %x, %v", raw, got, err, want, werr)
 		}
 	})
 }

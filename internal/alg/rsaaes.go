@@ -1,6 +1,7 @@
 package alg
 
 import (
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/x509"
@@ -22,18 +23,50 @@ import (
 // and HMAC keys, PKCS#8 DER for private keys.
 const RSAAESKeyWrapSHA256 = "RSA_AES_KEY_WRAP_SHA_256"
 
+// RSAAESKeyWrapSHA1 is the same scheme with RSA-OAEP over SHA-1 (and
+// MGF1-SHA-1), as AWS KMS also offers: the scheme of an HSM whose RSA-OAEP
+// takes SHA-1 only (SoftHSM2 2.6). A provider says which of the two its
+// wrapping key takes (provider.WrappingKey.Algorithm); clients wrap with
+// what it says.
+const RSAAESKeyWrapSHA1 = "RSA_AES_KEY_WRAP_SHA_1"
+
+// TransportHash is the RSA-OAEP hash of a key-transport scheme.
+func TransportHash(scheme string) (crypto.Hash, error) {
+	switch scheme {
+	case RSAAESKeyWrapSHA256, "":
+		return crypto.SHA256, nil
+	case RSAAESKeyWrapSHA1:
+		return crypto.SHA1, nil
+	}
+	return 0, kgerr.Invalid(fmt.Sprintf("wrapping_algorithm %q is not %s or %s", kgerr.Clip(scheme), RSAAESKeyWrapSHA256, RSAAESKeyWrapSHA1))
+}
+
+// WrapRSAAESWith wraps material for the holder of pub with a scheme
+// (RSAAESKeyWrapSHA256 or RSAAESKeyWrapSHA1).
+func WrapRSAAESWith(scheme string, pub *rsa.PublicKey, material []byte) ([]byte, error) {
+	h, err := TransportHash(scheme)
+	if err != nil {
+		return nil, err
+	}
+	return wrapRSAAES(h, pub, material)
+}
+
 // ErrTransport is returned when a transported key does not open: a wrong
 // wrapping key, or corrupt or truncated wrapping.
 var ErrTransport = errors.New("the wrapped key does not open under this wrapping key")
 
 // WrapRSAAES wraps material for the holder of pub with RSA_AES_KEY_WRAP_SHA_256.
 func WrapRSAAES(pub *rsa.PublicKey, material []byte) ([]byte, error) {
+	return wrapRSAAES(crypto.SHA256, pub, material)
+}
+
+func wrapRSAAES(h crypto.Hash, pub *rsa.PublicKey, material []byte) ([]byte, error) {
 	kek := make([]byte, 32)
 	defer clear(kek)
 	if _, err := rand.Read(kek); err != nil {
 		return nil, err
 	}
-	head, err := rsa.EncryptOAEP(sha256.New(), rand.Reader, pub, kek, nil)
+	head, err := rsa.EncryptOAEP(h.New(), rand.Reader, pub, kek, nil)
 	if err != nil {
 		return nil, err
 	}

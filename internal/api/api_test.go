@@ -36,7 +36,7 @@ type stack struct {
 	svc *service.Service
 }
 
-func newStack(t testing.TB, rec audit.Recorder) *stack {
+func newStack(t testing.TB, rec audit.Recorder, wrap ...func(store.Store) store.Store) *stack {
 	t.Helper()
 	ctx := context.Background()
 	dir := t.TempDir()
@@ -45,6 +45,9 @@ func newStack(t testing.TB, rec audit.Recorder) *stack {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
+	for _, w := range wrap {
+		st = w(st)
+	}
 	log := slog.New(slog.DiscardHandler)
 	p, err := software.New(ctx, provider.Params{Name: "software", Type: "software", DataDir: dir, Embedded: true,
 		Decode: func(any) error { return nil }, Logger: log})

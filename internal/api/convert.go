@@ -38,7 +38,7 @@ func keyOut(k *service.Key) *apitypes.Key {
 		Algorithm: k.Algorithm, Usage: k.Usage, Extractable: k.Extractable, State: k.State, Status: k.State, Version: k.Version,
 		Metadata: k.Metadata, Description: k.Description, CreatedAt: k.CreatedAt, UpdatedAt: k.UpdatedAt, ExpiresAt: k.ExpiresAt,
 		DeletionDate: k.DeletionDate, NextRotationAt: k.NextRotationAt, MinDecryptVersion: k.MinDecryptVersion, Revision: k.Revision,
-		PublishJWKS: k.PublishJWKS,
+		PublishJWKS: k.PublishJWKS, Origin: k.Origin,
 	}
 	if out.Usage == nil {
 		out.Usage = []string{}

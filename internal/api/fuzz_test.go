@@ -36,6 +36,16 @@ var bodySeeds = []string{
 	`{"chain":"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"}`,
 	`{"claims":{"sub":"a","n":1,"x":[1,{"y":null}]},"header":{"typ":"at+jwt"},"expires_in":"15m"}`,
 	`{"payload":"aGVsbG8=","detached":true}`,
+	// Key material, data keys, HMAC, random and batch.
+	`{"provider":"software","name":"imp","key_spec":{"key_type":"AES","key_size":256},"wrapped_key":"AAAAAAAAAAAAAAAAAAAAAAAAAAA=","wrapping_key_id":"00ff","wrapping_algorithm":"RSA_AES_KEY_WRAP_SHA_1"}`,
+	`{"name":"imp2","key_spec":{"key_type":"EC","curve":"P-256"},"wrapped_key":"AAAA","wrapping_key_id":"x","public_key":"-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEA\n-----END PUBLIC KEY-----\n"}`,
+	`{"wrapped_key":"AAAAAAAAAAAAAAAAAAAAAAAAAAA=","wrapping_key_id":"00ff","wrapping_algorithm":"RSA_AES_KEY_WRAP_SHA_256"}`,
+	`{"public_key":"-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEA\n-----END PUBLIC KEY-----\n","version":1}`,
+	`{"key_size":256,"include_plaintext":true,"aad":"YQ=="}`, `{"key_size":129}`,
+	`{"data":"aGVsbG8=","mac":"AAAA","key_version":1}`,
+	`{"bytes":32,"provider":"software"}`, `{"bytes":0}`, `{"bytes":100000}`,
+	`{"items":[{"op":"sign","key":"ec","data":"aGVsbG8="},{"op":"mac","key":"mac","data":"aGVsbG8="},{"op":"nope","key":"x"},{"op":"encrypt","key":"aes","plaintext":"aGVsbG8="},{"op":"sign"},7]}`,
+	`{"items":[]}`, `{"items":[{"op":"verify-mac","key":"mac","data":"aGVsbG8=","mac":"AAAA","extra":1}]}`,
 }
 
 // requestTypes are the body types of the routes, by route name.
@@ -53,6 +63,16 @@ var requestTypes = map[string]func() any{
 	"attach":  func() any { return new(apitypes.AttachChainRequest) },
 	"jwt":     func() any { return new(apitypes.JWTRequest) },
 	"jws":     func() any { return new(apitypes.JWSRequest) },
+
+	"import":         func() any { return new(apitypes.ImportKeyRequest) },
+	"import-version": func() any { return new(apitypes.ImportVersionRequest) },
+	"export":         func() any { return new(apitypes.ExportKeyRequest) },
+	"datakey":        func() any { return new(apitypes.DataKeyRequest) },
+	"rewrap":         func() any { return new(apitypes.RewrapRequest) },
+	"mac":            func() any { return new(apitypes.MACRequest) },
+	"verify-mac":     func() any { return new(apitypes.VerifyMACRequest) },
+	"random":         func() any { return new(apitypes.RandomRequest) },
+	"batch":          func() any { return new(apitypes.BatchRequest) },
 }
 
 // FuzzDecodeRequest decodes arbitrary bodies into the request type of each
@@ -108,6 +128,7 @@ func FuzzRoutes(f *testing.F) {
 		`{"name":"ed","key_spec":{"key_type":"Ed25519"}}`,
 		`{"name":"aes","key_spec":{"key_type":"AES","key_size":128}}`,
 		`{"name":"kek","key_spec":{"key_type":"AES","key_size":256,"usage":["wrap","unwrap"]}}`,
+		`{"name":"mac","key_spec":{"key_type":"HMAC","key_size":256}}`,
 	} {
 		s.mustDo(f, http.MethodPost, "/api/v1/keys", k, http.StatusCreated)
 	}
@@ -127,9 +148,24 @@ func FuzzRoutes(f *testing.F) {
 		{http.MethodPost, "/api/v1/keys/aes/decrypt", testAdminToken},
 		{http.MethodPost, "/api/v1/keys/kek/wrap", testAdminToken},
 		{http.MethodPost, "/api/v1/keys/kek/unwrap", testAdminToken},
+		// An import as the auditor is decoded and refused; an import of
+		// a version runs (the software provider's wrapping key is made
+		// once, at the first).
+		{http.MethodPost, "/api/v1/keys/import", testAuditorToken},
+		{http.MethodPost, "/api/v1/keys/aes/import-version", testAdminToken},
+		{http.MethodPost, "/api/v1/keys/aes/export", testAdminToken},
+		{http.MethodPost, "/api/v1/keys/aes/datakey", testAdminToken},
+		{http.MethodPost, "/api/v1/keys/aes/rewrap", testAdminToken},
+		{http.MethodPost, "/api/v1/keys/mac/mac", testAdminToken},
+		{http.MethodPost, "/api/v1/keys/mac/verify-mac", testAdminToken},
+		{http.MethodPost, "/api/v1/random", testAdminToken},
+		{http.MethodPost, "/api/v1/batch", testAdminToken},
 	}
-	for i, b := range bodySeeds {
-		f.Add(uint8(i), []byte(b))
+	// Every seed body on every route.
+	for i := range routes {
+		for _, b := range bodySeeds {
+			f.Add(uint8(i), []byte(b))
+		}
 	}
 	f.Fuzz(func(t *testing.T, sel uint8, body []byte) {
 		r := routes[int(sel)%len(routes)]
@@ -171,5 +207,11 @@ func FuzzPEMInputs(f *testing.F) {
 		check("issue", err)
 		_, err = jwtRequest("k", apitypes.JWTRequest{Claims: map[string]any{}, ExpiresIn: validity})
 		check("jwt", err)
+		_, err = importKeyRequest(apitypes.ImportKeyRequest{Name: "k", KeySpec: apitypes.KeySpec{KeyType: "EC", Curve: "P-256"}, PublicKey: text})
+		check("import", err)
+		_, err = importVersionRequest("k", apitypes.ImportVersionRequest{PublicKey: text, WrappingAlgorithm: validity})
+		check("import-version", err)
+		_, err = exportRequest("k", apitypes.ExportKeyRequest{PublicKey: text})
+		check("export", err)
 	})
 }

@@ -46,6 +46,7 @@ type Service interface {
 	ProviderHealth(ctx context.Context, name string) (*service.ProviderHealth, error)
 	Ready(ctx context.Context) (bool, []service.ProviderStatus)
 	MaterialService
+	AuditCheckpoints(ctx context.Context, o service.CheckpointListOptions) (*service.CheckpointList, error)
 	// AuthenticationFailed audits a request refused with 401.
 	AuthenticationFailed(ctx context.Context, detail string)
 }
@@ -136,6 +137,7 @@ func (a *API) routes() {
 	m.HandleFunc("POST /api/v1/keys/{key}/decrypt", a.serveKeyOp(a.ops["decrypt"]))
 	m.HandleFunc("POST /api/v1/keys/{key}/wrap", keyOp(a, wrapRequest, a.svc.Wrap, wrapOut))
 	m.HandleFunc("POST /api/v1/keys/{key}/unwrap", keyOp(a, unwrapRequest, a.svc.Unwrap, unwrapOut))
+	m.HandleFunc("POST /api/v1/keys/{key}/import-version", keyOp(a, importVersionRequest, a.svc.ImportKeyVersion, keyOut))
 	m.HandleFunc("POST /api/v1/keys/{key}/export", keyOp(a, exportRequest, a.svc.ExportKey, exportOut))
 	m.HandleFunc("POST /api/v1/keys/{key}/datakey", keyOp(a, dataKeyRequest, a.svc.GenerateDataKey, dataKeyOut))
 	m.HandleFunc("POST /api/v1/keys/{key}/rewrap", keyOp(a, rewrapRequest, a.svc.Rewrap, encryptOut))
@@ -150,6 +152,7 @@ func (a *API) routes() {
 	m.HandleFunc("POST /api/v1/keys/{key}/jwt", keyOp(a, jwtRequest, a.svc.SignJWT, tokenOut))
 	m.HandleFunc("POST /api/v1/keys/{key}/jws", keyOp(a, jwsRequest, a.svc.SignJWS, tokenOut))
 	m.HandleFunc("GET "+wellKnownJWKS, a.publishedJWKS)
+	m.HandleFunc("GET /api/v1/audit/checkpoints", a.auditCheckpoints)
 
 	m.HandleFunc("/", a.notFound)
 }

@@ -112,6 +112,12 @@ type Options struct {
 	// Record returns, and on disk within SyncInterval (an OS crash or power
 	// loss may lose that much). 0, the default, fsyncs every batch.
 	SyncInterval time.Duration
+	// OnRotate, when set, is called after each rotation with the old
+	// file's new name and its last record's sequence number and hash
+	// (where the server signs a checkpoint of the file it closed): before
+	// Rotate returns, or, for a rotation by size, on a goroutine of its
+	// own. It may Record.
+	OnRotate func(old string, lastSeq uint64, lastHash string)
 }
 
 // Log is a hash-chained JSON-lines audit file. It is safe for concurrent
@@ -343,8 +349,11 @@ func (l *Log) flush(p *pending) error {
 	if err == nil && l.opts.MaxBytes > 0 && l.size >= l.opts.MaxBytes {
 		// The records are durable: a failed rotation is not the callers'
 		// failure. The next record tries again.
-		if _, rerr := l.rotateLocked(); rerr != nil {
+		seq, head := l.seq, l.lastHash
+		if old, rerr := l.rotateLocked(); rerr != nil {
 			l.opts.Logger.Error("audit log rotation failed; continuing in the current file", "path", l.path, "err", rerr)
+		} else if hook := l.opts.OnRotate; hook != nil {
+			go hook(old, seq, head)
 		}
 	}
 	l.mu.Unlock()
@@ -455,8 +464,13 @@ func (l *Log) appendBatchLocked(batch []*pending) error {
 // old file's new name.
 func (l *Log) Rotate() (string, error) {
 	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.rotateLocked()
+	seq, head := l.seq, l.lastHash
+	old, err := l.rotateLocked()
+	l.mu.Unlock()
+	if hook := l.opts.OnRotate; err == nil && hook != nil {
+		hook(old, seq, head)
+	}
+	return old, err
 }
 
 func (l *Log) rotateLocked() (string, error) {

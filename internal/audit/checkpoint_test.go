@@ -12,6 +12,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -129,45 +130,42 @@ func rehash(t *testing.T, path, start string) string {
 
 func TestCheckpointsDetectWhatTheChainCannot(t *testing.T) {
 	for _, tc := range []struct {
-		name   string
-		tamper func(t *testing.T, b *checkpointBed) []string
-		want   string // "" : verifies
+		name    string
+		tamper  func(t *testing.T, b *checkpointBed) []string
+		wantErr error // nil: verifies
 	}{
-		{"intact", func(t *testing.T, b *checkpointBed) []string { return b.files() }, ""},
+		{"intact", func(t *testing.T, b *checkpointBed) []string { return b.files() }, nil},
 		{"tail cut after the last checkpoint", func(t *testing.T, b *checkpointBed) []string {
 			ls := fileLines(t, b.live)
 			os.WriteFile(b.live, []byte(strings.Join(ls[:3], "")), 0o600) // the rotation record and two signs
 			return b.files()
-		}, "cut off"},
+		}, ErrTailCut},
 		{"live file emptied", func(t *testing.T, b *checkpointBed) []string {
 			os.WriteFile(b.live, nil, 0o600)
 			return b.files()
-		}, "cut off"},
+		}, ErrEmptyFile},
+		{"rotated file emptied", func(t *testing.T, b *checkpointBed) []string {
+			os.WriteFile(b.rotated, nil, 0o600)
+			return b.files()
+		}, ErrEmptyFile},
 		{"whole chain re-hashed", func(t *testing.T, b *checkpointBed) []string {
 			rehash(t, b.live, rehash(t, b.rotated, "")) // the live file continues the re-hashed one
 			if _, err := VerifyFiles(b.files(), ""); err != nil {
 				t.Fatalf("the re-hashed chain should verify on its own: %v", err)
 			}
 			return b.files()
-		}, "re-hashed"},
+		}, ErrRehashed},
 		{"rotated file deleted", func(t *testing.T, b *checkpointBed) []string {
 			os.Remove(b.rotated)
 			return []string{b.live}
-		}, "rotated file holding this record is missing"},
+		}, ErrMissingFile},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			b := newCheckpointBed(t, "replica-a")
 			paths := tc.tamper(t, b)
 			_, err := VerifyCheckpoints(paths, "replica-a", b.cps, b.pub)
-			if tc.want == "" {
-				if err != nil {
-					t.Fatal(err)
-				}
-				return
-			}
-			var cp *CheckpointProblem
-			if !errors.As(err, &cp) || !strings.Contains(err.Error(), tc.want) {
-				t.Fatalf("got %v, want a checkpoint problem naming %q", err, tc.want)
+			if !errors.Is(err, tc.wantErr) || (tc.wantErr == nil) != (err == nil) {
+				t.Fatalf("got %v, want %v", err, tc.wantErr)
 			}
 		})
 	}
@@ -188,11 +186,59 @@ func TestCheckpointsSeparateReplicasAndKeys(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A's log passed off as B's.
-	if _, err := VerifyCheckpoints(a.files(), "replica-b", b.cps, b.pub); err == nil || !strings.Contains(err.Error(), "not replica") {
+	if _, err := VerifyCheckpoints(a.files(), "replica-b", b.cps, b.pub); !errors.Is(err, ErrOtherReplica) {
 		t.Fatalf("another replica's log: %v", err)
 	}
 	// A checkpoint signed by another key.
 	if _, err := VerifyCheckpoints(a.files(), "replica-a", a.cps, b.pub); !errors.Is(err, ErrBadSignature) {
 		t.Fatalf("wrong key: %v", err)
+	}
+	// A key nobody knows.
+	if _, err := VerifyLog(VerifyOptions{Paths: a.files(), Replica: "replica-a", Checkpoints: a.cps, Keys: KeySet{"hsm/other": a.pub}}); !errors.Is(err, ErrUnknownKey) {
+		t.Fatalf("unknown key: %v", err)
+	}
+	// No checkpoint at all.
+	if _, err := VerifyCheckpoints(a.files(), "replica-a", nil, a.pub); !errors.Is(err, ErrNoCheckpoint) {
+		t.Fatalf("no checkpoints: %v", err)
+	}
+	// A checkpoint whose signed content was changed.
+	forged := append([]Checkpoint{}, a.cps...)
+	forged[0].Seq++
+	if _, err := VerifyCheckpoints(a.files(), "replica-a", forged, a.pub); !errors.Is(err, ErrBadSignature) {
+		t.Fatalf("altered checkpoint: %v", err)
+	}
+}
+
+// A rotated file deleted from the middle of three: the chain breaks at the
+// file after it, and the verifier names the file that is missing.
+func TestCheckpointsMiddleFileDeleted(t *testing.T) {
+	b := newCheckpointBed(t, "replica-a")
+	l, err := Open(b.live)
+	if err != nil {
+		t.Fatal(err)
+	}
+	second, err := l.Rotate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Record(context.Background(), Event{Operation: "sign", Outcome: OutcomeSuccess}); err != nil {
+		t.Fatal(err)
+	}
+	l.Close()
+	files, err := LogFiles(b.live)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{b.rotated, second, b.live}; !slices.Equal(files, want) {
+		t.Fatalf("LogFiles: %v, want %v", files, want)
+	}
+	if _, err := VerifyCheckpoints(files, "replica-a", b.cps, b.pub); err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(second)
+	_, err = VerifyCheckpoints([]string{b.rotated, b.live}, "replica-a", b.cps, b.pub)
+	var fp *FileProblem
+	if !errors.Is(err, ErrMissingFile) || !errors.As(err, &fp) || fp.File != b.live || !strings.Contains(fp.Reason, filepath.Base(second)) {
+		t.Fatalf("middle file deleted: %v", err)
 	}
 }

@@ -88,6 +88,9 @@ const (
 	ActionJWKS              Action = "jwks"
 	ActionSignJWT           Action = "sign_jwt"
 	ActionSignJWS           Action = "sign_jws"
+	// ActionAuditCheckpoints reads the signed audit checkpoints and the
+	// audit public key: admin's and auditor's, not operator's.
+	ActionAuditCheckpoints Action = "audit_checkpoints"
 )
 
 var (
@@ -104,7 +107,7 @@ func Allowed(role Role, a Action) bool {
 	case RoleOperator:
 		return slices.Contains(readActions, a) || slices.Contains(cryptoActions, a)
 	case RoleAuditor:
-		return slices.Contains(readActions, a)
+		return slices.Contains(readActions, a) || a == ActionAuditCheckpoints
 	}
 	return false
 }

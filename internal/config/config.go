@@ -45,6 +45,7 @@ type Config struct {
 	Keys            Keys                      `yaml:"keys"`
 	Debug           Debug                     `yaml:"debug"`
 	XKS             XKS                       `yaml:"xks"`
+	Console         Console                   `yaml:"console"`
 
 	// Embedded is true when no file was given: the zero-configuration
 	// default (software provider, SQLite, ./data, 127.0.0.1:8080).
@@ -132,6 +133,20 @@ type Audit struct {
 	// process loses none) and fsynced every interval (an OS crash or power
 	// loss may lose that much). See docs/operations.md.
 	FsyncInterval duration.Duration `yaml:"fsync_interval"`
+	// SigningKey is the key that signs the audit checkpoints,
+	// provider/key-name (see docs/security.md): made on the provider at
+	// first start (sign only, never extractable). Default: keygrid-audit
+	// on the first enabled pkcs11 or aws-cloudhsm provider, else on the
+	// first enabled provider; "off" signs no checkpoints.
+	SigningKey string `yaml:"signing_key"`
+	// CheckpointInterval is how often a checkpoint is signed while records
+	// were written (default 1m); one is also signed at every rotation and
+	// at shutdown.
+	CheckpointInterval duration.Duration `yaml:"checkpoint_interval"`
+	// ReplicaID names this replica's log in its checkpoints. Default: the
+	// id kept beside the log in <path>.replica, made from the host name at
+	// first start.
+	ReplicaID string `yaml:"replica_id"`
 }
 
 // Log configures the server log.
@@ -295,6 +310,8 @@ func (c *Config) setDefaults() {
 	def(&c.Keys.DeletionWindow, maxDeletionWindow)
 	def(&c.Keys.DeletionSweepInterval, time.Minute)
 	def(&c.Keys.MinRotationPeriod, time.Hour)
+	c.Console.defaults()
+	c.setAuditDefaults()
 }
 
 // ProviderType returns the type of a provider instance.
@@ -373,6 +390,9 @@ func (c *Config) validate(knownTypes []string) error {
 	if err := c.Storage.validate(); err != nil {
 		return err
 	}
+	if err := c.Console.validate(); err != nil {
+		return err
+	}
 	if err := c.Keys.validate(); err != nil {
 		return err
 	}
@@ -409,6 +429,9 @@ func (c *Config) validate(knownTypes []string) error {
 		}
 	}
 	if err := c.validateSecurity(); err != nil {
+		return err
+	}
+	if err := c.validateAudit(); err != nil {
 		return err
 	}
 	return c.XKS.validate(c.Server.TLS)

@@ -66,7 +66,10 @@ type Principal struct {
 // Limits are the abuse limits.
 type Limits struct {
 	// RatePerPrincipal is the sustained requests per second of one
-	// principal (token bucket); default 500, negative: no limit.
+	// principal (token bucket). 0, the default, or negative: no limit (a
+	// rate limit is protection an operator opts into; it must not cap an
+	// application below what the HSM can do). A principal's own
+	// rate_per_second applies either way.
 	RatePerPrincipal float64 `yaml:"rate_per_principal"`
 	// Burst is the bucket size; default twice the rate.
 	Burst int `yaml:"burst"`
@@ -99,11 +102,18 @@ func (c *Config) setSecurityDefaults() {
 	case *s == 0:
 		*s = *l
 	}
-	if c.Limits.RatePerPrincipal == 0 {
-		c.Limits.RatePerPrincipal = 500
-	}
-	if c.Limits.Burst == 0 {
+	switch {
+	case c.Limits.Burst != 0:
+	case c.Limits.RatePerPrincipal > 0:
 		c.Limits.Burst = max(1, int(2*c.Limits.RatePerPrincipal))
+	default:
+		// No global limit: a principal's own rate without a burst of its
+		// own gets twice its rate, as the global rate does.
+		for i := range c.Auth.Principals {
+			if p := &c.Auth.Principals[i]; p.RatePerSecond > 0 && p.Burst == 0 {
+				p.Burst = max(1, int(2*p.RatePerSecond))
+			}
+		}
 	}
 	if c.Limits.MaxJSONDepth == 0 {
 		c.Limits.MaxJSONDepth = 16

@@ -131,3 +131,39 @@ func TestSecurityValidationNamesTheField(t *testing.T) {
 		t.Errorf("admin_token_file default %q", c.Auth.AdminTokenFile)
 	}
 }
+
+// No per-principal rate limit unless one is configured; a principal's own
+// rate gets a burst of twice that rate; the auth-failure limits stay on.
+func TestRateLimitIsOptIn(t *testing.T) {
+	c, err := Load(write(t, `
+auth:
+  principals:
+    - {name: app, role: operator, token_sha256: "`+hash+`"}
+    - {name: slow, role: operator, token_sha256: "`+hash+`", rate_per_second: 20}
+    - {name: bursty, role: operator, token_sha256: "`+hash+`", rate_per_second: 20, burst: 7}
+providers:
+  software: {}
+`), Flags{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Validate([]string{"software"}); err != nil {
+		t.Fatal(err)
+	}
+	if c.Limits.RatePerPrincipal != 0 || c.Limits.Burst != 0 {
+		t.Fatalf("default limits %+v: want no per-principal rate limit", c.Limits)
+	}
+	if c.Limits.AuthFailuresPerClient != 5 || c.Limits.AuthFailureBurst != 20 {
+		t.Fatalf("auth-failure limits %+v: want 5/s, burst 20", c.Limits)
+	}
+	ps := c.Auth.Principals
+	if ps[0].RatePerSecond != 0 || ps[0].Burst != 0 || ps[1].Burst != 40 || ps[2].Burst != 7 {
+		t.Fatalf("principal limits: %+v", ps)
+	}
+	// A global rate keeps its default burst, and a principal with its own
+	// rate takes the global burst (as before).
+	c, err = Load(write(t, "limits:\n  rate_per_principal: 100\nauth:\n  principals:\n    - {name: slow, role: operator, token_sha256: \""+hash+"\", rate_per_second: 20}\nproviders:\n  software: {}\n"), Flags{})
+	if err != nil || c.Limits.RatePerPrincipal != 100 || c.Limits.Burst != 200 || c.Auth.Principals[0].Burst != 0 {
+		t.Fatalf("with a global rate: %v %+v %+v", err, c.Limits, c.Auth.Principals)
+	}
+}

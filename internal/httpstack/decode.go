@@ -46,6 +46,9 @@ func (s *Stack) decodeJSON(r *http.Request, v any) error {
 // another case and non-canonical base64 refused (checkStrict), each failure
 // INVALID_INPUT with a clear message. A front end that reads the body
 // itself (to check a signature over it, say) decodes with this.
+//
+// The body is read twice: once by the strict scanner (strict.go), which
+// allocates nothing for a well-formed request, and once by encoding/json.
 func Decode(body []byte, maxDepth int, v any) error {
 	if len(bytes.TrimSpace(body)) == 0 {
 		return kgerr.Invalid("request body is empty; a JSON object is required")
@@ -53,22 +56,30 @@ func Decode(body []byte, maxDepth int, v any) error {
 	if d := JSONDepth(body); d > maxDepth {
 		return kgerr.Invalid(fmt.Sprintf("request body nests deeper than %d levels", maxDepth))
 	}
-	if t := reflect.TypeOf(v); t != nil {
-		if err := checkStrict(body, t, false); err != nil {
-			return err
-		}
+	end, err := scanStrict(body, reflect.TypeOf(v), false)
+	if err != nil {
+		return err
 	}
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
+	if end < 0 {
+		// Malformed: a json.Decoder says where (and how it always has).
+		dec := json.NewDecoder(bytes.NewReader(body))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(v); err != nil {
+			return decodeError(err)
+		}
+		return kgerr.Invalid("request body is not valid JSON")
+	}
+	// Every field name was checked against v's fields above, so
+	// json.Unmarshal (which matches names case-insensitively and ignores
+	// unknown ones) reads exactly what a json.Decoder with
+	// DisallowUnknownFields would.
+	if err := json.Unmarshal(body[:end], v); err != nil {
 		return decodeError(err)
 	}
-	if dec.More() {
-		return kgerr.Invalid("request body has data after the JSON object")
-	}
-	var extra json.RawMessage
-	if err := dec.Decode(&extra); err == nil {
-		return kgerr.Invalid("request body has data after the JSON object")
+	for _, c := range body[end:] {
+		if c != ' ' && c != '\t' && c != '\r' && c != '\n' {
+			return kgerr.Invalid("request body has data after the JSON object")
+		}
 	}
 	return nil
 }
@@ -151,27 +162,8 @@ func jsonKind(t *json.UnmarshalTypeError) string {
 // non-canonical base64 in []byte fields, and unknown fields unless
 // unknownOK. Malformed JSON passes: the front end's decoder reports it.
 func CheckStrict(body []byte, v any, unknownOK bool) error {
-	return checkStrict(body, reflect.TypeOf(v), unknownOK)
-}
-
-// checkStrict reads body as JSON destined for a value of type t and
-// refuses what a lenient parser would read one way and a proxy or WAF in
-// front of it another: a key twice in one object (encoding/json keeps the
-// last), a field name that matches a field only case-insensitively
-// (encoding/json accepts "DATA" for "data"), an unknown field (unless
-// unknownOK), and a binary ([]byte) field whose base64 is not canonical
-// (embedded newlines, wrong padding, non-zero trailing bits), all of which
-// encoding/json accepts. Malformed JSON is left to the decoder, whose
-// message says where.
-func checkStrict(body []byte, t reflect.Type, unknownOK bool) error {
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.UseNumber()
-	err := strictValue(dec, t, "", unknownOK)
-	var se *strictError
-	if errors.As(err, &se) {
-		return kgerr.Invalid(se.msg)
-	}
-	return nil // a syntax error: the decoder reports it
+	_, err := scanStrict(body, reflect.TypeOf(v), unknownOK)
+	return err
 }
 
 type strictError struct{ msg string }
@@ -183,103 +175,10 @@ var (
 	unmarshalerT   = reflect.TypeFor[json.Unmarshaler]()
 )
 
-// strictValue checks the next value of dec, destined for t (nil: anything,
-// only duplicate keys are checked).
-func strictValue(dec *json.Decoder, t reflect.Type, path string, unknownOK bool) error {
-	for t != nil && t.Kind() == reflect.Pointer {
-		t = t.Elem()
-	}
-	if t != nil && (t == rawMessageType || reflect.PointerTo(t).Implements(unmarshalerT)) {
-		t = nil
-	}
-	tok, err := dec.Token()
-	if err != nil {
-		return err
-	}
-	switch v := tok.(type) {
-	case json.Delim:
-		switch v {
-		case '{':
-			return strictObject(dec, t, path, unknownOK)
-		case '[':
-			var elem reflect.Type
-			if t != nil && (t.Kind() == reflect.Slice || t.Kind() == reflect.Array) {
-				elem = t.Elem()
-			}
-			for dec.More() {
-				if err := strictValue(dec, elem, path+"[]", unknownOK); err != nil {
-					return err
-				}
-			}
-			_, err := dec.Token()
-			return err
-		}
-	case string:
-		if t != nil && t.Kind() == reflect.Slice && t.Elem().Kind() == reflect.Uint8 {
-			if strings.ContainsAny(v, "\r\n") {
-				return &strictError{fmt.Sprintf("field %s is not canonical base64: it has a line break", kgerr.Quote(path))}
-			}
-			if !canonicalBase64(v) {
-				return &strictError{fmt.Sprintf("field %s is not canonical standard base64 (padded, no line breaks, zero trailing bits)", kgerr.Quote(path))}
-			}
-		}
-	}
-	return nil
-}
-
-// strictObject checks the members of an object whose '{' was read.
-func strictObject(dec *json.Decoder, t reflect.Type, path string, unknownOK bool) error {
-	var fields map[string]reflect.Type
-	var elem reflect.Type
-	if t != nil {
-		switch t.Kind() {
-		case reflect.Struct:
-			fields = jsonFields(t)
-		case reflect.Map:
-			elem = t.Elem()
-		}
-	}
-	seen := map[string]bool{}
-	for dec.More() {
-		tok, err := dec.Token()
-		if err != nil {
-			return err
-		}
-		key, _ := tok.(string)
-		name := key
-		if path != "" {
-			name = path + "." + key
-		}
-		if seen[key] {
-			return &strictError{fmt.Sprintf("field %s appears twice", kgerr.Quote(name))}
-		}
-		seen[key] = true
-		ft := elem
-		if fields != nil {
-			var ok bool
-			if ft, ok = fields[key]; !ok {
-				for f := range fields {
-					if strings.EqualFold(f, key) {
-						return &strictError{fmt.Sprintf("unknown field %s (field names are case-sensitive: %q)", kgerr.Quote(name), f)}
-					}
-				}
-				if !unknownOK {
-					return &strictError{"unknown field " + kgerr.Quote(name)}
-				}
-			}
-		}
-		if err := strictValue(dec, ft, name, unknownOK); err != nil {
-			return err
-		}
-	}
-	_, err := dec.Token()
-	return err
-}
-
 // canonicalBase64 reports whether s is canonical padded standard base64
 // (what base64.StdEncoding.Strict decodes) without decoding it: the
 // decoder that follows does that once.
-func canonicalBase64(s string) bool {
+func canonicalBase64[T string | []byte](s T) bool {
 	if len(s)%4 != 0 {
 		return false
 	}

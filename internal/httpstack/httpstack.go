@@ -140,9 +140,10 @@ func (s *Stack) Wrap(fe FrontEnd, h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		rid, crid := newRequestID(), ClientRequestID(r)
-		w.Header().Set("X-Request-Id", rid)
+		hdr := w.Header()
+		hdr["X-Request-Id"] = []string{rid} // canonical names: Set without its canonicalization
 		if crid != "" {
-			w.Header().Set("X-Client-Request-Id", crid)
+			hdr["X-Client-Request-Id"] = []string{crid}
 		}
 		ctx := r.Context()
 		if s.o.Timeout > 0 {
@@ -150,8 +151,6 @@ func (s *Stack) Wrap(fe FrontEnd, h http.Handler) http.Handler {
 			ctx, cancel = context.WithTimeout(ctx, s.o.Timeout)
 			defer cancel()
 		}
-		caller := service.Caller{RequestID: rid, ClientRequestID: crid, ClientAddr: r.RemoteAddr}
-		r = r.WithContext(service.WithCaller(ctx, caller))
 		route := "unmatched"
 		if fe.Route != nil {
 			if l := fe.Route(r); l != "" {
@@ -159,7 +158,11 @@ func (s *Stack) Wrap(fe FrontEnd, h http.Handler) http.Handler {
 			}
 		}
 		ctx = context.WithValue(ctx, routeKey{}, route)
-		r = r.WithContext(service.WithCaller(ctx, caller))
+		// One caller for the whole request, in the context by reference:
+		// authentication fills in the principal without another copy of
+		// the request.
+		caller := &service.Caller{RequestID: rid, ClientRequestID: crid, ClientAddr: r.RemoteAddr}
+		r = r.WithContext(service.WithCallerRef(ctx, caller))
 		sw := &statusWriter{ResponseWriter: w}
 		if r.Body != nil {
 			r.Body = http.MaxBytesReader(sw, r.Body, s.o.MaxBody)
@@ -180,7 +183,6 @@ func (s *Stack) Wrap(fe FrontEnd, h http.Handler) http.Handler {
 				return
 			}
 			caller.Principal, caller.Auth = p.Name, p
-			r = r.WithContext(service.WithCaller(ctx, caller))
 			if err := s.rateLimit(p); err != nil {
 				s.refusals.refused(r, err)
 				fe.Fail(sw, r, err)
@@ -195,7 +197,7 @@ func (s *Stack) Wrap(fe FrontEnd, h http.Handler) http.Handler {
 // succeeded, info for a 4xx, warn for a 5xx.
 func (s *Stack) logRequest(r *http.Request, frontEnd, route, principal string, status int, start time.Time) {
 	if s.o.Metrics != nil {
-		s.o.Metrics.HTTPRequests.WithLabelValues(route, strconv.Itoa(status)).Inc()
+		s.o.Metrics.CountHTTPRequest(route, status)
 	}
 	level := slog.LevelDebug
 	switch {
@@ -231,9 +233,11 @@ func ClientRequestID(r *http.Request) string {
 var validClientRequestID = regexp.MustCompile(`^[A-Za-z0-9._:-]{1,64}$`)
 
 func newRequestID() string {
-	b := make([]byte, 12)
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
+	var b [12]byte
+	var x [24]byte
+	_, _ = rand.Read(b[:])
+	hex.Encode(x[:], b[:])
+	return string(x[:])
 }
 
 // SetRetryAfter sets the Retry-After header to d in whole seconds, rounded

@@ -27,6 +27,8 @@ type Metrics struct {
 	HTTPRequests *prometheus.CounterVec
 	// AuditFailures counts audit records that could not be written.
 	AuditFailures prometheus.Counter
+
+	cache caches
 }
 
 // New makes and registers the collectors.

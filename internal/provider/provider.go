@@ -417,11 +417,15 @@ type WrappingKey struct {
 	ID string
 	// PublicKey is the DER SubjectPublicKeyInfo of an RSA-4096 key.
 	PublicKey []byte
+	// Algorithm is the key-transport scheme the key takes:
+	// alg.RSAAESKeyWrapSHA256 (also when empty) or alg.RSAAESKeyWrapSHA1
+	// on a token whose RSA-OAEP unwraps with SHA-1 only.
+	Algorithm string
 }
 
-// Importer takes key material wrapped with alg.RSAAESKeyWrapSHA256 under
-// its wrapping key. It opens the material inside the provider (on a token:
-// C_UnwrapKey, so the material never exists in the gateway's memory in the
+// Importer takes key material wrapped under its wrapping key with the
+// scheme the wrapping key names (alg.RSAAESKeyWrapSHA256 or _SHA_1). It
+// opens the material inside the provider (on a token: C_UnwrapKey, so the material never exists in the gateway's memory in the
 // clear), checks it is of the spec asked for and, for key pairs, that the
 // public key given belongs to it; on any failure nothing is left behind.
 type Importer interface {

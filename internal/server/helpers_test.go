@@ -20,6 +20,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -30,6 +31,7 @@ import (
 	"github.com/keygrid/keygrid-hsm/internal/provider"
 	"github.com/keygrid/keygrid-hsm/internal/provider/software"
 	"github.com/keygrid/keygrid-hsm/internal/server"
+	"github.com/keygrid/keygrid-hsm/internal/store"
 	"github.com/keygrid/keygrid-hsm/pkg/apitypes"
 	"github.com/keygrid/keygrid-hsm/pkg/client"
 )
@@ -275,14 +277,32 @@ func (e *env) listKeys(t *testing.T) []apitypes.Key {
 }
 
 // keystoreFiles counts the software provider's key files: key material that
-// exists on disk.
+// exists on disk (of the keys of the API: the audit signing key's file,
+// made at start, is not counted).
 func (e *env) keystoreFiles(t *testing.T) int {
 	t.Helper()
-	m, err := filepath.Glob(filepath.Join(e.dataDir, "keystore", "software", "*.key"))
+	return len(keyFilesBut(t, e.srv, filepath.Join(e.dataDir, "keystore", "software")))
+}
+
+// keyFilesBut lists the key files of a software keystore directory but
+// the audit signing key's.
+func keyFilesBut(t *testing.T, srv *server.Server, dir string) []string {
+	t.Helper()
+	m, err := filepath.Glob(filepath.Join(dir, "*.key"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	return len(m)
+	cs, ok := store.Checkpoints(srv.Store())
+	if !ok {
+		t.Fatal("the store keeps no audit keys")
+	}
+	aks, err := cs.AuditKeys(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return slices.DeleteFunc(m, func(p string) bool {
+		return slices.ContainsFunc(aks, func(k store.AuditKey) bool { return filepath.Base(p) == k.ObjectID+".key" })
+	})
 }
 
 func b64(b []byte) string { return base64.StdEncoding.EncodeToString(b) }

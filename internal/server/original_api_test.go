@@ -281,7 +281,7 @@ auth:
 	if len(l.Keys) != 1 || l.Keys[0].Provider != "azure-keyvault" {
 		t.Fatalf("azure-keyvault keys %+v", l.Keys)
 	}
-	if m, _ := filepath.Glob(filepath.Join(e.dataDir, "keystore", "azure-keyvault", "*.key")); len(m) != 1 {
+	if m := keyFilesBut(t, e.srv, filepath.Join(e.dataDir, "keystore", "azure-keyvault")); len(m) != 1 {
 		t.Fatalf("azure-keyvault keystore holds %d key files", len(m))
 	}
 }

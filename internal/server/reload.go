@@ -45,6 +45,9 @@ func (s *Server) Reload(ctx context.Context, cfg *config.Config, knownTypes []st
 	}
 	// Nothing can fail from here: swap.
 	s.rest.SetAuthenticator(authn)
+	if s.console != nil {
+		s.console.SetAuthenticator(authn) // and signs everyone out
+	}
 	s.stack.SetLimits(httpstack.Limits{RatePerPrincipal: cfg.Limits.RatePerPrincipal, Burst: cfg.Limits.Burst,
 		AuthFailureRate: cfg.Limits.AuthFailuresPerClient, AuthFailureBurst: cfg.Limits.AuthFailureBurst})
 	xfe.Name = "xks"

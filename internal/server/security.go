@@ -37,8 +37,8 @@ func newAuthenticator(cfg *config.Config, log *slog.Logger) (*auth.Authenticator
 		return nil, err
 	}
 	if created {
-		log.Warn("no auth.principals configured: generated an admin token; clients read it from the file "+
-			"(the CLI does so by default from ./data/admin.token)", "path", cfg.Auth.AdminTokenFile)
+		log.Warn("no auth.principals configured: generated an admin token in the file at path; the CLI takes it with --token-file",
+			"path", cfg.Auth.AdminTokenFile, "cli", "--token-file "+cfg.Auth.AdminTokenFile)
 	} else {
 		log.Info("no auth.principals configured: the admin token is in its file", "path", cfg.Auth.AdminTokenFile)
 	}

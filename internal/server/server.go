@@ -20,7 +20,9 @@ import (
 
 	"github.com/keygrid/keygrid-hsm/internal/api"
 	"github.com/keygrid/keygrid-hsm/internal/audit"
+	"github.com/keygrid/keygrid-hsm/internal/auth"
 	"github.com/keygrid/keygrid-hsm/internal/config"
+	"github.com/keygrid/keygrid-hsm/internal/console"
 	"github.com/keygrid/keygrid-hsm/internal/httpstack"
 	"github.com/keygrid/keygrid-hsm/internal/metrics"
 	"github.com/keygrid/keygrid-hsm/internal/provider"
@@ -51,9 +53,14 @@ type Server struct {
 	// swapped), the metrics and version the XKS front end is rebuilt with,
 	// and the reload lock.
 	rest     *api.API
+	console  *console.Console // nil: console.enabled is off
 	metrics  *metrics.Metrics
 	version  string
 	reloadMu sync.Mutex
+
+	// ckpt signs the audit checkpoints (nil when they are off); see
+	// checkpoint.go.
+	ckpt atomic.Pointer[checkpointer]
 }
 
 // New builds a server. On error, whatever was opened is closed again.
@@ -73,7 +80,8 @@ func New(ctx context.Context, cfg *config.Config, reg provider.Registry, log *sl
 	if err := s.openStore(ctx); err != nil {
 		return nil, err
 	}
-	if s.audit, err = audit.OpenWith(cfg.Audit.Path, audit.Options{MaxBytes: cfg.Audit.MaxBytes, Logger: log, SyncInterval: cfg.Audit.FsyncInterval.D()}); err != nil {
+	if s.audit, err = audit.OpenWith(cfg.Audit.Path, audit.Options{MaxBytes: cfg.Audit.MaxBytes, Logger: log, SyncInterval: cfg.Audit.FsyncInterval.D(),
+		OnRotate: s.onAuditRotate}); err != nil {
 		return nil, fmt.Errorf("audit log: %w", err)
 	}
 	authn, err := newAuthenticator(cfg, log)
@@ -119,15 +127,19 @@ func New(ctx context.Context, cfg *config.Config, reg provider.Registry, log *sl
 			r.SetEventSink(func(e provider.Event) { s.svc.ProviderEvent(name, e) })
 		}
 	}
+	if err := s.startCheckpoints(cfg); err != nil {
+		return nil, err
+	}
 	bctx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	s.stop, s.done = stop, make(chan struct{})
 	go func() {
 		defer close(s.done)
 		var wg sync.WaitGroup
-		wg.Add(3)
+		wg.Add(4)
 		go func() { defer wg.Done(); s.svc.RunReconciler(bctx, cfg.Reconcile.Interval.D()) }()
 		go func() { defer wg.Done(); s.svc.RunHealthChecks(bctx, cfg.Health.Interval.D()) }()
 		go func() { defer wg.Done(); s.svc.RunLifecycle(bctx, cfg.Keys.DeletionSweepInterval.D()) }()
+		go func() { defer wg.Done(); s.runCheckpoints(bctx, cfg.Audit.CheckpointInterval.D()) }()
 		wg.Wait()
 	}()
 	s.stack = httpstack.New(httpstack.Options{
@@ -151,7 +163,29 @@ func New(ctx context.Context, cfg *config.Config, reg provider.Registry, log *sl
 			return nil, err
 		}
 	}
+	if cfg.ConsoleEnabled() {
+		if err := s.mountConsole(cfg, authn); err != nil {
+			return nil, err
+		}
+	}
 	return s, nil
+}
+
+// mountConsole serves the operator console at /ui/ (internal/console) over
+// the shared HTTP stack and the key service, its sign-ins checked by the
+// API's authenticator.
+func (s *Server) mountConsole(cfg *config.Config, authn *auth.Authenticator) error {
+	c, err := console.New(console.Options{
+		Service: s.svc, Stack: s.stack, Auth: authn, Logger: s.log, Version: s.version,
+		AuditPath: cfg.Audit.Path, AuditHead: s.audit.Head,
+		SessionTTL: cfg.Console.SessionTTL.D(), IdleTimeout: cfg.Console.IdleTimeout.D(),
+		MinDeletionWindow: cfg.Keys.MinDeletionWindow.D(),
+	})
+	if err != nil {
+		return err
+	}
+	s.console = c
+	return s.Mount(FrontEnd{Name: "console", Claims: console.Claims, Handler: c})
 }
 
 // xksFrontEnd builds the XKS proxy front end of cfg.
@@ -291,6 +325,12 @@ func (s *Server) Serve(ctx context.Context, ready func(addr net.Addr)) error {
 	if err != nil {
 		return err
 	}
+	return s.ServeListener(ctx, ln, ready)
+}
+
+// ServeListener is Serve on a listener bound already (keygrid-hsm serve
+// binds before it writes the data directory); it closes ln.
+func (s *Server) ServeListener(ctx context.Context, ln net.Listener, ready func(addr net.Addr)) (err error) {
 	if addr := s.cfg.Debug.PprofListen; addr != "" {
 		stop, err := servePprof(addr, s.log)
 		if err != nil {
@@ -345,6 +385,9 @@ func (s *Server) Close() error {
 		s.stop = nil
 	}
 	var errs []error
+	if s.audit != nil {
+		s.closeCheckpoints() // while the providers are open
+	}
 	if s.svc != nil {
 		errs = append(errs, s.svc.Close())
 	}

@@ -200,7 +200,7 @@ func (s *Service) newRecord(ctx context.Context, o *op, req CreateKeyRequest) (*
 	k := &store.Key{
 		ID: id.String(), Name: req.Name, Provider: provName, KeyType: string(spec.Type), KeySize: spec.Size,
 		Curve: spec.Curve, Algorithm: string(a.Name), Extractable: req.Spec.Extractable,
-		State: store.StatePending, Metadata: req.Metadata, Description: req.Description, CreatedAt: now, UpdatedAt: now,
+		State: store.StatePending, Metadata: req.Metadata, Description: req.Description, Origin: store.OriginGenerated, CreatedAt: now, UpdatedAt: now,
 		PublishJWKS: req.PublishJWKS,
 		Versions:    []store.Version{{Version: 1, ObjectID: newObjectID(), State: store.StatePending, CreatedAt: now}},
 	}
@@ -218,16 +218,8 @@ func (s *Service) newRecord(ctx context.Context, o *op, req CreateKeyRequest) (*
 // fails, the provider is asked whether the material exists anyway (the
 // request may have reached the HSM before the failure).
 func (s *Service) makeMaterial(ctx context.Context, p provider.Provider, k *store.Key, v *store.Version) (provider.CreatedKey, error) {
-	label := k.Name
-	if v.Version > 1 {
-		label = fmt.Sprintf("%s.v%d", k.Name, v.Version)
-	}
-	usage := make([]alg.Usage, len(k.Usage))
-	for i, u := range k.Usage {
-		usage[i] = alg.Usage(u)
-	}
 	created, err := p.CreateKey(ctx, provider.CreateKeyRequest{
-		ObjectID: v.ObjectID, Label: label, Spec: specOf(k), Usage: usage, Extractable: k.Extractable,
+		ObjectID: v.ObjectID, Label: versionLabel(k, v), Spec: specOf(k), Usage: usagesOf(k), Extractable: k.Extractable,
 	})
 	if err == nil {
 		return created, nil
@@ -237,6 +229,24 @@ func (s *Service) makeMaterial(ctx context.Context, p provider.Provider, k *stor
 		return provider.CreatedKey{}, err
 	}
 	return found, nil
+}
+
+// versionLabel is the provider label of a version's material: the key's
+// name, with ".vN" from version 2 on.
+func versionLabel(k *store.Key, v *store.Version) string {
+	if v.Version > 1 {
+		return fmt.Sprintf("%s.v%d", k.Name, v.Version)
+	}
+	return k.Name
+}
+
+// usagesOf is the usage of a key record.
+func usagesOf(k *store.Key) []alg.Usage {
+	usage := make([]alg.Usage, len(k.Usage))
+	for i, u := range k.Usage {
+		usage[i] = alg.Usage(u)
+	}
+	return usage
 }
 
 // findMaterial looks for the material of a version by its object id.
@@ -537,8 +547,15 @@ func (s *Service) startRotation(ctx context.Context, k *store.Key) (int, error) 
 // audits the rotation ahead and activates the version; it undoes the
 // version when the material cannot be made or the record written.
 func (s *Service) finishRotation(ctx context.Context, o *op, p provider.Provider, k *store.Key) (*store.Key, error) {
+	return s.finishVersion(ctx, o, p, k, func(v *store.Version) (provider.CreatedKey, error) { return s.makeMaterial(ctx, p, k, v) })
+}
+
+// finishVersion is finishRotation with the material made by make (an
+// import's).
+func (s *Service) finishVersion(ctx context.Context, o *op, p provider.Provider, k *store.Key,
+	make func(v *store.Version) (provider.CreatedKey, error)) (*store.Key, error) {
 	n := o.version
-	created, err := s.makeMaterial(ctx, p, k, k.Version(n))
+	created, err := make(k.Version(n))
 	if err != nil {
 		s.abandonPending(ctx, p, k, n)
 		return nil, err
@@ -591,7 +608,7 @@ func (s *Service) view(k *store.Key) *Key {
 	out := &Key{
 		ID: k.ID, Name: k.Name, Provider: k.Provider, KeyType: k.KeyType, KeySize: k.KeySize, Curve: k.Curve,
 		Algorithm: k.Algorithm, Usage: append([]string{}, k.Usage...), Extractable: k.Extractable,
-		State: string(k.State), Metadata: k.Metadata, Description: k.Description, CreatedAt: k.CreatedAt, UpdatedAt: k.UpdatedAt,
+		State: string(k.State), Metadata: k.Metadata, Description: k.Description, Origin: k.Origin, CreatedAt: k.CreatedAt, UpdatedAt: k.UpdatedAt,
 		ExpiresAt: k.ExpiresAt, DeletionDate: k.DeletionDate, RotationPeriod: k.RotationPeriod, NextRotationAt: k.NextRotationAt,
 		MinDecryptVersion: k.MinDecryptVersion, Revision: k.Revision, PublishJWKS: k.PublishJWKS,
 	}

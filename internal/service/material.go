@@ -73,7 +73,15 @@ func (s *Service) WrappingKey(ctx context.Context, providerName string) (out *Wr
 	if err != nil {
 		return nil, err
 	}
-	return &WrappingKeyInfo{Provider: p.Name(), ID: wk.ID, PublicKey: wk.PublicKey, Algorithm: alg.RSAAESKeyWrapSHA256}, nil
+	return &WrappingKeyInfo{Provider: p.Name(), ID: wk.ID, PublicKey: wk.PublicKey, Algorithm: schemeOf(wk)}, nil
+}
+
+// schemeOf is the key-transport scheme a wrapping key takes.
+func schemeOf(wk provider.WrappingKey) string {
+	if wk.Algorithm == "" {
+		return alg.RSAAESKeyWrapSHA256
+	}
+	return wk.Algorithm
 }
 
 // ImportKey imports wrapped key material as a new key: the record is
@@ -88,36 +96,108 @@ func (s *Service) ImportKey(ctx context.Context, req ImportKeyRequest) (out *Key
 	if err != nil {
 		return nil, err
 	}
+	k.Origin = store.OriginImported
+	m := req.material()
+	im, err := s.importerFor(ctx, p, k, m)
+	if err != nil {
+		return nil, err
+	}
+	return s.makeNew(ctx, o, p, k, func(v *store.Version) (provider.CreatedKey, error) {
+		return importMaterial(ctx, p, im, k, v, m)
+	})
+}
+
+// ImportKeyVersion imports wrapped material as the new current version of
+// an active key (a rotation to material made elsewhere): the version is
+// added pending, the provider opens and checks the material as for an
+// import, the version becomes current; on any refusal the version is
+// removed and nothing remains.
+func (s *Service) ImportKeyVersion(ctx context.Context, req ImportVersionRequest) (out *Key, err error) {
+	o := s.begin(opImportVer)
+	defer withhold(&out, &err)
+	defer s.finish(ctx, o, &err)
+	k, err := s.getKey(ctx, req.Key, o.op.action)
+	o.key = k
+	if err != nil {
+		return nil, err
+	}
+	o.algorithm = k.Algorithm
+	if k.State != store.StateActive {
+		if k.State == store.StateInactive || k.State == store.StatePending {
+			return nil, kgerr.New(kgerr.KindKeyInactive, fmt.Sprintf("key %q is %s; only active keys take a new version", k.Name, k.State))
+		}
+		return nil, refuseUnusable(k, "import a version of")
+	}
+	p, err := s.providerFor(k)
+	if err != nil {
+		return nil, err
+	}
+	im, err := s.importerFor(ctx, p, k, req.WrappedMaterial)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.auditReady(ctx); err != nil {
+		return nil, err
+	}
+	if o.version, err = s.startRotation(ctx, k); err != nil {
+		return nil, err
+	}
+	k, err = s.finishVersion(ctx, o, p, k, func(v *store.Version) (provider.CreatedKey, error) {
+		return importMaterial(ctx, p, im, k, v, req.WrappedMaterial)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return s.view(k), nil
+}
+
+// importerFor checks the wrapped material's fields for a key of k's type
+// and returns the provider's Importer; a named wrapping algorithm must be
+// the one the provider's wrapping key takes.
+func (s *Service) importerFor(ctx context.Context, p provider.Provider, k *store.Key, m WrappedMaterial) (provider.Importer, error) {
 	im, ok := p.(provider.Importer)
 	if !ok {
 		return nil, lacks(p, "import keys")
 	}
+	secret := alg.Secret(alg.KeyType(k.KeyType))
 	switch {
-	case len(req.WrappedKey) == 0:
+	case len(m.WrappedKey) == 0:
 		return nil, kgerr.Invalid("wrapped_key is required")
-	case len(req.WrappedKey) > maxWrappedKeyBytes:
+	case len(m.WrappedKey) > maxWrappedKeyBytes:
 		return nil, kgerr.New(kgerr.KindTooLarge, fmt.Sprintf("wrapped_key is larger than %d bytes", maxWrappedKeyBytes))
-	case req.WrappingKeyID == "":
+	case m.WrappingKeyID == "":
 		return nil, kgerr.Invalid("wrapping_key_id is required")
-	case alg.Secret(alg.KeyType(k.KeyType)) && req.PublicKey != nil:
+	case secret && m.PublicKey != nil:
 		return nil, kgerr.Invalid("public_key does not apply to secret keys")
-	case !alg.Secret(alg.KeyType(k.KeyType)) && req.PublicKey == nil:
+	case !secret && m.PublicKey == nil:
 		return nil, kgerr.Invalid("public_key is required to import a private key")
 	}
-	usage := make([]alg.Usage, len(k.Usage))
-	for i, u := range k.Usage {
-		usage[i] = alg.Usage(u)
+	if m.WrappingAlgorithm == "" {
+		return im, nil
 	}
-	return s.makeNew(ctx, o, p, k, func(v *store.Version) (provider.CreatedKey, error) {
-		created, err := im.ImportKey(ctx, provider.ImportKeyRequest{
-			ObjectID: v.ObjectID, Label: k.Name, Spec: specOf(k), Usage: usage, Extractable: k.Extractable,
-			WrappingKeyID: req.WrappingKeyID, Wrapped: req.WrappedKey, PublicKey: req.PublicKey,
-		})
-		if err != nil {
-			return created, onProvider(p.Name(), err)
-		}
-		return created, nil
+	if _, err := alg.TransportHash(m.WrappingAlgorithm); err != nil {
+		return nil, err
+	}
+	wk, err := im.WrappingKey(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if want := schemeOf(wk); m.WrappingAlgorithm != want {
+		return nil, kgerr.Invalid(fmt.Sprintf("provider %q takes %s wrapping (see its wrapping key), not %s", p.Name(), want, m.WrappingAlgorithm))
+	}
+	return im, nil
+}
+
+// importMaterial has the provider open and store the material of version v.
+func importMaterial(ctx context.Context, p provider.Provider, im provider.Importer, k *store.Key, v *store.Version, m WrappedMaterial) (provider.CreatedKey, error) {
+	created, err := im.ImportKey(ctx, provider.ImportKeyRequest{
+		ObjectID: v.ObjectID, Label: versionLabel(k, v), Spec: specOf(k), Usage: usagesOf(k), Extractable: k.Extractable,
+		WrappingKeyID: m.WrappingKeyID, Wrapped: m.WrappedKey, PublicKey: m.PublicKey,
 	})
+	if err != nil {
+		return created, onProvider(p.Name(), err)
+	}
+	return created, nil
 }
 
 // ExportKey wraps a version of an extractable key for the holder of an RSA

@@ -199,10 +199,23 @@ func WithCaller(ctx context.Context, c Caller) context.Context {
 	return context.WithValue(ctx, callerKey{}, c)
 }
 
+// WithCallerRef returns ctx carrying *c: changes to c before the request
+// reaches the service are seen through ctx (an HTTP stack fills in the
+// principal once it is authenticated, without another context). c must
+// not change once the context is used by more than one goroutine.
+func WithCallerRef(ctx context.Context, c *Caller) context.Context {
+	return context.WithValue(ctx, callerKey{}, c)
+}
+
 // CallerFrom returns the caller in ctx.
 func CallerFrom(ctx context.Context) Caller {
-	c, _ := ctx.Value(callerKey{}).(Caller)
-	return c
+	switch c := ctx.Value(callerKey{}).(type) {
+	case Caller:
+		return c
+	case *Caller:
+		return *c
+	}
+	return Caller{}
 }
 
 // op is one operation in flight: it feeds the audit record and metrics.
@@ -297,13 +310,7 @@ func (s *Service) opEvent(ctx context.Context, o *op, d time.Duration) audit.Eve
 
 // opMetrics counts o, which ended with err.
 func (s *Service) opMetrics(o *op, e audit.Event, d time.Duration, err error) {
-	outcome := "success"
-	if err != nil {
-		outcome = "failure"
-		s.metrics.Errors.WithLabelValues(o.op.name, e.Provider, o.algorithm, e.ErrorCode).Inc()
-	}
-	s.metrics.Operations.WithLabelValues(o.op.name, e.Provider, o.algorithm, outcome).Inc()
-	s.metrics.Duration.WithLabelValues(o.op.name, e.Provider, o.algorithm).Observe(d.Seconds())
+	s.metrics.ObserveOperation(o.op.name, e.Provider, o.algorithm, d, err != nil, e.ErrorCode)
 }
 
 // withhold drops an operation's result when it ends in an error: finish

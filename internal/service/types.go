@@ -44,6 +44,7 @@ var (
 
 	opWrappingKey = operation{"wrapping_key", auth.ActionImport}
 	opImport      = operation{"import", auth.ActionImport}
+	opImportVer   = operation{"import_version", auth.ActionImport}
 	opExport      = operation{"export", auth.ActionExport}
 	opMAC         = operation{"mac", auth.ActionSign}
 	opVerifyMAC   = operation{"verify_mac", auth.ActionVerify}
@@ -58,6 +59,8 @@ var (
 	opJWKS             = operation{"jwks", auth.ActionJWKS}
 	opSignJWT          = operation{"sign_jwt", auth.ActionSignJWT}
 	opSignJWS          = operation{"sign_jws", auth.ActionSignJWS}
+
+	opAuditCheckpoints = operation{"audit_checkpoints", auth.ActionAuditCheckpoints}
 )
 
 // KeySpec describes the key to create. Sizes and curves follow alg.NewSpec;
@@ -102,9 +105,11 @@ type Key struct {
 	Versions    []KeyVersion
 	Metadata    map[string]string
 	Description string
-	CreatedAt   time.Time
-	UpdatedAt   time.Time
-	ExpiresAt   *time.Time
+	// Origin is "generated" or "imported".
+	Origin    string
+	CreatedAt time.Time
+	UpdatedAt time.Time
+	ExpiresAt *time.Time
 	// DeletionDate is when a key pending deletion is destroyed.
 	DeletionDate *time.Time
 	// RotationPeriod is how often the key rotates by itself (0: never),
@@ -519,9 +524,32 @@ type WrappingKeyInfo struct {
 // PublicKey (DER SubjectPublicKeyInfo) is required for key pairs.
 type ImportKeyRequest struct {
 	CreateKeyRequest
-	WrappingKeyID string
-	WrappedKey    []byte
-	PublicKey     []byte
+	WrappingKeyID     string
+	WrappingAlgorithm string
+	WrappedKey        []byte
+	PublicKey         []byte
+}
+
+func (r ImportKeyRequest) material() WrappedMaterial {
+	return WrappedMaterial{WrappingKeyID: r.WrappingKeyID, WrappingAlgorithm: r.WrappingAlgorithm, WrappedKey: r.WrappedKey, PublicKey: r.PublicKey}
+}
+
+// WrappedMaterial is imported key material: wrapped under the provider's
+// wrapping key WrappingKeyID with WrappingAlgorithm (empty: the scheme the
+// wrapping key takes; named, it must be that scheme) and, for key pairs,
+// the public key (DER SubjectPublicKeyInfo) the caller says belongs to it.
+type WrappedMaterial struct {
+	WrappingKeyID     string
+	WrappingAlgorithm string
+	WrappedKey        []byte
+	PublicKey         []byte
+}
+
+// ImportVersionRequest imports wrapped material as the new current version
+// of an active key, of the key's spec.
+type ImportVersionRequest struct {
+	Key string
+	WrappedMaterial
 }
 
 // ExportKeyRequest asks for a version (0: newest) of an extractable key,

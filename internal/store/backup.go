@@ -31,7 +31,10 @@ const BackupFormat = "keygrid-hsm-metadata-backup"
 // of a key (description, deletion date, rotation, min_decrypt_version);
 // a version 1 file has none of them (nor, before the certificates came,
 // publish_jwks and certificate chains: those are optional in both).
-const BackupFormatVersion = 2
+// Version 3 added the audit signing keys and checkpoints (lines
+// {"audit_key":…} and {"checkpoint":…} after the keys, counted in the
+// trailer and covered by its hash).
+const BackupFormatVersion = 3
 
 // ErrBadBackup: the backup file is not one, is of a newer format, or is
 // truncated or altered. Match with errors.Is.
@@ -54,14 +57,37 @@ type BackupHeader struct {
 }
 
 type backupTrailer struct {
-	Keys   int    `json:"keys"`
-	SHA256 string `json:"sha256"`
+	Keys int `json:"keys"`
+	// Since format version 3.
+	AuditKeys   int    `json:"audit_keys,omitempty"`
+	Checkpoints int    `json:"checkpoints,omitempty"`
+	SHA256      string `json:"sha256"`
 }
 
 type backupLine struct {
-	Header *BackupHeader  `json:"header,omitempty"`
-	Key    *backupKey     `json:"key,omitempty"`
-	End    *backupTrailer `json:"end,omitempty"`
+	Header     *BackupHeader     `json:"header,omitempty"`
+	Key        *backupKey        `json:"key,omitempty"`
+	AuditKey   *backupAuditKey   `json:"audit_key,omitempty"`
+	Checkpoint *backupCheckpoint `json:"checkpoint,omitempty"`
+	End        *backupTrailer    `json:"end,omitempty"`
+}
+
+type backupAuditKey struct {
+	Ref       string    `json:"ref"`
+	ObjectID  string    `json:"object_id"`
+	PublicKey []byte    `json:"public_key,omitempty"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+type backupCheckpoint struct {
+	ID        string    `json:"id"`
+	Replica   string    `json:"replica"`
+	File      string    `json:"file"`
+	Seq       uint64    `json:"seq"`
+	Head      string    `json:"head"`
+	Time      time.Time `json:"time"`
+	KeyRef    string    `json:"key"`
+	Signature []byte    `json:"signature"`
 }
 
 type backupKey struct {
@@ -88,6 +114,8 @@ type backupKey struct {
 	RotationPeriod    time.Duration `json:"rotation_period_ns,omitempty"`
 	NextRotationAt    *time.Time    `json:"next_rotation_at,omitempty"`
 	MinDecryptVersion int           `json:"min_decrypt_version,omitempty"`
+	// Origin; absent (older backups): generated.
+	Origin string `json:"origin,omitempty"`
 }
 
 type backupVersion struct {
@@ -105,7 +133,7 @@ func toBackup(k *Key) *backupKey {
 		Algorithm: k.Algorithm, Usage: k.Usage, Extractable: k.Extractable, State: k.State, Metadata: k.Metadata,
 		CreatedAt: k.CreatedAt, UpdatedAt: k.UpdatedAt, ExpiresAt: k.ExpiresAt, PublishJWKS: k.PublishJWKS, Revision: k.Revision,
 		Description: k.Description, DeletionDate: k.DeletionDate, RotationPeriod: k.RotationPeriod,
-		NextRotationAt: k.NextRotationAt, MinDecryptVersion: k.MinDecryptVersion}
+		NextRotationAt: k.NextRotationAt, MinDecryptVersion: k.MinDecryptVersion, Origin: k.Origin}
 	for _, v := range k.Versions {
 		b.Versions = append(b.Versions, backupVersion{Version: v.Version, ObjectID: v.ObjectID, ProviderRef: v.ProviderRef,
 			PublicKey: v.PublicKey, CertificateChain: v.CertificateChain, State: v.State, CreatedAt: v.CreatedAt})
@@ -118,7 +146,10 @@ func (b *backupKey) toKey() *Key {
 		Algorithm: b.Algorithm, Usage: b.Usage, Extractable: b.Extractable, State: b.State, Metadata: b.Metadata,
 		CreatedAt: b.CreatedAt, UpdatedAt: b.UpdatedAt, ExpiresAt: b.ExpiresAt, PublishJWKS: b.PublishJWKS, Revision: b.Revision,
 		Description: b.Description, DeletionDate: b.DeletionDate, RotationPeriod: b.RotationPeriod,
-		NextRotationAt: b.NextRotationAt, MinDecryptVersion: b.MinDecryptVersion}
+		NextRotationAt: b.NextRotationAt, MinDecryptVersion: b.MinDecryptVersion, Origin: b.Origin}
+	if k.Origin == "" {
+		k.Origin = OriginGenerated
+	}
 	if k.Usage == nil {
 		k.Usage = []string{}
 	}
@@ -164,7 +195,31 @@ func WriteBackup(ctx context.Context, s Snapshotter, w io.Writer, h BackupHeader
 	if err != nil {
 		return 0, err
 	}
-	if _, err := line(backupLine{End: &backupTrailer{Keys: n, SHA256: hex.EncodeToString(sum.Sum(nil))}}); err != nil {
+	end := &backupTrailer{Keys: n}
+	if ae, ok := s.(AuditExporter); ok {
+		r, err := ae.ExportAudit(ctx)
+		if err != nil {
+			return 0, err
+		}
+		for _, k := range r.Keys {
+			b, err := line(backupLine{AuditKey: &backupAuditKey{Ref: k.Ref, ObjectID: k.ObjectID, PublicKey: k.PublicKey, CreatedAt: k.CreatedAt}})
+			if err != nil {
+				return 0, err
+			}
+			sum.Write(b)
+		}
+		for _, c := range r.Checkpoints {
+			b, err := line(backupLine{Checkpoint: &backupCheckpoint{ID: c.ID, Replica: c.Replica, File: c.File, Seq: c.Seq, Head: c.Head,
+				Time: c.Time, KeyRef: c.KeyRef, Signature: c.Signature}})
+			if err != nil {
+				return 0, err
+			}
+			sum.Write(b)
+		}
+		end.AuditKeys, end.Checkpoints = len(r.Keys), len(r.Checkpoints)
+	}
+	end.SHA256 = hex.EncodeToString(sum.Sum(nil))
+	if _, err := line(backupLine{End: end}); err != nil {
 		return 0, err
 	}
 	return n, bw.Flush()
@@ -208,7 +263,9 @@ func ReadBackup(ctx context.Context, s Snapshotter, r io.Reader, o ImportOptions
 	}
 	sum := sha256.New()
 	seen, ended := 0, false
+	var audit AuditRecords
 	next := func() (*Key, error) {
+	again:
 		if ended {
 			return nil, io.EOF
 		}
@@ -229,8 +286,22 @@ func ReadBackup(ctx context.Context, s Snapshotter, r io.Reader, o ImportOptions
 			sum.Write([]byte{'\n'})
 			seen++
 			return l.Key.toKey(), nil
+		case l.AuditKey != nil:
+			sum.Write(raw)
+			sum.Write([]byte{'\n'})
+			a := l.AuditKey
+			audit.Keys = append(audit.Keys, AuditKey{Ref: a.Ref, ObjectID: a.ObjectID, PublicKey: a.PublicKey, CreatedAt: a.CreatedAt})
+			goto again
+		case l.Checkpoint != nil:
+			sum.Write(raw)
+			sum.Write([]byte{'\n'})
+			c := l.Checkpoint
+			audit.Checkpoints = append(audit.Checkpoints, Checkpoint{ID: c.ID, Replica: c.Replica, File: c.File, Seq: c.Seq, Head: c.Head,
+				Time: c.Time, KeyRef: c.KeyRef, Signature: c.Signature})
+			goto again
 		case l.End != nil:
-			if l.End.Keys != seen || l.End.SHA256 != hex.EncodeToString(sum.Sum(nil)) {
+			if l.End.Keys != seen || l.End.AuditKeys != len(audit.Keys) || l.End.Checkpoints != len(audit.Checkpoints) ||
+				l.End.SHA256 != hex.EncodeToString(sum.Sum(nil)) {
 				return nil, bad("the trailer does not match the %d keys read: the file was altered", seen)
 			}
 			if sc.Scan() {
@@ -239,8 +310,9 @@ func ReadBackup(ctx context.Context, s Snapshotter, r io.Reader, o ImportOptions
 			ended = true
 			return nil, io.EOF
 		}
-		return nil, bad("a line is neither a key nor the trailer")
+		return nil, bad("a line is neither a key, an audit record nor the trailer")
 	}
+	o.Audit = func() AuditRecords { return audit }
 	n, err := s.Import(ctx, o, next)
 	return h, n, err
 }

@@ -144,7 +144,7 @@ func TestRestoreFormatVersion1(t *testing.T) {
 		t.Fatalf("restore of a version 1 backup: %+v %d %v", h, n, err)
 	}
 	got, err := dst.GetKey(ctx, "old")
-	if err != nil || got.DeletionDate != nil || got.RotationPeriod != 0 || got.NextRotationAt != nil || got.MinDecryptVersion != 0 || got.Description != "" {
+	if err != nil || got.DeletionDate != nil || got.RotationPeriod != 0 || got.NextRotationAt != nil || got.MinDecryptVersion != 0 || got.Description != "" || got.Origin != store.OriginGenerated {
 		t.Fatalf("restored %+v, %v", got, err)
 	}
 }

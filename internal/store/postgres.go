@@ -55,6 +55,8 @@ var postgresMigrations = []string{
 	`ALTER TABLE keys ADD COLUMN publish_jwks BOOLEAN NOT NULL DEFAULT false;
 	ALTER TABLE key_versions ADD COLUMN certificate_chain BYTEA;`,
 	lifecycleMigration,
+	checkpointMigration(`TEXT COLLATE "C"`, "BYTEA"),
+	originMigration,
 }
 
 // Advisory lock ids (pg_advisory_xact_lock): any constant shared by every

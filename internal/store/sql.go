@@ -143,7 +143,7 @@ func (s *sqlStore) fail(what string, err error) error {
 	return fmt.Errorf("%s store: %s: %w", s.d.name, what, err)
 }
 
-const keyColumns = `id, name, provider, key_type, key_size, curve, algorithm, usage, extractable, state, metadata, created_at, updated_at, expires_at, revision, publish_jwks, description, deletion_date, rotation_period, next_rotation_at, min_decrypt_version`
+const keyColumns = `id, name, provider, key_type, key_size, curve, algorithm, usage, extractable, state, metadata, created_at, updated_at, expires_at, revision, publish_jwks, description, deletion_date, rotation_period, next_rotation_at, min_decrypt_version, origin`
 
 const versionColumns = `version, object_id, provider_ref, public_key, state, created_at, certificate_chain`
 
@@ -205,12 +205,20 @@ func (s *sqlStore) CreateKey(ctx context.Context, k *Key) error {
 	return nil
 }
 
+// originOf is k's origin, generated when unset.
+func originOf(k *Key) string {
+	if k.Origin == "" {
+		return OriginGenerated
+	}
+	return k.Origin
+}
+
 // insertKey inserts the row and the versions of k, with k.Revision.
 func (s *sqlStore) insertKey(ctx context.Context, tx *sql.Tx, k *Key) error {
-	_, err := tx.ExecContext(ctx, s.q(`INSERT INTO keys (`+keyColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
+	_, err := tx.ExecContext(ctx, s.q(`INSERT INTO keys (`+keyColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
 		k.ID, k.Name, k.Provider, k.KeyType, k.KeySize, k.Curve, k.Algorithm, encodeJSON(k.Usage), k.Extractable,
 		string(k.State), encodeJSON(k.Metadata), nanos(k.CreatedAt), nanos(k.UpdatedAt), nullNanos(k.ExpiresAt), k.Revision,
-		k.PublishJWKS, k.Description, nullNanos(k.DeletionDate), int64(k.RotationPeriod), nullNanos(k.NextRotationAt), k.MinDecryptVersion)
+		k.PublishJWKS, k.Description, nullNanos(k.DeletionDate), int64(k.RotationPeriod), nullNanos(k.NextRotationAt), k.MinDecryptVersion, originOf(k))
 	if err != nil {
 		if s.d.isUnique(err) {
 			return kgerr.New(kgerr.KindAlreadyExists, fmt.Sprintf("a key named %q already exists", k.Name))
@@ -265,7 +273,7 @@ func scanKey(r rowScanner, extra ...any) (*Key, error) {
 		period                  int64
 	)
 	dest := append([]any{&k.ID, &k.Name, &k.Provider, &k.KeyType, &k.KeySize, &curve, &algorithm, &usage, &extractable,
-		&state, &meta, &created, &updated, &exp, &k.Revision, &k.PublishJWKS, &k.Description, &deletion, &period, &rotation, &k.MinDecryptVersion}, extra...)
+		&state, &meta, &created, &updated, &exp, &k.Revision, &k.PublishJWKS, &k.Description, &deletion, &period, &rotation, &k.MinDecryptVersion, &k.Origin}, extra...)
 	if err := r.Scan(dest...); err != nil {
 		return nil, err
 	}
@@ -618,6 +626,11 @@ func (s *sqlStore) Import(ctx context.Context, o ImportOptions, next func() (*Ke
 			return 0, fmt.Errorf("key %s (%s): %w", k.ID, k.Name, err)
 		}
 		count++
+	}
+	if o.Audit != nil {
+		if err := s.importAudit(ctx, tx, o.Audit()); err != nil {
+			return 0, err
+		}
 	}
 	if err := tx.Commit(); err != nil {
 		return 0, s.fail("commit", err)

@@ -47,7 +47,14 @@ var sqliteMigrations = []string{
 	`ALTER TABLE keys ADD COLUMN publish_jwks BOOLEAN NOT NULL DEFAULT 0;
 	ALTER TABLE key_versions ADD COLUMN certificate_chain BLOB;`,
 	lifecycleMigration,
+	// Audit checkpoints and the audit signing key.
+	checkpointMigration("TEXT", "BLOB"),
+	originMigration,
 }
+
+// originMigration (5) stores how a key was made; keys made before it were
+// generated. It is the same on both databases.
+const originMigration = `ALTER TABLE keys ADD COLUMN origin TEXT NOT NULL DEFAULT 'generated';`
 
 // lifecycleMigration (3) adds what scheduled deletion, automatic rotation
 // and updates need; it is the same on both databases.

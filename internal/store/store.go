@@ -59,6 +59,9 @@ type Key struct {
 	PublishJWKS bool
 	// Description is free text for people.
 	Description string
+	// Origin is how the key was made: OriginGenerated (by its provider)
+	// or OriginImported (material brought in wrapped).
+	Origin string
 	// DeletionDate is when a key pending deletion is destroyed (nil
 	// otherwise).
 	DeletionDate *time.Time
@@ -74,6 +77,12 @@ type Key struct {
 	// Versions in ascending order; the last active one is current.
 	Versions []Version
 }
+
+// Origins of a key.
+const (
+	OriginGenerated = "generated"
+	OriginImported  = "imported"
+)
 
 // Version is one version of a key's material.
 type Version struct {
@@ -205,7 +214,12 @@ type Snapshotter interface {
 // ImportOptions configure an import.
 type ImportOptions struct {
 	// Replace removes every stored key first (a restore with --force).
+	// Audit checkpoints and audit key records are never removed.
 	Replace bool
+	// Audit, when set, is called once the last key is read; the audit
+	// records it returns are added (to those stored) in the same
+	// transaction.
+	Audit func() AuditRecords
 }
 
 // NotEmptyError refuses an import into a store that holds keys.

@@ -51,13 +51,20 @@ func itoa(n int) string { return strconv.Itoa(n) }
 // (OAEP, SHA-256, MGF1-SHA-256), then enc -id-aes256-wrap-pad (RFC 5649).
 func OpenSSLWrapRSAAES(t testing.TB, wrappingPubPEM string, material []byte) []byte {
 	t.Helper()
+	return OpenSSLWrapRSAAESWith(t, "sha256", wrappingPubPEM, material)
+}
+
+// OpenSSLWrapRSAAESWith is OpenSSLWrapRSAAES with the OAEP (and MGF1) hash
+// md: "sha256" (RSA_AES_KEY_WRAP_SHA_256) or "sha1" (RSA_AES_KEY_WRAP_SHA_1).
+func OpenSSLWrapRSAAESWith(t testing.TB, md, wrappingPubPEM string, material []byte) []byte {
+	t.Helper()
 	p := writeFiles(t, map[string][]byte{"pub.pem": []byte(wrappingPubPEM), "m": material})
 	kek := openssl(t, "rand", "32")
 	if err := os.WriteFile(p("kek"), kek, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	head := openssl(t, "pkeyutl", "-encrypt", "-pubin", "-inkey", p("pub.pem"), "-pkeyopt", "rsa_padding_mode:oaep",
-		"-pkeyopt", "rsa_oaep_md:sha256", "-pkeyopt", "rsa_mgf1_md:sha256", "-in", p("kek"))
+		"-pkeyopt", "rsa_oaep_md:"+md, "-pkeyopt", "rsa_mgf1_md:"+md, "-in", p("kek"))
 	tail := openssl(t, "enc", "-id-aes256-wrap-pad", "-K", hex.EncodeToString(kek), "-iv", "A65959A6", "-in", p("m"))
 	return append(head, tail...)
 }

@@ -29,8 +29,6 @@ package xks
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"log/slog"
@@ -139,7 +137,7 @@ type call struct {
 
 // ServeHTTP implements http.Handler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	c := &call{rid: requestID(w), start: h.now()}
+	c := &call{rid: httpstack.RequestID(r.Context()), start: h.now()}
 	resp, err := h.serve(r, c)
 	if err != nil {
 		c.status, c.errName = statusOf(err), ErrorName(err)
@@ -322,18 +320,6 @@ func (h *Handler) key(ctx context.Context, c *call) (*service.Key, error) {
 		return nil, notFound
 	}
 	return k, nil
-}
-
-// requestID is the id the stack in front set on the response, or a new one.
-func requestID(w http.ResponseWriter) string {
-	if id := w.Header().Get("X-Request-Id"); id != "" {
-		return id
-	}
-	b := make([]byte, 12)
-	rand.Read(b)
-	id := hex.EncodeToString(b)
-	w.Header().Set("X-Request-Id", id)
-	return id
 }
 
 // writeJSON writes one line of JSON.

@@ -211,7 +211,7 @@ type Key struct {
 	UpdatedAt     time.Time         `json:"updated_at"`
 	ExpiresAt     *time.Time        `json:"expires_at,omitempty"`
 	PublishJWKS   bool              `json:"publish_jwks"`
-	// Origin is "imported" in the answer to an import.
+	// Origin is how the key was made: "generated" or "imported".
 	Origin string `json:"origin,omitempty"`
 	// DeletionDate is when a key in state pending_deletion is destroyed.
 	DeletionDate *time.Time `json:"deletion_date,omitempty"`
@@ -534,7 +534,9 @@ type WrappingKeyResponse struct {
 	ID        string `json:"id"`
 	Provider  string `json:"provider"`
 	PublicKey string `json:"public_key"` // PEM SubjectPublicKeyInfo, RSA-4096
-	Algorithm string `json:"algorithm"`  // RSA_AES_KEY_WRAP_SHA_256
+	// Algorithm is the scheme to wrap with: RSA_AES_KEY_WRAP_SHA_256, or
+	// RSA_AES_KEY_WRAP_SHA_1 for a token whose RSA-OAEP is SHA-1 only.
+	Algorithm string `json:"algorithm"`
 }
 
 // ImportKeyRequest is the body of POST /api/v1/keys/import: key material
@@ -547,8 +549,22 @@ type ImportKeyRequest struct {
 	ExpiresAt     *time.Time        `json:"expires_at,omitempty"`
 	WrappedKey    []byte            `json:"wrapped_key"`
 	WrappingKeyID string            `json:"wrapping_key_id"`
+	// WrappingAlgorithm, when given, must be the algorithm of the
+	// provider's wrapping key (RSA_AES_KEY_WRAP_SHA_256, or
+	// RSA_AES_KEY_WRAP_SHA_1 on a token whose RSA-OAEP is SHA-1 only).
+	WrappingAlgorithm string `json:"wrapping_algorithm,omitempty"`
 	// PublicKey (PEM) is required for RSA, EC and Ed25519 keys.
 	PublicKey string `json:"public_key,omitempty"`
+}
+
+// ImportVersionRequest is the body of POST /api/v1/keys/{key}/import-version:
+// material of the key's spec wrapped as for an import, to become the key's
+// new current version. The answer is the key.
+type ImportVersionRequest struct {
+	WrappedKey        []byte `json:"wrapped_key"`
+	WrappingKeyID     string `json:"wrapping_key_id"`
+	WrappingAlgorithm string `json:"wrapping_algorithm,omitempty"`
+	PublicKey         string `json:"public_key,omitempty"`
 }
 
 // ExportKeyRequest is the body of POST /api/v1/keys/{key}/export.

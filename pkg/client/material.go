@@ -30,8 +30,9 @@ func (c *Client) ImportKey(ctx context.Context, req apitypes.ImportKeyRequest) (
 }
 
 // Import imports key material, wrapping it here, on the client, under the
-// provider's wrapping key with RSA_AES_KEY_WRAP_SHA_256: the material never
-// leaves the process unwrapped. key is a crypto.Signer private key
+// provider's wrapping key with the scheme the wrapping key names
+// (RSA_AES_KEY_WRAP_SHA_256, or RSA_AES_KEY_WRAP_SHA_1 on a token whose
+// RSA-OAEP is SHA-1 only): the material never leaves the process unwrapped. key is a crypto.Signer private key
 // (*rsa.PrivateKey, *ecdsa.PrivateKey, ed25519.PrivateKey) or the raw bytes
 // of an AES or HMAC key. The key_spec's type, size and curve are filled
 // from the key when empty.
@@ -45,12 +46,44 @@ func (c *Client) Import(ctx context.Context, provider, name string, spec apitype
 	if err != nil {
 		return nil, err
 	}
-	wrapped, err := WrapForImport(wk.PublicKey, material)
+	wrapped, err := WrapForImportWith(wk.Algorithm, wk.PublicKey, material)
 	if err != nil {
 		return nil, err
 	}
 	return c.ImportKey(ctx, apitypes.ImportKeyRequest{Provider: provider, Name: name, KeySpec: spec,
-		WrappedKey: wrapped, WrappingKeyID: wk.ID, PublicKey: pubPEM})
+		WrappedKey: wrapped, WrappingKeyID: wk.ID, WrappingAlgorithm: wk.Algorithm, PublicKey: pubPEM})
+}
+
+// ImportKeyVersion imports material the caller has wrapped already as the
+// key's new current version.
+func (c *Client) ImportKeyVersion(ctx context.Context, key string, req apitypes.ImportVersionRequest) (*apitypes.Key, error) {
+	var out apitypes.Key
+	return &out, c.do(ctx, http.MethodPost, keyPath(key, "/import-version"), req, &out)
+}
+
+// ImportVersion imports key material as the new current version of key,
+// wrapping it here under the wrapping key of the key's provider, as Import.
+func (c *Client) ImportVersion(ctx context.Context, key string, material any) (*apitypes.Key, error) {
+	k, err := c.GetKey(ctx, key)
+	if err != nil {
+		return nil, err
+	}
+	spec := apitypes.KeySpec{KeyType: k.KeyType, KeySize: k.KeySize, Curve: k.Curve}
+	raw, pubPEM, err := ImportMaterial(&spec, material)
+	if err != nil {
+		return nil, err
+	}
+	defer clear(raw)
+	wk, err := c.WrappingKey(ctx, k.Provider)
+	if err != nil {
+		return nil, err
+	}
+	wrapped, err := WrapForImportWith(wk.Algorithm, wk.PublicKey, raw)
+	if err != nil {
+		return nil, err
+	}
+	return c.ImportKeyVersion(ctx, k.ID, apitypes.ImportVersionRequest{WrappedKey: wrapped, WrappingKeyID: wk.ID,
+		WrappingAlgorithm: wk.Algorithm, PublicKey: pubPEM})
 }
 
 // ImportMaterial returns what is transported for key (PKCS#8 for private
@@ -97,6 +130,12 @@ func ImportMaterial(spec *apitypes.KeySpec, key any) (material []byte, pubPEM st
 // WrapForImport wraps material under a wrapping key (PEM) with
 // RSA_AES_KEY_WRAP_SHA_256.
 func WrapForImport(wrappingKeyPEM string, material []byte) ([]byte, error) {
+	return WrapForImportWith(alg.RSAAESKeyWrapSHA256, wrappingKeyPEM, material)
+}
+
+// WrapForImportWith wraps material under a wrapping key (PEM) with a scheme
+// (the algorithm of a wrapping-key answer).
+func WrapForImportWith(scheme, wrappingKeyPEM string, material []byte) ([]byte, error) {
 	b, _ := pem.Decode([]byte(wrappingKeyPEM))
 	if b == nil {
 		return nil, errors.New("the wrapping key is not PEM")
@@ -105,7 +144,7 @@ func WrapForImport(wrappingKeyPEM string, material []byte) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	return alg.WrapRSAAES(pub, material)
+	return alg.WrapRSAAESWith(scheme, pub, material)
 }
 
 // Export asks for a key's material wrapped for the holder of publicKeyPEM.

@@ -36,6 +36,9 @@ type cryptoki interface {
 	GenerateRandom(sh pkcs11.SessionHandle, n int) ([]byte, error)
 	WrapKey(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, kek, key pkcs11.ObjectHandle) ([]byte, error)
 	UnwrapKey(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, kek pkcs11.ObjectHandle, wrapped []byte, t []*pkcs11.Attribute) (pkcs11.ObjectHandle, error)
+	// UnwrapKeyWith is UnwrapKey with a mechanism whose parameters hold
+	// pointers (RSA-OAEP), as Crypt takes them (hostmaterial.go).
+	UnwrapKeyWith(sh pkcs11.SessionHandle, m callMech, kek pkcs11.ObjectHandle, wrapped []byte, t []*pkcs11.Attribute) (pkcs11.ObjectHandle, error)
 	Finalize() error
 	Initialize() error
 

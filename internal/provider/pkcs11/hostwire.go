@@ -552,7 +552,7 @@ func serveCall(l local, op byte, r *rbuf, w *wbuf) error {
 			}
 		}
 	default:
-		err = errBadFrame
+		err = serveMaterial(l, op, r, w)
 	}
 	return err
 }

@@ -126,6 +126,18 @@ func templates(req provider.CreateKeyRequest, id []byte) (mech uint, pub, priv [
 			pkcs11.NewAttribute(pkcs11.CKA_SIGN, false),
 			pkcs11.NewAttribute(pkcs11.CKA_VERIFY, false),
 			pkcs11.NewAttribute(pkcs11.CKA_DERIVE, false))
+	case alg.HMAC:
+		mech = pkcs11.CKM_GENERIC_SECRET_KEY_GEN
+		priv = append(append(common(pkcs11.CKO_SECRET_KEY), secretAttrs...),
+			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_GENERIC_SECRET),
+			pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, req.Spec.Size/8),
+			pkcs11.NewAttribute(pkcs11.CKA_SIGN, u[alg.UsageSign]),
+			pkcs11.NewAttribute(pkcs11.CKA_VERIFY, u[alg.UsageVerify]),
+			pkcs11.NewAttribute(pkcs11.CKA_ENCRYPT, false),
+			pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, false),
+			pkcs11.NewAttribute(pkcs11.CKA_WRAP, false),
+			pkcs11.NewAttribute(pkcs11.CKA_UNWRAP, false),
+			pkcs11.NewAttribute(pkcs11.CKA_DERIVE, false))
 	default:
 		return 0, nil, nil, kgerr.New(kgerr.KindUnsupportedAlgorithm, fmt.Sprintf("cannot make %s keys", req.Spec))
 	}
@@ -174,7 +186,7 @@ func (p *Provider) CreateKey(ctx context.Context, req provider.CreateKeyRequest)
 	}
 	ref := p.ref(id, req.Label)
 	out := provider.CreatedKey{Ref: ref}
-	if req.Spec.Type != alg.AES {
+	if !alg.Secret(req.Spec.Type) {
 		if out.PublicKey, err = p.PublicKey(ctx, ref); err != nil {
 			return provider.CreatedKey{}, err
 		}

@@ -53,7 +53,7 @@ func (p *Provider) perform(ctx context.Context, ref string, spec alg.Spec, a alg
 		}
 	}
 	class := uint(pkcs11.CKO_PRIVATE_KEY)
-	if spec.Type == alg.AES {
+	if alg.Secret(spec.Type) {
 		class = pkcs11.CKO_SECRET_KEY
 	}
 	// A call abandoned at its deadline may return later (a killed module
@@ -92,6 +92,9 @@ func (p *Provider) invoke(sh pkcs11.SessionHandle, h pkcs11.ObjectHandle, m mech
 
 // Sign implements provider.Provider.
 func (p *Provider) Sign(ctx context.Context, req provider.SignRequest) ([]byte, error) {
+	if req.Algorithm.Kind != alg.KindSign {
+		return nil, kgerr.New(kgerr.KindUnsupportedAlgorithm, fmt.Sprintf("%s is not a signature algorithm", req.Algorithm.Name))
+	}
 	sig, _, err := p.perform(ctx, req.Ref, req.Spec, req.Algorithm, args{u: useSign}, req.Input)
 	return sig, err
 }

@@ -80,6 +80,8 @@ type Provider struct {
 	wg     sync.WaitGroup // recovery goroutine
 
 	cluster *cloudhsm.Poller // nil: no CloudHSM cluster to watch (cluster.go)
+
+	wrap wrapState // the import wrapping key (material.go)
 }
 
 // objHandles are the object handles of one key, valid in generation gen;
@@ -337,7 +339,13 @@ func (p *Provider) catchUp() error {
 // is retried once after recovery, within the deadline; a busy HSM (CloudHSM)
 // gets bounded retries for idempotent fn.
 func (p *Provider) run(ctx context.Context, idempotent bool, kind opKind, fn func(pkcs11.SessionHandle) error) error {
-	ctx, cancel := context.WithTimeout(ctx, p.cfg.opTimeout)
+	return p.runWithin(ctx, p.cfg.opTimeout, idempotent, kind, fn)
+}
+
+// runWithin is run with a deadline of its own (a generation known to take
+// long).
+func (p *Provider) runWithin(ctx context.Context, timeout time.Duration, idempotent bool, kind opKind, fn func(pkcs11.SessionHandle) error) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	retried, busy := false, 0
 	for {

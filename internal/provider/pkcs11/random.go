@@ -9,12 +9,8 @@ import (
 	"github.com/keygrid/keygrid-hsm/internal/provider"
 )
 
-// The optional capabilities this provider has. It has no provider.Importer,
-// provider.Exporter or provider.MACer yet: the service refuses imports,
-// exports and HMAC on tokens with UNSUPPORTED_ALGORITHM naming the
-// provider. (On SoftHSM2, whose RSA-OAEP is SHA-1 only and which has no
-// CKM_RSA_AES_KEY_WRAP, an RSA_AES_KEY_WRAP_SHA_256 import cannot be
-// unwrapped inside the token at all.)
+// The optional capabilities this provider has: random bytes here; HMAC,
+// import and export in material.go.
 var _ provider.Randomer = (*Provider)(nil)
 
 // Random implements provider.Randomer with C_GenerateRandom.

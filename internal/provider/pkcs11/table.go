@@ -45,6 +45,10 @@ var (
 	mAESKeyGen  = mech{pkcs11.CKM_AES_KEY_GEN, "CKM_AES_KEY_GEN"}
 	mAESGCM     = mech{pkcs11.CKM_AES_GCM, "CKM_AES_GCM"}
 	mAESKeyWrap = mech{pkcs11.CKM_AES_KEY_WRAP_PAD, "CKM_AES_KEY_WRAP_PAD"}
+	mGenericGen = mech{pkcs11.CKM_GENERIC_SECRET_KEY_GEN, "CKM_GENERIC_SECRET_KEY_GEN"}
+	mHS256      = mech{pkcs11.CKM_SHA256_HMAC, "CKM_SHA256_HMAC"}
+	mHS384      = mech{pkcs11.CKM_SHA384_HMAC, "CKM_SHA384_HMAC"}
+	mHS512      = mech{pkcs11.CKM_SHA512_HMAC, "CKM_SHA512_HMAC"}
 )
 
 // use is an operation the provider performs with a mechanism.
@@ -160,17 +164,16 @@ var mechanisms = []mechanism{
 	// SoftHSM2 2.6 pads key material that is not a multiple of 8 bytes and
 	// cannot give it back: probed, and recorded as WrapMultipleOf8.
 	{alg: alg.AESKWP, mech: mAESKeyWrap, uses: useWrap | useUnwrap, probe: probeKWP},
+	// HMAC with CKK_GENERIC_SECRET keys: C_Sign of the data (provider.MACer;
+	// the service checks MACs in constant time).
+	{alg: alg.HS256, mech: mHS256, uses: useSign},
+	{alg: alg.HS384, mech: mHS384, uses: useSign},
+	{alg: alg.HS512, mech: mHS512, uses: useSign},
 }
 
 // notPerformed names the algorithms of package alg this provider does not
 // perform, with the reason. Every algorithm is in mechanisms or here.
-var notPerformed = map[alg.Algorithm]string{
-	// CKM_SHA*_HMAC with CKK_GENERIC_SECRET keys is the way; this provider
-	// does not implement provider.MACer yet.
-	alg.HS256: "this gateway does not yet perform HMAC on PKCS#11 tokens",
-	alg.HS384: "this gateway does not yet perform HMAC on PKCS#11 tokens",
-	alg.HS512: "this gateway does not yet perform HMAC on PKCS#11 tokens",
-}
+var notPerformed = map[alg.Algorithm]string{}
 
 // byAlg indexes the table.
 var byAlg = func() map[alg.Algorithm]mechanism {
@@ -202,6 +205,7 @@ var keyGens = []keyGen{
 	{typ: alg.EC, mech: mECKeyGen, flag: pkcs11.CKF_GENERATE_KEY_PAIR, curves: []string{"P-256", "P-384", "P-521"}},
 	{typ: alg.Ed25519, mech: mEdKeyGen, flag: pkcs11.CKF_GENERATE_KEY_PAIR},
 	{typ: alg.AES, mech: mAESKeyGen, flag: pkcs11.CKF_GENERATE, sizes: []int{128, 256}},
+	{typ: alg.HMAC, mech: mGenericGen, flag: pkcs11.CKF_GENERATE, sizes: []int{256, 384, 512}},
 }
 
 // makes returns the sizes or curves of g the token's key generation info

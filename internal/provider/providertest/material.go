@@ -157,6 +157,11 @@ func (s *suite) importer(t *testing.T) (provider.Importer, provider.WrappingKey,
 		t.Skip("the provider does not implement provider.Importer")
 	}
 	wk, err := im.WrappingKey(t.Context())
+	if errors.Is(err, kgerr.ErrUnsupportedAlgorithm) {
+		// This backend lacks what imports need (a token without AES-KWP)
+		// and says why.
+		t.Skipf("the provider cannot import here: %v", err)
+	}
 	if err != nil {
 		t.Fatalf("WrappingKey: %v", err)
 	}
@@ -202,11 +207,14 @@ func (s *suite) testImport(t *testing.T) {
 	for _, sp := range s.importSpecs() {
 		t.Run("ok "+specName(sp), func(t *testing.T) {
 			m := makeMaterial(t, sp)
-			w, err := alg.WrapRSAAES(wpub, m.raw)
+			w, err := alg.WrapRSAAESWith(wk.Algorithm, wpub, m.raw)
 			if err != nil {
 				t.Fatal(err)
 			}
 			k, err := s.importKey(t, im, provider.ImportKeyRequest{Spec: sp, WrappingKeyID: wk.ID, Wrapped: w, PublicKey: m.spki})
+			if errors.Is(err, kgerr.ErrUnsupportedAlgorithm) {
+				t.Skipf("the provider refuses to import %s keys: %v", specName(sp), err) // and said why
+			}
 			if err != nil {
 				t.Fatalf("ImportKey %s: %v", specName(sp), err)
 			}
@@ -283,10 +291,10 @@ func (s *suite) testImportRefused(t *testing.T, im provider.Importer, wk provide
 	if secret != nil {
 		sp := *secret
 		m := makeMaterial(t, sp)
-		w, _ := alg.WrapRSAAES(wpub, m.raw)
+		w, _ := alg.WrapRSAAESWith(wk.Algorithm, wpub, m.raw)
 		short := makeMaterial(t, alg.Spec{Type: sp.Type, Size: sp.Size - 64})
-		ws, _ := alg.WrapRSAAES(wpub, short.raw)
-		wo, _ := alg.WrapRSAAES(&other.PublicKey, m.raw)
+		ws, _ := alg.WrapRSAAESWith(wk.Algorithm, wpub, short.raw)
+		wo, _ := alg.WrapRSAAESWith(wk.Algorithm, &other.PublicKey, m.raw)
 		cases = append(cases,
 			tc{"wrong wrapping key id", func() provider.ImportKeyRequest {
 				return provider.ImportKeyRequest{Spec: sp, WrappingKeyID: "0123", Wrapped: w}
@@ -315,7 +323,7 @@ func (s *suite) testImportRefused(t *testing.T, im provider.Importer, wk provide
 	if asym != nil {
 		sp := *asym
 		m := makeMaterial(t, sp)
-		w, _ := alg.WrapRSAAES(wpub, m.raw)
+		w, _ := alg.WrapRSAAESWith(wk.Algorithm, wpub, m.raw)
 		mismatch := makeMaterial(t, sp)
 		var wrongSpec alg.Spec
 		if sp.Type == alg.EC && sp.Curve != "P-384" {
@@ -361,12 +369,18 @@ func (s *suite) testExport(t *testing.T) {
 	for _, sp := range s.importSpecs() {
 		t.Run("ok "+specName(sp), func(t *testing.T) {
 			m := makeMaterial(t, sp)
-			w, _ := alg.WrapRSAAES(wpub, m.raw)
+			w, _ := alg.WrapRSAAESWith(wk.Algorithm, wpub, m.raw)
 			k, err := s.importKey(t, im, provider.ImportKeyRequest{Spec: sp, WrappingKeyID: wk.ID, Wrapped: w, PublicKey: m.spki, Extractable: true})
+			if errors.Is(err, kgerr.ErrUnsupportedAlgorithm) {
+				t.Skipf("the provider refuses to import %s keys: %v", specName(sp), err)
+			}
 			if err != nil {
 				t.Fatal(err)
 			}
 			out, err := ex.ExportKey(t.Context(), provider.ExportKeyRequest{Ref: k.ref, Spec: sp, WrappingKey: mineDER})
+			if errors.Is(err, kgerr.ErrUnsupportedAlgorithm) {
+				t.Skipf("the provider refuses to export %s keys: %v", specName(sp), err)
+			}
 			if err != nil {
 				t.Fatalf("ExportKey: %v", err)
 			}

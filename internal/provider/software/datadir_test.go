@@ -29,6 +29,7 @@ import (
 	"github.com/keygrid/keygrid-hsm/internal/config"
 	"github.com/keygrid/keygrid-hsm/internal/provider"
 	"github.com/keygrid/keygrid-hsm/internal/server"
+	"github.com/keygrid/keygrid-hsm/internal/store"
 	"github.com/keygrid/keygrid-hsm/pkg/apitypes"
 )
 
@@ -281,6 +282,34 @@ func TestNoPrivateKeyBytesInDataDir(t *testing.T) {
 		s, err := alg.NewSpec(k.KeyType, k.KeySize, k.Curve)
 		if err != nil {
 			t.Fatalf("key %s: %v", k.ID, err)
+		}
+		apiSpecs = append(apiSpecs, s.String())
+	}
+	// The audit signing key is no key of the API, but it lives in the same
+	// keystore and its secret must not leak either.
+	cs, ok := store.Checkpoints(srv.Store())
+	if !ok {
+		t.Fatal("the store keeps no audit keys")
+	}
+	aks, err := cs.AuditKeys(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(aks) != 1 {
+		t.Fatalf("%d audit keys, want 1", len(aks))
+	}
+	for _, ak := range aks {
+		pub, err := x509.ParsePKIXPublicKey(ak.PublicKey)
+		if err != nil {
+			t.Fatalf("audit key %s: %v", ak.Ref, err)
+		}
+		ec, ok := pub.(*ecdsa.PublicKey)
+		if !ok {
+			t.Fatalf("audit key %s is a %T", ak.Ref, pub)
+		}
+		s, err := alg.NewSpec("EC", 0, ec.Curve.Params().Name)
+		if err != nil {
+			t.Fatal(err)
 		}
 		apiSpecs = append(apiSpecs, s.String())
 	}

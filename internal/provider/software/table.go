@@ -7,6 +7,7 @@ import (
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/rsa"
+	"errors"
 	"fmt"
 	"slices"
 
@@ -157,15 +158,51 @@ func signPSS(k *rsa.PrivateKey, a alg.Info, _ alg.Spec, digest []byte) ([]byte, 
 
 // signECDSA returns fixed-width r‖s, as the contract wants.
 func signECDSA(k *ecdsa.PrivateKey, a alg.Info, spec alg.Spec, digest []byte) ([]byte, error) {
-	r, s, err := ecdsa.Sign(rand.Reader, k, digest)
+	n := alg.CurveByteLen(spec.Curve)
+	// SignASN1 and a cut of its DER: ecdsa.Sign makes the same DER and
+	// then parses it into two big.Ints.
+	der, err := ecdsa.SignASN1(rand.Reader, k, digest)
 	if err != nil {
 		return nil, err
 	}
-	n := alg.CurveByteLen(spec.Curve)
 	out := make([]byte, 2*n)
-	r.FillBytes(out[:n])
-	s.FillBytes(out[n:])
-	return out, nil
+	if rest, ok := derInt(der, out[:n]); ok {
+		if rest, ok = derInt(rest, out[n:]); ok && len(rest) == 0 {
+			return out, nil
+		}
+	}
+	return nil, errors.New("software: ECDSA signature in an unexpected encoding")
+}
+
+// derInt reads one DER INTEGER (non-negative, at most len(dst) bytes of
+// value) from the start of b, or from inside the SEQUENCE that b starts
+// with, into dst, right-aligned; it returns what follows.
+func derInt(b, dst []byte) ([]byte, bool) {
+	if len(b) >= 2 && b[0] == 0x30 { // SEQUENCE: step inside
+		switch {
+		case b[1] < 0x80 && int(b[1]) == len(b)-2:
+			b = b[2:]
+		case b[1] == 0x81 && len(b) >= 3 && int(b[2]) == len(b)-3:
+			b = b[3:]
+		default:
+			return nil, false
+		}
+	}
+	if len(b) < 2 || b[0] != 0x02 || b[1] >= 0x80 || int(b[1]) > len(b)-2 || b[1] == 0 {
+		return nil, false
+	}
+	v, rest := b[2:2+int(b[1])], b[2+int(b[1]):]
+	if v[0]&0x80 != 0 {
+		return nil, false
+	}
+	for len(v) > 1 && v[0] == 0 {
+		v = v[1:]
+	}
+	if len(v) > len(dst) {
+		return nil, false
+	}
+	copy(dst[len(dst)-len(v):], v)
+	return rest, true
 }
 
 // signEd25519 signs the message itself.

@@ -32,9 +32,13 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 	t.Run("import is all or nothing", func(t *testing.T) { testImportAtomic(t, open(t)) })
 	t.Run("export is one snapshot", func(t *testing.T) { testExportSnapshot(t, open(t)) })
 	t.Run("lifecycle columns round trip", func(t *testing.T) { testLifecycleColumns(t, open(t)) })
+	t.Run("origin", func(t *testing.T) { testOrigin(t, open(t)) })
 	t.Run("list due for deletion and rotation", func(t *testing.T) { testListDue(t, open(t)) })
 	t.Run("concurrent claims of due keys", func(t *testing.T) { testClaims(t, open(t), nil) })
 	t.Run("certificate chains and published keys", func(t *testing.T) { testChainsPublished(t, open(t)) })
+	t.Run("audit checkpoints", func(t *testing.T) { testCheckpoints(t, open(t)) })
+	t.Run("audit key claimed once", func(t *testing.T) { s := open(t); testAuditKeyClaim(t, s, s) })
+	t.Run("audit checkpoints backed up and restored", func(t *testing.T) { testCheckpointsBackup(t, open(t), open(t)) })
 }
 
 // RunShared runs the cases that need two store instances on one database,
@@ -50,6 +54,10 @@ func RunShared(t *testing.T, open func(t *testing.T) (a, b store.Store)) {
 		testClaims(t, a, b)
 	})
 	t.Run("shared chain visible at once", func(t *testing.T) { testSharedChain(t, open) })
+	t.Run("shared audit key claimed once", func(t *testing.T) {
+		a, b := open(t)
+		testAuditKeyClaim(t, a, b)
+	})
 }
 
 // NewKey returns a valid key record for tests.
@@ -712,7 +720,7 @@ func testSharedVisible(t *testing.T, open func(t *testing.T) (a, b store.Store))
 
 // WithLifecycle sets every lifecycle field of k (description, a deletion
 // date in the state that has one, a rotation period with its next date, a
-// version floor) and returns it.
+// version floor) and its origin (imported), and returns it.
 func WithLifecycle(k *store.Key) *store.Key {
 	now := time.Now().UTC()
 	del, next := now.Add(7*24*time.Hour+123456789), now.Add(90*24*time.Hour+987654321)
@@ -720,6 +728,7 @@ func WithLifecycle(k *store.Key) *store.Key {
 	k.Description = "the payments team's signing key: ünïcode, \"quotes\" and 'apostrophes'"
 	k.RotationPeriod, k.NextRotationAt = 2160*time.Hour+1, &next
 	k.MinDecryptVersion = 1
+	k.Origin = store.OriginImported
 	return k
 }
 
@@ -727,7 +736,29 @@ func WithLifecycle(k *store.Key) *store.Key {
 func SameLifecycle(a, b *store.Key) bool {
 	same := func(x, y *time.Time) bool { return (x == nil) == (y == nil) && (x == nil || x.Equal(*y)) }
 	return a.Description == b.Description && same(a.DeletionDate, b.DeletionDate) && a.RotationPeriod == b.RotationPeriod &&
-		same(a.NextRotationAt, b.NextRotationAt) && a.MinDecryptVersion == b.MinDecryptVersion
+		same(a.NextRotationAt, b.NextRotationAt) && a.MinDecryptVersion == b.MinDecryptVersion && a.Origin == b.Origin
+}
+
+// testOrigin: a key stored without an origin reads back generated; an
+// imported key stays imported through an update.
+func testOrigin(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	g, i := NewKey("made", "software"), NewKey("brought", "software")
+	i.Origin = store.OriginImported
+	for _, k := range []*store.Key{g, i} {
+		if err := s.CreateKey(ctx, k); err != nil {
+			t.Fatal(err)
+		}
+	}
+	i.Description = "changed"
+	if err := s.UpdateKey(ctx, i); err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]string{"made": store.OriginGenerated, "brought": store.OriginImported} {
+		if got, err := s.GetKey(ctx, name); err != nil || got.Origin != want {
+			t.Errorf("key %s: origin %q (%v), want %q", name, got.Origin, err, want)
+		}
+	}
 }
 
 // testLifecycleColumns writes every lifecycle field, reads it back by id, by
