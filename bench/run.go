@@ -69,6 +69,9 @@ type Report struct {
 	Scale                  *Scale  `json:"key_count_scaling,omitempty"`
 	Sweep                  *Sweep  `json:"sweep,omitempty"`
 	TotalSeconds           float64 `json:"total_seconds"`
+
+	// HSM is the HSM-path section (bench/hsm.go).
+	HSM *HSMReport `json:"hsm_path,omitempty"`
 }
 
 // Scale is the key-count row: ES256 through the HTTP API with few and with
@@ -288,6 +291,10 @@ func run(ctx context.Context, o options) error {
 			return err
 		}
 	}
+	fmt.Fprintln(os.Stderr, "bench: HSM path (isolation, remote HSM)")
+	if rep.HSM, err = runHSM(ctx, hsmOptions{duration: o.duration, warmup: o.warmup, rounds: 3, remote: true}, b.gateway); err != nil {
+		return err
+	}
 	rep.TotalSeconds = time.Since(start).Seconds()
 	return writeReport(rep, o.out)
 }
@@ -295,6 +302,9 @@ func run(ctx context.Context, o options) error {
 // writeReport prints the table and writes the JSON (out "": not written).
 func writeReport(rep Report, out string) error {
 	printTable(os.Stdout, rep)
+	if rep.HSM != nil {
+		printHSM(os.Stdout, rep.HSM)
+	}
 	if out == "" {
 		return nil
 	}

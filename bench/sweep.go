@@ -76,27 +76,38 @@ func sweepConfig(addr, fsync string) string {
 		fmt.Sprintf("limits:\n  rate_per_principal: -1\nlog:\n  level: warn\naudit:\n  fsync_interval: %s\n", orZero(fsync))
 }
 
-// startGateway starts bin on its own data directory dir (kept across
+// startSweepGateway starts bin on its own data directory dir (kept across
 // restarts) with audit.fsync_interval fsync.
-func startGateway(bin, dir, fsync string, env []string) (*gateway, error) {
+func startSweepGateway(bin, dir, fsync string, env []string) (*gateway, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	g, err := startGateway(bin, filepath.Join(dir, "keygrid.yaml"), filepath.Join(dir, "data"), env,
+		func(addr string) string { return sweepConfig(addr, fsync) })
+	if g != nil {
+		g.dir = dir
+	}
+	return g, err
+}
+
+// startGateway writes the configuration config(listen address) to cfgPath,
+// starts `bin serve` on it and the data directory data, and waits until it
+// is ready.
+func startGateway(bin, cfgPath, data string, env []string, config func(addr string) string) (*gateway, error) {
 	addr, err := freePort()
 	if err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := os.WriteFile(cfgPath, []byte(config(addr)), 0o600); err != nil {
 		return nil, err
 	}
-	cfg := filepath.Join(dir, "keygrid.yaml")
-	if err := os.WriteFile(cfg, []byte(sweepConfig(addr, fsync)), 0o600); err != nil {
-		return nil, err
-	}
-	g := &gateway{bin: bin, dir: dir, url: "http://" + addr}
-	g.cmd = exec.Command(bin, "serve", "--config", cfg, "--data-dir", filepath.Join(dir, "data"))
+	g := &gateway{bin: bin, url: "http://" + addr}
+	g.cmd = exec.Command(bin, "serve", "--config", cfgPath, "--data-dir", data)
 	g.cmd.Env, g.cmd.Stderr = env, os.Stderr
 	if err := g.cmd.Start(); err != nil {
 		return nil, err
 	}
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(100 * time.Millisecond) {
 		if resp, err := http.Get(g.url + "/ready"); err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
@@ -105,10 +116,10 @@ func startGateway(bin, dir, fsync string, env []string) (*gateway, error) {
 		}
 		if time.Now().After(deadline) {
 			g.stop()
-			return nil, fmt.Errorf("%s did not become ready", bin)
+			return nil, fmt.Errorf("%s serve --config %s did not become ready", bin, cfgPath)
 		}
 	}
-	tok, err := os.ReadFile(filepath.Join(dir, "data", "admin.token"))
+	tok, err := os.ReadFile(filepath.Join(data, "admin.token"))
 	if err != nil {
 		g.stop()
 		return nil, fmt.Errorf("admin token: %w", err)
@@ -118,7 +129,7 @@ func startGateway(bin, dir, fsync string, env []string) (*gateway, error) {
 }
 
 func (g *gateway) stop() {
-	if g == nil || g.cmd.Process == nil {
+	if g == nil || g.cmd == nil || g.cmd.Process == nil {
 		return
 	}
 	g.cmd.Process.Signal(os.Interrupt)
@@ -130,6 +141,7 @@ func (g *gateway) stop() {
 		g.cmd.Process.Kill()
 		<-done
 	}
+	g.cmd = nil
 }
 
 // keys makes the sweep's keys when they do not exist yet.
@@ -238,13 +250,13 @@ func (b *bed) runSweep(ctx context.Context) (*Sweep, error) {
 	sw := &Sweep{Concurrency: o.sweep, Duration: o.sweepDuration.String(), Compare: o.compare}
 	env := append(os.Environ(), sweepMasterKey+"="+strings.Repeat("5a", 32))
 	for _, mode := range []struct{ name, fsync string }{{"durable", ""}, {"fsync 10ms", "10ms"}} {
-		cur, err := startGateway(b.gateway, filepath.Join(b.dir, "sweep-new"), mode.fsync, env)
+		cur, err := startSweepGateway(b.gateway, filepath.Join(b.dir, "sweep-new"), mode.fsync, env)
 		if err != nil {
 			return nil, err
 		}
 		var old *gateway
 		if o.compare != "" {
-			if old, err = startGateway(o.compare, filepath.Join(b.dir, "sweep-old"), mode.fsync, env); err != nil {
+			if old, err = startSweepGateway(o.compare, filepath.Join(b.dir, "sweep-old"), mode.fsync, env); err != nil {
 				cur.stop()
 				return nil, err
 			}

@@ -1,25 +1,27 @@
 package pkcs11
 
 import (
-	"bufio"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"sync"
+	"syscall"
 
 	"github.com/miekg/pkcs11"
 )
 
 // The module host: the child process that loads a PKCS#11 library for the
 // gateway (isolation: process). It is this same binary, started as
-// "<binary> pkcs11-host" with KEYGRID_PKCS11_HOST=1 and the socket as
-// descriptor 3. It takes the library path in its first request, loads and
-// initialises it, then runs every request on its own goroutine (the
-// library is thread-safe; the gateway never uses one session from two
-// calls at once) and writes each reply when it is done. When the gateway
-// closes the socket (or dies) the host finalizes the library and exits.
+// "<binary> pkcs11-host" with KEYGRID_PKCS11_HOST=1 and the control socket
+// as descriptor 3. It takes the library path in the first request on it,
+// loads and initialises the library, then receives lanes (socket pairs,
+// SCM_RIGHTS) on it and serves each on a goroutine of its own: read a
+// request, call the library, write the reply (the library is thread-safe;
+// the gateway never uses one session from two calls at once). When the
+// gateway closes the control socket (or dies) the host finalizes the
+// library and exits.
 const (
 	hostCommand = "pkcs11-host"
 	hostEnv     = "KEYGRID_PKCS11_HOST"
@@ -34,76 +36,139 @@ func init() {
 	}
 }
 
+// hostCtl is the control socket's descriptor in the host.
+const hostCtl = 3
+
 func runHost() int {
 	os.Unsetenv(hostEnv)
-	f := os.NewFile(3, "pkcs11-host")
-	fc, err := net.FileConn(f)
-	f.Close()
-	if err != nil {
+	syscall.CloseOnExec(hostCtl)
+	if _, err := syscall.GetsockoptInt(hostCtl, syscall.SOL_SOCKET, syscall.SO_TYPE); err != nil {
 		fmt.Fprintln(os.Stderr, "pkcs11 host: no socket on descriptor 3:", err)
 		return 2
 	}
-	conn := fc.(*net.UnixConn)
-	br := bufio.NewReaderSize(conn, 64<<10)
-	var wmu sync.Mutex
-	reply := func(id uint32, err error, w *wbuf) {
-		if w == nil || err != nil {
-			w = &wbuf{b: make([]byte, 9, 32)}
-		}
-		if code, ok := ckrCode(err); ok {
-			w.b[8] = statusCKR
-			w.uint(code)
-		} else if err != nil {
-			w.b[8] = statusError
-			w.b = append(w.b, err.Error()...)
-		}
-		binary.LittleEndian.PutUint32(w.b[0:4], uint32(len(w.b)-4))
-		binary.LittleEndian.PutUint32(w.b[4:8], id)
-		wmu.Lock()
-		conn.Write(w.b)
-		wmu.Unlock()
+	frame, err := readFrame(rawFD(hostCtl), nil)
+	if err != nil {
+		return 1
 	}
-	var lib *local
-	var wg sync.WaitGroup
-	var hdr [9]byte
+	lib, err := openLocal(frame[4], frame[5:])
+	w := &wbuf{b: []byte{0, 0, 0, 0, statusOK}}
+	replyTo(w, err)
+	if writeAll(rawFD(hostCtl), w.b) != nil || err != nil {
+		return 1
+	}
+	var (
+		mu    sync.Mutex
+		lanes = map[int]bool{}
+		wg    sync.WaitGroup
+	)
+	one, oob := make([]byte, 1), make([]byte, syscall.CmsgSpace(4))
 	for {
-		if _, err := io.ReadFull(br, hdr[:]); err != nil {
-			break
-		}
-		n := binary.LittleEndian.Uint32(hdr[0:4])
-		if n < 5 || n > maxFrame {
-			fmt.Fprintln(os.Stderr, "pkcs11 host: malformed frame; exiting")
-			break
-		}
-		body := make([]byte, n-5)
-		if _, err := io.ReadFull(br, body); err != nil {
-			break
-		}
-		id, op := binary.LittleEndian.Uint32(hdr[4:8]), hdr[8]
-		if lib == nil {
-			l, err := openLocal(op, body)
-			reply(id, err, nil)
-			if err != nil {
-				return 1
-			}
-			lib = l
+		n, oobn, _, _, err := syscall.Recvmsg(hostCtl, one, oob, syscall.MSG_CMSG_CLOEXEC)
+		if err == syscall.EINTR {
 			continue
 		}
+		if err != nil || n == 0 {
+			break // the gateway closed the control socket, or is gone
+		}
+		fd, err := laneFD(oob[:oobn])
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "pkcs11 host: malformed lane; exiting")
+			break
+		}
+		mu.Lock()
+		lanes[fd] = true
+		mu.Unlock()
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			w := &wbuf{b: make([]byte, 9, 128)}
-			err := serveCall(*lib, op, &rbuf{b: body}, w)
-			clear(body) // may hold a PIN, plaintext or key material
-			reply(id, err, w)
+			rw, closeFD := laneIO(fd)
+			serveLane(*lib, rw)
+			mu.Lock()
+			delete(lanes, fd)
+			closeFD()
+			mu.Unlock()
 		}()
 	}
-	wg.Wait()
-	if lib != nil {
-		lib.Finalize()
-		lib.Destroy()
+	// Lanes blocked on a read end now; a call inside the library finishes
+	// first.
+	mu.Lock()
+	for fd := range lanes {
+		syscall.Shutdown(fd, syscall.SHUT_RD)
 	}
+	mu.Unlock()
+	wg.Wait()
+	lib.Finalize()
+	lib.Destroy()
 	return 0
+}
+
+// laneFD is the one descriptor an SCM_RIGHTS message carries.
+func laneFD(oob []byte) (int, error) {
+	msgs, err := syscall.ParseSocketControlMessage(oob)
+	if err != nil || len(msgs) != 1 {
+		return -1, errBadFrame
+	}
+	fds, err := syscall.ParseUnixRights(&msgs[0])
+	if err != nil || len(fds) != 1 {
+		for _, fd := range fds {
+			syscall.Close(fd)
+		}
+		return -1, errBadFrame
+	}
+	return fds[0], nil
+}
+
+// serveLane serves calls on one lane until the gateway closes it. Its
+// buffers are reused and cleared after each call (a request may hold a
+// PIN, plaintext or key material; a reply plaintext).
+func serveLane(lib local, fd io.ReadWriter) {
+	var in []byte
+	w := &wbuf{b: make([]byte, 0, 4096)}
+	for {
+		frame, err := readFrame(fd, in)
+		if err != nil {
+			if !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, syscall.ECONNRESET) {
+				fmt.Fprintln(os.Stderr, "pkcs11 host: lane:", err)
+			}
+			return
+		}
+		w.b = append(w.b[:0], 0, 0, 0, 0, statusOK)
+		err = serveCall(lib, frame[4], &rbuf{b: frame[5:]}, w)
+		clear(frame)
+		replyTo(w, err)
+		binary.LittleEndian.PutUint32(w.b[0:4], uint32(len(w.b)-4))
+		err = writeAll(fd, w.b)
+		clear(w.b)
+		if err != nil {
+			return
+		}
+		in = frame[:0]
+		if cap(in) > keepBuf {
+			in = nil
+		}
+		if cap(w.b) > keepBuf {
+			w.b = make([]byte, 0, 4096)
+		}
+	}
+}
+
+// replyTo makes w, a reply with its results so far, the reply of err: the
+// results when nil, else a CKR code or a message in their place.
+func replyTo(w *wbuf, err error) {
+	if err == nil {
+		binary.LittleEndian.PutUint32(w.b[0:4], uint32(len(w.b)-4))
+		return
+	}
+	clear(w.b[5:])
+	w.b = w.b[:5]
+	if code, ok := ckrCode(err); ok {
+		w.b[4] = statusCKR
+		w.uint(code)
+	} else {
+		w.b[4] = statusError
+		w.b = append(w.b, err.Error()...)
+	}
+	binary.LittleEndian.PutUint32(w.b[0:4], uint32(len(w.b)-4))
 }
 
 // openLocal serves the first request, which must be hopOpen: load the

@@ -4,19 +4,8 @@ import "github.com/miekg/pkcs11"
 
 // The methods of cryptoki on a host: each encodes its arguments, makes one
 // round trip and decodes the results (serveCall in hostwire.go is the other
-// half).
-
-// do makes the call w and decodes its results with dec (nil: none).
-func (c *hostClient) do(w *wbuf, dec func(r *rbuf)) error {
-	r, err := c.call(w)
-	if err != nil {
-		return err
-	}
-	if dec != nil {
-		dec(r)
-	}
-	return r.done()
-}
+// half). c.do clears every request frame after its call: a PIN, a
+// template with key material or plaintext does not outlive it.
 
 func (c *hostClient) GetInfo() (i pkcs11.Info, err error) {
 	err = c.do(newReq(hopGetInfo), func(r *rbuf) {
@@ -89,9 +78,7 @@ func (c *hostClient) Login(sh pkcs11.SessionHandle, user uint, pin string) error
 	w := c.onSession(hopLogin, sh)
 	w.uint(user)
 	w.str(pin)
-	err := c.do(w, nil)
-	clear(w.b)
-	return err
+	return c.do(w, nil) // do clears the frame
 }
 
 func (c *hostClient) Logout(sh pkcs11.SessionHandle) error {
@@ -119,7 +106,6 @@ func (c *hostClient) CreateObject(sh pkcs11.SessionHandle, t []*pkcs11.Attribute
 	w := c.onSession(hopCreateObject, sh)
 	w.attrs(t)
 	err = c.do(w, func(r *rbuf) { h = pkcs11.ObjectHandle(r.uint()) })
-	clear(w.b) // the template may hold key material
 	return h, err
 }
 
@@ -173,7 +159,6 @@ func (c *hostClient) Crypt(sh pkcs11.SessionHandle, u use, m callMech, key pkcs1
 	w.uint(uint(key))
 	w.bytes(in)
 	err = c.do(w, func(r *rbuf) { out, iv = r.bytes(), r.bytes() })
-	clear(w.b) // the input may be plaintext
 	return out, iv, err
 }
 

@@ -1,15 +1,12 @@
 package pkcs11
 
 import (
-	"bufio"
 	"bytes"
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"os/exec"
 	"strings"
@@ -23,34 +20,54 @@ import (
 
 // hostClient is the gateway's end of a module host (isolation: process): a
 // child process, this same binary, that loads the library and serves the
-// host protocol (hostwire.go) on a socket pair. Calls from many goroutines
-// are in flight at once; each waits for its own reply. When the host dies
-// every call in flight, and every later one, fails with a hostLostError,
-// which the provider classifies as a lost device (reset class): recovery
-// starts a new host.
+// host protocol (hostwire.go).
+//
+// Transport. The host's descriptor 3 is a control socket: it carries the
+// opening request (hopOpen) and then, one at a time, the host's ends of
+// lanes — socket pairs the gateway makes as it needs them and passes over
+// with SCM_RIGHTS. A lane carries one call at a time: the caller takes an
+// idle lane, writes its request in one write and reads the reply itself,
+// in blocking system calls, and gives the lane back. On the host one
+// goroutine per lane reads a request, calls the library and writes the
+// reply. So a call costs a write and a read on each side and one wake-up
+// of each process: no demultiplexer goroutine, no call ids, no channel
+// between goroutines, and calls on different lanes never queue behind one
+// another on one socket.
+//
+// When the host dies every call in flight, and every later one, fails
+// with a hostLostError, which the provider classifies as a lost device
+// (reset class): recovery starts a new host.
 type hostClient struct {
 	path string
 	log  *slog.Logger
 	cmd  *exec.Cmd
-	conn *net.UnixConn
+	ctl  *os.File // the control socket (blocking)
 	pid  int
 
-	wmu sync.Mutex // one frame at a time on conn
+	ctlMu sync.Mutex // one lane hand-over at a time on ctl
 
-	mu      sync.Mutex
-	pending map[uint32]chan hostReply
-	next    uint32
-	lost    error // set once the host is gone
+	mu    sync.Mutex
+	idle  []*lane        // lanes free for a call, most recent last
+	lanes map[*lane]bool // every open lane (in use or idle)
+	lost  error          // set once the host is gone
 
 	closing atomic.Bool   // set by close: the end is expected
 	exited  chan struct{} // closed when the process has been reaped
 	state   string        // how it ended, set before exited is closed
 }
 
-type hostReply struct {
-	status byte
-	body   []byte
+// lane is the gateway's end of one socket pair to the host: blocking, one
+// call at a time. buf is its reply buffer, reused from call to call.
+type lane struct {
+	fd    int
+	rw    io.ReadWriter
+	close func() error
+	buf   []byte
 }
+
+// Buffers of a lane or a request above this size are not kept after the
+// call (a large AES-GCM input must not pin its memory).
+const keepBuf = 64 << 10
 
 // hostLostError is the failure of a call whose host process is gone (it
 // crashed, was killed, or was stopped by recovery). It unwraps to
@@ -79,9 +96,9 @@ const hostOpenTimeout = 30 * time.Second
 
 // startHost starts a host for the library at path, with env as its whole
 // environment, and has it load and initialise the library. The host gets
-// the socket as descriptor 3 and nothing else: stdin and stdout are
-// /dev/null, stderr goes to log line by line, and every other descriptor
-// of the gateway is close-on-exec.
+// the control socket as descriptor 3 and nothing else: stdin and stdout
+// are /dev/null, stderr goes to log line by line, and every other
+// descriptor of the gateway is close-on-exec.
 func startHost(path string, env []string, log *slog.Logger) (*hostClient, error) {
 	closeOnExec()
 	exe, err := os.Executable()
@@ -94,11 +111,6 @@ func startHost(path string, env []string, log *slog.Logger) (*hostClient, error)
 	}
 	mine, theirs := os.NewFile(uintptr(fds[0]), "pkcs11-host"), os.NewFile(uintptr(fds[1]), "pkcs11-host")
 	defer theirs.Close()
-	fc, err := net.FileConn(mine)
-	mine.Close()
-	if err != nil {
-		return nil, fmt.Errorf("%w %s: socket: %v", errModule, path, err)
-	}
 	cmd := exec.Command(exe, hostCommand)
 	cmd.Env = append(env, hostEnv+"=1")
 	cmd.ExtraFiles = []*os.File{theirs}
@@ -106,20 +118,14 @@ func startHost(path string, env []string, log *slog.Logger) (*hostClient, error)
 	cmd.SysProcAttr = hostSysProcAttr()
 	cmd.WaitDelay = time.Second // a grandchild holding stderr cannot keep Wait waiting
 	if err := cmd.Start(); err != nil {
-		fc.Close()
+		mine.Close()
 		return nil, fmt.Errorf("%w %s: starting the module host: %v", errModule, path, err)
 	}
-	c := &hostClient{path: path, log: log, cmd: cmd, conn: fc.(*net.UnixConn), pid: cmd.Process.Pid,
-		pending: map[uint32]chan hostReply{}, exited: make(chan struct{})}
+	c := &hostClient{path: path, log: log, cmd: cmd, ctl: mine, pid: cmd.Process.Pid,
+		lanes: map[*lane]bool{}, exited: make(chan struct{})}
 	go c.reap()
-	go c.read()
 	opened := make(chan error, 1)
-	go func() {
-		w := newReq(hopOpen)
-		w.str(path)
-		_, err := c.call(w)
-		opened <- err
-	}()
+	go func() { opened <- c.open(path) }()
 	select {
 	case err = <-opened:
 	case <-time.After(hostOpenTimeout):
@@ -133,7 +139,23 @@ func startHost(path string, env []string, log *slog.Logger) (*hostClient, error)
 	return c, nil
 }
 
-// reap waits for the process and records how it ended.
+// open sends hopOpen on the control socket and reads its reply.
+func (c *hostClient) open(path string) error {
+	w := newReq(hopOpen)
+	w.str(path)
+	defer w.recycle()
+	c.ctlMu.Lock()
+	frame, err := roundTrip(rawFD(c.ctl.Fd()), w.b, nil)
+	c.ctlMu.Unlock()
+	if err != nil {
+		return c.lostErr()
+	}
+	return replyErr(frame[4], frame[5:])
+}
+
+// reap waits for the process, records how it ended and fails every lane:
+// a call blocked on one returns at once, even if a grandchild of the host
+// kept the host's end open.
 func (c *hostClient) reap() {
 	err := c.cmd.Wait()
 	state := "exited"
@@ -144,49 +166,26 @@ func (c *hostClient) reap() {
 	}
 	c.state = state
 	close(c.exited)
-	c.conn.Close()
-}
-
-// read dispatches replies until the socket fails, then fails every call
-// in flight.
-func (c *hostClient) read() {
-	br := bufio.NewReaderSize(c.conn, 64<<10)
-	var hdr [9]byte
-	for {
-		if _, err := io.ReadFull(br, hdr[:]); err != nil {
-			break
-		}
-		n := binary.LittleEndian.Uint32(hdr[0:4])
-		if n < 5 || n > maxFrame {
-			break
-		}
-		body := make([]byte, n-5)
-		if _, err := io.ReadFull(br, body); err != nil {
-			break
-		}
-		id := binary.LittleEndian.Uint32(hdr[4:8])
-		c.mu.Lock()
-		ch := c.pending[id]
-		delete(c.pending, id)
-		c.mu.Unlock()
-		if ch != nil {
-			ch <- hostReply{status: hdr[8], body: body}
-		}
-	}
-	c.kill() // a broken stream is a broken host
-	state := "its socket closed"
-	select {
-	case <-c.exited:
-		state = c.state
-	case <-time.After(2 * time.Second):
-	}
 	c.mu.Lock()
-	c.lost = &hostLostError{pid: c.pid, state: state}
-	for id, ch := range c.pending {
-		close(ch)
-		delete(c.pending, id)
+	if c.lost == nil {
+		c.lost = &hostLostError{pid: c.pid, state: state}
+	}
+	for l := range c.lanes {
+		syscall.Shutdown(l.fd, syscall.SHUT_RDWR) // the fd stays valid: its user closes it
+	}
+	idle := c.idle
+	c.idle = nil
+	for _, l := range idle {
+		delete(c.lanes, l)
 	}
 	c.mu.Unlock()
+	for _, l := range idle {
+		l.close()
+	}
+	syscall.Shutdown(int(c.ctl.Fd()), syscall.SHUT_RDWR) // an open blocked on it returns
+	c.ctlMu.Lock()
+	c.ctl.Close()
+	c.ctlMu.Unlock()
 	level := slog.LevelWarn
 	if c.closing.Load() {
 		level = slog.LevelInfo
@@ -203,11 +202,43 @@ func (c *hostClient) kill() {
 	}
 }
 
-// close asks the host to finalize and exit (by closing the socket), and
-// kills it if it has not within grace.
+// lostErr kills the host after a broken lane (a broken stream is a broken
+// host) and returns the error of every call from now on.
+func (c *hostClient) lostErr() error {
+	c.kill()
+	select {
+	case <-c.exited:
+	case <-time.After(2 * time.Second):
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.lost == nil {
+		c.lost = &hostLostError{pid: c.pid, state: "its socket closed"}
+	}
+	return c.lost
+}
+
+// close asks the host to finalize and exit (by closing the control
+// socket and the idle lanes), and kills it if it has not within grace.
 func (c *hostClient) close(grace time.Duration) {
 	c.closing.Store(true)
-	c.conn.CloseWrite()
+	c.mu.Lock()
+	idle := c.idle
+	c.idle = nil
+	for _, l := range idle {
+		delete(c.lanes, l)
+	}
+	c.mu.Unlock()
+	for _, l := range idle {
+		l.close()
+	}
+	c.ctlMu.Lock()
+	select {
+	case <-c.exited: // reap closed ctl
+	default:
+		syscall.Shutdown(int(c.ctl.Fd()), syscall.SHUT_WR)
+	}
+	c.ctlMu.Unlock()
 	select {
 	case <-c.exited:
 	case <-time.After(grace):
@@ -223,56 +254,115 @@ func (c *hostClient) alive() bool {
 	return c.lost == nil
 }
 
-// newReq starts a request frame of op; the header is filled by call.
-func newReq(op byte) *wbuf {
-	w := &wbuf{b: make([]byte, 9, 128)}
-	w.b[8] = op
-	return w
-}
-
-// call sends the request w and waits for its reply.
-func (c *hostClient) call(w *wbuf) (*rbuf, error) {
-	if len(w.b)-4 > maxFrame {
-		return nil, &hostCallError{msg: "request too large"}
-	}
-	ch := make(chan hostReply, 1)
+// getLane takes an idle lane, or makes a new one and hands its other end to
+// the host.
+func (c *hostClient) getLane() (*lane, error) {
 	c.mu.Lock()
 	if c.lost != nil {
 		err := c.lost
 		c.mu.Unlock()
 		return nil, err
 	}
-	c.next++
-	id := c.next
-	c.pending[id] = ch
-	c.mu.Unlock()
-	binary.LittleEndian.PutUint32(w.b[0:4], uint32(len(w.b)-4))
-	binary.LittleEndian.PutUint32(w.b[4:8], id)
-	c.wmu.Lock()
-	_, err := c.conn.Write(w.b)
-	c.wmu.Unlock()
-	if err != nil {
-		c.kill() // the reader then fails this call with the others
-	}
-	r, ok := <-ch
-	if !ok {
-		c.mu.Lock()
-		err := c.lost
+	if n := len(c.idle); n > 0 {
+		l := c.idle[n-1]
+		c.idle = c.idle[:n-1]
 		c.mu.Unlock()
-		return nil, err
+		return l, nil
 	}
-	switch r.status {
+	c.mu.Unlock()
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, &hostCallError{msg: "socketpair: " + err.Error()}
+	}
+	c.ctlMu.Lock()
+	err = syscall.Sendmsg(int(c.ctl.Fd()), []byte{'L'}, syscall.UnixRights(fds[1]), nil, 0)
+	c.ctlMu.Unlock()
+	syscall.Close(fds[1])
+	if err != nil {
+		syscall.Close(fds[0])
+		return nil, c.lostErr()
+	}
+	l := &lane{fd: fds[0], buf: make([]byte, 0, 4096)}
+	l.rw, l.close = laneIO(l.fd)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.lost != nil {
+		l.close()
+		return nil, c.lost
+	}
+	c.lanes[l] = true
+	return l, nil
+}
+
+// putLane gives a lane back after a call; a broken one, or any once the
+// host is gone, is closed.
+func (c *hostClient) putLane(l *lane, broken bool) {
+	if cap(l.buf) > keepBuf {
+		l.buf = make([]byte, 0, 4096)
+	}
+	c.mu.Lock()
+	if !broken && c.lost == nil {
+		c.idle = append(c.idle, l)
+		c.mu.Unlock()
+		return
+	}
+	delete(c.lanes, l)
+	c.mu.Unlock()
+	l.close()
+}
+
+// newReq starts a request frame of op; the length is filled by do.
+func newReq(op byte) *wbuf {
+	w := &wbuf{fb: framePool.Get().(*frameBuf)}
+	w.b = append(w.fb.b[:0], 0, 0, 0, 0, op)
+	return w
+}
+
+// do makes the call w on a lane and decodes its results with dec (nil:
+// none). w is cleared (it may hold a PIN, plaintext or key material) and
+// recycled: w.b is nil after do.
+func (c *hostClient) do(w *wbuf, dec func(r *rbuf)) error {
+	defer w.recycle()
+	if len(w.b)-4 > maxFrame {
+		return &hostCallError{msg: "request too large"}
+	}
+	l, err := c.getLane()
+	if err != nil {
+		return err
+	}
+	frame, err := roundTrip(l.rw, w.b, l.buf)
+	if err != nil {
+		c.putLane(l, true)
+		return c.lostErr()
+	}
+	l.buf = frame[:0]
+	err = replyErr(frame[4], frame[5:])
+	if err == nil {
+		r := rbuf{b: frame[5:]}
+		if dec != nil {
+			dec(&r)
+		}
+		err = r.done()
+	}
+	clear(frame) // the reply may hold plaintext or key material
+	c.putLane(l, false)
+	return err
+}
+
+// replyErr is the error of a reply of status and body (nil: success).
+func replyErr(status byte, body []byte) error {
+	switch status {
 	case statusOK:
-		return &rbuf{b: r.body}, nil
+		return nil
 	case statusCKR:
-		rb := rbuf{b: r.body}
+		rb := rbuf{b: body}
 		code := rb.uint()
 		if rb.err != nil {
-			return nil, rb.err
+			return rb.err
 		}
-		return nil, pkcs11.Error(code)
+		return pkcs11.Error(code)
 	}
-	return nil, &hostCallError{msg: string(r.body)}
+	return &hostCallError{msg: string(body)}
 }
 
 // lineLog writes a host's stderr to the gateway's log, one record a line.

@@ -3,19 +3,31 @@ package pkcs11
 import (
 	"encoding/binary"
 	"errors"
+	"io"
+	"sync"
+	"syscall"
 
 	"github.com/miekg/pkcs11"
 )
 
 // The host protocol (isolation: process). Frames in both directions are
 //
-//	uint32 length (little-endian, of what follows) | uint32 call id | byte op or status | body
+//	uint32 length (little-endian, of what follows) | byte op or status | body
 //
 // A request's byte is its operation (hop*), a reply's its status: 0 and the
 // results, 1 and a CKR code (a uvarint: classification is unchanged), 2 and
 // a message (a failure outside the library). Bodies are uvarints, and byte
-// strings as a uvarint length+1 (0: nil) and the bytes. Many calls are in
-// flight at once on one socket; replies come in any order, matched by id.
+// strings as a uvarint length+1 (0: nil) and the bytes. A lane (a socket
+// pair, hostclient.go) carries one call at a time: a request, then its
+// reply, each in one write.
+//
+// Adding an operation: a hop* constant at the end of the list below, a
+// method of hostClient in hostcalls.go (newReq or onSession, the
+// arguments with the wbuf writers, c.do with a decoder of the results),
+// the same method on local when it is not a miekg/pkcs11 call already,
+// the method in the cryptoki interface (cryptoki.go), and its case in
+// serveCall (decode the arguments, r.done(), call the library, encode
+// the results). Nothing else in the transport changes.
 //
 // Hand-written: the messages are a few fixed shapes of integers and byte
 // strings, encoded without reflection or generated code in a few hundred
@@ -64,7 +76,132 @@ const maxFrame = 64 << 20
 // errBadFrame is a frame that does not decode.
 var errBadFrame = errors.New("pkcs11 host protocol: malformed frame")
 
-type wbuf struct{ b []byte }
+// wbuf encodes a frame. Its buffer comes from framePool (newReq) and goes
+// back to it, cleared, after the call (recycle).
+type wbuf struct {
+	b  []byte
+	fb *frameBuf
+}
+
+type frameBuf struct{ b []byte }
+
+var framePool = sync.Pool{New: func() any { return &frameBuf{b: make([]byte, 0, 256)} }}
+
+// recycle clears the frame (it may hold a PIN, plaintext or key material)
+// and returns its buffer to the pool; w.b is nil after.
+func (w *wbuf) recycle() {
+	if w.fb == nil {
+		clear(w.b)
+		w.b = nil
+		return
+	}
+	clear(w.b)
+	if cap(w.b) <= keepBuf {
+		w.fb.b = w.b[:0]
+		framePool.Put(w.fb)
+	}
+	w.b, w.fb = nil, nil
+}
+
+// roundTrip writes the request frame req on the blocking socket fd in one
+// write and reads the reply frame into buf (grown as needed): one read
+// when it fits. Any failure is a broken lane.
+func roundTrip(fd io.ReadWriter, req []byte, buf []byte) ([]byte, error) {
+	binary.LittleEndian.PutUint32(req[0:4], uint32(len(req)-4))
+	if err := writeAll(fd, req); err != nil {
+		return nil, err
+	}
+	return readFrame(fd, buf)
+}
+
+func writeAll(fd io.Writer, b []byte) error {
+	for len(b) > 0 {
+		n, err := fd.Write(b)
+		if err != nil {
+			return err
+		}
+		b = b[n:]
+	}
+	return nil
+}
+
+// rawFD reads and writes a blocking descriptor in plain system calls.
+type rawFD int
+
+func (f rawFD) Read(b []byte) (int, error) {
+	for {
+		n, err := syscall.Read(int(f), b)
+		if err != syscall.EINTR {
+			if n < 0 {
+				n = 0
+			}
+			return n, err
+		}
+	}
+}
+
+func (f rawFD) Write(b []byte) (int, error) {
+	for {
+		n, err := syscall.Write(int(f), b)
+		if err != syscall.EINTR {
+			if n < 0 {
+				n = 0
+			}
+			return n, err
+		}
+	}
+}
+
+// laneIO makes the descriptor fd of a lane an io.ReadWriter and its
+// close: blocking system calls, so a blocked reader sleeps its thread and
+// the reply wakes it directly (measured against the runtime's poller on
+// both sides: fewer wake-ups at concurrency 1, no worse at 16).
+func laneIO(fd int) (io.ReadWriter, func() error) {
+	return rawFD(fd), func() error { return syscall.Close(fd) }
+}
+
+// readFrame reads one frame (header included) from the blocking socket
+// fd into buf. The peer sends nothing past the frame: a lane carries one
+// call at a time.
+func readFrame(fd io.Reader, buf []byte) ([]byte, error) {
+	if cap(buf) < 4096 {
+		buf = make([]byte, 0, 4096)
+	}
+	buf = buf[:cap(buf)]
+	n, want, known := 0, 5, false
+	for n < want {
+		lim := len(buf)
+		if known {
+			lim = want
+		}
+		m, err := fd.Read(buf[n:lim])
+		if m == 0 && (err == nil || err == io.EOF) {
+			return nil, io.ErrUnexpectedEOF
+		}
+		if err != nil {
+			return nil, err
+		}
+		n += m
+		if !known && n >= 5 {
+			known = true
+			size := binary.LittleEndian.Uint32(buf[0:4])
+			if size < 1 || size > maxFrame {
+				return nil, errBadFrame
+			}
+			want = 4 + int(size)
+			if n > want {
+				return nil, errBadFrame
+			}
+			if want > len(buf) {
+				nb := make([]byte, want)
+				copy(nb, buf[:n])
+				clear(buf[:n])
+				buf = nb
+			}
+		}
+	}
+	return buf[:n], nil
+}
 
 func (w *wbuf) uint(v uint) { w.b = binary.AppendUvarint(w.b, uint64(v)) }
 
