@@ -91,6 +91,10 @@ const (
 	// ActionAuditCheckpoints reads the signed audit checkpoints and the
 	// audit public key: admin's and auditor's, not operator's.
 	ActionAuditCheckpoints Action = "audit_checkpoints"
+	// ActionAuditRead reads audit records (the console's audit page and a
+	// key page's recent records): admin's and auditor's, not operator's,
+	// as no API route gives an operator the audit log.
+	ActionAuditRead Action = "audit_read"
 )
 
 var (
@@ -107,7 +111,7 @@ func Allowed(role Role, a Action) bool {
 	case RoleOperator:
 		return slices.Contains(readActions, a) || slices.Contains(cryptoActions, a)
 	case RoleAuditor:
-		return slices.Contains(readActions, a) || a == ActionAuditCheckpoints
+		return slices.Contains(readActions, a) || a == ActionAuditCheckpoints || a == ActionAuditRead
 	}
 	return false
 }

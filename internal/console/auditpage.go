@@ -6,6 +6,8 @@ import (
 	"strings"
 
 	"github.com/keygrid/keygrid-hsm/internal/audit"
+	"github.com/keygrid/keygrid-hsm/internal/auth"
+	"github.com/keygrid/keygrid-hsm/internal/kgerr"
 )
 
 // The audit page reads the audit log file back (audit.ReadRecent: the most
@@ -24,6 +26,10 @@ type auditData struct {
 }
 
 func (c *Console) auditPage(w http.ResponseWriter, r *http.Request) {
+	if !principal(r).Can(auth.ActionAuditRead) {
+		c.fail(w, r, kgerr.New(kgerr.KindPermissionDenied, "the audit log is for admins and auditors"))
+		return
+	}
 	q := r.URL.Query()
 	d := auditData{Principal: strings.TrimSpace(q.Get("principal")), Key: strings.TrimSpace(q.Get("key")),
 		Operation: strings.TrimSpace(q.Get("operation")), Outcome: q.Get("outcome"),

@@ -27,10 +27,12 @@ import (
 const (
 	adminToken    = "kgt_console-test-admin-token-0123456789"
 	operatorToken = "kgt_console-test-operator-token-0123456789"
+	auditorToken  = "kgt_console-test-auditor-token-0123456789"
 )
 
 // gateway is a real server (software provider, SQLite, audit log) with an
-// admin and an operator scoped to team-a-* keys, on a real listener.
+// admin, an operator and an auditor scoped to team-a-* keys, on a real
+// listener.
 type gateway struct {
 	srv *server.Server
 	ts  *httptest.Server
@@ -46,6 +48,7 @@ func newGateway(t *testing.T, tune func(*config.Config)) *gateway {
 	cfg.Auth.Principals = []config.Principal{
 		{Name: "alice", Role: "admin", TokenSHA256: auth.HashToken(adminToken)},
 		{Name: "bob", Role: "operator", TokenSHA256: auth.HashToken(operatorToken), Keys: []string{"team-a-*"}},
+		{Name: "carol", Role: "auditor", TokenSHA256: auth.HashToken(auditorToken), Keys: []string{"team-a-*"}},
 	}
 	cfg.Keys.MinDeletionWindow = duration.Duration(time.Hour)
 	if tune != nil {
@@ -258,6 +261,23 @@ func TestOperatorRefusedByTheService(t *testing.T) {
 	}
 	if k, _ := svc.GetKey(adminCtx(), b.ID); k.State != "active" {
 		t.Fatalf("team-b-1 is %s", k.State)
+	}
+	// No API route gives an operator the audit log, and neither does the
+	// console: no audit page, no records on its key's page, no link.
+	if resp, body := get(t, c, g.ts.URL+"/ui/audit"); resp.StatusCode != http.StatusForbidden || strings.Contains(body, "team-a-1") {
+		t.Errorf("operator's audit page: %d", resp.StatusCode)
+	}
+	if resp, body := get(t, c, g.ts.URL+"/ui/keys/"+a.ID); resp.StatusCode != http.StatusOK || strings.Contains(body, "Recent audit records") ||
+		strings.Contains(body, `href="/ui/audit`) {
+		t.Errorf("operator's key page: %d, shows audit records or links the audit page", resp.StatusCode)
+	}
+	// A scoped auditor reads the records of its scope only.
+	c3 := g.browser(t)
+	g.signIn(t, c3, auditorToken)
+	resp, body := get(t, c3, g.ts.URL+"/ui/audit")
+	if resp.StatusCode != http.StatusOK || !strings.Contains(body, "team-a-1") || strings.Contains(body, "team-b-1") {
+		t.Errorf("scoped auditor's audit page: %d, team-a-1 shown %v, team-b-1 shown %v", resp.StatusCode,
+			strings.Contains(body, "team-a-1"), strings.Contains(body, "team-b-1"))
 	}
 	// The admin's rotate through the same form works.
 	c2 := g.browser(t)

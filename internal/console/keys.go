@@ -201,9 +201,11 @@ func (c *Console) keyPage(w http.ResponseWriter, r *http.Request) {
 			d.Actions = append(d.Actions, a.keyAction)
 		}
 	}
-	d.Records, err = c.recentRecords(r, 20, func(rec *audit.Record) bool { return rec.KeyID == k.ID })
-	if err != nil {
-		d.AuditErr = err.Error()
+	if p.Can(auth.ActionAuditRead) {
+		d.Records, err = c.recentRecords(r, 20, func(rec *audit.Record) bool { return rec.KeyID == k.ID })
+		if err != nil {
+			d.AuditErr = err.Error()
+		}
 	}
 	c.render(w, r, http.StatusOK, "key", page{Title: k.Name, Nav: "keys", Data: d})
 }

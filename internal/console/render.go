@@ -22,6 +22,7 @@ type page struct {
 	Title     string
 	Nav       string // the current section: overview, keys, audit
 	Principal *auth.Principal
+	CanAudit  bool   // the principal may read audit records (auth.ActionAuditRead)
 	CSRF      string // the session's CSRF token, for every form
 	Flash     string
 	RequestID string
@@ -97,6 +98,7 @@ func parsePages() (*pages, error) {
 func (c *Console) render(w http.ResponseWriter, r *http.Request, status int, name string, pg page) {
 	if sess, _ := c.sessionOf(r); sess != nil {
 		pg.Principal, pg.CSRF = sess.principal, sess.csrf
+		pg.CanAudit = sess.principal.Can(auth.ActionAuditRead)
 		if pg.Flash == "" {
 			pg.Flash = sess.takeFlash()
 		}
