@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -317,7 +316,16 @@ func jwtSignCmd(s *streams) *cobra.Command {
 // cmdJWKS: keygrid-hsm jwks KEY, or jwks --published.
 func jwksCmd(s *streams) *cobra.Command {
 	cmd := &cobra.Command{Use: "jwks [KEY | --published]", Short: "a key's JWKS, or the server's /.well-known/jwks.json",
-		Example: "  keygrid-hsm jwks app-signing\n  keygrid-hsm jwks --published"}
+		Example: "  keygrid-hsm jwks app-signing\n  keygrid-hsm jwks --published",
+		Args: func(cmd *cobra.Command, args []string) error {
+			if cmd.Flags().Changed("published") {
+				if len(args) > 0 {
+					return usageErr(cmd, "jwks: KEY or --published, not both (got %q)", strings.Join(args, " "))
+				}
+				return nil
+			}
+			return keyArg("")(cmd, args)
+		}}
 	return clientCmd(s, cmd, nil, func(c *cli, fs *pflag.FlagSet) func(context.Context) error {
 		published := fs.Bool("published", false, "the server's /.well-known/jwks.json")
 		return func(ctx context.Context) error {
@@ -326,20 +334,13 @@ func jwksCmd(s *streams) *cobra.Command {
 				return err
 			}
 			if *published {
-				if len(c.posArgs) != 0 {
-					return errors.New("jwks --published takes no key")
-				}
 				set, err := cl.PublishedJWKS(ctx)
 				if err != nil {
 					return err
 				}
 				return c.json(set)
 			}
-			key, err := c.key("")
-			if err != nil {
-				return err
-			}
-			set, err := cl.KeyJWKS(ctx, key)
+			set, err := cl.KeyJWKS(ctx, c.posArgs[0])
 			if err != nil {
 				return err
 			}
