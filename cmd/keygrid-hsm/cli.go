@@ -146,8 +146,11 @@ func (c *cli) client() (*client.Client, error) {
 	return client.New(c.server, opts...)
 }
 
-func (c *cli) json(v any) error {
-	enc := json.NewEncoder(c.stdout)
+func (c *cli) json(v any) error { return writeJSON(c.stdout, v) }
+
+// writeJSON writes v as indented JSON: what -o json prints.
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
 }

@@ -225,6 +225,11 @@ func TestKeysCommandsCLI(t *testing.T) {
 		if out := s.ok(t, nil, "keys", "public", "cli-pos", "-o", "json"); json.Unmarshal([]byte(out), &pk) != nil || !strings.Contains(pk.PublicKey, "BEGIN PUBLIC KEY") {
 			t.Fatalf("keys public -o json: %s", out)
 		}
+		var a auditResult
+		if out := s.ok(t, nil, "audit", "verify", filepath.Join(s.dataDir, "audit.log"), "-o", "json"); json.Unmarshal([]byte(out), &a) != nil ||
+			!a.OK || a.Lines == 0 || a.Files != 1 || a.LastHash == "" {
+			t.Fatalf("audit verify -o json: %s", out)
+		}
 		if out := s.ok(t, nil, "keys", "list"); !strings.HasPrefix(out, "ID  ") || json.Valid([]byte(out)) {
 			t.Fatalf("keys list (table): %s", out)
 		}
