@@ -66,7 +66,7 @@ func benchCmd(s *streams) *cobra.Command {
 		fs.DurationVar(&dur, "duration", 10*time.Second, "how long to run (unless --count)")
 		fs.Int64Var(&count, "count", 0, "stop after this many requests")
 		fs.DurationVar(&warmup, "warmup", time.Second, "unmeasured warm-up before the run")
-		fs.BoolVar(&progress, "progress", isTerminal(c.stderr), "a live progress line on c.stderr")
+		fs.BoolVar(&progress, "progress", isTerminal(c.stderr), "a live progress line on stderr")
 		return func(ctx context.Context) error {
 			if conc < 1 || size < 0 {
 				return errors.New("bench: --concurrency must be at least 1 and --size not negative")
