@@ -96,9 +96,14 @@ func TestEveryCommandHelp(t *testing.T) {
 	root.InitDefaultHelpCmd()
 	root.InitDefaultCompletionCmd()
 	var paths [][]string
+	examples := map[string]bool{} // command path: whether its help must show examples
 	var walk func(c *cobra.Command, path []string)
 	walk = func(c *cobra.Command, path []string) {
 		paths = append(paths, path)
+		// Every command that does work shows how (cobra's help and
+		// completion, and version, are their own example).
+		examples[strings.Join(path, " ")] = !c.HasSubCommands() && !c.Hidden && len(path) > 0 &&
+			path[0] != "help" && path[0] != "completion" && path[0] != "version"
 		for _, sub := range c.Commands() {
 			walk(sub, append(append([]string{}, path...), sub.Name()))
 		}
@@ -112,6 +117,9 @@ func TestEveryCommandHelp(t *testing.T) {
 		name := strings.TrimSpace("keygrid-hsm " + strings.Join(p, " "))
 		if r.code != 0 || r.stderr != "" || !strings.Contains(r.stdout, "Usage:\n  "+name) {
 			t.Errorf("%s --help: %s", name, r)
+		}
+		if examples[strings.Join(p, " ")] && !strings.Contains(r.stdout, "\nExamples:\n  ") {
+			t.Errorf("%s --help shows no examples:\n%s", name, r.stdout)
 		}
 	}
 }
@@ -183,6 +191,17 @@ func TestExitCodes(t *testing.T) {
 		{"usage extra argument", []string{"version", "extra"}, 2, `takes no arguments (got "extra")`},
 		{"usage extra key", []string{"keys", "get", "a", "b", closed}, 2, `unexpected "b"`},
 		{"usage extra create name", []string{"keys", "create", "a", "b", "--type", "EC", "--curve", "P-256", closed}, 2, `unexpected "b"`},
+		{"usage extra to providers", []string{"providers", "x", closed}, 2, `providers takes no arguments (got "x")`},
+		{"usage extra to health", []string{"health", "x", closed}, 2, `health takes no arguments`},
+		{"usage extra to keys list", []string{"keys", "list", "x", closed}, 2, `keys list takes no arguments`},
+		{"usage extra to serve", []string{"serve", "x"}, 2, `serve takes no arguments`},
+		{"usage extra to doctor", []string{"doctor", "x", "--config", "c.yaml"}, 2, `doctor takes no arguments`},
+		{"usage extra to backup", []string{"backup", "x", "--out", "b"}, 2, `backup takes no arguments`},
+		{"usage extra to bench", []string{"bench", "x", "--key", "k", closed}, 2, `bench takes no arguments`},
+		{"usage extra to config check", []string{"config", "check", "a.yaml", "b.yaml"}, 2, `unexpected "b.yaml"`},
+		{"usage extra to cert attach", []string{"cert", "attach", "k", "chain.pem", "more", closed}, 2, `unexpected "more"`},
+		{"usage extra to encrypt", []string{"encrypt", "k", "plaintext", closed}, 2, `unexpected "plaintext"`},
+		{"usage extra to xks credentials new", []string{"xks", "credentials", "new", "x"}, 2, `takes no arguments`},
 		{"usage missing key", []string{"keys", "get", closed}, 2, "needs KEY"},
 		{"usage key twice", []string{"sign", "a", "--key", "b", closed}, 2, "got both"},
 		{"usage bad format", []string{"keys", "public", "k", "--format", "xyz", closed}, 2, `--format "xyz": give one of pem, der, jwk`},
