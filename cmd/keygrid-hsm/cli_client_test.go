@@ -159,6 +159,29 @@ func TestKeysCommandsCLI(t *testing.T) {
 				t.Errorf("%v: want a failure naming %q, no API field; %s", c.args, c.says, r)
 			}
 		}
+		// What only the server refuses, it refuses naming its field; the CLI
+		// adds the flag that set it.
+		for _, c := range []struct {
+			args []string
+			flag string
+		}{
+			{[]string{"keys", "update", "cli-pos", "--rotation-period", "500ms"}, "--rotation-period"},
+			{[]string{"keys", "update", "cli-pos", "--min-decrypt-version", "9"}, "--min-decrypt-version"},
+			{[]string{"keys", "update", "cli-pos", "--expires-at", "2001-01-01T00:00:00Z"}, "--expires-at"},
+			{[]string{"keys", "delete", "cli-pos", "--pending-window-days", "99"}, "--pending-window-days"},
+			{[]string{"keys", "delete", "cli-pos", "--pending-window", "5ms"}, "--pending-window"},
+			{[]string{"keys", "list", "--state", "lost"}, "--state"},
+			{[]string{"keys", "create", "e11", "--type", "AES", "--size", "256", "--usage", "sign"}, "--usage"},
+			{[]string{"keys", "create", "e12", "--type", "EC", "--curve", "P-256", "--algorithm", "RS256"}, "--algorithm"},
+		} {
+			r := s.client(nil).run(t, c.args...)
+			if r.code != 1 || !strings.Contains(r.stderr, "\n(from "+c.flag+")\n") {
+				t.Errorf("%v: want exit 1 naming %s; %s", c.args, c.flag, r)
+			}
+		}
+		if k := jsonKey("keys", "get", "cli-pos"); k.State != "active" || k.RotationPeriod != "" || k.ExpiresAt != nil {
+			t.Errorf("a refused update or delete changed the key: %+v", k)
+		}
 		// None of them made a key.
 		var l apitypes.KeyList
 		if err := json.Unmarshal([]byte(s.ok(t, nil, "keys", "list", "-o", "json")), &l); err != nil {

@@ -266,10 +266,15 @@ func keysListCmd(s *streams, co *conn) *cobra.Command {
 	return clientCmd(s, cmd, co, func(c *cli, f *pflag.FlagSet) func(context.Context) error {
 		f.StringVar(&o.provider, "provider", "", "only keys of this provider")
 		f.StringVar(&o.state, "state", "", "only keys in this state (active, inactive, pending, pending_deletion, deleting)")
-		f.IntVar(&o.limit, "limit", 0, "page size")
+		f.IntVar(&o.limit, "limit", 0, "page size (default: the server's)")
 		f.StringVar(&o.pageToken, "page-token", "", "continue after this page token")
 		f.BoolVar(&o.all, "all", false, "follow page tokens to the end")
-		return func(ctx context.Context) error { return runKeysList(ctx, c, o) }
+		return func(ctx context.Context) error {
+			if c.changed("limit") && o.limit < 1 {
+				return usageErr(c.cmd, "keys list: --limit %d: give a page size of at least 1", o.limit)
+			}
+			return runKeysList(ctx, c, o)
+		}
 	})
 }
 
