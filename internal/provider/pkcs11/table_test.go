@@ -39,7 +39,7 @@ func TestEveryAlgorithmIsInTheTable(t *testing.T) {
 		}
 		var want use
 		switch {
-		case a.Kind == alg.KindSign:
+		case a.Kind == alg.KindSign, a.Kind == alg.KindMAC:
 			want = useSign
 		case a.Kind == alg.KindEncrypt && a.KeyType == alg.RSA:
 			want = useDecrypt // encryption with the public key is the service's
@@ -85,8 +85,8 @@ func TestUsedMechanisms(t *testing.T) {
 			t.Errorf("usedMechanisms lists %s %d times, want once", m.name, n)
 		}
 	}
-	if len(used) != 11 {
-		t.Errorf("usedMechanisms lists %d mechanisms, want the 11 the gateway uses: %v", len(used), used)
+	if len(used) != 15 {
+		t.Errorf("usedMechanisms lists %d mechanisms, want the 15 the gateway uses: %v", len(used), used)
 	}
 }
 
