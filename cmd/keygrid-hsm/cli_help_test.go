@@ -38,7 +38,7 @@ func TestHelpOnStdout(t *testing.T) {
 		}
 	}
 	root := binRun{}.run(t, "--help").stdout
-	for _, want := range []string{"Exit codes: 0 success, 1 the command failed, 2 a wrong command line", "completion", "-v, --version",
+	for _, want := range []string{"Exit codes: 0 success, 1 the command failed, 2 a wrong command line", "completion", "-v, --version", "print the version",
 		"Examples:\n  # Run the embedded default"} {
 		if !strings.Contains(root, want) {
 			t.Errorf("keygrid-hsm --help lacks %q:\n%s", want, root)
@@ -117,6 +117,9 @@ func TestEveryCommandHelp(t *testing.T) {
 		name := strings.TrimSpace("keygrid-hsm " + strings.Join(p, " "))
 		if r.code != 0 || r.stderr != "" || !strings.Contains(r.stdout, "Usage:\n  "+name) {
 			t.Errorf("%s --help: %s", name, r)
+		}
+		if strings.Contains(r.stdout, "[=true|false]") {
+			t.Errorf("%s --help marks switches [=true|false]:\n%s", name, r.stdout)
 		}
 		if examples[strings.Join(p, " ")] && !strings.Contains(r.stdout, "\nExamples:\n  ") {
 			t.Errorf("%s --help shows no examples:\n%s", name, r.stdout)

@@ -102,6 +102,7 @@ func newRoot(s *streams) *cobra.Command {
 	root.SetOut(s.stdout)
 	root.SetErr(s.stderr)
 	root.SetVersionTemplate("keygrid-hsm {{.Version}}\n")
+	root.Flags().BoolP("version", "v", false, "print the version")
 	root.SetUsageTemplate(usageTemplate)
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
 		return &usageError{cmd: cmd.CommandPath(), err: err}
@@ -316,7 +317,10 @@ func flagUsages(c *cobra.Command, conn bool) string {
 	}
 	c.LocalFlags().VisitAll(pick)
 	c.InheritedFlags().VisitAll(pick)
-	return strings.TrimRight(fs.FlagUsages(), "\n")
+	// pflag marks every boolean flag "[=true|false]"; a switch reads
+	// better bare (--digest, --all), the columns kept.
+	u := strings.ReplaceAll(fs.FlagUsages(), "[=true|false]", strings.Repeat(" ", len("[=true|false]")))
+	return strings.TrimRight(u, "\n")
 }
 
 func versionCmd(s *streams) *cobra.Command {
