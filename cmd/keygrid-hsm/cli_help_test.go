@@ -208,6 +208,8 @@ func TestExitCodes(t *testing.T) {
 		{"usage missing key", []string{"keys", "get", closed}, 2, "needs KEY"},
 		{"usage bench op", []string{"bench", "--key", "k", "--op", "foo", closed}, 2, `--op "foo": give one of sign, verify, encrypt, decrypt, create`},
 		{"usage bench without key", []string{"bench", closed}, 2, "--key is required"},
+		{"usage cert issue without a subject", []string{"cert", "issue", "ca", "--validity", "1h", closed}, 2, "give one of --csr FILE, --public-key FILE or --self-signed"},
+		{"usage cert issue without validity", []string{"cert", "issue", "ca", "--self-signed", "--cn", "x", closed}, 2, "give --validity"},
 		{"usage list limit", []string{"keys", "list", "--limit", "0", closed}, 2, "--limit 0: give a page size of at least 1"},
 		{"usage key twice", []string{"sign", "a", "--key", "b", closed}, 2, "got both"},
 		{"usage bad format", []string{"keys", "public", "k", "--format", "xyz", closed}, 2, `--format "xyz": give one of pem, der, jwk`},

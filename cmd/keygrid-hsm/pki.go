@@ -191,6 +191,18 @@ func certIssueCmd(s *streams) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			subjects := 0
+			for _, given := range []bool{csrFile != "", pubFile != "", selfSigned} {
+				if given {
+					subjects++
+				}
+			}
+			switch {
+			case subjects != 1:
+				return usageErr(c.cmd, "cert issue: give one of --csr FILE, --public-key FILE or --self-signed")
+			case validity == "" && notAfter == "":
+				return usageErr(c.cmd, "cert issue: give --validity (such as 720h) or --not-after (RFC 3339)")
+			}
 			req := apitypes.IssueCertificateRequest{SelfSigned: selfSigned, Validity: validity, IsCA: isCA, KeyUsage: ku,
 				ExtKeyUsage: eku, CRLDistributionPoints: crl, OCSPServers: ocsp, Algorithm: algo,
 				DNSNames: sf.dns, IPAddresses: sf.ip, EmailAddresses: sf.email, URIs: sf.uri}
