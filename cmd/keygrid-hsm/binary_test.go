@@ -139,7 +139,8 @@ type binServer struct {
 	addr, dataDir, tokenFile string
 	logs                     *testbed.LogBuffer
 	cmd                      *exec.Cmd
-	exited                   chan error
+	exited                   chan error // its Wait's answer, put back by each reader
+	stopped                  bool
 }
 
 var servingRE = regexp.MustCompile(`msg="keygrid-hsm serving" addr=(\S+)`)
@@ -186,9 +187,10 @@ func startServer(t *testing.T, dir string, env []string, args ...string) *binSer
 // stop ends the server with SIGTERM (as a service manager does) and waits
 // for it; it must exit 0.
 func (s *binServer) stop(t *testing.T) {
-	if s.cmd.ProcessState != nil {
+	if s.stopped {
 		return
 	}
+	s.stopped = true
 	_ = s.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case err := <-s.exited:
