@@ -35,6 +35,21 @@ type auditVerifyOptions struct {
 	// configured one with Config, the one the log's checkpoint lines name
 	// with a server).
 	Replica string
+	// JSON: print the result as JSON (-o json).
+	JSON bool
+}
+
+// auditResult is audit verify's answer with -o json.
+type auditResult struct {
+	OK          bool   `json:"ok"`
+	Files       int    `json:"files"`
+	Lines       int    `json:"lines"`
+	LastHash    string `json:"last_hash"`
+	Replica     string `json:"replica,omitempty"`
+	Checkpoints *int   `json:"checkpoints,omitempty"`
+	NewestSeq   uint64 `json:"newest_checkpoint_seq,omitempty"`
+	NewestTime  string `json:"newest_checkpoint_time,omitempty"`
+	Unvouched   uint64 `json:"records_after_newest_checkpoint,omitempty"`
 }
 
 func auditCmd(s *streams) *cobra.Command {
@@ -66,7 +81,7 @@ reported (exit 1). With --config and no FILE, the configured log and its rotated
 		f.StringVar(&o.Config, "config", "", "the gateway's configuration: check signed checkpoints from its metadata store and provider")
 		f.StringVar(&o.Replica, "replica", "", "the replica the log is of (default: the configured one, or the one the log names)")
 		return func(ctx context.Context) error {
-			o.Files = c.posArgs
+			o.Files, o.JSON = c.posArgs, c.output == "json"
 			if c.changed("server") {
 				o.Client = c.client
 			}
@@ -89,6 +104,9 @@ func auditVerify(ctx context.Context, o auditVerifyOptions, stdout io.Writer) er
 		if err != nil {
 			return verifyFailed(err)
 		}
+		if o.JSON {
+			return writeJSON(stdout, auditResult{OK: true, Files: s.Files, Lines: s.Lines, LastHash: s.LastHash})
+		}
 		fmt.Fprintf(stdout, "audit chain OK: %d lines in %d files; last hash %s\n", s.Lines, s.Files, s.LastHash)
 		return nil
 	}
@@ -105,6 +123,13 @@ func auditVerify(ctx context.Context, o auditVerifyOptions, stdout io.Writer) er
 	rep, err := audit.VerifyLog(vo)
 	if err != nil {
 		return verifyFailed(err)
+	}
+	if o.JSON {
+		r := auditResult{OK: true, Files: rep.Files, Lines: rep.Lines, LastHash: rep.LastHash, Replica: vo.Replica, Checkpoints: &rep.Checkpoints}
+		if rep.Checkpoints > 0 {
+			r.NewestSeq, r.NewestTime, r.Unvouched = rep.Newest.Seq, rep.Newest.Time.UTC().Format("2006-01-02T15:04:05Z"), rep.Unvouched
+		}
+		return writeJSON(stdout, r)
 	}
 	fmt.Fprintf(stdout, "audit log OK: %d lines in %d files of replica %s; %d signed checkpoints match", rep.Lines, rep.Files, vo.Replica, rep.Checkpoints)
 	if rep.Checkpoints > 0 {

@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -66,10 +65,20 @@ func benchCmd(s *streams) *cobra.Command {
 		fs.DurationVar(&dur, "duration", 10*time.Second, "how long to run (unless --count)")
 		fs.Int64Var(&count, "count", 0, "stop after this many requests")
 		fs.DurationVar(&warmup, "warmup", time.Second, "unmeasured warm-up before the run")
-		fs.BoolVar(&progress, "progress", isTerminal(c.stderr), "a live progress line on c.stderr")
+		fs.BoolVar(&progress, "progress", isTerminal(c.stderr), "a live progress line on stderr")
 		return func(ctx context.Context) error {
-			if conc < 1 || size < 0 {
-				return errors.New("bench: --concurrency must be at least 1 and --size not negative")
+			// The command line is checked whole before anything is sent
+			// (a key is made only for a run that will go).
+			if err := oneOf(c.cmd, "op", op, "sign", "verify", "encrypt", "decrypt", "create"); err != nil {
+				return err
+			}
+			switch {
+			case conc < 1 || size < 0:
+				return usageErr(c.cmd, "bench: --concurrency must be at least 1 and --size not negative")
+			case op != "create" && key == "":
+				return usageErr(c.cmd, "bench: --key is required")
+			case op == "create" && keyType == "":
+				return usageErr(c.cmd, "bench: create needs --key-type")
 			}
 			cl, err := c.client()
 			if err != nil {
@@ -81,9 +90,6 @@ func benchCmd(s *streams) *cobra.Command {
 			}
 			spec := apitypes.KeySpec{KeyType: keyType, KeySize: keySize, Curve: curve, Algorithm: algorithm}
 			if op != "create" {
-				if key == "" {
-					return errors.New("bench: --key is required")
-				}
 				if _, err := cl.GetKey(ctx, key); err != nil {
 					if keyType == "" {
 						return fmt.Errorf("bench: key %q: %w (give --key-type to create it)", key, err)
@@ -95,8 +101,6 @@ func benchCmd(s *streams) *cobra.Command {
 						return fmt.Errorf("bench: create key %q: %w", key, err)
 					}
 				}
-			} else if keyType == "" {
-				return errors.New("bench: create needs --key-type")
 			}
 
 			payload := make([]byte, size)

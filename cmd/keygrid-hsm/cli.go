@@ -69,12 +69,56 @@ func clientCmd(s *streams, cmd *cobra.Command, shared *conn, build func(c *cli, 
 			return err
 		}
 		err := body(cmd.Context())
-		if errors.Is(err, client.ErrAuthenticationFailed) {
+		switch {
+		case errors.Is(err, client.ErrAuthenticationFailed):
 			err = fmt.Errorf("%w\n(the CLI sends the first of --token, --token-file, KEYGRID_TOKEN, KEYGRID_TOKEN_FILE, %s)", err, defaultTokenFile())
+		case errors.Is(err, client.ErrInvalidInput) || errors.Is(err, client.ErrUnsupportedAlgorithm):
+			if f := flagOfField(cmd, err); f != "" {
+				err = fmt.Errorf("%w\n(from --%s)", err, f)
+			}
 		}
 		return err
 	}
 	return cmd
+}
+
+// flagOfField finds, in the server's refusal of a request, the API field
+// (rotation_period, key_spec.key_size, pending_window_days, …) that one of
+// the flags given on this command line set, and returns that flag's name:
+// the server names its fields, the user typed flags.
+func flagOfField(cmd *cobra.Command, err error) string {
+	var ce *client.Error
+	if !errors.As(err, &ce) {
+		return ""
+	}
+	words := strings.FieldsFunc(ce.Message, func(r rune) bool {
+		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '_' || r == '.')
+	})
+	given := func(field string) string {
+		name := strings.TrimPrefix(strings.ToLower(field), "key_spec.")
+		switch name {
+		case "key_size":
+			name = "size"
+		case "key_type":
+			name = "type"
+		}
+		name = strings.ReplaceAll(name, "_", "-")
+		if f := cmd.Flags().Lookup(name); f != nil && f.Changed {
+			return name
+		}
+		return ""
+	}
+	for i, w := range words {
+		if i+1 < len(words) {
+			if f := given(w + "_" + words[i+1]); f != "" { // "pending window": --pending-window
+				return f
+			}
+		}
+		if f := given(w); f != "" {
+			return f
+		}
+	}
+	return ""
 }
 
 // changed reports whether the flag was given on the command line.
@@ -146,8 +190,11 @@ func (c *cli) client() (*client.Client, error) {
 	return client.New(c.server, opts...)
 }
 
-func (c *cli) json(v any) error {
-	enc := json.NewEncoder(c.stdout)
+func (c *cli) json(v any) error { return writeJSON(c.stdout, v) }
+
+// writeJSON writes v as indented JSON: what -o json prints.
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
 }

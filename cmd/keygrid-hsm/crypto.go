@@ -148,7 +148,7 @@ func readInput(c *cli, name, enc, encFlag string) (*input, error) {
 	}
 	d, err := base64.StdEncoding.DecodeString(strings.TrimSpace(string(b)))
 	if err != nil {
-		return nil, fmt.Errorf("the input of %s is not base64 (%v); for raw bytes give %s raw", encFlag, err, encFlag)
+		return nil, fmt.Errorf("the input is not base64 (%v), as %s %s reads it: for raw bytes give %s raw", err, encFlag, enc, encFlag)
 	}
 	return &input{b: d, flag: encFlag}, nil
 }

@@ -15,6 +15,8 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/keygrid/keygrid-hsm/internal/alg"
+	"github.com/keygrid/keygrid-hsm/internal/kgerr"
 	"github.com/keygrid/keygrid-hsm/pkg/apitypes"
 	"github.com/keygrid/keygrid-hsm/pkg/client"
 )
@@ -79,7 +81,7 @@ verifies (RSA, EC, Ed25519), encrypts and decrypts (AES) or computes MACs (HMAC)
 			if cmd.Flags().Changed("name") {
 				return exactArgs(0, "NAME or --name, not both")(cmd, args)
 			}
-			return exactArgs(1, "NAME: the new key's name")(cmd, args)
+			return exactArgs(1, "NAME (or --name): the new key's name")(cmd, args)
 		},
 	}
 	return clientCmd(s, cmd, co, func(c *cli, f *pflag.FlagSet) func(context.Context) error {
@@ -111,7 +113,7 @@ verifies (RSA, EC, Ed25519), encrypts and decrypts (AES) or computes MACs (HMAC)
 // naming its API field.
 func checkCreateFlags(cmd *cobra.Command, o keysCreateOptions) error {
 	if o.name == "" {
-		return usageErr(cmd, "keys create needs NAME: the new key's name")
+		return usageErr(cmd, "keys create needs NAME (or --name): the new key's name")
 	}
 	t := strings.ToUpper(o.keyType)
 	switch {
@@ -128,8 +130,22 @@ func checkCreateFlags(cmd *cobra.Command, o keysCreateOptions) error {
 	case o.curve != "" && t != "EC":
 		return usageErr(cmd, "keys create: --curve is for EC keys only")
 	}
+	// The server's own table of types, sizes and curves, its message in
+	// the flags' terms.
+	if _, err := alg.NewSpec(o.keyType, o.size, o.curve); err != nil {
+		msg := err.Error()
+		if ke := (*kgerr.Error)(nil); errors.As(err, &ke) {
+			msg = ke.Message
+		}
+		return usageErr(cmd, "keys create: %s", specFlags.Replace(msg))
+	}
 	return nil
 }
+
+// specFlags turns the API's field names in a key spec's refusal into the
+// flags of keys create.
+var specFlags = strings.NewReplacer("key_spec.key_size", "--size", "key_spec.curve", "--curve", "key_spec.key_type", "--type",
+	"unsupported key_type", "unsupported --type", "unsupported curve", "unsupported --curve")
 
 func runKeysCreate(ctx context.Context, c *cli, o keysCreateOptions) error {
 	req := apitypes.CreateKeyRequest{Provider: o.provider, Name: o.name, Description: o.description, KeySpec: apitypes.KeySpec{
@@ -250,10 +266,15 @@ func keysListCmd(s *streams, co *conn) *cobra.Command {
 	return clientCmd(s, cmd, co, func(c *cli, f *pflag.FlagSet) func(context.Context) error {
 		f.StringVar(&o.provider, "provider", "", "only keys of this provider")
 		f.StringVar(&o.state, "state", "", "only keys in this state (active, inactive, pending, pending_deletion, deleting)")
-		f.IntVar(&o.limit, "limit", 0, "page size")
+		f.IntVar(&o.limit, "limit", 0, "page size (default: the server's)")
 		f.StringVar(&o.pageToken, "page-token", "", "continue after this page token")
 		f.BoolVar(&o.all, "all", false, "follow page tokens to the end")
-		return func(ctx context.Context) error { return runKeysList(ctx, c, o) }
+		return func(ctx context.Context) error {
+			if c.changed("limit") && o.limit < 1 {
+				return usageErr(c.cmd, "keys list: --limit %d: give a page size of at least 1", o.limit)
+			}
+			return runKeysList(ctx, c, o)
+		}
 	})
 }
 

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -192,6 +191,18 @@ func certIssueCmd(s *streams) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			subjects := 0
+			for _, given := range []bool{csrFile != "", pubFile != "", selfSigned} {
+				if given {
+					subjects++
+				}
+			}
+			switch {
+			case subjects != 1:
+				return usageErr(c.cmd, "cert issue: give one of --csr FILE, --public-key FILE or --self-signed")
+			case validity == "" && notAfter == "":
+				return usageErr(c.cmd, "cert issue: give --validity (such as 720h) or --not-after (RFC 3339)")
+			}
 			req := apitypes.IssueCertificateRequest{SelfSigned: selfSigned, Validity: validity, IsCA: isCA, KeyUsage: ku,
 				ExtKeyUsage: eku, CRLDistributionPoints: crl, OCSPServers: ocsp, Algorithm: algo,
 				DNSNames: sf.dns, IPAddresses: sf.ip, EmailAddresses: sf.email, URIs: sf.uri}
@@ -317,7 +328,16 @@ func jwtSignCmd(s *streams) *cobra.Command {
 // cmdJWKS: keygrid-hsm jwks KEY, or jwks --published.
 func jwksCmd(s *streams) *cobra.Command {
 	cmd := &cobra.Command{Use: "jwks [KEY | --published]", Short: "a key's JWKS, or the server's /.well-known/jwks.json",
-		Example: "  keygrid-hsm jwks app-signing\n  keygrid-hsm jwks --published"}
+		Example: "  keygrid-hsm jwks app-signing\n  keygrid-hsm jwks --published",
+		Args: func(cmd *cobra.Command, args []string) error {
+			if cmd.Flags().Changed("published") {
+				if len(args) > 0 {
+					return usageErr(cmd, "jwks: KEY or --published, not both (got %q)", strings.Join(args, " "))
+				}
+				return nil
+			}
+			return keyArg("")(cmd, args)
+		}}
 	return clientCmd(s, cmd, nil, func(c *cli, fs *pflag.FlagSet) func(context.Context) error {
 		published := fs.Bool("published", false, "the server's /.well-known/jwks.json")
 		return func(ctx context.Context) error {
@@ -326,20 +346,13 @@ func jwksCmd(s *streams) *cobra.Command {
 				return err
 			}
 			if *published {
-				if len(c.posArgs) != 0 {
-					return errors.New("jwks --published takes no key")
-				}
 				set, err := cl.PublishedJWKS(ctx)
 				if err != nil {
 					return err
 				}
 				return c.json(set)
 			}
-			key, err := c.key("")
-			if err != nil {
-				return err
-			}
-			set, err := cl.KeyJWKS(ctx, key)
+			set, err := cl.KeyJWKS(ctx, c.posArgs[0])
 			if err != nil {
 				return err
 			}

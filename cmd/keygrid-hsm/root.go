@@ -102,6 +102,7 @@ func newRoot(s *streams) *cobra.Command {
 	root.SetOut(s.stdout)
 	root.SetErr(s.stderr)
 	root.SetVersionTemplate("keygrid-hsm {{.Version}}\n")
+	root.Flags().BoolP("version", "v", false, "print the version")
 	root.SetUsageTemplate(usageTemplate)
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
 		return &usageError{cmd: cmd.CommandPath(), err: err}
@@ -127,7 +128,37 @@ func newRoot(s *streams) *cobra.Command {
 	add("pki", csrCmd(s), certCmd(s), jwtCmd(s), jwksCmd(s))
 	add("xks", xksCmd(s))
 	root.AddCommand(pkcs11HostCmd())
+	strictHelpAndCompletion(root)
 	return root
+}
+
+// strictHelpAndCompletion makes cobra's own help and completion commands
+// answer a wrong command line as every other command does (exit 2):
+// "help nosuch" and "completion tcsh" are usage errors, not help with
+// exit 0.
+func strictHelpAndCompletion(root *cobra.Command) {
+	root.InitDefaultHelpCmd()
+	root.InitDefaultCompletionCmd()
+	for _, c := range root.Commands() {
+		switch c.Name() {
+		case "help":
+			show := c.Run
+			c.Run, c.Args = nil, nil
+			c.RunE = func(cmd *cobra.Command, args []string) error {
+				target, rest, err := root.Find(args)
+				switch {
+				case err != nil || target == nil:
+					return usageErr(cmd, "help: unknown command %q", strings.Join(args, " "))
+				case len(rest) > 0:
+					return usageErr(cmd, "help: unknown command %q for %q", rest[0], cmdName(target))
+				}
+				show(cmd, args)
+				return nil
+			}
+		case "completion":
+			c.Args, c.RunE = noArgs, needSubcommand
+		}
+	}
 }
 
 // run executes one command line and returns its exit code.
@@ -217,18 +248,20 @@ func keyArg(flag string) cobra.PositionalArgs {
 // parent makes a command that only groups subcommands: without one (or
 // with an unknown one) it is a usage error.
 func parent(use, short string, subs ...*cobra.Command) *cobra.Command {
-	p := &cobra.Command{Use: use, Short: short, Args: noArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			names := []string{}
-			for _, c := range cmd.Commands() {
-				if c.IsAvailableCommand() {
-					names = append(names, c.Name())
-				}
-			}
-			return usageErr(cmd, "%s: give a subcommand: %s", cmdName(cmd), strings.Join(names, ", "))
-		}}
+	p := &cobra.Command{Use: use, Short: short, Args: noArgs, RunE: needSubcommand}
 	p.AddCommand(subs...)
 	return p
+}
+
+// needSubcommand is the body of a command that only groups subcommands.
+func needSubcommand(cmd *cobra.Command, args []string) error {
+	names := []string{}
+	for _, c := range cmd.Commands() {
+		if c.IsAvailableCommand() {
+			names = append(names, c.Name())
+		}
+	}
+	return usageErr(cmd, "%s: give a subcommand: %s", cmdName(cmd), strings.Join(names, ", "))
 }
 
 // oneOf checks a flag value against its set: a usage error naming the flag.
@@ -284,7 +317,10 @@ func flagUsages(c *cobra.Command, conn bool) string {
 	}
 	c.LocalFlags().VisitAll(pick)
 	c.InheritedFlags().VisitAll(pick)
-	return strings.TrimRight(fs.FlagUsages(), "\n")
+	// pflag marks every boolean flag "[=true|false]"; a switch reads
+	// better bare (--digest, --all), the columns kept.
+	u := strings.ReplaceAll(fs.FlagUsages(), "[=true|false]", strings.Repeat(" ", len("[=true|false]")))
+	return strings.TrimRight(u, "\n")
 }
 
 func versionCmd(s *streams) *cobra.Command {
