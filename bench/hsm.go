@@ -414,21 +414,12 @@ func (g *gateway) httpCPU(key, algorithm string, o hsmOptions) (CPUResult, error
 		return CPUResult{}, err
 	}
 	used := procsCPU(pids) - before
-	var r struct {
-		OpsPerSec float64 `json:"ops_per_sec"`
-		P50us     float64 `json:"p50_us"`
-		P99us     float64 `json:"p99_us"`
-		Requests  int64   `json:"requests"`
-		Errors    int64   `json:"errors"`
-	}
-	if err := json.Unmarshal(out, &r); err != nil {
+	r, err := parseLoad(out, "remote-"+key+" "+algorithm)
+	if err != nil {
 		return CPUResult{}, err
 	}
-	if r.Errors > 0 || r.Requests == 0 {
-		return CPUResult{}, fmt.Errorf("keygrid-hsm bench %s: %d errors of %d", algorithm, r.Errors, r.Requests)
-	}
-	res := CPUResult{Result: Result{OpsPerSec: r.OpsPerSec, P50us: r.P50us, P99us: r.P99us, Ops: int(r.Requests)}}
-	res.CPUus = float64(used.Microseconds()) / float64(r.Requests)
+	res := CPUResult{Result: r}
+	res.CPUus = float64(used.Microseconds()) / float64(r.Ops)
 	return res, nil
 }
 

@@ -20,6 +20,26 @@ type Result struct {
 	Errors    int     `json:"errors"`
 }
 
+// parseLoad reads the JSON of `keygrid-hsm bench --output json`; a run with
+// errors or no request is an error naming what (the load's description).
+// Ops counts the successful requests.
+func parseLoad(out []byte, what string) (Result, error) {
+	var r struct {
+		OpsPerSec float64 `json:"ops_per_sec"`
+		P50us     float64 `json:"p50_us"`
+		P99us     float64 `json:"p99_us"`
+		Requests  int64   `json:"requests"`
+		Errors    int64   `json:"errors"`
+	}
+	if err := json.Unmarshal(out, &r); err != nil {
+		return Result{}, fmt.Errorf("keygrid-hsm bench %s: %w", what, err)
+	}
+	if r.Errors > 0 || r.Requests == 0 {
+		return Result{}, fmt.Errorf("keygrid-hsm bench %s: %d errors of %d requests", what, r.Errors, r.Requests)
+	}
+	return Result{OpsPerSec: r.OpsPerSec, P50us: r.P50us, P99us: r.P99us, Ops: int(r.Requests)}, nil
+}
+
 // common are the flags every measuring mode takes.
 type common struct {
 	alg         string

@@ -441,20 +441,7 @@ func (b *bed) http(conc int, key, algorithm string, size int) (Result, error) {
 	if err := cmd.Run(); err != nil {
 		return Result{}, fmt.Errorf("keygrid-hsm bench %s %s: %w", key, algorithm, err)
 	}
-	var r struct {
-		OpsPerSec float64 `json:"ops_per_sec"`
-		P50us     float64 `json:"p50_us"`
-		P99us     float64 `json:"p99_us"`
-		Requests  int64   `json:"requests"`
-		Errors    int64   `json:"errors"`
-	}
-	if err := json.Unmarshal(out.Bytes(), &r); err != nil {
-		return Result{}, err
-	}
-	if r.Errors > 0 {
-		return Result{}, fmt.Errorf("keygrid-hsm bench %s %s: %d errors", key, algorithm, r.Errors)
-	}
-	return Result{OpsPerSec: r.OpsPerSec, P50us: r.P50us, P99us: r.P99us, Ops: int(r.Requests - r.Errors), Errors: int(r.Errors)}, nil
+	return parseLoad(out.Bytes(), key+" "+algorithm)
 }
 
 // fill puts n more EC key pairs on the token, directly through PKCS#11

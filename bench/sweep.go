@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -214,27 +213,13 @@ func (b *bed) load(loadgen string, g *gateway, conc int, key, algorithm string, 
 		if err != nil {
 			return HTTPResult{}, err
 		}
-		var r struct {
-			OpsPerSec float64 `json:"ops_per_sec"`
-			P50us     float64 `json:"p50_us"`
-			P99us     float64 `json:"p99_us"`
-			Requests  int64   `json:"requests"`
-			Errors    int64   `json:"errors"`
-		}
-		if err := json.Unmarshal(out.Bytes(), &r); err != nil {
+		r, err := parseLoad(out.Bytes(), key+" "+algorithm)
+		if err != nil {
 			return HTTPResult{}, err
 		}
-		if r.Errors > 0 {
-			return HTTPResult{}, fmt.Errorf("keygrid-hsm bench %s %s: %d errors", key, algorithm, r.Errors)
-		}
-		ok := r.Requests - r.Errors
-		res := HTTPResult{Result: Result{OpsPerSec: r.OpsPerSec, P50us: r.P50us, P99us: r.P99us, Ops: int(ok)}}
-		if ok > 0 {
-			client := cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
-			res.ServerCPUus = float64((cpu1 - cpu0).Microseconds()) / float64(ok)
-			res.ClientCPUus = float64(client.Microseconds()) / float64(ok)
-		}
-		return res, nil
+		client := cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
+		return HTTPResult{Result: r, ServerCPUus: float64((cpu1 - cpu0).Microseconds()) / float64(r.Ops),
+			ClientCPUus: float64(client.Microseconds()) / float64(r.Ops)}, nil
 	}
 	if warmup > 0 {
 		if _, err := run(warmup); err != nil {

@@ -428,6 +428,19 @@ func skip(ctx context.Context, list func(context.Context, store.ListOptions) ([]
 	return token, nil
 }
 
+// requireActive refuses a key that is not active for an operation only
+// active keys take ("only active keys <only>"; pending deletion: "cancel
+// the deletion to <what> it").
+func requireActive(k *store.Key, only, what string) error {
+	switch k.State {
+	case store.StateActive:
+		return nil
+	case store.StateInactive, store.StatePending:
+		return kgerr.New(kgerr.KindKeyInactive, fmt.Sprintf("key %q is %s; only active keys %s", k.Name, k.State, only))
+	}
+	return refuseUnusable(k, what)
+}
+
 // refuseUnusable returns the error of an operation on a key that is not
 // active: pending deletion (or being destroyed), or otherwise not usable.
 func refuseUnusable(k *store.Key, what string) error {
@@ -502,11 +515,8 @@ func (s *Service) RotateKey(ctx context.Context, ref string) (out *Key, err erro
 		return nil, err
 	}
 	o.algorithm = k.Algorithm
-	if k.State != store.StateActive {
-		if k.State == store.StateInactive || k.State == store.StatePending {
-			return nil, kgerr.New(kgerr.KindKeyInactive, fmt.Sprintf("key %q is %s; only active keys rotate", k.Name, k.State))
-		}
-		return nil, refuseUnusable(k, "rotate")
+	if err := requireActive(k, "rotate", "rotate"); err != nil {
+		return nil, err
 	}
 	p, err := s.providerFor(k)
 	if err != nil {

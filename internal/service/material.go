@@ -122,11 +122,8 @@ func (s *Service) ImportKeyVersion(ctx context.Context, req ImportVersionRequest
 		return nil, err
 	}
 	o.algorithm = k.Algorithm
-	if k.State != store.StateActive {
-		if k.State == store.StateInactive || k.State == store.StatePending {
-			return nil, kgerr.New(kgerr.KindKeyInactive, fmt.Sprintf("key %q is %s; only active keys take a new version", k.Name, k.State))
-		}
-		return nil, refuseUnusable(k, "import a version of")
+	if err := requireActive(k, "take a new version", "import a version of"); err != nil {
+		return nil, err
 	}
 	p, err := s.providerFor(k)
 	if err != nil {
