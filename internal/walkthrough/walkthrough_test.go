@@ -218,3 +218,43 @@ func freeAddr(t *testing.T) string {
 	defer l.Close()
 	return l.Addr().String()
 }
+
+// TestCheckoutStateSeesStrayFiles: the cleanliness check notices a file the
+// walkthrough would leave beside go.mod, also one git ignores, but not bin/.
+func TestCheckoutStateSeesStrayFiles(t *testing.T) {
+	testbed.Require(t, "git")
+	dir := t.TempDir()
+	run := func(args ...string) {
+		cmd := exec.Command("git", args...)
+		cmd.Dir = dir
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("git %v: %v\n%s", args, err, out)
+		}
+	}
+	run("init", "-q")
+	if err := os.WriteFile(filepath.Join(dir, ".gitignore"), []byte("/data/\n/bin/\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	base := checkoutState(t, dir)
+	if err := os.MkdirAll(filepath.Join(dir, "bin"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "bin", "keygrid-hsm"), []byte("x"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if got := checkoutState(t, dir); got != base {
+		t.Fatalf("bin/ counted as a change: %q", got)
+	}
+	for _, f := range []string{"dek.bin", "data/admin.token"} {
+		if err := os.MkdirAll(filepath.Dir(filepath.Join(dir, f)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, f), []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if got := checkoutState(t, dir); got == base {
+			t.Fatalf("%s not seen", f)
+		}
+		os.RemoveAll(filepath.Join(dir, strings.Split(f, "/")[0]))
+	}
+}
