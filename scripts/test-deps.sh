@@ -6,13 +6,14 @@
 # requests, as AWS's XKS compliance client sends them), and the second PKCS#11
 # module of the tests: tpm2-pkcs11 on a software TPM (swtpm, the tpm2-abrmd
 # resource manager on a private D-Bus bus, tpm2-tools and tpm2_ptool to make
-# the token). As root it uses apt-get; as anyone else it says exactly what to
+# the token), systemd (systemd-analyze verify of deploy/keygrid-hsm.service), jq and
+# xxd (the README walkthrough, run by internal/walkthrough). As root it uses apt-get; as anyone else it says exactly what to
 # install.
 set -euo pipefail
 
 packages=(softhsm2 opensc p11-kit p11-kit-modules openssl postgresql gcc curl
   swtpm swtpm-tools tpm2-tools tpm2-abrmd libtss2-tcti-tabrmd0 libtss2-tcti-swtpm0
-  libtpm2-pkcs11-1 libtpm2-pkcs11-tools dbus-daemon chromium)
+  libtpm2-pkcs11-1 libtpm2-pkcs11-tools dbus-daemon chromium systemd jq xxd)
 missing=()
 have() { command -v "$1" >/dev/null 2>&1; }
 pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1; }
@@ -37,6 +38,11 @@ have dbus-daemon || missing+=(dbus-daemon)
 have curl || missing+=(curl)
 # The console's browser tests drive a headless Chromium (chromedp).
 have chromium || missing+=(chromium)
+# deploy/: systemd-analyze verify checks the systemd unit.
+have systemd-analyze || missing+=(systemd)
+# internal/walkthrough: the README's walkthrough runs with jq and xxd.
+have jq || missing+=(jq)
+have xxd || missing+=(xxd)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
