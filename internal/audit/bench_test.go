@@ -1,7 +1,9 @@
 package audit
 
 import (
+	"bytes"
 	"context"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -56,5 +58,24 @@ func BenchmarkRecordSerial(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// BenchmarkAppendDatasync is the disk's floor for BenchmarkRecordSerial's
+// durable case: a line of the same size appended and fdatasync'd, no log.
+func BenchmarkAppendDatasync(b *testing.B) {
+	f, err := os.OpenFile(filepath.Join(b.TempDir(), "probe"), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	line := append(bytes.Repeat([]byte("x"), 399), '\n')
+	for b.Loop() {
+		if _, err := f.Write(line); err != nil {
+			b.Fatal(err)
+		}
+		if err := datasync(f); err != nil {
+			b.Fatal(err)
+		}
 	}
 }
