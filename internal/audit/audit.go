@@ -10,9 +10,10 @@
 // before it; such a file begins with an "audit_rotate" record.
 //
 // The contract of Record: it returns nil only after the line is written and
-// fsynced (durable) — concurrent records share one write and one fsync
-// (group commit); with Options.SyncInterval the fsync comes within the
-// interval instead. On any error the line is not in the log (a partly
+// fdatasync'd (durable: its bytes and the file size, what is needed to read
+// it back after a power loss) — concurrent records share one write and one
+// sync (group commit), and a lone record leads its own batch at once; with
+// Options.SyncInterval the sync comes within the interval instead. On any error the line is not in the log (a partly
 // written line is cut off before the next record) and the caller must refuse
 // the operation (fail closed). The next Record tries the file again, so the
 // server serves again as soon as the disk takes writes.
