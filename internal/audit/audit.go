@@ -10,9 +10,10 @@
 // before it; such a file begins with an "audit_rotate" record.
 //
 // The contract of Record: it returns nil only after the line is written and
-// fsynced (durable) — concurrent records share one write and one fsync
-// (group commit); with Options.SyncInterval the fsync comes within the
-// interval instead. On any error the line is not in the log (a partly
+// fdatasync'd (durable: its bytes and the file size, what is needed to read
+// it back after a power loss) — concurrent records share one write and one
+// sync (group commit), and a lone record leads its own batch at once; with
+// Options.SyncInterval the sync comes within the interval instead. On any error the line is not in the log (a partly
 // written line is cut off before the next record) and the caller must refuse
 // the operation (fail closed). The next Record tries the file again, so the
 // server serves again as soon as the disk takes writes.
@@ -146,8 +147,10 @@ type Log struct {
 	// are refused until one succeeds).
 	unsynced bool
 	syncErr  error
-	stop     chan struct{}
-	stopped  chan struct{}
+	// buf is the batch buffer, reused from batch to batch.
+	buf     []byte
+	stop    chan struct{}
+	stopped chan struct{}
 }
 
 // syncLoop fsyncs written records every SyncInterval.
@@ -280,20 +283,9 @@ func (l *Log) resume() error {
 	return nil
 }
 
-// line builds the chained line for e.
+// line builds the chained line for e (appendLine, encode.go).
 func line(seq uint64, prev string, e Event) ([]byte, string, error) {
-	body, err := json.Marshal(e)
-	if err != nil {
-		return nil, "", err
-	}
-	var b bytes.Buffer
-	fmt.Fprintf(&b, `{"seq":%d,`, seq)
-	b.Write(body[1 : len(body)-1])
-	fmt.Fprintf(&b, `,"prev_hash":%q`, prev)
-	sum := sha256.Sum256(append(b.Bytes(), '}'))
-	h := hex.EncodeToString(sum[:])
-	fmt.Fprintf(&b, `,"hash":%q}`+"\n", h)
-	return b.Bytes(), h, nil
+	return appendLine(nil, seq, prev, e)
 }
 
 // pending is a record waiting for its batch. It receives exactly one
@@ -429,14 +421,17 @@ func (l *Log) appendBatchLocked(batch []*pending) error {
 		l.dirty = false
 	}
 	seq, head := l.seq, l.lastHash
-	var buf []byte
+	buf := l.buf[:0]
 	for _, p := range batch {
-		b, h, err := line(seq+1, head, p.e)
-		if err != nil {
+		var h string
+		var err error
+		if buf, h, err = appendLine(buf, seq+1, head, p.e); err != nil {
 			return err
 		}
-		buf = append(buf, b...)
 		seq, head = seq+1, h
+	}
+	if cap(buf) <= 64<<10 {
+		l.buf = buf // reused by the next batch (l.mu is held)
 	}
 	if l.syncErr != nil {
 		if l.syncErr = l.f.Sync(); l.syncErr != nil {
@@ -449,7 +444,7 @@ func (l *Log) appendBatchLocked(batch []*pending) error {
 	}
 	if l.opts.SyncInterval > 0 {
 		l.unsynced = true
-	} else if err := l.f.Sync(); err != nil {
+	} else if err := datasync(l.f); err != nil {
 		l.dirty = true
 		return fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
