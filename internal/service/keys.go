@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"regexp"
 	"slices"
+	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -373,6 +374,8 @@ func (s *Service) ListKeys(ctx context.Context, o ListOptions) (*KeyList, error)
 		return nil, kgerr.Invalid(fmt.Sprintf("state %s is not one of pending, active, inactive, pending_deletion, deleting", kgerr.Quote(o.State)))
 	}
 	switch {
+	case o.Limit < 0 || o.Limit > MaxListLimit:
+		return nil, kgerr.Invalid(fmt.Sprintf("limit must be from 1 to %d (0: the default)", MaxListLimit))
 	case o.Offset < 0:
 		return nil, kgerr.Invalid("offset must not be negative")
 	case o.Offset > 0 && o.PageToken != "":
@@ -388,6 +391,9 @@ func (s *Service) ListKeys(ctx context.Context, o ListOptions) (*KeyList, error)
 		list = func(ctx context.Context, o store.ListOptions) ([]*store.Key, string, error) {
 			return s.listScoped(ctx, p, o)
 		}
+	}
+	if err := s.knownProvider(ctx, list, o.Provider); err != nil {
+		return nil, err
 	}
 	var (
 		keys []*store.Key
@@ -408,6 +414,25 @@ func (s *Service) ListKeys(ctx context.Context, o ListOptions) (*KeyList, error)
 		out.Keys = append(out.Keys, *s.view(k))
 	}
 	return out, nil
+}
+
+// MaxListLimit is the largest page ListKeys returns.
+const MaxListLimit = store.MaxPageSize
+
+// knownProvider refuses a listing filtered by a provider that is not
+// configured on this gateway, unless keys the caller may list name it (a
+// provider of another gateway on the same store, or one since removed from
+// the configuration): a misspelt provider must not answer an empty list.
+func (s *Service) knownProvider(ctx context.Context, list func(context.Context, store.ListOptions) ([]*store.Key, string, error), name string) error {
+	if _, ok := s.providers[name]; ok || name == "" {
+		return nil
+	}
+	keys, _, err := list(ctx, store.ListOptions{Provider: name, Limit: 1})
+	if err != nil || len(keys) > 0 {
+		return err
+	}
+	return kgerr.Invalid(fmt.Sprintf("provider %s is not configured on this gateway and no key names it (configured: %s)",
+		kgerr.Quote(name), strings.Join(s.names, ", ")))
 }
 
 // skip pages past the first n keys of a listing and returns the token of
