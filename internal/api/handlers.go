@@ -357,9 +357,23 @@ func keyOp[Wire, Req, Res, WireRes any](a *API, in func(key string, w Wire) (Req
 	return a.serveKeyOp(keyOpOf(in, fn, out))
 }
 
-// notFound answers routes that do not exist (404) and known paths with the
-// wrong method (405 with Allow).
+// notFound answers routes that do not exist (404, pointing at the OpenAPI
+// document) and known paths with the wrong method (405 with Allow).
 func (a *API) notFound(w http.ResponseWriter, r *http.Request) {
+	if allow := a.allowed(r); len(allow) > 0 {
+		for _, m := range allow {
+			w.Header().Add("Allow", m)
+		}
+		a.fail(w, r, errMethodNotAllowed{fmt.Sprintf("%s is not allowed on %s", kgerr.Clip(r.Method), kgerr.Clip(r.URL.Path))})
+		return
+	}
+	a.fail(w, r, kgerr.New(kgerr.KindNotFound, fmt.Sprintf("no route %s %s: the routes are in the OpenAPI document, GET %s",
+		kgerr.Clip(r.Method), kgerr.Clip(r.URL.Path), openAPIPath)))
+}
+
+// allowed lists the methods a route has for the request's path (none: the
+// path is no route's).
+func (a *API) allowed(r *http.Request) []string {
 	var allow []string
 	for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete} {
 		r2 := r.Clone(r.Context())
@@ -368,12 +382,5 @@ func (a *API) notFound(w http.ResponseWriter, r *http.Request) {
 			allow = append(allow, m)
 		}
 	}
-	if len(allow) > 0 {
-		for _, m := range allow {
-			w.Header().Add("Allow", m)
-		}
-		a.fail(w, r, errMethodNotAllowed{fmt.Sprintf("%s is not allowed on %s", kgerr.Clip(r.Method), kgerr.Clip(r.URL.Path))})
-		return
-	}
-	a.fail(w, r, kgerr.New(kgerr.KindNotFound, fmt.Sprintf("no route %s %s", kgerr.Clip(r.Method), kgerr.Clip(r.URL.Path))))
+	return allow
 }
