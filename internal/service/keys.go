@@ -176,7 +176,7 @@ func (s *Service) newRecord(ctx context.Context, o *op, req CreateKeyRequest) (*
 	}
 	o.algorithm = string(a.Name)
 	if err := caps.CheckAlgorithm(a.Name); err != nil {
-		return nil, nil, onProvider(provName, err)
+		return nil, nil, unavailableAlgorithm(provName, caps, spec, a, req.Spec.Algorithm == "", err)
 	}
 	if len(usage) == 0 {
 		usage = alg.DefaultUsage(a)
@@ -655,6 +655,37 @@ func expired(k *store.Key, t time.Time) bool {
 
 // onProvider names the provider in a refusal of its capabilities ("provider
 // \"hsm\": this provider cannot make AES-256 keys"), keeping the kind.
+// unavailableAlgorithm is the UNSUPPORTED_ALGORITHM of a create whose
+// algorithm (given, or the default of its key type and usage) the provider
+// does not perform: it says why (the provider's reason, e.g. the mechanism
+// its token lacks) and which algorithms the provider does perform for such
+// a key, to give instead.
+func unavailableAlgorithm(provName string, caps provider.Capabilities, spec alg.Spec, a alg.Info, defaulted bool, err error) error {
+	what := string(a.Name)
+	if defaulted {
+		what += fmt.Sprintf(" (the default algorithm for %s keys with this usage)", spec)
+	}
+	msg := fmt.Sprintf("%s is not available on provider %s", what, kgerr.Quote(provName))
+	if why := caps.Missing[a.Name]; why != "" {
+		msg += " (" + why + ")"
+	}
+	var alts []string
+	for _, b := range caps.Alternatives(a.Name) {
+		if i, lerr := alg.Lookup(string(b)); lerr == nil && alg.Compatible(spec, i) == nil {
+			alts = append(alts, string(b))
+		}
+	}
+	switch len(alts) {
+	case 0:
+		msg += fmt.Sprintf("; it performs no other algorithm of this kind for %s keys", spec)
+	case 1:
+		msg += fmt.Sprintf("; give key_spec.algorithm %s (available)", alts[0])
+	default:
+		msg += fmt.Sprintf("; give key_spec.algorithm one of %s (available)", strings.Join(alts, ", "))
+	}
+	return kgerr.Wrap(kgerr.KindUnsupportedAlgorithm, err, msg)
+}
+
 func onProvider(name string, err error) error {
 	e := kgerr.Classify(err)
 	return kgerr.Wrap(e.Kind, err, fmt.Sprintf("provider %q: %s", name, e.Message))
