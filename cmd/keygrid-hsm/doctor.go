@@ -7,14 +7,17 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/spf13/cobra"
 
+	"github.com/keygrid/keygrid-hsm/internal/alg"
 	"github.com/keygrid/keygrid-hsm/internal/config"
 	"github.com/keygrid/keygrid-hsm/internal/provider"
 	"github.com/keygrid/keygrid-hsm/internal/provider/pkcs11"
 	"github.com/keygrid/keygrid-hsm/internal/provider/registry"
 	"github.com/keygrid/keygrid-hsm/internal/provider/software"
+	"github.com/keygrid/keygrid-hsm/internal/service"
 )
 
 // doctorOptions are the flags of doctor.
@@ -73,9 +76,12 @@ func runDoctor(ctx context.Context, o doctorOptions, stdout io.Writer) error {
 				failed = true
 				continue
 			}
-			if !pkcs11.Doctor(name, typ, c, stdout) {
+			caps, ok := pkcs11.Doctor(name, typ, c, stdout)
+			if !ok {
 				failed = true
+				continue
 			}
+			algorithmLines(stdout, caps)
 		case software.Type:
 			if !doctorSoftware(ctx, cfg, name, stdout) {
 				failed = true
@@ -140,8 +146,10 @@ func doctorSoftware(ctx context.Context, cfg *config.Config, name string, stdout
 	}
 	p, err := software.New(ctx, provider.Params{Name: name, Type: software.Type, DataDir: cfg.DataDir, Embedded: cfg.Embedded,
 		Decode: func(out any) error { return cfg.DecodeProviderConfig(name, out) }})
+	var caps provider.Capabilities
 	if err == nil {
 		err = p.CheckHealth(ctx)
+		caps = p.Capabilities()
 		p.Close()
 	}
 	if err != nil {
@@ -149,5 +157,55 @@ func doctorSoftware(ctx context.Context, cfg *config.Config, name string, stdout
 		return false
 	}
 	fmt.Fprintf(stdout, "PASS  %-12s keystore %s opened and healthy\n", "open", dir)
+	algorithmLines(stdout, caps)
 	return true
+}
+
+// algorithmLines compares what a provider performs with the gateway's full
+// algorithm table: one line with the count, then, for each algorithm the
+// provider cannot do, why (the mechanism its token lacks, as probed) and
+// what it does instead; and the limit of its AES-KWP on key material. What
+// a provider lacks is reported, not failed: the gateway offers what it has
+// and refuses the rest up front.
+func algorithmLines(out io.Writer, caps provider.Capabilities) {
+	all := alg.All()
+	var lacks []alg.Algorithm
+	for _, a := range all {
+		if caps.CheckAlgorithm(a) != nil {
+			lacks = append(lacks, a)
+		}
+	}
+	cannot := "none"
+	if len(lacks) > 0 {
+		cannot = joinAlgs(lacks)
+	}
+	fmt.Fprintf(out, "PASS  %-12s %d of the gateway's %d; cannot do: %s\n", "algorithms", len(all)-len(lacks), len(all), cannot)
+	for _, a := range lacks {
+		why := caps.Missing[a]
+		if why == "" {
+			why = "not performed by this provider"
+		}
+		line := fmt.Sprintf("%s: %s", a, why)
+		if alts := caps.Alternatives(a); len(alts) > 0 {
+			line += fmt.Sprintf("; available instead: %s", joinAlgs(alts))
+		}
+		fmt.Fprintf(out, "      %-12s %s\n", "cannot", line)
+	}
+	if caps.CheckAlgorithm(alg.AESKWP) != nil {
+		return
+	}
+	if caps.WrapMultipleOf8 {
+		fmt.Fprintf(out, "INFO  %-12s key material to wrap must be a multiple of 8 bytes, at most %d bytes (this token's AES-KWP is inexact for other lengths; others are refused with UNSUPPORTED_ALGORITHM)\n",
+			"aes-kwp", service.MaxKeyMaterialBytes)
+		return
+	}
+	fmt.Fprintf(out, "INFO  %-12s key material to wrap: any length up to %d bytes\n", "aes-kwp", service.MaxKeyMaterialBytes)
+}
+
+func joinAlgs(as []alg.Algorithm) string {
+	s := make([]string, len(as))
+	for i, a := range as {
+		s[i] = string(a)
+	}
+	return strings.Join(s, ", ")
 }

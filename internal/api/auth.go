@@ -10,19 +10,23 @@ import (
 	"github.com/keygrid/keygrid-hsm/internal/kgerr"
 )
 
-// protected reports whether a request needs a credential: everything but
-// /health and the published JWKS, and /ready and /metrics unless
-// configured to.
+// protected reports whether a request needs a credential: every route but
+// /health, the published JWKS and the OpenAPI document, and /ready and
+// /metrics unless configured to. A path no route has, whatever the method,
+// needs none: its 404 says nothing of any key or principal (the routes are
+// public, in the OpenAPI document), and a newcomer's GET / learns where the
+// API is instead of being asked for a credential. A known path asked with
+// another method is protected (its 405 after authentication).
 func (a *API) protected(r *http.Request) bool {
 	switch r.URL.Path {
-	case "/health", wellKnownJWKS:
+	case "/health", wellKnownJWKS, openAPIPath:
 		return false
 	case "/ready":
 		return a.protectReady
 	case "/metrics":
 		return a.protectMetrics
 	}
-	return true
+	return a.route(r) != "" || len(a.allowed(r)) > 0
 }
 
 // credential returns the token of a request: a bearer token

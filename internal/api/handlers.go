@@ -4,7 +4,10 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"net/url"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/keygrid/keygrid-hsm/internal/kgerr"
@@ -121,8 +124,22 @@ func (a *API) listKeys(w http.ResponseWriter, r *http.Request) {
 // defaultListLimit is the page size when a listing names none.
 const defaultListLimit = 100
 
+// listParams are the query parameters of GET /api/v1/keys; any other is
+// refused (a misspelt filter must not list every key).
+var listParams = []string{"provider", "state", "status", "limit", "offset", "page_token"}
+
 func listOptions(r *http.Request) (service.ListOptions, error) {
-	limit, err := queryInt(r, "limit")
+	q := r.URL.Query()
+	for name, vs := range q {
+		if !slices.Contains(listParams, name) {
+			return service.ListOptions{}, kgerr.Invalid(fmt.Sprintf("unknown query parameter %s (GET /api/v1/keys takes %s)",
+				kgerr.Quote(name), strings.Join(listParams, ", ")))
+		}
+		if len(vs) > 1 {
+			return service.ListOptions{}, kgerr.Invalid(fmt.Sprintf("query parameter %s is given %d times: give it once", name, len(vs)))
+		}
+	}
+	limit, err := listLimit(q)
 	if err != nil {
 		return service.ListOptions{}, err
 	}
@@ -130,7 +147,6 @@ func listOptions(r *http.Request) (service.ListOptions, error) {
 	if err != nil {
 		return service.ListOptions{}, err
 	}
-	q := r.URL.Query()
 	state, status := q.Get("state"), q.Get("status")
 	if status == "deleted" {
 		status = "pending_deletion"
@@ -141,7 +157,25 @@ func listOptions(r *http.Request) (service.ListOptions, error) {
 	case status != "" && status != state:
 		return service.ListOptions{}, kgerr.Invalid("state and status (its alias) differ: send one")
 	}
+	for _, name := range []string{"provider", "state", "status", "page_token"} {
+		if q.Has(name) && q.Get(name) == "" {
+			return service.ListOptions{}, kgerr.Invalid(fmt.Sprintf("query parameter %s is empty: give a value or leave it out", name))
+		}
+	}
 	return service.ListOptions{Provider: q.Get("provider"), State: state, Limit: limit, Offset: offset, PageToken: q.Get("page_token")}, nil
+}
+
+// listLimit is the page size a listing asks for: absent is the default (0);
+// given, it must be a whole number from 1 to service.MaxListLimit.
+func listLimit(q url.Values) (int, error) {
+	if !q.Has("limit") {
+		return 0, nil
+	}
+	n, err := strconv.Atoi(q.Get("limit"))
+	if err != nil || n < 1 || n > service.MaxListLimit {
+		return 0, kgerr.Invalid(fmt.Sprintf("query parameter limit must be a whole number from 1 to %d (default %d)", service.MaxListLimit, defaultListLimit))
+	}
+	return n, nil
 }
 
 func (a *API) getKey(w http.ResponseWriter, r *http.Request) {
@@ -323,9 +357,23 @@ func keyOp[Wire, Req, Res, WireRes any](a *API, in func(key string, w Wire) (Req
 	return a.serveKeyOp(keyOpOf(in, fn, out))
 }
 
-// notFound answers routes that do not exist (404) and known paths with the
-// wrong method (405 with Allow).
+// notFound answers routes that do not exist (404, pointing at the OpenAPI
+// document) and known paths with the wrong method (405 with Allow).
 func (a *API) notFound(w http.ResponseWriter, r *http.Request) {
+	if allow := a.allowed(r); len(allow) > 0 {
+		for _, m := range allow {
+			w.Header().Add("Allow", m)
+		}
+		a.fail(w, r, errMethodNotAllowed{fmt.Sprintf("%s is not allowed on %s", kgerr.Clip(r.Method), kgerr.Clip(r.URL.Path))})
+		return
+	}
+	a.fail(w, r, kgerr.New(kgerr.KindNotFound, fmt.Sprintf("no route %s %s: the routes are in the OpenAPI document, GET %s",
+		kgerr.Clip(r.Method), kgerr.Clip(r.URL.Path), openAPIPath)))
+}
+
+// allowed lists the methods a route has for the request's path (none: the
+// path is no route's).
+func (a *API) allowed(r *http.Request) []string {
 	var allow []string
 	for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete} {
 		r2 := r.Clone(r.Context())
@@ -334,12 +382,5 @@ func (a *API) notFound(w http.ResponseWriter, r *http.Request) {
 			allow = append(allow, m)
 		}
 	}
-	if len(allow) > 0 {
-		for _, m := range allow {
-			w.Header().Add("Allow", m)
-		}
-		a.fail(w, r, errMethodNotAllowed{fmt.Sprintf("%s is not allowed on %s", kgerr.Clip(r.Method), kgerr.Clip(r.URL.Path))})
-		return
-	}
-	a.fail(w, r, kgerr.New(kgerr.KindNotFound, fmt.Sprintf("no route %s %s", kgerr.Clip(r.Method), kgerr.Clip(r.URL.Path))))
+	return allow
 }

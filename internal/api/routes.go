@@ -111,6 +111,7 @@ func (a *API) routes() {
 	m.HandleFunc("GET /health", a.health)
 	m.HandleFunc("GET /ready", a.ready)
 	m.Handle("GET /metrics", a.metrics.Handler())
+	m.HandleFunc("GET "+openAPIPath, a.openAPI)
 
 	m.HandleFunc("GET /api/v1/providers", a.listProviders)
 	m.HandleFunc("GET /api/v1/providers/{name}/health", a.providerHealth)

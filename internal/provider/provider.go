@@ -314,6 +314,24 @@ func (c Capabilities) CheckAlgorithm(a alg.Algorithm) error {
 	return kgerr.New(kgerr.KindUnsupportedAlgorithm, fmt.Sprintf("this provider does not support %s", a))
 }
 
+// Alternatives lists the algorithms the provider performs that do what a
+// does (same key type, same kind of operation), in the table's order: what
+// to suggest when a is missing.
+func (c Capabilities) Alternatives(a alg.Algorithm) []alg.Algorithm {
+	want, err := alg.Lookup(string(a))
+	if err != nil {
+		return nil
+	}
+	var out []alg.Algorithm
+	for _, b := range alg.All() {
+		i, _ := alg.Lookup(string(b))
+		if b != a && i.KeyType == want.KeyType && i.Kind == want.Kind && slices.Contains(c.Algorithms, b) {
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
 // Strings lists the capabilities as words for the API: operations, key specs
 // and algorithms.
 func (c Capabilities) Strings() []string {

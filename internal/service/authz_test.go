@@ -36,7 +36,7 @@ func TestListScopedPages(t *testing.T) {
 		case 1:
 			name, prov = fmt.Sprintf("in-%02d", i), "hsm"
 		}
-		k := &store.Key{ID: fmt.Sprintf("k%03d", i), Name: name, Provider: prov, KeyType: "EC", KeySize: 256, Curve: "P-256",
+		k := &store.Key{ID: fmt.Sprintf("01900000-0000-7000-8000-%012d", i), Name: name, Provider: prov, KeyType: "EC", KeySize: 256, Curve: "P-256",
 			Algorithm: "ES256", Usage: []string{"sign"}, State: store.StateActive, CreatedAt: base, UpdatedAt: base,
 			Versions: []store.Version{{Version: 1, ObjectID: fmt.Sprintf("o%03d", i), State: store.StateActive, CreatedAt: base}}}
 		if err := st.CreateKey(ctx, k); err != nil {

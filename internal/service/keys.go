@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"regexp"
 	"slices"
+	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -175,7 +176,7 @@ func (s *Service) newRecord(ctx context.Context, o *op, req CreateKeyRequest) (*
 	}
 	o.algorithm = string(a.Name)
 	if err := caps.CheckAlgorithm(a.Name); err != nil {
-		return nil, nil, onProvider(provName, err)
+		return nil, nil, unavailableAlgorithm(provName, caps, spec, a, req.Spec.Algorithm == "", err)
 	}
 	if len(usage) == 0 {
 		usage = alg.DefaultUsage(a)
@@ -373,6 +374,8 @@ func (s *Service) ListKeys(ctx context.Context, o ListOptions) (*KeyList, error)
 		return nil, kgerr.Invalid(fmt.Sprintf("state %s is not one of pending, active, inactive, pending_deletion, deleting", kgerr.Quote(o.State)))
 	}
 	switch {
+	case o.Limit < 0 || o.Limit > MaxListLimit:
+		return nil, kgerr.Invalid(fmt.Sprintf("limit must be from 1 to %d (0: the default)", MaxListLimit))
 	case o.Offset < 0:
 		return nil, kgerr.Invalid("offset must not be negative")
 	case o.Offset > 0 && o.PageToken != "":
@@ -388,6 +391,9 @@ func (s *Service) ListKeys(ctx context.Context, o ListOptions) (*KeyList, error)
 		list = func(ctx context.Context, o store.ListOptions) ([]*store.Key, string, error) {
 			return s.listScoped(ctx, p, o)
 		}
+	}
+	if err := s.knownProvider(ctx, list, o.Provider); err != nil {
+		return nil, err
 	}
 	var (
 		keys []*store.Key
@@ -408,6 +414,25 @@ func (s *Service) ListKeys(ctx context.Context, o ListOptions) (*KeyList, error)
 		out.Keys = append(out.Keys, *s.view(k))
 	}
 	return out, nil
+}
+
+// MaxListLimit is the largest page ListKeys returns.
+const MaxListLimit = store.MaxPageSize
+
+// knownProvider refuses a listing filtered by a provider that is not
+// configured on this gateway, unless keys the caller may list name it (a
+// provider of another gateway on the same store, or one since removed from
+// the configuration): a misspelt provider must not answer an empty list.
+func (s *Service) knownProvider(ctx context.Context, list func(context.Context, store.ListOptions) ([]*store.Key, string, error), name string) error {
+	if _, ok := s.providers[name]; ok || name == "" {
+		return nil
+	}
+	keys, _, err := list(ctx, store.ListOptions{Provider: name, Limit: 1})
+	if err != nil || len(keys) > 0 {
+		return err
+	}
+	return kgerr.Invalid(fmt.Sprintf("provider %s is not configured on this gateway and no key names it (configured: %s)",
+		kgerr.Quote(name), strings.Join(s.names, ", ")))
 }
 
 // skip pages past the first n keys of a listing and returns the token of
@@ -640,6 +665,37 @@ func expired(k *store.Key, t time.Time) bool {
 
 // onProvider names the provider in a refusal of its capabilities ("provider
 // \"hsm\": this provider cannot make AES-256 keys"), keeping the kind.
+// unavailableAlgorithm is the UNSUPPORTED_ALGORITHM of a create whose
+// algorithm (given, or the default of its key type and usage) the provider
+// does not perform: it says why (the provider's reason, e.g. the mechanism
+// its token lacks) and which algorithms the provider does perform for such
+// a key, to give instead.
+func unavailableAlgorithm(provName string, caps provider.Capabilities, spec alg.Spec, a alg.Info, defaulted bool, err error) error {
+	what := string(a.Name)
+	if defaulted {
+		what += fmt.Sprintf(" (the default algorithm for %s keys with this usage)", spec)
+	}
+	msg := fmt.Sprintf("%s is not available on provider %s", what, kgerr.Quote(provName))
+	if why := caps.Missing[a.Name]; why != "" {
+		msg += " (" + why + ")"
+	}
+	var alts []string
+	for _, b := range caps.Alternatives(a.Name) {
+		if i, lerr := alg.Lookup(string(b)); lerr == nil && alg.Compatible(spec, i) == nil {
+			alts = append(alts, string(b))
+		}
+	}
+	switch len(alts) {
+	case 0:
+		msg += fmt.Sprintf("; it performs no other algorithm of this kind for %s keys", spec)
+	case 1:
+		msg += fmt.Sprintf("; give key_spec.algorithm %s (available)", alts[0])
+	default:
+		msg += fmt.Sprintf("; give key_spec.algorithm one of %s (available)", strings.Join(alts, ", "))
+	}
+	return kgerr.Wrap(kgerr.KindUnsupportedAlgorithm, err, msg)
+}
+
 func onProvider(name string, err error) error {
 	e := kgerr.Classify(err)
 	return kgerr.Wrap(e.Kind, err, fmt.Sprintf("provider %q: %s", name, e.Message))

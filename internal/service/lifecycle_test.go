@@ -476,7 +476,6 @@ func TestGetAndListKeys(t *testing.T) {
 		{"inactive", ListOptions{State: "inactive"}, []string{"k1"}},
 		{"active on software", ListOptions{State: "active", Provider: "software"}, []string{"k2", "k4", "k5"}},
 		{"pending", ListOptions{State: "pending"}, nil},
-		{"unknown provider", ListOptions{Provider: "nope"}, nil},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			l, err := f.svc.ListKeys(ctx, c.o)
@@ -485,6 +484,12 @@ func TestGetAndListKeys(t *testing.T) {
 				t.Fatalf("got %v (next %q), want %v", got, l.NextPageToken, c.want)
 			}
 		})
+	}
+	// A provider neither configured nor named by a key is a mistake, not
+	// an empty list; so is a page size beyond the store's.
+	for _, o := range []ListOptions{{Provider: "nope"}, {Limit: -1}, {Limit: MaxListLimit + 1}} {
+		_, err := f.svc.ListKeys(ctx, o)
+		wantErr(t, err, kgerr.ErrInvalidInput)
 	}
 	t.Run("pages", func(t *testing.T) {
 		var got []string

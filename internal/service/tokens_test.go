@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"os"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -220,11 +221,57 @@ func tokenRefusals(t *testing.T, f *fixture, caps provider.Capabilities) {
 		_, err = f.svc.CreateKey(f.admin(), CreateKeyRequest{Provider: "hsm", Name: "lacks-" + string(a.Name), Spec: specFor(a)})
 		if !kgerrIs(err, kgerr.ErrUnsupportedAlgorithm) {
 			t.Errorf("%s, which the token lacks: %v, want UNSUPPORTED_ALGORITHM", a.Name, err)
+			continue
+		}
+		// The message says what is missing, why, and what the token does
+		// instead.
+		msg := kgerr.Classify(err).Message
+		if caps.Missing[a.Name] != "" && !strings.Contains(msg, caps.Missing[a.Name]) {
+			t.Errorf("%s refused with %q: it does not say why (%q)", a.Name, msg, caps.Missing[a.Name])
+		}
+		if caps.CheckSpec(algSpecOf(t, specFor(a))) != nil {
+			continue // the token makes no such key at all: CheckSpec's message says why
+		}
+		if !strings.Contains(msg, string(a.Name)+" is not available on provider \"hsm\"") {
+			t.Errorf("%s refused with %q: it does not say what is missing", a.Name, msg)
+		}
+		for _, b := range caps.Alternatives(a.Name) {
+			if bi, _ := alg.Lookup(string(b)); alg.Compatible(algSpecOf(t, specFor(a)), bi) == nil && !strings.Contains(msg, string(b)) {
+				t.Errorf("%s refused with %q: it does not suggest %s, which the token has", a.Name, msg, b)
+			}
 		}
 	}
 	if n := len(f.storedKeys()); n != before {
 		t.Errorf("refused creates left %d records", n-before)
 	}
+	// An RSA key for encryption without an algorithm gets the default,
+	// RSA-OAEP-256; where the token lacks it (SoftHSM2 has OAEP with SHA-1
+	// only) the refusal says it was the default and names RSA-OAEP, which
+	// then makes the key.
+	if caps.CheckAlgorithm(alg.RSAOAEP256) == nil || caps.CheckAlgorithm(alg.RSAOAEP) != nil {
+		return
+	}
+	enc := KeySpec{KeyType: "RSA", KeySize: 2048, Usage: []string{"encrypt", "decrypt"}}
+	_, err := f.svc.CreateKey(f.admin(), CreateKeyRequest{Provider: "hsm", Name: "rsa-enc-default", Spec: enc})
+	msg := kgerr.Classify(err).Message
+	if !kgerrIs(err, kgerr.ErrUnsupportedAlgorithm) || !strings.Contains(msg, "RSA-OAEP-256 (the default algorithm for RSA-2048 keys") ||
+		!strings.Contains(msg, "give key_spec.algorithm RSA-OAEP (available)") {
+		t.Fatalf("RSA encrypt key with the default algorithm: %v", err)
+	}
+	enc.Algorithm = "RSA-OAEP"
+	if k := onToken(t, f, "rsa-enc-oaep", enc); k.Algorithm != "RSA-OAEP" {
+		t.Fatalf("with the suggested algorithm: %+v", k)
+	}
+}
+
+// algSpecOf is the alg.Spec of a key spec.
+func algSpecOf(t *testing.T, s KeySpec) alg.Spec {
+	t.Helper()
+	spec, err := alg.NewSpec(s.KeyType, s.KeySize, s.Curve)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return spec
 }
 
 // tokenLifecycle: a rotated key signs with its new version and still

@@ -13,6 +13,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/google/uuid"
+
 	"github.com/keygrid/keygrid-hsm/internal/kgerr"
 )
 
@@ -392,12 +394,17 @@ func (s *sqlStore) GetKey(ctx context.Context, idOrName string) (*Key, error) {
 // Page tokens are opaque to clients: base64 of the last id of the page.
 func encodePageToken(id string) string { return base64.RawURLEncoding.EncodeToString([]byte(id)) }
 
+// decodePageToken returns the key id a token resumes after. Only a token
+// this store made decodes: canonical base64 of a key id (a UUID in its
+// canonical form), so that a mistyped or made-up token is refused instead
+// of answering an empty page.
 func decodePageToken(t string) (string, error) {
 	b, err := base64.RawURLEncoding.DecodeString(t)
-	if err != nil || len(b) == 0 || len(b) > 128 {
-		return "", kgerr.Invalid("page_token is not valid")
+	id := string(b)
+	if u, uerr := uuid.Parse(id); err != nil || uerr != nil || u.String() != id || encodePageToken(id) != t {
+		return "", kgerr.Invalid("page_token is not valid: send the next_page_token of an earlier page")
 	}
-	return string(b), nil
+	return id, nil
 }
 
 // MaxPageSize caps ListOptions.Limit.

@@ -6,14 +6,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"maps"
 	"os"
-	"slices"
 	"strings"
 
 	"github.com/miekg/pkcs11"
 
 	"github.com/keygrid/keygrid-hsm/internal/kgerr"
+	"github.com/keygrid/keygrid-hsm/internal/provider"
 )
 
 // Doctor checks, step by step, that a provider configuration can reach its
@@ -22,26 +21,23 @@ import (
 // missing, and signs and verifies with a temporary key; an aws-cloudhsm
 // instance watching its cluster first describes it (cluster.go). When all
 // that passed, it opens the provider and shows what it discovered: the key
-// specs and algorithms it offers and, for each algorithm it lacks, why. It
-// prints a PASS/FAIL (or WARN) line per check to out and reports whether all
-// passed. The PIN is never printed.
-func Doctor(name, typ string, c Config, out io.Writer) bool {
+// specs and algorithms it offers, and returns them (the caller compares
+// them with the gateway's algorithm table: what the token lacks, and why,
+// is in Missing). It prints a PASS/FAIL (or WARN) line per check to out and
+// reports whether all passed. The PIN is never printed.
+func Doctor(name, typ string, c Config, out io.Writer) (provider.Capabilities, bool) {
 	if !doctorModule(name, typ, c, out) {
-		return false
+		return provider.Capabilities{}, false
 	}
 	p, err := Open(context.Background(), name, typ, c, slog.New(slog.DiscardHandler))
 	if err != nil {
 		fmt.Fprintf(out, "FAIL  %-12s %v\n", "capabilities", err)
-		return false
+		return provider.Capabilities{}, false
 	}
 	defer p.Close()
 	caps := p.Capabilities()
 	fmt.Fprintf(out, "PASS  %-12s %s\n", "capabilities", strings.Join(caps.Strings(), " "))
-	lacks := slices.Sorted(maps.Keys(caps.Missing))
-	for _, a := range lacks {
-		fmt.Fprintf(out, "      %-12s %s: %s\n", "missing", a, caps.Missing[a])
-	}
-	return true
+	return caps, true
 }
 
 func doctorModule(name, typ string, c Config, out io.Writer) bool {
@@ -137,8 +133,11 @@ func doctorModule(name, typ string, c Config, out io.Writer) bool {
 			}
 		}
 		// Missing mechanisms are reported, not failed: the gateway offers
-		// what the token has.
-		line(true, "mechanisms", "%d of %d the gateway uses; missing: %s", len(present), len(needed), orNone(missing))
+		// what the token has. A listed mechanism may still lack a
+		// parameter the gateway needs (OAEP with SHA-256 on SoftHSM2): the
+		// algorithms line, from the probed capabilities, says.
+		line(true, "mechanisms", "%d of %d the gateway uses are listed by the token; not listed: %s (what the token performs with them: the algorithms line)",
+			len(present), len(needed), orNone(missing))
 	}
 
 	priv, key, _, destroy, err := scratchEC(pc, sh, "P-256", "keygrid-doctor")

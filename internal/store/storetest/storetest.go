@@ -3,10 +3,12 @@ package storetest
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
 	"reflect"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -228,8 +230,13 @@ func testList(t *testing.T, s store.Store) {
 	if err != nil || len(inactive) != 1 || inactive[0].Name != "k3" {
 		t.Fatalf("state filter: %v, %v", inactive, err)
 	}
-	if _, _, err := s.ListKeys(ctx, store.ListOptions{PageToken: "!!"}); !errors.Is(err, kgerr.ErrInvalidInput) {
-		t.Fatalf("bad page token: %v, want INVALID_INPUT", err)
+	// Tokens the store did not make: not base64, base64 of no key id (the
+	// "garbage" a user types), a key id in another spelling.
+	for _, tok := range []string{"!!", "garbage", base64.RawURLEncoding.EncodeToString([]byte("not-a-key-id")),
+		base64.RawURLEncoding.EncodeToString([]byte(strings.ToUpper(uuid.NewString())))} {
+		if _, _, err := s.ListKeys(ctx, store.ListOptions{PageToken: tok}); !errors.Is(err, kgerr.ErrInvalidInput) {
+			t.Fatalf("bad page token %q: %v, want INVALID_INPUT", tok, err)
+		}
 	}
 	if _, _, err := s.ListKeys(ctx, store.ListOptions{Limit: store.MaxPageSize + 1}); !errors.Is(err, kgerr.ErrInvalidInput) {
 		t.Fatalf("limit too large: %v, want INVALID_INPUT", err)
