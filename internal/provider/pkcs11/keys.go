@@ -545,7 +545,6 @@ func publicKeyFromAttrs(keyType uint, get func(uint) ([]byte, error)) (any, erro
 		if err != nil {
 			return nil, err
 		}
-		raw := ecPointBytes(point)
 		curve := ""
 		for name, oid := range curveOIDs {
 			if slices.Equal(oid, params) {
@@ -553,6 +552,7 @@ func publicKeyFromAttrs(keyType uint, get func(uint) ([]byte, error)) (any, erro
 			}
 		}
 		if keyType == ckkECEdwards || curve == "Ed25519" {
+			raw := ecPointBytes(point, ed25519.PublicKeySize)
 			if len(raw) != ed25519.PublicKeySize {
 				return nil, errors.New("Ed25519 public key has the wrong length")
 			}
@@ -562,14 +562,19 @@ func publicKeyFromAttrs(keyType uint, get func(uint) ([]byte, error)) (any, erro
 		if c == nil {
 			return nil, fmt.Errorf("unsupported curve %x", params)
 		}
-		return ecdsa.ParseUncompressedPublicKey(c, raw)
+		return ecdsa.ParseUncompressedPublicKey(c, ecPointBytes(point, 1+2*((c.Params().BitSize+7)/8)))
 	}
 	return nil, fmt.Errorf("unsupported key type %#x", keyType)
 }
 
 // ecPointBytes returns the point of a CKA_EC_POINT: a DER OCTET STRING, or,
-// from a few modules, the raw point.
-func ecPointBytes(point []byte) []byte {
+// from a few modules, the raw point. A value of the raw point's length
+// (rawLen) is the raw point: read as DER first, a raw point whose second
+// byte happens to be its remaining length would be misread.
+func ecPointBytes(point []byte, rawLen int) []byte {
+	if len(point) == rawLen {
+		return point
+	}
 	var raw []byte
 	if rest, err := asn1.Unmarshal(point, &raw); err != nil || len(rest) != 0 {
 		return point

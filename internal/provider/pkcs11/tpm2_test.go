@@ -384,6 +384,24 @@ func TestECPointEncodings(t *testing.T) {
 			}
 		}
 	}
+	// A raw P-256 point whose second byte is its remaining length (04 3f …)
+	// is also a valid DER OCTET STRING; its length says it is the raw point.
+	for {
+		k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		pk, _ := k.PublicKey.ECDH()
+		if point := pk.Bytes(); point[1] == 63 {
+			got, err := publicKeyFromAttrs(pkcs11.CKK_EC, func(a uint) ([]byte, error) {
+				if a == pkcs11.CKA_EC_PARAMS {
+					return curveOIDs["P-256"], nil
+				}
+				return point, nil
+			})
+			if err != nil || !got.(*ecdsa.PublicKey).Equal(&k.PublicKey) {
+				t.Errorf("P-256 raw point 04 3f …: %v", err)
+			}
+			break
+		}
+	}
 }
 
 // grantsOnly leaves out the usage attributes set to false, nothing else.
