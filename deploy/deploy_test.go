@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -132,8 +133,7 @@ func TestDocsShowTheUnit(t *testing.T) {
 func TestMakeInstall(t *testing.T) {
 	testbed.Require(t, "make", "go")
 	dest := t.TempDir()
-	cmd := exec.Command("make", "-s", "install", "DESTDIR="+dest, "PREFIX=/opt/keygrid")
-	cmd.Dir = ".."
+	cmd := makeCmd("-s", "install", "DESTDIR="+dest, "PREFIX=/opt/keygrid")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("make install: %v\n%s", err, out)
 	}
@@ -162,11 +162,22 @@ func TestMakeRunTakesListenAndDataDir(t *testing.T) {
 		"LISTEN=127.0.0.1:9443 DATA_DIR=/tmp/kg-data": "./bin/keygrid-hsm serve --listen 127.0.0.1:9443 --data-dir /tmp/kg-data\n",
 		"": "./bin/keygrid-hsm serve --listen 127.0.0.1:8080 --data-dir ./data\n",
 	} {
-		cmd := exec.Command("make", append([]string{"-n", "run"}, strings.Fields(args)...)...)
-		cmd.Dir = ".."
+		cmd := makeCmd(append([]string{"-n", "run"}, strings.Fields(args)...)...)
 		out, err := cmd.CombinedOutput()
 		if err != nil || !strings.HasSuffix(string(out), want) {
 			t.Errorf("make -n run %s: %v\n%s\nwant the last line %q", args, err, out, want)
 		}
 	}
+}
+
+// makeCmd runs make in the checkout as a user would: without the outer
+// make's MAKEFLAGS and MAKELEVEL (under `make test` they would add
+// "Entering directory" lines and its flags).
+func makeCmd(args ...string) *exec.Cmd {
+	cmd := exec.Command("make", append([]string{"--no-print-directory"}, args...)...)
+	cmd.Dir = ".."
+	cmd.Env = slices.DeleteFunc(os.Environ(), func(e string) bool {
+		return strings.HasPrefix(e, "MAKEFLAGS=") || strings.HasPrefix(e, "MFLAGS=") || strings.HasPrefix(e, "MAKELEVEL=")
+	})
+	return cmd
 }
