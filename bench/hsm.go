@@ -74,12 +74,9 @@ func init() {
 			os.Exit(1)
 		}
 		printHSM(os.Stdout, rep)
-		if *out != "" {
-			buf, _ := json.MarshalIndent(rep, "", "  ")
-			if err := os.WriteFile(*out, append(buf, '\n'), 0o644); err != nil {
-				fmt.Fprintln(os.Stderr, "bench hsm:", err)
-				os.Exit(1)
-			}
+		if err := writeJSON(*out, rep); err != nil {
+			fmt.Fprintln(os.Stderr, "bench hsm:", err)
+			os.Exit(1)
 		}
 		os.Exit(0)
 	}

@@ -305,13 +305,22 @@ func writeReport(rep Report, out string) error {
 	if rep.HSM != nil {
 		printHSM(os.Stdout, rep.HSM)
 	}
+	return writeJSON(out, rep)
+}
+
+// writeJSON writes v indented to the file out ("": nowhere), making its
+// directory.
+func writeJSON(out string, v any) error {
 	if out == "" {
 		return nil
 	}
 	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
 		return err
 	}
-	buf, _ := json.MarshalIndent(rep, "", "  ")
+	buf, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
 	if err := os.WriteFile(out, append(buf, '\n'), 0o644); err != nil {
 		return err
 	}

@@ -32,10 +32,10 @@ func (o *keysImportOptions) register(f *pflag.FlagSet) {
 	f.StringVar(&o.versionOf, "version-of", "", "import the material as the new current version of this KEY (no NAME, --provider: the key has them)")
 }
 
-// runKeysImportVersion is keys import --version-of KEY: the material of
-// --in, wrapped here under the wrapping key of the key's provider, becomes
-// the key's new current version.
-func runKeysImportVersion(ctx context.Context, c *cli, o keysImportOptions) error {
+// runKeysImport reads the key material of --in, has the client wrap it for
+// the provider's wrapping key and imports it: as a new key, or with
+// --version-of as that key's new current version. It prints the key.
+func runKeysImport(ctx context.Context, c *cli, o keysImportOptions) error {
 	cl, err := c.client()
 	if err != nil {
 		return err
@@ -44,33 +44,17 @@ func runKeysImportVersion(ctx context.Context, c *cli, o keysImportOptions) erro
 	if err != nil {
 		return err
 	}
-	k, err := cl.ImportVersion(ctx, o.versionOf, material)
+	var k *apitypes.Key
+	if o.versionOf != "" {
+		k, err = cl.ImportVersion(ctx, o.versionOf, material)
+	} else {
+		spec := apitypes.KeySpec{KeyType: o.keyType, Algorithm: o.algorithm, Extractable: o.extractable}
+		if o.usage != "" {
+			spec.Usage = strings.Split(o.usage, ",")
+		}
+		k, err = cl.Import(ctx, o.provider, o.name, spec, material)
+	}
 	if b, ok := material.([]byte); ok {
-		clear(b)
-	}
-	if err != nil {
-		return err
-	}
-	return c.printKeys([]apitypes.Key{*k})
-}
-
-// runKeysImport reads the key material, has the client wrap it for the
-// provider's wrapping key, imports it and prints the key.
-func runKeysImport(ctx context.Context, c *cli, o keysImportOptions) error {
-	cl, err := c.client()
-	if err != nil {
-		return err
-	}
-	key, err := readImportKey(o.in, o.keyType)
-	if err != nil {
-		return err
-	}
-	spec := apitypes.KeySpec{KeyType: o.keyType, Algorithm: o.algorithm, Extractable: o.extractable}
-	if o.usage != "" {
-		spec.Usage = strings.Split(o.usage, ",")
-	}
-	k, err := cl.Import(ctx, o.provider, o.name, spec, key)
-	if b, ok := key.([]byte); ok {
 		clear(b)
 	}
 	if err != nil {

@@ -133,11 +133,7 @@ func checkCreateFlags(cmd *cobra.Command, o keysCreateOptions) error {
 	// The server's own table of types, sizes and curves, its message in
 	// the flags' terms.
 	if _, err := alg.NewSpec(o.keyType, o.size, o.curve); err != nil {
-		msg := err.Error()
-		if ke := (*kgerr.Error)(nil); errors.As(err, &ke) {
-			msg = ke.Message
-		}
-		return usageErr(cmd, "keys create: %s", specFlags.Replace(msg))
+		return usageErr(cmd, "keys create: %s", specFlags.Replace(kgerr.Classify(err).Message))
 	}
 	return nil
 }
@@ -203,7 +199,7 @@ func keysImportCmd(s *streams, co *conn) *cobra.Command {
 				if o.in == "" || o.name != "" || o.provider != "" {
 					return usageErr(c.cmd, "keys import --version-of: --in is required, --name and --provider are not (the key has them)")
 				}
-				return runKeysImportVersion(ctx, c, o)
+				return runKeysImport(ctx, c, o)
 			}
 			if o.provider == "" || o.in == "" {
 				return usageErr(c.cmd, "keys import: --provider and --in are required")

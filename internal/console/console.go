@@ -200,7 +200,7 @@ func (c *Console) route(r *http.Request) string {
 
 // protected: everything but the sign-in page, the static files and the
 // redirect of /ui needs a session (or, for POST /ui/login, a token).
-func protected(r *http.Request) bool {
+func protected(r *http.Request, _ string) bool {
 	p := r.URL.Path
 	switch {
 	case r.Method == http.MethodGet && (p == "/ui/login" || p == "/ui"):

@@ -109,9 +109,9 @@ type FrontEnd struct {
 	// route pattern it matches, "" when none ("unmatched"). nil: every
 	// request is "unmatched".
 	Route func(r *http.Request) string
-	// Protected reports whether a request needs a credential. nil: every
-	// request does.
-	Protected func(r *http.Request) bool
+	// Protected reports whether a request needs a credential, given the
+	// route Route found for it ("" none). nil: every request does.
+	Protected func(r *http.Request, route string) bool
 	// Authenticate finds the principal of a protected request by the front
 	// end's own scheme. A refused credential is a KindUnauthenticated
 	// *kgerr.Error whose Cause says why (audited, never the credential) and
@@ -151,11 +151,13 @@ func (s *Stack) Wrap(fe FrontEnd, h http.Handler) http.Handler {
 			ctx, cancel = context.WithTimeout(ctx, s.o.Timeout)
 			defer cancel()
 		}
-		route := "unmatched"
+		matched := ""
 		if fe.Route != nil {
-			if l := fe.Route(r); l != "" {
-				route = l
-			}
+			matched = fe.Route(r)
+		}
+		route := matched
+		if route == "" {
+			route = "unmatched"
 		}
 		ctx = context.WithValue(ctx, routeKey{}, route)
 		// One caller for the whole request, in the context by reference:
@@ -176,7 +178,7 @@ func (s *Stack) Wrap(fe FrontEnd, h http.Handler) http.Handler {
 			}
 			s.logRequest(r, fe.Name, route, caller.Principal, sw.status, start)
 		}()
-		if fe.Protected == nil || fe.Protected(r) {
+		if fe.Protected == nil || fe.Protected(r, matched) {
 			p, err := s.authenticate(fe, r, route)
 			if err != nil {
 				fe.Fail(sw, r, err)

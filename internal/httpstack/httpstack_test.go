@@ -94,7 +94,7 @@ func (f *testFrontEnd) frontEnd() FrontEnd {
 			}
 			return ""
 		},
-		Protected:    func(r *http.Request) bool { return r.URL.Path != "/open" },
+		Protected:    func(r *http.Request, _ string) bool { return r.URL.Path != "/open" },
 		Authenticate: f.authenticate,
 		AuthFailed:   f.authFailed,
 	}

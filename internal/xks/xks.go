@@ -352,6 +352,6 @@ func (h *Handler) FrontEnd() httpstack.FrontEnd {
 			}
 			return ""
 		},
-		Protected: func(*http.Request) bool { return false },
+		Protected: func(*http.Request, string) bool { return false },
 	}
 }
