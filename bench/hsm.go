@@ -30,13 +30,18 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -62,6 +67,8 @@ func init() {
 		os.Exit(isoprovMain(os.Args[2:]))
 	case "isokeys":
 		os.Exit(isokeysMain(os.Args[2:]))
+	case "floor":
+		os.Exit(floorMain(os.Args[2:]))
 	case "hsm":
 		fs := flag.NewFlagSet("hsm", flag.ExitOnError)
 		var o hsmOptions
@@ -105,6 +112,9 @@ func (o *hsmOptions) register(fs *flag.FlagSet) {
 type CPUResult struct {
 	Result
 	CPUus float64 `json:"cpu_us_per_op"`
+	// HostCPUus is the part of CPUus spent in the gateway's module host
+	// (isolation: process), the rest is the gateway process's.
+	HostCPUus float64 `json:"host_cpu_us_per_op,omitempty"`
 }
 
 // IsoCell is one measurement of part 1, its rounds and their median.
@@ -132,8 +142,13 @@ type IsoSummary struct {
 
 // RemoteCell is one measurement of part 2.
 type RemoteCell struct {
-	Binary    string      `json:"binary"`
-	Mode      string      `json:"mode"` // "http" (the gateway) or "raw" (the PKCS#11 loop)
+	Binary string `json:"binary"`
+	// Mode is "raw" (the PKCS#11 loop), "http" (the gateway as
+	// configured by default: isolation: process, durable audit),
+	// "http-inproc" (isolation: in-process), "http-relaxed" (audit
+	// fsync_interval 10ms) or "floor" (floorMain, waiting the raw loop's
+	// p50 of the same round).
+	Mode      string      `json:"mode"`
 	Algorithm string      `json:"algorithm"`
 	Rounds    []CPUResult `json:"rounds"`
 	Median    CPUResult   `json:"median"`
@@ -151,7 +166,13 @@ type HSMReport struct {
 	Remote    []RemoteCell `json:"remote_hsm,omitempty"`
 	// RemoteRatio is RS256 over HTTP against the raw loop, per binary.
 	RemoteRatio map[string]float64 `json:"remote_rs256_http_over_raw,omitempty"`
-	Seconds     float64            `json:"total_seconds"`
+	// RemoteOwn is the gateway's own CPU per request, per algorithm and
+	// binary/mode: the http cell's minus the raw loop's per signature
+	// (the client module's work, done in the gateway or its host),
+	// medians of the per-round differences; "floor" is floorMain's CPU
+	// per request as it is.
+	RemoteOwn map[string]map[string]float64 `json:"remote_own_cpu_us_per_request,omitempty"`
+	Seconds   float64                       `json:"total_seconds"`
 }
 
 const hsmBenchPIN = "bench-pin-1234"
@@ -280,27 +301,34 @@ func remoteHSM(ctx context.Context, o hsmOptions, rep *HSMReport, dir string, so
 	defer srv.Stop()
 	env = append(env, "P11_KIT_SERVER_ADDRESS="+srv.Address())
 	type gw struct {
-		name, bin, bench string
-		g                *gateway
+		name, mode, bin, bench string
+		settings               []string // more lines of the pkcs11 provider's config
+		extra                  string   // more top-level config
+		g                      *gateway
 	}
-	gws := []*gw{{name: "new", bin: gatewayBin, bench: self}}
+	gws := []*gw{
+		{name: "new", mode: "http", bin: gatewayBin, bench: self},
+		{name: "new", mode: "http-inproc", bin: gatewayBin, bench: self, settings: []string{"isolation: " + pkcs11.IsolationInProcess}},
+		{name: "new", mode: "http-relaxed", bin: gatewayBin, bench: self, extra: "audit:\n  fsync_interval: 10ms\n"},
+	}
 	if o.oldGateway != "" && o.oldBench != "" {
-		gws = append(gws, &gw{name: "old", bin: o.oldGateway, bench: o.oldBench})
+		gws = append(gws, &gw{name: "old", mode: "http", bin: o.oldGateway, bench: o.oldBench})
 	}
 	data := filepath.Join(dir, "gw-data")
 	// The first gateway makes the keys; each gateway has its own data
-	// directory copied from it after, so both sign with the same keys.
+	// directory copied from it after, so all sign with the same keys.
 	var ids map[string]string
 	for i, g := range gws {
-		d := fmt.Sprintf("%s-%s", data, g.name)
+		d := fmt.Sprintf("%s-%s-%s", data, g.name, g.mode)
 		if i > 0 {
-			if out, err := exec.Command("cp", "-a", data+"-"+gws[0].name, d).CombinedOutput(); err != nil {
+			first := fmt.Sprintf("%s-%s-%s", data, gws[0].name, gws[0].mode)
+			if out, err := exec.Command("cp", "-a", first, d).CombinedOutput(); err != nil {
 				return fmt.Errorf("cp: %v: %s", err, out)
 			}
 			os.Remove(filepath.Join(d, "audit.log.lock"))
 		}
 		var err error
-		if g.g, err = startHSMGateway(g.bin, d, env, clientMod, soft.Label); err != nil {
+		if g.g, err = startHSMGateway(g.bin, d, env, clientMod, soft.Label, g.settings, g.extra); err != nil {
 			return err
 		}
 		defer g.g.stop()
@@ -325,19 +353,25 @@ func remoteHSM(ctx context.Context, o hsmOptions, rep *HSMReport, dir string, so
 	for round := 0; round < o.rounds; round++ {
 		for _, a := range []struct{ name, key string }{{"ES256", "ec"}, {"RS256", "rsa"}} {
 			fmt.Fprintf(os.Stderr, "bench hsm: round %d: remote raw %s\n", round+1, a.name)
-			r, err := rawCPU(self, env, clientMod, soft.Label, ids[a.key], a.name, o)
+			raw, err := rawCPU(self, env, clientMod, soft.Label, ids[a.key], a.name, o)
 			if err != nil {
 				return err
 			}
-			add("raw", "raw", a.name, r)
+			add("raw", "raw", a.name, raw)
 			for _, g := range gws {
-				fmt.Fprintf(os.Stderr, "bench hsm: round %d: remote %s http %s\n", round+1, g.name, a.name)
-				r, err := g.g.httpCPU(a.key, a.name, o)
+				fmt.Fprintf(os.Stderr, "bench hsm: round %d: remote %s %s %s\n", round+1, g.name, g.mode, a.name)
+				r, err := g.g.httpCPU("remote-"+a.key, a.name, o)
 				if err != nil {
 					return err
 				}
-				add(g.name, "http", a.name, r)
+				add(g.name, g.mode, a.name, r)
 			}
+			fmt.Fprintf(os.Stderr, "bench hsm: round %d: remote floor %s\n", round+1, a.name)
+			r, err := floorCPU(self, gatewayBin, "remote-"+a.key, a.name, time.Duration(raw.P50us)*time.Microsecond, o)
+			if err != nil {
+				return err
+			}
+			add("floor", "floor", a.name, r)
 		}
 	}
 	for _, k := range order {
@@ -345,7 +379,23 @@ func remoteHSM(ctx context.Context, o hsmOptions, rep *HSMReport, dir string, so
 		c.Median = medianResult(c.Rounds)
 		rep.Remote = append(rep.Remote, *c)
 	}
+	rep.RemoteOwn = map[string]map[string]float64{}
+	for _, a := range []string{"ES256", "RS256"} {
+		raw := cells["raw/raw/"+a].Rounds
+		own := map[string]float64{"floor": cells["floor/floor/"+a].Median.CPUus}
+		for _, g := range gws {
+			var d []float64
+			for i, r := range cells[g.name+"/"+g.mode+"/"+a].Rounds {
+				d = append(d, r.CPUus-raw[i].CPUus)
+			}
+			own[g.name+"/"+g.mode] = median(d)
+		}
+		rep.RemoteOwn[a] = own
+	}
 	for _, g := range gws {
+		if g.mode != "http" {
+			continue
+		}
 		var ratios []float64
 		for i, r := range cells[g.name+"/http/RS256"].Rounds {
 			ratios = append(ratios, r.OpsPerSec/cells["raw/raw/RS256"].Rounds[i].OpsPerSec)
@@ -356,13 +406,14 @@ func remoteHSM(ctx context.Context, o hsmOptions, rep *HSMReport, dir string, so
 }
 
 // startHSMGateway starts a gateway of part 2: its default provider the
-// token label behind the PKCS#11 module (p11-kit's client), data in data.
-func startHSMGateway(bin, data string, env []string, module, label string) (*gateway, error) {
+// token label behind the PKCS#11 module (p11-kit's client) with more
+// provider settings, extra more top-level config, data in data.
+func startHSMGateway(bin, data string, env []string, module, label string, settings []string, extra string) (*gateway, error) {
 	return startGateway(bin, data+".yaml", data, env, func(addr string) string {
 		return fmt.Sprintf("server:\n  listen: %s\ndefault_provider: hsm\n", addr) + testbed.Providers(
-			testbed.PKCS11Provider{Library: module, TokenLabel: label, PinEnv: "BENCH_PIN", MaxSessions: 16},
+			testbed.PKCS11Provider{Library: module, TokenLabel: label, PinEnv: "BENCH_PIN", MaxSessions: 16, Settings: settings},
 			testbed.SoftwareProvider{MasterKeyEnv: "BENCH_MASTER_KEY"},
-		) + "limits:\n  rate_per_principal: -1\nlog:\n  level: warn\n"
+		) + "limits:\n  rate_per_principal: -1\nlog:\n  level: warn\n" + extra
 	})
 }
 
@@ -395,29 +446,67 @@ func (g *gateway) makeKeys(ctx context.Context) (map[string]string, error) {
 // and reads the gateway's CPU time (its own and its module host's) over
 // the measured period.
 func (g *gateway) httpCPU(key, algorithm string, o hsmOptions) (CPUResult, error) {
+	return loadCPU(g.bin, g.url, g.token, g.cmd.Process.Pid, key, algorithm, o)
+}
+
+// loadCPU runs `kg bench` (kg a keygrid-hsm binary) on key at url at
+// concurrency 16 and reads the CPU time of process pid and of its
+// children over the measured period.
+func loadCPU(kg, url, token string, pid int, key, algorithm string, o hsmOptions) (CPUResult, error) {
 	args := func(d, w time.Duration) []string {
-		return []string{"bench", "--server", g.url, "--token", g.token, "--op", "sign", "--key", "remote-" + key,
+		return []string{"bench", "--server", url, "--token", token, "--op", "sign", "--key", key,
 			"--algorithm", algorithm, "--size", "32", "--concurrency", "16", "--duration", d.String(), "--warmup", w.String(),
 			"--output", "json", "--progress=false"}
 	}
 	// Warm up apart, so that the CPU read covers the measured requests only.
-	if _, err := runCapture(g.bin, nil, args(o.warmup, 0)...); err != nil {
+	if _, err := runCapture(kg, nil, args(o.warmup, 0)...); err != nil {
 		return CPUResult{}, err
 	}
-	pids := append([]int{g.cmd.Process.Pid}, childPIDs(g.cmd.Process.Pid)...)
-	before := procsCPU(pids)
-	out, err := runCapture(g.bin, nil, args(o.duration, 0)...)
+	hosts := childPIDs(pid)
+	self0, host0 := procsCPU([]int{pid}), procsCPU(hosts)
+	out, err := runCapture(kg, nil, args(o.duration, 0)...)
 	if err != nil {
 		return CPUResult{}, err
 	}
-	used := procsCPU(pids) - before
-	r, err := parseLoad(out, "remote-"+key+" "+algorithm)
+	self, host := procsCPU([]int{pid})-self0, procsCPU(hosts)-host0
+	r, err := parseLoad(out, key+" "+algorithm)
 	if err != nil {
 		return CPUResult{}, err
 	}
-	res := CPUResult{Result: r}
-	res.CPUus = float64(used.Microseconds()) / float64(r.Ops)
-	return res, nil
+	return CPUResult{Result: r, CPUus: float64((self + host).Microseconds()) / float64(r.Ops),
+		HostCPUus: float64(host.Microseconds()) / float64(r.Ops)}, nil
+}
+
+// floorCPU starts floorMain (in the bench binary self) waiting delay per
+// request and measures it as loadCPU does a gateway.
+func floorCPU(self, kg, key, algorithm string, delay time.Duration, o hsmOptions) (CPUResult, error) {
+	f, err := startFloor(self, "--delay", delay.String())
+	if err != nil {
+		return CPUResult{}, err
+	}
+	defer f.stop()
+	return loadCPU(kg, f.url, f.token, f.cmd.Process.Pid, key, algorithm, o)
+}
+
+// startFloor starts floorMain (in the bench binary self) with args, as a
+// gateway to drive.
+func startFloor(self string, args ...string) (*gateway, error) {
+	cmd := exec.Command(self, append([]string{"floor"}, args...)...)
+	cmd.Stderr = os.Stderr
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	var addr string
+	if _, err := fmt.Fscanln(stdout, &addr); err != nil {
+		cmd.Process.Kill()
+		cmd.Wait()
+		return nil, fmt.Errorf("bench floor: its address: %w", err)
+	}
+	return &gateway{url: "http://" + addr, token: "floor", cmd: cmd}, nil
 }
 
 // rawCPU runs the raw loop through the client module at concurrency 16;
@@ -621,7 +710,7 @@ func medianResult(rs []CPUResult) CPUResult {
 		}
 		return median(v)
 	}
-	m := CPUResult{CPUus: pick(func(r CPUResult) float64 { return r.CPUus })}
+	m := CPUResult{CPUus: pick(func(r CPUResult) float64 { return r.CPUus }), HostCPUus: pick(func(r CPUResult) float64 { return r.HostCPUus })}
 	m.OpsPerSec = pick(func(r CPUResult) float64 { return r.OpsPerSec })
 	m.P50us = pick(func(r CPUResult) float64 { return r.P50us })
 	m.P99us = pick(func(r CPUResult) float64 { return r.P99us })
@@ -630,6 +719,61 @@ func medianResult(rs []CPUResult) CPUResult {
 		m.Errors += r.Errors
 	}
 	return m
+}
+
+// floorMain is the floor of the HSM path's part 2: a net/http server that
+// does nothing a gateway must do (no auth, decoding, audit, provider or
+// module) but read the request, wait as long as the HSM takes (--delay)
+// and answer with a sign response of the real size. `keygrid-hsm bench`
+// drives it like a gateway, so its CPU time per request is what any Go
+// HTTP front end spends on this machine at that latency and rate: the
+// part of the gateway's CPU that no change to the gateway removes.
+//
+// It prints its address on stdout and serves until it is killed.
+func floorMain(args []string) int {
+	fs := flag.NewFlagSet("floor", flag.ExitOnError)
+	delay := fs.Duration("delay", 0, "how long each request waits (the HSM's latency)")
+	sign := fs.Bool("es256", false, "sign the request body's SHA-256 with an in-memory P-256 key (the raw operation of `bench stdlib`) instead of waiting")
+	fs.Parse(args)
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench floor:", err)
+		return 1
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench floor:", err)
+		return 1
+	}
+	// The size of a real ES256 answer (the RS256 one is 256 bytes longer:
+	// a few µs of copying at most).
+	answer := []byte(`{"key_id":"01a237b8-f6f8-70ea-a173-f6bd42dfdd7d","key_version":1,"algorithm":"ES256",` +
+		`"signature":"MEUCIQDd4r3x8nq0s2pP6pQ3o3t3w3x3y3z3A3B3C3D3E3F3GwIgZ2FiY2RlZmdoaWprbG1ub3BxcnN0dXZ3eHl6MDEyMzQ1"}`)
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /api/v1/keys/{name}", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprintf(w, `{"name":%q}`, r.PathValue("name"))
+	})
+	mux.HandleFunc("POST /api/v1/keys/{name}/sign", func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		if *sign {
+			d := sha256.Sum256(body)
+			if _, err := ecdsa.SignASN1(rand.Reader, key, d[:]); err != nil {
+				http.Error(w, err.Error(), http.StatusInternalServerError)
+				return
+			}
+		} else {
+			time.Sleep(*delay)
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.Write(answer)
+	})
+	fmt.Println(ln.Addr().String())
+	if err := http.Serve(ln, mux); err != nil {
+		fmt.Fprintln(os.Stderr, "bench floor:", err)
+		return 1
+	}
+	return 0
 }
 
 // printHSM prints the section's tables.
@@ -647,11 +791,27 @@ func printHSM(w io.Writer, r *HSMReport) {
 			s.Binary, s.Algorithm, s.InProcP50us, s.ProcessP50us, s.AddedP50us, s.RatioC16, s.CPUAddedC16)
 	}
 	if len(r.Remote) > 0 {
-		fmt.Fprintln(w, "\nremote HSM (SoftHSM2 behind p11-kit server), concurrency 16; cpu = the gateway and its module host per request (http), the loop's process per signature (raw):")
-		fmt.Fprintf(w, "  %-4s %-5s %-6s %10s %8s %8s %10s\n", "bin", "mode", "alg", "ops/s", "p50µs", "p99µs", "cpuµs/op")
+		fmt.Fprintln(w, "\nremote HSM (SoftHSM2 behind p11-kit server), concurrency 16; cpu = the gateway and its module host per request (http),")
+		fmt.Fprintln(w, "the loop's process per signature (raw), a Go HTTP server that only waits the raw p50 per request (floor):")
+		fmt.Fprintf(w, "  %-5s %-12s %-6s %10s %8s %8s %10s %10s\n", "bin", "mode", "alg", "ops/s", "p50µs", "p99µs", "cpuµs/op", "host µs")
 		for _, c := range r.Remote {
 			m := c.Median
-			fmt.Fprintf(w, "  %-4s %-5s %-6s %10.0f %8.0f %8.0f %10.1f\n", c.Binary, c.Mode, c.Algorithm, m.OpsPerSec, m.P50us, m.P99us, m.CPUus)
+			fmt.Fprintf(w, "  %-5s %-12s %-6s %10.0f %8.0f %8.0f %10.1f %10.1f\n", c.Binary, c.Mode, c.Algorithm, m.OpsPerSec, m.P50us, m.P99us, m.CPUus, m.HostCPUus)
+		}
+		for _, a := range []string{"ES256", "RS256"} {
+			own := r.RemoteOwn[a]
+			var ks []string
+			for k := range own {
+				if k != "floor" {
+					ks = append(ks, k)
+				}
+			}
+			slices.Sort(ks)
+			fmt.Fprintf(w, "  %s: the gateway's own CPU per request (http − raw; target ≤ 40 µs):", a)
+			for _, k := range ks {
+				fmt.Fprintf(w, " %s %.0f µs;", k, own[k])
+			}
+			fmt.Fprintf(w, " floor %.0f µs\n", own["floor"])
 		}
 		for b, x := range r.RemoteRatio {
 			fmt.Fprintf(w, "  %s: RS256 http/raw %.2f (target ≥ 0.9)\n", b, x)
