@@ -153,7 +153,11 @@ type Log struct {
 	stopped chan struct{}
 }
 
-// syncLoop fsyncs written records every SyncInterval.
+// syncLoop makes written records durable every SyncInterval. The
+// fdatasync runs outside l.mu, so that records appended meanwhile do not
+// wait for it; they stay unsynced until a sync that began after them. A
+// rotation or Close meanwhile syncs the file itself (unsynced is still
+// set) and the loop's result for the old file is dropped.
 func (l *Log) syncLoop() {
 	defer close(l.stopped)
 	t := time.NewTicker(l.opts.SyncInterval)
@@ -165,12 +169,21 @@ func (l *Log) syncLoop() {
 		case <-t.C:
 		}
 		l.mu.Lock()
-		if l.f != nil && (l.unsynced || l.syncErr != nil) {
-			l.syncErr = l.f.Sync()
-			if l.syncErr != nil {
-				l.opts.Logger.Error("audit log fsync failed; refusing operations until it works", "path", l.path, "err", l.syncErr)
+		f, seq := l.f, l.seq
+		need := f != nil && (l.unsynced || l.syncErr != nil)
+		l.mu.Unlock()
+		if !need {
+			continue
+		}
+		err := datasync(f)
+		l.mu.Lock()
+		if l.f == f {
+			l.syncErr = err
+			if err != nil {
+				l.opts.Logger.Error("audit log fsync failed; refusing operations until it works", "path", l.path, "err", err)
+			} else if l.seq == seq {
+				l.unsynced = false
 			}
-			l.unsynced = false
 		}
 		l.mu.Unlock()
 	}

@@ -156,3 +156,69 @@ func TestSyncIntervalWritesNowSyncsLater(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// gatedSyncFile's Sync waits until release is closed.
+type gatedSyncFile struct {
+	file
+	entered chan struct{}
+	release chan struct{}
+	syncs   atomic.Int64
+}
+
+func (f *gatedSyncFile) Sync() error {
+	f.syncs.Add(1)
+	select {
+	case f.entered <- struct{}{}:
+	default:
+	}
+	<-f.release
+	return f.file.Sync()
+}
+
+// With a sync interval, the background fsync does not hold up records, and
+// a record appended while it runs is not counted synced by it: another
+// sync follows.
+func TestSyncIntervalSyncDoesNotBlockRecords(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "audit.log")
+	l, err := OpenWith(p, Options{SyncInterval: 5 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gf := &gatedSyncFile{entered: make(chan struct{}, 1), release: make(chan struct{})}
+	l.mu.Lock()
+	gf.file, l.f = l.f, gf
+	l.mu.Unlock()
+	ctx := context.Background()
+	if err := l.Record(ctx, Event{RequestID: "before", Operation: "sign", Outcome: OutcomeSuccess}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-gf.entered:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no background sync")
+	}
+	done := make(chan error, 1)
+	go func() { done <- l.Record(ctx, Event{RequestID: "during", Operation: "sign", Outcome: OutcomeSuccess}) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(2 * time.Second):
+		close(gf.release)
+		t.Fatal("a record waited for the background fsync")
+	}
+	close(gf.release)
+	for deadline := time.Now().Add(5 * time.Second); gf.syncs.Load() < 2; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the record appended during a sync was never synced")
+		}
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(p)
+	if n, _, err := Verify(bytes.NewReader(b), ZeroHash); err != nil || n != 2 {
+		t.Fatalf("%d records, %v", n, err)
+	}
+}

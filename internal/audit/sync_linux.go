@@ -14,13 +14,21 @@ func datasync(f file) error {
 	if !ok {
 		return f.Sync()
 	}
-	for {
-		err := syscall.Fdatasync(int(of.Fd()))
-		if err != syscall.EINTR {
-			if err != nil {
-				return &os.PathError{Op: "fdatasync", Path: of.Name(), Err: err}
-			}
-			return nil
-		}
+	rc, err := of.SyscallConn()
+	if err != nil {
+		return err
 	}
+	// Control holds the descriptor for the length of the call: a Close
+	// meanwhile (a rotation) waits, and the number is never another file's.
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		for serr = syscall.Fdatasync(int(fd)); serr == syscall.EINTR; serr = syscall.Fdatasync(int(fd)) {
+		}
+	}); err != nil {
+		return &os.PathError{Op: "fdatasync", Path: of.Name(), Err: err}
+	}
+	if serr != nil {
+		return &os.PathError{Op: "fdatasync", Path: of.Name(), Err: serr}
+	}
+	return nil
 }
