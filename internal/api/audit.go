@@ -13,12 +13,12 @@ import (
 // audit checkpoints, newest first, with the audit public keys (admin and
 // auditor roles).
 func (a *API) auditCheckpoints(w http.ResponseWriter, r *http.Request) {
-	limit, err := queryInt(r, "limit")
+	q := r.URL.Query()
+	limit, err := listLimit(q)
 	if err != nil {
 		a.fail(w, r, err)
 		return
 	}
-	q := r.URL.Query()
 	for name := range q {
 		switch name {
 		case "replica", "limit", "page_token":

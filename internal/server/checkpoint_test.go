@@ -82,6 +82,8 @@ func TestAuditCheckpointsRoute(t *testing.T) {
 	}
 	e.fails(t, http.MethodGet, "/api/v1/audit/checkpoints?limit=5000", nil, http.StatusBadRequest, apitypes.CodeInvalidInput)
 	e.fails(t, http.MethodGet, "/api/v1/audit/checkpoints?limit=-1", nil, http.StatusBadRequest, apitypes.CodeInvalidInput)
+	e.fails(t, http.MethodGet, "/api/v1/audit/checkpoints?limit=0", nil, http.StatusBadRequest, apitypes.CodeInvalidInput)
+	e.fails(t, http.MethodGet, "/api/v1/audit/checkpoints?limit=", nil, http.StatusBadRequest, apitypes.CodeInvalidInput)
 	e.fails(t, http.MethodGet, "/api/v1/audit/checkpoints?page_token=%21%21", nil, http.StatusBadRequest, apitypes.CodeInvalidInput)
 	e.fails(t, http.MethodGet, "/api/v1/audit/checkpoints?since=1", nil, http.StatusBadRequest, apitypes.CodeInvalidInput)
 	// Who may read them.
