@@ -8,9 +8,11 @@ import (
 
 // printTable prints the report as one table.
 func printTable(w io.Writer, r Report) {
-	fmt.Fprintf(w, "KeyGrid HSM bench — %s — %s per measurement\n\n", r.Machine, r.Duration)
 	if len(r.Rows) > 0 {
+		fmt.Fprintf(w, "KeyGrid HSM bench — %s — %s per measurement\n\n", r.Machine, r.Duration)
 		printRows(w, r)
+	} else {
+		fmt.Fprintf(w, "KeyGrid HSM bench — %s\n\n", r.Machine)
 	}
 	if r.Sweep != nil {
 		printSweep(w, r.Sweep)
