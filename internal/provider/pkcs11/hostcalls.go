@@ -1,6 +1,10 @@
 package pkcs11
 
-import "github.com/miekg/pkcs11"
+import (
+	"time"
+
+	"github.com/miekg/pkcs11"
+)
 
 // The methods of cryptoki on a host: each encodes its arguments, makes one
 // round trip and decodes the results (serveCall in hostwire.go is the other
@@ -51,9 +55,14 @@ func (c *hostClient) OpenSession(slot, flags uint) (h pkcs11.SessionHandle, err 
 	return h, err
 }
 
+// onSession starts a request frame of op on session sh, with the
+// deadline of the call that has sh (if any).
 func (c *hostClient) onSession(op byte, sh pkcs11.SessionHandle) *wbuf {
 	w := newReq(op)
 	w.uint(uint(sh))
+	if d, ok := c.deadlines.Load(sh); ok {
+		w.deadline = d.(time.Time)
+	}
 	return w
 }
 

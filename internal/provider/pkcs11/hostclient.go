@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -54,16 +53,34 @@ type hostClient struct {
 	closing atomic.Bool   // set by close: the end is expected
 	exited  chan struct{} // closed when the process has been reaped
 	state   string        // how it ended, set before exited is closed
+
+	// deadlines holds the deadline (time.Time) of the call that has a
+	// session (pkcs11.SessionHandle) now, where the provider set one: the
+	// calls on it give up when it passes (errCallDeadline).
+	deadlines sync.Map
 }
 
-// lane is the gateway's end of one socket pair to the host: blocking, one
-// call at a time. buf is its reply buffer, reused from call to call.
+// lane is the gateway's end of one socket pair to the host, on the
+// runtime's poller: a call waiting for its reply parks its goroutine, not
+// an OS thread, and can give up at a deadline. One call at a time; buf is
+// its reply buffer, reused from call to call. Against blocking reads in one
+// interleaved run (bench/results/hsm-isolation.md): about +25 µs p50 at
+// concurrency 1, but at 16 less CPU per call (+104 against +182 µs over
+// in-process, ES256) and more throughput (0.63 against 0.49 of
+// in-process); with a network HSM, where every call waits milliseconds, a
+// parked goroutine is what scales. (The host's end on the poller too was
+// measured and left: 25–40 µs more at concurrency 1 and more host CPU
+// behind p11-kit, for less CPU at 16 on a local token only.)
 type lane struct {
-	fd    int
-	rw    io.ReadWriter
-	close func() error
-	buf   []byte
+	fd  int
+	f   *os.File
+	buf []byte
 }
+
+// errCallDeadline is the error of a call on a lane that passed the
+// deadline of its session's call (hostClient.deadlines): the host may still
+// be inside the module, on that session; the lane is closed.
+var errCallDeadline = errors.New("the call to the module host passed its deadline")
 
 // Buffers of a lane or a request above this size are not kept after the
 // call (a large AES-GCM input must not pin its memory).
@@ -180,7 +197,7 @@ func (c *hostClient) reap() {
 	}
 	c.mu.Unlock()
 	for _, l := range idle {
-		l.close()
+		l.f.Close()
 	}
 	syscall.Shutdown(int(c.ctl.Fd()), syscall.SHUT_RDWR) // an open blocked on it returns
 	c.ctlMu.Lock()
@@ -230,7 +247,7 @@ func (c *hostClient) close(grace time.Duration) {
 	}
 	c.mu.Unlock()
 	for _, l := range idle {
-		l.close()
+		l.f.Close()
 	}
 	c.ctlMu.Lock()
 	select {
@@ -282,12 +299,15 @@ func (c *hostClient) getLane() (*lane, error) {
 		syscall.Close(fds[0])
 		return nil, c.lostErr()
 	}
-	l := &lane{fd: fds[0], buf: make([]byte, 0, 4096)}
-	l.rw, l.close = pollerLane(l.fd)
+	if err := syscall.SetNonblock(fds[0], true); err != nil {
+		syscall.Close(fds[0])
+		return nil, &hostCallError{msg: "lane: " + err.Error()}
+	}
+	l := &lane{fd: fds[0], f: os.NewFile(uintptr(fds[0]), "pkcs11-lane"), buf: make([]byte, 0, 4096)}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.lost != nil {
-		l.close()
+		l.f.Close()
 		return nil, c.lost
 	}
 	c.lanes[l] = true
@@ -308,7 +328,7 @@ func (c *hostClient) putLane(l *lane, broken bool) {
 	}
 	delete(c.lanes, l)
 	c.mu.Unlock()
-	l.close()
+	l.f.Close()
 }
 
 // newReq starts a request frame of op; the length is filled by do.
@@ -330,10 +350,19 @@ func (c *hostClient) do(w *wbuf, dec func(r *rbuf)) error {
 	if err != nil {
 		return err
 	}
-	frame, err := roundTrip(l.rw, w.b, l.buf)
+	if !w.deadline.IsZero() {
+		l.f.SetDeadline(w.deadline)
+	}
+	frame, err := roundTrip(l.f, w.b, l.buf)
 	if err != nil {
 		c.putLane(l, true)
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return errCallDeadline // the provider resets the host
+		}
 		return c.lostErr()
+	}
+	if !w.deadline.IsZero() {
+		l.f.SetDeadline(time.Time{})
 	}
 	l.buf = frame[:0]
 	err = replyErr(frame[4], frame[5:])
@@ -425,17 +454,3 @@ func closeOnExec() {
 	}
 }
 
-// pollerLane is the gateway's end of a lane on the runtime's poller: a
-// call waiting for its reply parks its goroutine, not an OS thread. Against
-// blocking reads in one interleaved run (bench/results/hsm-isolation.md):
-// about +25 µs p50 at concurrency 1, but at 16 less CPU per call (+104
-// against +182 µs over in-process, ES256) and more throughput (0.63
-// against 0.49 of in-process) — and with a network HSM, where every call
-// waits milliseconds, a parked goroutine is what scales.
-func pollerLane(fd int) (io.ReadWriter, func() error) {
-	if err := syscall.SetNonblock(fd, true); err != nil {
-		return laneIO(fd)
-	}
-	f := os.NewFile(uintptr(fd), "pkcs11-lane")
-	return f, f.Close
-}

@@ -6,6 +6,7 @@ import (
 	"io"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/miekg/pkcs11"
 )
@@ -81,6 +82,9 @@ var errBadFrame = errors.New("pkcs11 host protocol: malformed frame")
 type wbuf struct {
 	b  []byte
 	fb *frameBuf
+	// deadline is when the call gives up (zero: never): its session's
+	// call's, from hostClient.deadlines.
+	deadline time.Time
 }
 
 type frameBuf struct{ b []byte }
@@ -156,7 +160,7 @@ func (f rawFD) Write(b []byte) (int, error) {
 // close: blocking system calls, so a blocked reader sleeps its thread and
 // the request wakes it directly. The host's end: each lane has a thread
 // of its own there anyway (it calls into the module). The gateway's end is
-// on the poller (pollerLane).
+// on the poller (lane).
 func laneIO(fd int) (io.ReadWriter, func() error) {
 	return rawFD(fd), func() error { return syscall.Close(fd) }
 }

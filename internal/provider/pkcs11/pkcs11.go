@@ -243,10 +243,23 @@ func (p *Provider) withSession(ctx context.Context, fn func(pkcs11.SessionHandle
 	if err := p.pool.acquire(ctx); err != nil {
 		return 0, err
 	}
-	// The calls run on their own goroutine so that a call the module never
-	// returns from (a hung HSM or network) cannot hold the request past its
-	// deadline. A call left behind keeps its session and pool slot until it
-	// returns; the provider is marked down meanwhile.
+	// With the module in a host, the calls run on this goroutine: each
+	// waits for its reply on the poller until the operation's deadline
+	// (hostClient.deadlines), and a call past it gives up (the host, maybe
+	// stuck in the module, is reset). Without a deadline, and in process,
+	// where a call into the module cannot be given up, they run on their
+	// own goroutine so that a call the module never returns from (a hung
+	// HSM or network) cannot hold the request past its deadline. A call
+	// left behind there keeps its session and pool slot until it returns;
+	// the provider is marked down meanwhile.
+	if dl, ok := ctx.Deadline(); ok && p.cfg.isolation == IsolationProcess {
+		defer p.pool.release()
+		gen, err := p.onSessionRetry(fn, dl)
+		if errors.Is(err, errCallDeadline) {
+			return gen, p.hung(gen, context.DeadlineExceeded)
+		}
+		return gen, err
+	}
 	type result struct {
 		gen uint64
 		err error
@@ -254,16 +267,8 @@ func (p *Provider) withSession(ctx context.Context, fn func(pkcs11.SessionHandle
 	done := make(chan result, 1)
 	go func() {
 		defer p.pool.release()
-		for {
-			gen, err := p.onSession(fn)
-			if errors.Is(err, errStale) {
-				if err = p.catchUp(); err == nil {
-					continue
-				}
-			}
-			done <- result{gen, err}
-			return
-		}
+		gen, err := p.onSessionRetry(fn, time.Time{})
+		done <- result{gen, err}
 	}()
 	select {
 	case r := <-done:
@@ -272,19 +277,41 @@ func (p *Provider) withSession(ctx context.Context, fn func(pkcs11.SessionHandle
 		if !errors.Is(ctx.Err(), context.DeadlineExceeded) {
 			return p.gen.Load(), kgerr.Wrap(kgerr.KindUnavailable, ctx.Err(), "the request was cancelled")
 		}
-		p.state.hung.Add(1)
-		gen := p.gen.Load()
-		p.markDown(kgerr.Wrap(kgerr.KindTimeout, errHung, "the HSM did not answer in time"), gen)
-		return gen, &kgerr.Error{Kind: kgerr.KindTimeout, Cause: ctx.Err(), RetryAfter: 2 * time.Second,
-			Message: "the HSM did not answer before the operation's deadline"}
+		return p.gen.Load(), p.hung(p.gen.Load(), ctx.Err())
 	}
+}
+
+// hung marks the provider down after a call into the module of generation
+// gen outlived its operation's deadline (cause), and is the operation's
+// error.
+func (p *Provider) hung(gen uint64, cause error) error {
+	p.state.hung.Add(1)
+	p.markDown(kgerr.Wrap(kgerr.KindTimeout, errHung, "the HSM did not answer in time"), gen)
+	return &kgerr.Error{Kind: kgerr.KindTimeout, Cause: cause, RetryAfter: 2 * time.Second,
+		Message: "the HSM did not answer before the operation's deadline"}
 }
 
 // errHung is the cause recorded when a call into the module outlived its
 // operation's deadline.
 var errHung = errors.New("a call into the PKCS#11 module did not return before its deadline")
 
-func (p *Provider) onSession(fn func(pkcs11.SessionHandle) error) (uint64, error) {
+// onSessionRetry is onSession, again after catching up with a reset by
+// another provider instance on the same module.
+func (p *Provider) onSessionRetry(fn func(pkcs11.SessionHandle) error, deadline time.Time) (uint64, error) {
+	for {
+		gen, err := p.onSession(fn, deadline)
+		if errors.Is(err, errStale) {
+			if err = p.catchUp(); err == nil {
+				continue
+			}
+		}
+		return gen, err
+	}
+}
+
+// onSession runs fn on a pooled session (a new one when none is idle); the
+// calls of a module host on it give up at deadline (zero: never).
+func (p *Provider) onSession(fn func(pkcs11.SessionHandle) error, deadline time.Time) (uint64, error) {
 	p.mod.mu.RLock()
 	defer p.mod.mu.RUnlock()
 	defer p.lockCalls()()
@@ -302,15 +329,24 @@ func (p *Provider) onSession(fn func(pkcs11.SessionHandle) error) (uint64, error
 		p.pool.live.Add(1)
 		s = session{h: h, gen: gen}
 	}
+	if hc, ok := c.(*hostClient); ok && !deadline.IsZero() {
+		hc.deadlines.Store(s.h, deadline)
+		defer hc.deadlines.Delete(s.h)
+	}
 	err := fn(s.h)
 	if err == nil {
 		p.pool.push(s)
 		return gen, nil
 	}
-	// A session on which a call failed may hold an active operation: close
-	// it, unless the whole module is gone (then the handle is dead and is
-	// counted out at the reset).
-	if classify(err, false) != classReset {
+	switch {
+	case errors.Is(err, errCallDeadline):
+		// The host may still be inside the module on this session: it is
+		// neither reused nor closed (the reset that follows ends it).
+		p.pool.live.Add(-1)
+	case classify(err, false) != classReset:
+		// A session on which a call failed may hold an active operation:
+		// close it, unless the whole module is gone (then the handle is
+		// dead and is counted out at the reset).
 		c.CloseSession(s.h)
 		p.pool.live.Add(-1)
 	}

@@ -3,6 +3,7 @@ package pkcs11
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -176,14 +177,23 @@ func TestPoolWaitHonoursDeadline(t *testing.T) {
 // A call the module never returns from (a hung HSM) does not hold the
 // request past its deadline: it gets HSM_TIMEOUT, the provider is marked
 // down (later requests fail fast), and once the call returns the provider
-// resets and serves again.
+// resets and serves again. In process, where the call runs on a goroutine
+// of its own (a blocking fn stands for the module here); a module host's
+// calls give up on their lanes instead, with a module that really hangs
+// (TestIsolatedModuleHangAndCrash).
 func TestHungCallIsBoundedByTheDeadline(t *testing.T) {
-	p := openTest(t, 2)
+	c := testConfig(t, 2)
+	c.Isolation = IsolationInProcess
+	p, err := Open(context.Background(), "hsm", TypePKCS11, c, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
 	release := make(chan struct{})
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
 	start := time.Now()
-	_, err := p.withSession(ctx, func(pkcs11.SessionHandle) error {
+	_, err = p.withSession(ctx, func(pkcs11.SessionHandle) error {
 		<-release
 		return nil
 	})
