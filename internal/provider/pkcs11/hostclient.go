@@ -453,4 +453,3 @@ func closeOnExec() {
 		}
 	}
 }
-
