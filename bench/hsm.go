@@ -360,7 +360,7 @@ func remoteHSM(ctx context.Context, o hsmOptions, rep *HSMReport, dir string, so
 			add("raw", "raw", a.name, raw)
 			for _, g := range gws {
 				fmt.Fprintf(os.Stderr, "bench hsm: round %d: remote %s %s %s\n", round+1, g.name, g.mode, a.name)
-				r, err := g.g.httpCPU("remote-"+a.key, a.name, o)
+				r, err := loadCPU(g.bin, g.g, "remote-"+a.key, a.name, o)
 				if err != nil {
 					return err
 				}
@@ -442,17 +442,11 @@ func (g *gateway) makeKeys(ctx context.Context) (map[string]string, error) {
 	return ids, nil
 }
 
-// httpCPU drives the gateway with `keygrid-hsm bench` at concurrency 16
-// and reads the gateway's CPU time (its own and its module host's) over
-// the measured period.
-func (g *gateway) httpCPU(key, algorithm string, o hsmOptions) (CPUResult, error) {
-	return loadCPU(g.bin, g.url, g.token, g.cmd.Process.Pid, key, algorithm, o)
-}
-
-// loadCPU runs `kg bench` (kg a keygrid-hsm binary) on key at url at
-// concurrency 16 and reads the CPU time of process pid and of its
-// children over the measured period.
-func loadCPU(kg, url, token string, pid int, key, algorithm string, o hsmOptions) (CPUResult, error) {
+// loadCPU drives g with `kg bench` (kg a keygrid-hsm binary) on key at
+// concurrency 16 and reads the CPU time of g's process and of its
+// children (a module host) over the measured period.
+func loadCPU(kg string, g *gateway, key, algorithm string, o hsmOptions) (CPUResult, error) {
+	url, token, pid := g.url, g.token, g.cmd.Process.Pid
 	args := func(d, w time.Duration) []string {
 		return []string{"bench", "--server", url, "--token", token, "--op", "sign", "--key", key,
 			"--algorithm", algorithm, "--size", "32", "--concurrency", "16", "--duration", d.String(), "--warmup", w.String(),
@@ -485,7 +479,7 @@ func floorCPU(self, kg, key, algorithm string, delay time.Duration, o hsmOptions
 		return CPUResult{}, err
 	}
 	defer f.stop()
-	return loadCPU(kg, f.url, f.token, f.cmd.Process.Pid, key, algorithm, o)
+	return loadCPU(kg, f, key, algorithm, o)
 }
 
 // startFloor starts floorMain (in the bench binary self) with args, as a
