@@ -46,16 +46,7 @@ func init() {
 	out := fs.String("out", "bench/results/audit-latest.json", "where to write the JSON report (empty: nowhere)")
 	fs.Parse(os.Args[2:])
 	rep, err := runAudit(context.Background(), o)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "bench audit:", err)
-		os.Exit(1)
-	}
-	printAudit(os.Stdout, rep)
-	if err := writeJSON(*out, rep); err != nil {
-		fmt.Fprintln(os.Stderr, "bench audit:", err)
-		os.Exit(1)
-	}
-	os.Exit(0)
+	sectionExit("audit", rep, err, printAudit, *out)
 }
 
 type auditOptions struct {

@@ -76,17 +76,23 @@ func init() {
 		out := fs.String("out", "bench/results/hsm-latest.json", "where to write the JSON report")
 		fs.Parse(os.Args[2:])
 		rep, err := runHSM(context.Background(), o, "")
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "bench hsm:", err)
-			os.Exit(1)
-		}
-		printHSM(os.Stdout, rep)
-		if err := writeJSON(*out, rep); err != nil {
-			fmt.Fprintln(os.Stderr, "bench hsm:", err)
-			os.Exit(1)
-		}
-		os.Exit(0)
+		sectionExit("hsm", rep, err, printHSM, *out)
 	}
+}
+
+// sectionExit ends a section run alone (`go run ./bench NAME`): it
+// prints rep with print and writes it as JSON to out, or reports err, and
+// exits.
+func sectionExit[R any](name string, rep R, err error, print func(io.Writer, R), out string) {
+	if err == nil {
+		print(os.Stdout, rep)
+		err = writeJSON(out, rep)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "bench %s: %v\n", name, err)
+		os.Exit(1)
+	}
+	os.Exit(0)
 }
 
 // hsmOptions are the settings of the section.

@@ -16,7 +16,6 @@ import (
 	"context"
 	"encoding/base64"
 	"errors"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -225,7 +224,7 @@ func TestSoftwareExampleServes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := freeAddr(t)
+	addr := testbed.FreeAddr(t)
 	data := filepath.Join(dir, "data")
 	serve(t, bin, dir, cleanEnv("KEYGRID_DATA_DIR="+data, "KEYGRID_LISTEN="+addr,
 		"KEYGRID_PROVIDERS_SOFTWARE_CONFIG_MASTER_KEY_FILE="+key), abs, addr)
@@ -262,7 +261,7 @@ func TestSoftHSM2ExampleDoctor(t *testing.T) {
 	if !bytes.Contains(out, []byte("PASS")) || bytes.Contains(out, []byte("FAIL")) {
 		t.Fatalf("doctor output:\n%s", out)
 	}
-	addr := freeAddr(t)
+	addr := testbed.FreeAddr(t)
 	serve(t, bin, dir, append(env, "KEYGRID_LISTEN="+addr), abs, addr)
 }
 
@@ -305,14 +304,4 @@ func serve(t *testing.T, bin, dir string, env []string, file, addr string) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }

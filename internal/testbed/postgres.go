@@ -298,6 +298,17 @@ func chownTree(dir, name string) error {
 	})
 }
 
+// FreeAddr is a loopback host:port free at the time of the call, for a
+// server a test starts.
+func FreeAddr(t testing.TB) string {
+	t.Helper()
+	port, err := freePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+}
+
 func freePort() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -11,7 +11,6 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -156,7 +155,7 @@ func TestREADMEWalkthrough(t *testing.T) {
 	env := []string{
 		"PATH=" + binDir + string(os.PathListSeparator) + os.Getenv("PATH"),
 		"HOME=" + filepath.Join(tmp, "home"), "TMPDIR=" + scratch, "LANG=C.UTF-8",
-		"KEYGRID_ADDR=http://" + freeAddr(t),
+		"KEYGRID_ADDR=http://" + testbed.FreeAddr(t),
 	}
 	t.Cleanup(func() { stopServer(t, scratch) })
 	for i, b := range blocks {
@@ -207,16 +206,6 @@ func serverLog(scratch string) string {
 		fmt.Fprintf(&s, "--- %s\n%s", l, b)
 	}
 	return s.String()
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }
 
 // TestCheckoutStateSeesStrayFiles: the cleanliness check notices a file the
